@@ -1,0 +1,483 @@
+//! ODCS v3.1.0 data contracts.
+//!
+//! A data product is described by an [Open Data Contract Standard][odcs] contract. fedmesh reads
+//! the standard fields it acts on (schema, quality rules, servers, classification, tags) into typed
+//! structs and keeps every other field in `extra`, so a contract written by another tool survives
+//! a round trip through fedmesh unchanged. Federated-learning terms live in `customProperties`
+//! under `fl`-prefixed camelCase keys (`flLabelColumns`, `flAllowedPurposes`, …).
+//!
+//! [odcs]: https://bitol-io.github.io/open-data-contract-standard/v3.1.0/
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_norway::Value;
+
+use crate::DataError;
+
+/// Unknown fields of a contract object, kept as they were written.
+pub type Extra = BTreeMap<String, Value>;
+
+/// An ODCS v3.1.0 data contract (`*.odcs.yaml`).
+///
+/// ```
+/// use fedmesh_data::DataContract;
+///
+/// let yaml = r#"
+/// apiVersion: v3.1.0
+/// kind: DataContract
+/// id: urn:fedmesh:retail:card-spend
+/// version: 1.0.0
+/// status: active
+/// schema:
+///   - name: card_spend
+///     properties:
+///       - { name: customer_id, logicalType: string, required: true, unique: true, classification: restricted }
+///       - { name: amount, logicalType: number, required: true }
+/// customProperties:
+///   - { property: flAllowedPurposes, value: [fraud-detection] }
+/// "#;
+/// let contract = DataContract::from_yaml(yaml).unwrap();
+/// assert_eq!(contract.table().unwrap().properties.len(), 2);
+/// assert!(contract.property("customer_id").unwrap().is_sensitive());
+/// assert_eq!(contract.custom_strings("flAllowedPurposes"), vec!["fraud-detection"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DataContract {
+    pub api_version: String,
+    pub kind: String,
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub version: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_product: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub schema: Vec<SchemaObject>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<Server>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub custom_properties: Vec<CustomProperty>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One table (ODCS "schema object") of a contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaObject {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub properties: Vec<SchemaProperty>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quality: Vec<QualityRule>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One column (ODCS "property") of a table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SchemaProperty {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical_name: Option<String>,
+    pub logical_type: LogicalType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical_type: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub required: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unique: bool,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub primary_key: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classification: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quality: Vec<QualityRule>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+fn is_false(b: &bool) -> bool {
+    !b
+}
+
+/// ODCS logical types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogicalType {
+    String,
+    Date,
+    Timestamp,
+    Time,
+    Number,
+    Integer,
+    Object,
+    Array,
+    Boolean,
+}
+
+impl std::fmt::Display for LogicalType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self {
+            LogicalType::String => "string",
+            LogicalType::Date => "date",
+            LogicalType::Timestamp => "timestamp",
+            LogicalType::Time => "time",
+            LogicalType::Number => "number",
+            LogicalType::Integer => "integer",
+            LogicalType::Object => "object",
+            LogicalType::Array => "array",
+            LogicalType::Boolean => "boolean",
+        };
+        f.write_str(name)
+    }
+}
+
+/// An ODCS quality rule. fedmesh evaluates rules of the `library` type (the default when `type`
+/// is absent); rules of other types (`sql`, `custom`, `text`) are kept and reported as not run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QualityRule {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// Pre-3.1 spelling of `metric`, still accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub must_be: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub must_not_be: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub must_be_greater_than: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub must_be_greater_or_equal_to: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub must_be_less_than: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub must_be_less_or_equal_to: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub must_be_between: Option<[f64; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub must_not_be_between: Option<[f64; 2]>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl QualityRule {
+    /// The library metric this rule measures (`rowCount`, `nullValues`, `duplicateValues`, …).
+    pub fn metric_name(&self) -> Option<&str> {
+        self.metric.as_deref().or(self.rule.as_deref())
+    }
+
+    /// A name for messages: the rule's own name, else its metric.
+    pub fn display_name(&self) -> String {
+        match (&self.name, self.metric_name()) {
+            (Some(name), _) => name.clone(),
+            (None, Some(metric)) => metric.to_string(),
+            (None, None) => "unnamed rule".to_string(),
+        }
+    }
+
+    /// Whether a failure of this rule stops the product from being used (`severity: error`, the
+    /// default) or is only reported (`warning`, `info`).
+    pub fn is_blocking(&self) -> bool {
+        !matches!(self.severity.as_deref(), Some("warning" | "info"))
+    }
+
+    /// Checks `value` against every comparison the rule states; returns the first one violated,
+    /// as text for the error message.
+    pub fn violated_bound(&self, value: f64) -> Option<String> {
+        type Check = (Option<f64>, &'static str, fn(f64, f64) -> bool);
+        let checks: [Check; 6] = [
+            (self.must_be, "mustBe", |v, b| v == b),
+            (self.must_not_be, "mustNotBe", |v, b| v != b),
+            (self.must_be_greater_than, "mustBeGreaterThan", |v, b| v > b),
+            (
+                self.must_be_greater_or_equal_to,
+                "mustBeGreaterOrEqualTo",
+                |v, b| v >= b,
+            ),
+            (self.must_be_less_than, "mustBeLessThan", |v, b| v < b),
+            (
+                self.must_be_less_or_equal_to,
+                "mustBeLessOrEqualTo",
+                |v, b| v <= b,
+            ),
+        ];
+        for (bound, name, holds) in checks {
+            if let Some(b) = bound
+                && !holds(value, b)
+            {
+                return Some(format!("{name} {b}"));
+            }
+        }
+        if let Some([lo, hi]) = self.must_be_between
+            && !(lo..=hi).contains(&value)
+        {
+            return Some(format!("mustBeBetween [{lo}, {hi}]"));
+        }
+        if let Some([lo, hi]) = self.must_not_be_between
+            && (lo..=hi).contains(&value)
+        {
+            return Some(format!("mustNotBeBetween [{lo}, {hi}]"));
+        }
+        None
+    }
+}
+
+/// Where a product's data is served (`servers` entry).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Server {
+    pub server: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<String>,
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// A `customProperties` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomProperty {
+    pub property: String,
+    pub value: Value,
+}
+
+impl DataContract {
+    /// Parses a contract from YAML text.
+    pub fn from_yaml(text: &str) -> Result<Self, DataError> {
+        Self::parse(text, Path::new("<inline>"))
+    }
+
+    /// Reads and parses a contract file.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self, DataError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    fn parse(text: &str, path: &Path) -> Result<Self, DataError> {
+        let contract: DataContract =
+            serde_norway::from_str(text).map_err(|e| DataError::Contract {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let problem = if contract.kind != "DataContract" {
+            Some(format!(
+                "kind is `{}`, expected `DataContract`",
+                contract.kind
+            ))
+        } else if !contract.api_version.starts_with("v3.") {
+            Some(format!(
+                "apiVersion is `{}`; fedmesh reads ODCS v3.x contracts",
+                contract.api_version
+            ))
+        } else if contract.schema.len() != 1 {
+            Some(format!(
+                "has {} schema objects; a fedmesh data product is one table",
+                contract.schema.len()
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => Err(DataError::Contract {
+                path: path.to_path_buf(),
+                message,
+            }),
+            None => Ok(contract),
+        }
+    }
+
+    /// Serializes the contract back to YAML, unknown fields included.
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).expect("a contract always serializes")
+    }
+
+    /// The product's name: `dataProduct`, else `name`, else the schema object's name.
+    pub fn product_name(&self) -> &str {
+        self.data_product
+            .as_deref()
+            .or(self.name.as_deref())
+            .or(self.schema.first().map(|s| s.name.as_str()))
+            .unwrap_or(&self.id)
+    }
+
+    /// The product's one table.
+    pub fn table(&self) -> Option<&SchemaObject> {
+        self.schema.first()
+    }
+
+    /// A column by name.
+    pub fn property(&self, name: &str) -> Option<&SchemaProperty> {
+        self.table()?.properties.iter().find(|p| p.name == name)
+    }
+
+    /// The value of a custom property, if set.
+    pub fn custom(&self, property: &str) -> Option<&Value> {
+        self.custom_properties
+            .iter()
+            .find(|c| c.property == property)
+            .map(|c| &c.value)
+    }
+
+    /// A custom property read as a list of strings (a lone string counts as a list of one).
+    pub fn custom_strings(&self, property: &str) -> Vec<String> {
+        match self.custom(property) {
+            Some(Value::Sequence(items)) => items.iter().filter_map(value_as_string).collect(),
+            Some(other) => value_as_string(other).into_iter().collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// The columns that hold labels (`flLabelColumns`).
+    pub fn label_columns(&self) -> Vec<String> {
+        self.custom_strings("flLabelColumns")
+    }
+
+    /// The column whose values identify entities: the primary key, else the first unique column.
+    pub fn key_column(&self) -> Option<&SchemaProperty> {
+        let props = &self.table()?.properties;
+        props
+            .iter()
+            .find(|p| p.primary_key)
+            .or_else(|| props.iter().find(|p| p.unique))
+    }
+
+    /// The first `servers` entry, with its path resolved against the contract's folder.
+    pub fn local_source(&self, contract_dir: &Path) -> Option<(PathBuf, Option<String>)> {
+        let server = self.servers.first()?;
+        let path = server.path.as_ref()?;
+        Some((contract_dir.join(path), server.format.clone()))
+    }
+}
+
+impl SchemaProperty {
+    /// The column name in the data (`physicalName`, else `name`).
+    pub fn column_name(&self) -> &str {
+        self.physical_name.as_deref().unwrap_or(&self.name)
+    }
+
+    /// `restricted` or `confidential` classification, or a `pii` tag: such a column is never a
+    /// feature, and may only serve as a join key inside PSI.
+    pub fn is_sensitive(&self) -> bool {
+        matches!(
+            self.classification.as_deref(),
+            Some("restricted" | "confidential")
+        ) || self.tags.iter().any(|t| t.eq_ignore_ascii_case("pii"))
+    }
+}
+
+fn value_as_string(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONTRACT: &str = r#"
+apiVersion: v3.1.0
+kind: DataContract
+id: urn:test
+name: customers
+version: 2.1.0
+status: active
+domain: customer
+team:
+  name: customer-analytics
+slaProperties:
+  - { property: latency, value: 4, unit: d }
+schema:
+  - name: customers
+    physicalType: table
+    properties:
+      - name: id
+        logicalType: integer
+        primaryKey: true
+        classification: restricted
+        x-vendor-note: keep me
+      - name: age
+        logicalType: integer
+        required: true
+        quality:
+          - { metric: nullValues, mustBe: 0, severity: error }
+    quality:
+      - { type: library, metric: rowCount, mustBeGreaterThan: 100 }
+customProperties:
+  - { property: flLabelColumns, value: default }
+"#;
+
+    #[test]
+    fn keeps_unknown_fields_through_a_round_trip() {
+        let contract = DataContract::from_yaml(CONTRACT).unwrap();
+        assert!(contract.extra.contains_key("team"));
+        assert!(contract.extra.contains_key("slaProperties"));
+        let id = contract.property("id").unwrap();
+        assert!(id.extra.contains_key("x-vendor-note"));
+        let again = DataContract::from_yaml(&contract.to_yaml()).unwrap();
+        assert_eq!(contract, again);
+    }
+
+    #[test]
+    fn reads_fl_properties_and_keys() {
+        let contract = DataContract::from_yaml(CONTRACT).unwrap();
+        assert_eq!(contract.label_columns(), vec!["default"]);
+        assert_eq!(contract.key_column().unwrap().name, "id");
+        assert!(contract.property("id").unwrap().is_sensitive());
+        assert!(!contract.property("age").unwrap().is_sensitive());
+        assert_eq!(contract.product_name(), "customers");
+    }
+
+    #[test]
+    fn rejects_a_contract_of_the_wrong_kind() {
+        let text = CONTRACT.replace("kind: DataContract", "kind: Something");
+        let err = DataContract::from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("expected `DataContract`"), "{err}");
+    }
+
+    #[test]
+    fn quality_bounds() {
+        let rule: QualityRule =
+            serde_norway::from_str("{ metric: rowCount, mustBeBetween: [10, 20] }").unwrap();
+        assert_eq!(rule.violated_bound(15.0), None);
+        assert!(rule.violated_bound(25.0).unwrap().contains("mustBeBetween"));
+        let rule: QualityRule =
+            serde_norway::from_str("{ metric: nullValues, mustBe: 0, severity: warning }").unwrap();
+        assert!(!rule.is_blocking());
+        assert_eq!(rule.violated_bound(1.0).as_deref(), Some("mustBe 0"));
+    }
+}

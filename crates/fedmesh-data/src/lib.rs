@@ -1,0 +1,98 @@
+//! Data products for fedmesh.
+//!
+//! In a data mesh each domain serves its data as products under contracts. This crate is the
+//! domain's side of that: it reads ODCS v3.1.0 contracts ([`DataContract`]), loads the data they
+//! describe from CSV or Parquet into Apache Arrow ([`DataProduct`]), refuses data that breaks its
+//! contract with an error naming product, column, row and rule, and turns validated columns into
+//! model inputs through feature pipelines fitted on training rows only ([`FeaturePipeline`]). It
+//! also holds the dataset readers and generators of the shipped use cases ([`datasets`]).
+//!
+//! Nothing here trains or talks to the network: it is what a domain node does with its own data
+//! before anything leaves it.
+
+pub mod contract;
+pub mod datasets;
+pub mod pipeline;
+pub mod product;
+pub mod split;
+pub mod validate;
+
+use std::path::PathBuf;
+
+pub use contract::{DataContract, LogicalType, QualityRule, SchemaProperty};
+pub use pipeline::{FeatureKind, FeatureMatrix, FeaturePipeline, FeatureSpec};
+pub use product::{DataProduct, SourceCache, SourceTable};
+pub use split::Partition;
+
+/// A broken contract rule, located as precisely as the rule allows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Violation {
+    pub product: String,
+    pub column: Option<String>,
+    /// 1-based data row (the header line of a CSV is not counted).
+    pub row: Option<usize>,
+    pub rule: String,
+    pub message: String,
+    /// `severity: error` (the default): the product may not be used.
+    pub blocking: bool,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "data product `{}`", self.product)?;
+        if let Some(column) = &self.column {
+            write!(f, ", column `{column}`")?;
+        }
+        if let Some(row) = self.row {
+            write!(f, ", row {row}")?;
+        }
+        write!(f, ": rule `{}` failed: {}", self.rule, self.message)
+    }
+}
+
+/// Errors of reading, validating and transforming data products.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a readable table: {message}")]
+    Malformed { path: PathBuf, message: String },
+    #[error("contract {path} is invalid: {message}")]
+    Contract { path: PathBuf, message: String },
+    #[error(
+        "data product `{product}` has no local `servers` entry with a path, and no file was given"
+    )]
+    NoSource { product: String },
+    #[error(
+        "data product `{product}`, column `{column}`: rule `schema` failed: the column is in the contract but not in {origin}"
+    )]
+    MissingColumn {
+        product: String,
+        column: String,
+        origin: String,
+    },
+    #[error(
+        "data product `{product}`, column `{column}`: rule `logicalType` failed: the contract says {expected}, the data holds {found}"
+    )]
+    WrongType {
+        product: String,
+        column: String,
+        expected: LogicalType,
+        found: String,
+    },
+    #[error("data product `{product}` has no column `{column}` in its contract")]
+    UnknownColumn { product: String, column: String },
+    #[error("data product `{product}`, column `{column}` is not numeric")]
+    NotNumeric { product: String, column: String },
+    #[error(
+        "data product `{product}`, column `{column}` is classified `restricted`/`confidential` or tagged `pii`: it may be a join key, never a feature"
+    )]
+    SensitiveFeature { product: String, column: String },
+    #[error("{0}")]
+    Violation(Box<Violation>),
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,47 @@
+//! The fedmesh split-training engine.
+//!
+//! Split learning across the domains of a data mesh, as in *Empowering Data Mesh with Federated
+//! Learning* (Li & Toor, 2024): every domain trains a bottom network on its own columns,
+//! governance trains the tower over their cut-layer activations, and the loss is computed by
+//! governance (labels shared, configuration 1) or by the label owner, which keeps labels and head
+//! (configuration 2, U-shaped). Raw rows and labels never leave their domain; only activations,
+//! gradients and aggregate metrics cross the cut.
+//!
+//! The algorithm ([`SplitTrainer::train_step`]) is written once against a [`Transport`]; the
+//! in-process transport ([`InProcess`]) runs every party in one process, the network transport
+//! runs them on separate nodes. [`JointTrainer`] trains the same parts as one network: the
+//! centralized baseline, and the computation the split one is tested against.
+
+pub mod job;
+pub mod party;
+pub mod scores;
+pub mod trainer;
+pub mod transport;
+pub mod wire;
+
+pub use party::{DomainParty, HeadStep, LabelOwner, OptimizerSpec};
+pub use scores::{Curves, EvaluationReport, Metrics};
+pub use trainer::{
+    EpochRecord, FitOutcome, JointNetwork, JointTrainer, LabelPlacement, Observer, Silent,
+    SplitTrainer, Trainer, TrainingSpec, fit,
+};
+pub use transport::{InProcess, Transport};
+pub use wire::{BatchPlan, CutActivation, CutLayerGradient, Part, Pass, WireTensor};
+
+/// Errors of a split job.
+#[derive(Debug, thiserror::Error)]
+pub enum SplitError {
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Data(#[from] fedmesh_data::DataError),
+    #[error("job spec {path}: {message}")]
+    Spec {
+        path: std::path::PathBuf,
+        message: String,
+    },
+    #[error("interrupted: the run was stopped before it finished; nothing was saved")]
+    Interrupted,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}

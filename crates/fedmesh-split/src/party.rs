@@ -1,0 +1,311 @@
+//! The parties' sides of a split step: a domain's bottom model, and the label owner's head.
+//!
+//! Each party owns its model and optimizer and steps it itself when the gradient for its output
+//! arrives. A domain keeps the activation of the current training batch until then: its backward
+//! is `(activation · gradient).sum().backward()`, which gives exactly the parameter gradients the
+//! joint network would.
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, decay::WeightDecayConfig};
+use burn::prelude::*;
+use fedmesh_data::FeatureMatrix;
+use fedmesh_model::{BottomModel, Head, Objective, Targets};
+use serde::{Deserialize, Serialize};
+
+use crate::SplitError;
+use crate::scores::{EvaluationReport, ScoreBook};
+use crate::wire::{BatchPlan, CutActivation, CutLayerGradient, Pass, WireTensor};
+
+/// Adam, with PyTorch's defaults (ε = 1e-8, not burn's 1e-5) unless configured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerSpec {
+    #[serde(default = "default_lr")]
+    pub learning_rate: f64,
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f32,
+    #[serde(default = "default_beta_1")]
+    pub beta_1: f32,
+    #[serde(default = "default_beta_2")]
+    pub beta_2: f32,
+    /// L2 penalty added to gradients (PyTorch `Adam(weight_decay=…)`).
+    #[serde(default)]
+    pub weight_decay: f32,
+}
+
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_epsilon() -> f32 {
+    1e-8
+}
+fn default_beta_1() -> f32 {
+    0.9
+}
+fn default_beta_2() -> f32 {
+    0.999
+}
+
+impl Default for OptimizerSpec {
+    fn default() -> Self {
+        Self {
+            learning_rate: default_lr(),
+            epsilon: default_epsilon(),
+            beta_1: default_beta_1(),
+            beta_2: default_beta_2(),
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl OptimizerSpec {
+    pub fn init(&self) -> ModuleOptimizer {
+        AdamConfig::new()
+            .with_epsilon(self.epsilon)
+            .with_beta_1(self.beta_1)
+            .with_beta_2(self.beta_2)
+            .with_weight_decay(
+                (self.weight_decay > 0.0).then(|| WeightDecayConfig::new(self.weight_decay)),
+            )
+            .init()
+    }
+}
+
+/// Builds a batch's input tensors from a feature matrix.
+pub fn batch_inputs(
+    features: &FeatureMatrix,
+    rows: &[u32],
+    device: &Device,
+) -> (Tensor<2>, Option<Tensor<2, Int>>) {
+    let batch = features.gather(rows);
+    let numeric = Tensor::from_data(
+        TensorData::new(batch.numeric, [batch.rows, batch.numeric_width]),
+        device,
+    );
+    let categorical = (!batch.embeddings.is_empty()).then(|| {
+        Tensor::from_data(
+            TensorData::new(batch.categorical, [batch.rows, batch.embeddings.len()]),
+            device,
+        )
+    });
+    (numeric, categorical)
+}
+
+/// A domain's side: its features (all aligned rows), bottom model and optimizer.
+pub struct DomainParty {
+    pub name: String,
+    features: FeatureMatrix,
+    model: BottomModel,
+    optimizer: ModuleOptimizer,
+    learning_rate: f64,
+    device: Device,
+    pending: Option<Tensor<2>>,
+}
+
+impl DomainParty {
+    pub fn new(
+        name: impl Into<String>,
+        features: FeatureMatrix,
+        model: BottomModel,
+        optimizer: &OptimizerSpec,
+        device: Device,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            features,
+            model,
+            optimizer: optimizer.init(),
+            learning_rate: optimizer.learning_rate,
+            device,
+            pending: None,
+        }
+    }
+
+    /// The cut-layer activation of the plan's rows. For training, the activation is kept until
+    /// its gradient arrives; for evaluation the model runs in inference mode.
+    pub fn forward(&mut self, plan: &BatchPlan) -> Result<CutActivation, SplitError> {
+        if let Some(&row) = plan
+            .rows
+            .iter()
+            .find(|&&r| r as usize >= self.features.rows)
+        {
+            return Err(SplitError::Protocol(format!(
+                "domain `{}` was asked for row {row}, but holds {} aligned rows",
+                self.name, self.features.rows
+            )));
+        }
+        match plan.pass {
+            Pass::Train => {
+                let (numeric, categorical) = batch_inputs(&self.features, &plan.rows, &self.device);
+                let activation = self.model.forward(numeric, categorical);
+                let wire = WireTensor::from_tensor(&activation);
+                self.pending = Some(activation);
+                Ok(wire)
+            }
+            Pass::Eval(_) => {
+                let model = self.model.valid();
+                let device = self.device.clone().inner();
+                let (numeric, categorical) = batch_inputs(&self.features, &plan.rows, &device);
+                Ok(WireTensor::from_tensor(
+                    &model.forward(numeric, categorical),
+                ))
+            }
+        }
+    }
+
+    /// Backpropagates governance's gradient through the bottom model and steps the optimizer.
+    pub fn backward(&mut self, gradient: &CutLayerGradient) -> Result<(), SplitError> {
+        let activation = self.pending.take().ok_or_else(|| {
+            SplitError::Protocol(format!(
+                "domain `{}` received a gradient with no training batch in flight",
+                self.name
+            ))
+        })?;
+        let [rows, cols] = activation.dims();
+        if (gradient.rows, gradient.cols) != (rows, cols) {
+            return Err(SplitError::Protocol(format!(
+                "domain `{}` received a {}×{} gradient for a {rows}×{cols} activation",
+                self.name, gradient.rows, gradient.cols
+            )));
+        }
+        let grads = (activation * gradient.to_tensor(&self.device))
+            .sum()
+            .backward();
+        let grads = GradientsParams::from_grads(grads, &self.model);
+        self.model = self
+            .optimizer
+            .step(self.learning_rate, self.model.clone(), grads);
+        Ok(())
+    }
+
+    pub fn model(&self) -> &BottomModel {
+        &self.model
+    }
+
+    pub fn features(&self) -> &FeatureMatrix {
+        &self.features
+    }
+}
+
+/// Loss and gradient the label owner returns for a training batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeadStep {
+    pub loss: f32,
+    pub gradient: CutLayerGradient,
+}
+
+/// The label owner's side without label sharing: the labels, the head, and the evaluation.
+pub struct LabelOwner {
+    pub name: String,
+    targets: Targets,
+    objective: Objective,
+    head: Head,
+    optimizer: ModuleOptimizer,
+    learning_rate: f64,
+    device: Device,
+    scores: ScoreBook,
+}
+
+impl LabelOwner {
+    pub fn new(
+        name: impl Into<String>,
+        targets: Targets,
+        objective: Objective,
+        head: Head,
+        optimizer: &OptimizerSpec,
+        device: Device,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            targets,
+            objective,
+            head,
+            optimizer: optimizer.init(),
+            learning_rate: optimizer.learning_rate,
+            device,
+            scores: ScoreBook::default(),
+        }
+    }
+
+    /// Loss of the batch, the gradient for governance's tower output, and a head step.
+    pub fn train(
+        &mut self,
+        plan: &BatchPlan,
+        tower_output: &CutActivation,
+    ) -> Result<HeadStep, SplitError> {
+        let z = tower_output.to_tensor(&self.device).require_grad();
+        let targets = self.targets.gather(&plan.rows);
+        let loss = self.objective.loss(self.head.forward(z.clone()), &targets);
+        let loss_value = scalar(&loss);
+        let mut grads = loss.backward();
+        let gradient = WireTensor::from_tensor(
+            &z.grad_remove(&mut grads)
+                .expect("the tower output takes part in the loss"),
+        );
+        let grads = GradientsParams::from_grads(grads, &self.head);
+        self.head = self
+            .optimizer
+            .step(self.learning_rate, self.head.clone(), grads);
+        Ok(HeadStep {
+            loss: loss_value,
+            gradient,
+        })
+    }
+
+    /// Scores an evaluation batch and keeps the scores for [`LabelOwner::report`].
+    pub fn eval(
+        &mut self,
+        plan: &BatchPlan,
+        tower_output: &CutActivation,
+    ) -> Result<(), SplitError> {
+        let Pass::Eval(part) = plan.pass else {
+            return Err(SplitError::Protocol(
+                "head eval called with a training plan".into(),
+            ));
+        };
+        let device = self.device.clone().inner();
+        let outputs = self.head.valid().forward(tower_output.to_tensor(&device));
+        record_eval(
+            &mut self.scores,
+            &self.objective,
+            &self.targets,
+            part,
+            &plan.rows,
+            outputs,
+        );
+        Ok(())
+    }
+
+    /// Metrics of the evaluation batches since the last report.
+    pub fn report(&mut self) -> EvaluationReport {
+        self.scores.report(&self.objective, &self.targets)
+    }
+
+    /// Labels of all aligned rows, for configuration 1 (labels shared with governance).
+    pub fn targets(&self) -> &Targets {
+        &self.targets
+    }
+
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+}
+
+/// Records an evaluation batch's scores and summed loss.
+pub(crate) fn record_eval(
+    book: &mut ScoreBook,
+    objective: &Objective,
+    targets: &Targets,
+    part: crate::wire::Part,
+    rows: &[u32],
+    outputs: Tensor<2>,
+) {
+    let batch_targets = targets.gather(rows);
+    let loss = scalar(&objective.loss(outputs.clone(), &batch_targets)) as f64 * rows.len() as f64;
+    book.record(part, rows, objective.scores(outputs), loss);
+}
+
+/// The value of a one-element tensor.
+pub(crate) fn scalar(t: &Tensor<1>) -> f32 {
+    t.to_data().try_into_vec::<f32>().expect("f32 loss")[0]
+}

@@ -1,0 +1,444 @@
+//! The training algorithms: split (governance's side, over a [`Transport`]) and joint (one
+//! process: the centralized baseline, and the reference the split computation must equal), and
+//! the epoch loop both run under.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::prelude::*;
+use fedmesh_data::{FeatureMatrix, Partition};
+use fedmesh_model::{BottomModel, Head, Objective, Targets, Tower};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::SplitError;
+use crate::party::{OptimizerSpec, batch_inputs, record_eval, scalar};
+use crate::scores::{EvaluationReport, ScoreBook};
+use crate::transport::Transport;
+use crate::wire::{BatchPlan, Part, Pass, WireTensor};
+
+/// One step of training and evaluation, whatever the placement of the model's parts.
+pub trait Trainer {
+    /// Trains on the plan's rows; returns the batch loss.
+    fn train_step(&mut self, plan: &BatchPlan) -> Result<f32, SplitError>;
+    /// Scores the plan's rows in inference mode, for the next [`Trainer::report`].
+    fn eval_batch(&mut self, plan: &BatchPlan) -> Result<(), SplitError>;
+    /// Metrics of the evaluation batches since the last report.
+    fn report(&mut self) -> Result<EvaluationReport, SplitError>;
+    /// Bytes that crossed the cut layer so far, both directions.
+    fn cut_layer_bytes(&self) -> u64 {
+        0
+    }
+}
+
+/// Where the labels and the loss live in a split job.
+pub enum LabelPlacement {
+    /// Configuration 1: the label owner shared its labels; governance holds the head too.
+    Governance { head: Head },
+    /// Configuration 2 (U-shaped): the label owner keeps labels and head.
+    LabelOwner,
+}
+
+struct SharedLabels {
+    head: Head,
+    optimizer: ModuleOptimizer,
+    targets: Targets,
+    scores: ScoreBook,
+}
+
+/// Governance's side of split training.
+pub struct SplitTrainer<T: Transport> {
+    transport: T,
+    tower: Tower,
+    optimizer: ModuleOptimizer,
+    learning_rate: f64,
+    objective: Objective,
+    labels: Option<SharedLabels>,
+    device: Device,
+    cut_layer_bytes: u64,
+}
+
+impl<T: Transport> SplitTrainer<T> {
+    pub fn new(
+        mut transport: T,
+        tower: Tower,
+        placement: LabelPlacement,
+        objective: Objective,
+        optimizer: &OptimizerSpec,
+        device: Device,
+    ) -> Result<Self, SplitError> {
+        let labels = match placement {
+            LabelPlacement::Governance { head } => Some(SharedLabels {
+                head,
+                optimizer: optimizer.init(),
+                targets: transport.shared_labels()?,
+                scores: ScoreBook::default(),
+            }),
+            LabelPlacement::LabelOwner => None,
+        };
+        Ok(Self {
+            transport,
+            tower,
+            optimizer: optimizer.init(),
+            learning_rate: optimizer.learning_rate,
+            objective,
+            labels,
+            device,
+            cut_layer_bytes: 0,
+        })
+    }
+
+    pub fn tower(&self) -> &Tower {
+        &self.tower
+    }
+
+    /// The head, when governance holds it (label sharing).
+    pub fn head(&self) -> Option<&Head> {
+        self.labels.as_ref().map(|l| &l.head)
+    }
+
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    fn count(&mut self, tensors: &[WireTensor]) {
+        self.cut_layer_bytes += tensors.iter().map(WireTensor::bytes).sum::<u64>();
+    }
+}
+
+impl<T: Transport> Trainer for SplitTrainer<T> {
+    /// One split step, top to bottom.
+    fn train_step(&mut self, plan: &BatchPlan) -> Result<f32, SplitError> {
+        // 1. Domains forward: each sends its cut-layer activation.
+        let activations = self.transport.forward(plan)?;
+        self.count(&activations);
+        let cut: Vec<Tensor<2>> = activations
+            .iter()
+            .map(|a| a.to_tensor(&self.device).require_grad())
+            .collect();
+
+        // 2. Governance forward through the tower.
+        let z = self.tower.forward(cut.clone());
+
+        // 3. Loss: at governance with shared labels, else at the label owner, which returns
+        //    d loss / d z; `(z · dz).sum()` then carries it back through the tower.
+        let (loss, mut grads) = match &mut self.labels {
+            Some(shared) => {
+                let targets = shared.targets.gather(&plan.rows);
+                let loss = self.objective.loss(shared.head.forward(z), &targets);
+                (scalar(&loss), loss.backward())
+            }
+            None => {
+                let z_wire = WireTensor::from_tensor(&z);
+                let step = self.transport.head_train(plan, z_wire.clone())?;
+                self.count(&[z_wire, step.gradient.clone()]);
+                let grads = (z * step.gradient.to_tensor(&self.device)).sum().backward();
+                (step.loss, grads)
+            }
+        };
+
+        // 4. Gradients back to the domains, which step their own optimizers.
+        let cut_gradients: Vec<WireTensor> = cut
+            .iter()
+            .map(|h| {
+                WireTensor::from_tensor(
+                    &h.grad_remove(&mut grads)
+                        .expect("every activation takes part in the loss"),
+                )
+            })
+            .collect();
+        self.count(&cut_gradients);
+        self.transport.backward(cut_gradients)?;
+
+        // 5. Governance steps its own parts.
+        let tower_grads = GradientsParams::from_module(&mut grads, &self.tower);
+        self.tower = self
+            .optimizer
+            .step(self.learning_rate, self.tower.clone(), tower_grads);
+        if let Some(shared) = &mut self.labels {
+            let head_grads = GradientsParams::from_module(&mut grads, &shared.head);
+            shared.head =
+                shared
+                    .optimizer
+                    .step(self.learning_rate, shared.head.clone(), head_grads);
+        }
+        Ok(loss)
+    }
+
+    fn eval_batch(&mut self, plan: &BatchPlan) -> Result<(), SplitError> {
+        let Pass::Eval(part) = plan.pass else {
+            return Err(SplitError::Protocol(
+                "eval_batch needs an evaluation plan".into(),
+            ));
+        };
+        let activations = self.transport.forward(plan)?;
+        self.count(&activations);
+        let device = self.device.clone().inner();
+        let cut = activations.iter().map(|a| a.to_tensor(&device)).collect();
+        let z = self.tower.valid().forward(cut);
+        match &mut self.labels {
+            Some(shared) => {
+                let outputs = shared.head.valid().forward(z);
+                record_eval(
+                    &mut shared.scores,
+                    &self.objective,
+                    &shared.targets,
+                    part,
+                    &plan.rows,
+                    outputs,
+                );
+                Ok(())
+            }
+            None => {
+                let z_wire = WireTensor::from_tensor(&z);
+                self.count(std::slice::from_ref(&z_wire));
+                self.transport.head_eval(plan, z_wire)
+            }
+        }
+    }
+
+    fn report(&mut self) -> Result<EvaluationReport, SplitError> {
+        match &mut self.labels {
+            Some(shared) => Ok(shared.scores.report(&self.objective, &shared.targets)),
+            None => self.transport.head_report(),
+        }
+    }
+
+    fn cut_layer_bytes(&self) -> u64 {
+        self.cut_layer_bytes
+    }
+}
+
+/// Every part of a split network in one module: the function the split computation must equal.
+#[derive(Module, Debug)]
+pub struct JointNetwork {
+    pub bottoms: Vec<BottomModel>,
+    pub tower: Tower,
+    pub head: Head,
+}
+
+impl JointNetwork {
+    pub fn forward(&self, inputs: Vec<(Tensor<2>, Option<Tensor<2, Int>>)>) -> Tensor<2> {
+        let cut = self
+            .bottoms
+            .iter()
+            .zip(inputs)
+            .map(|(bottom, (numeric, categorical))| bottom.forward(numeric, categorical))
+            .collect();
+        self.head.forward(self.tower.forward(cut))
+    }
+}
+
+/// Training of a [`JointNetwork`] in one process, on all features: the centralized baseline.
+pub struct JointTrainer {
+    pub network: JointNetwork,
+    features: Vec<FeatureMatrix>,
+    targets: Targets,
+    objective: Objective,
+    optimizer: ModuleOptimizer,
+    learning_rate: f64,
+    device: Device,
+    scores: ScoreBook,
+}
+
+impl JointTrainer {
+    /// `features[i]` feeds `network.bottoms[i]`.
+    pub fn new(
+        network: JointNetwork,
+        features: Vec<FeatureMatrix>,
+        targets: Targets,
+        objective: Objective,
+        optimizer: &OptimizerSpec,
+        device: Device,
+    ) -> Self {
+        Self {
+            network,
+            features,
+            targets,
+            objective,
+            optimizer: optimizer.init(),
+            learning_rate: optimizer.learning_rate,
+            device,
+            scores: ScoreBook::default(),
+        }
+    }
+
+    fn inputs(&self, rows: &[u32], device: &Device) -> Vec<(Tensor<2>, Option<Tensor<2, Int>>)> {
+        self.features
+            .iter()
+            .map(|f| batch_inputs(f, rows, device))
+            .collect()
+    }
+}
+
+impl Trainer for JointTrainer {
+    fn train_step(&mut self, plan: &BatchPlan) -> Result<f32, SplitError> {
+        let outputs = self.network.forward(self.inputs(&plan.rows, &self.device));
+        let loss = self
+            .objective
+            .loss(outputs, &self.targets.gather(&plan.rows));
+        let value = scalar(&loss);
+        let grads = GradientsParams::from_grads(loss.backward(), &self.network);
+        self.network = self
+            .optimizer
+            .step(self.learning_rate, self.network.clone(), grads);
+        Ok(value)
+    }
+
+    fn eval_batch(&mut self, plan: &BatchPlan) -> Result<(), SplitError> {
+        let Pass::Eval(part) = plan.pass else {
+            return Err(SplitError::Protocol(
+                "eval_batch needs an evaluation plan".into(),
+            ));
+        };
+        let device = self.device.clone().inner();
+        let outputs = self
+            .network
+            .valid()
+            .forward(self.inputs(&plan.rows, &device));
+        record_eval(
+            &mut self.scores,
+            &self.objective,
+            &self.targets,
+            part,
+            &plan.rows,
+            outputs,
+        );
+        Ok(())
+    }
+
+    fn report(&mut self) -> Result<EvaluationReport, SplitError> {
+        Ok(self.scores.report(&self.objective, &self.targets))
+    }
+}
+
+/// Epochs, batches and evaluation cadence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingSpec {
+    pub epochs: usize,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    #[serde(default)]
+    pub optimizer: OptimizerSpec,
+}
+
+fn default_batch() -> usize {
+    256
+}
+fn default_eval_batch() -> usize {
+    8192
+}
+
+/// One epoch's numbers, for loss curves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    pub epoch: usize,
+    pub train_loss: f64,
+    pub valid_loss: Option<f64>,
+    pub valid_headline: Option<f64>,
+}
+
+/// Follows a training run (progress bars, logs).
+pub trait Observer {
+    fn epoch_started(&self, _epoch: usize, _batches: usize) {}
+    fn batch_done(&self, _loss: f32) {}
+    fn epoch_done(&self, _record: &EpochRecord) {}
+}
+
+/// An observer that does nothing.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// What a finished run produced.
+#[derive(Debug, Clone)]
+pub struct FitOutcome {
+    pub history: Vec<EpochRecord>,
+    pub report: EvaluationReport,
+    pub train_seconds: f64,
+    pub cut_layer_bytes: u64,
+}
+
+/// Trains for `spec.epochs` over shuffled batches of `partition.train` (the order drawn from
+/// `seed`), evaluates the validation slice after each epoch, and evaluates validation and test at
+/// the end. Stops between batches, with [`SplitError::Interrupted`], once `stop` is set.
+pub fn fit(
+    trainer: &mut dyn Trainer,
+    partition: &Partition,
+    spec: &TrainingSpec,
+    seed: u64,
+    observer: &dyn Observer,
+    stop: &AtomicBool,
+) -> Result<FitOutcome, SplitError> {
+    let started = Instant::now();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut history = Vec::with_capacity(spec.epochs);
+    let mut order = partition.train.clone();
+    for epoch in 1..=spec.epochs {
+        order.shuffle(&mut rng);
+        // A last batch of one row would give BatchNorm no variance to normalize by.
+        let batches: Vec<&[u32]> = order
+            .chunks(spec.batch_size)
+            .filter(|b| b.len() > 1)
+            .collect();
+        observer.epoch_started(epoch, batches.len());
+        let mut loss_sum = 0.0;
+        for rows in &batches {
+            if stop.load(Ordering::Relaxed) {
+                return Err(SplitError::Interrupted);
+            }
+            let plan = BatchPlan {
+                pass: Pass::Train,
+                rows: rows.to_vec(),
+            };
+            let loss = trainer.train_step(&plan)?;
+            loss_sum += loss as f64 * rows.len() as f64;
+            observer.batch_done(loss);
+        }
+        evaluate(trainer, &partition.valid, Part::Valid, spec)?;
+        let report = trainer.report()?;
+        let record = EpochRecord {
+            epoch,
+            train_loss: loss_sum / order.len().max(1) as f64,
+            valid_loss: report.valid_loss,
+            valid_headline: report.valid_headline,
+        };
+        observer.epoch_done(&record);
+        history.push(record);
+    }
+    let train_seconds = started.elapsed().as_secs_f64();
+    evaluate(trainer, &partition.valid, Part::Valid, spec)?;
+    evaluate(trainer, &partition.test, Part::Test, spec)?;
+    let report = trainer.report()?;
+    Ok(FitOutcome {
+        history,
+        report,
+        train_seconds,
+        cut_layer_bytes: trainer.cut_layer_bytes(),
+    })
+}
+
+fn evaluate(
+    trainer: &mut dyn Trainer,
+    rows: &[u32],
+    part: Part,
+    spec: &TrainingSpec,
+) -> Result<(), SplitError> {
+    for chunk in rows.chunks(spec.eval_batch_size.max(1)) {
+        trainer.eval_batch(&BatchPlan {
+            pass: Pass::Eval(part),
+            rows: chunk.to_vec(),
+        })?;
+    }
+    Ok(())
+}
