@@ -61,19 +61,21 @@ pub mod fraud {
     /// only partly and the three together clearly better.
     pub fn generate(rows: usize, seed: u64) -> SourceTable {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // About 2 standard deviations of shift per domain: each domain alone reaches a ROC-AUC
+        // near 0.9, the three together near 0.99.
         let shifts: [(usize, f64); 12] = [
-            (1, -0.75),
-            (2, 0.65),
-            (3, -0.7),
-            (4, 0.6),
-            (10, -0.7),
-            (12, -0.75),
-            (14, -0.65),
-            (17, -0.6),
-            (20, 0.6),
-            (21, 0.55),
-            (22, -0.6),
-            (23, 0.5),
+            (1, -1.15),
+            (2, 1.0),
+            (3, -1.1),
+            (4, 0.95),
+            (10, -1.1),
+            (12, -1.15),
+            (14, -1.0),
+            (17, -0.95),
+            (20, 0.95),
+            (21, 0.9),
+            (22, -0.95),
+            (23, 0.8),
         ];
         let mut time = Vec::with_capacity(rows);
         let mut v: Vec<Vec<f64>> = (0..28).map(|_| Vec::with_capacity(rows)).collect();

@@ -356,6 +356,10 @@ impl SourceCache {
         Ok(&self.tables[path])
     }
 
+    pub fn contains(&self, path: &Path) -> bool {
+        self.tables.contains_key(path)
+    }
+
     pub fn insert(&mut self, path: PathBuf, table: SourceTable) {
         self.tables.insert(path, table);
     }

@@ -1,1 +1,677 @@
+//! Job specs: which products, which columns, which model, how to train — and running one.
+//!
+//! A job spec (`job.yaml`) names each domain's data product by its contract, the columns it
+//! contributes and how they are transformed, the label (a column of the label owner's product),
+//! the split, the model shape and the training schedule. [`Job::prepare`] loads and validates the
+//! products, aligns them, draws the partition and fits each domain's feature pipeline on training
+//! rows; [`PreparedJob::run`] then trains one configuration (centralized, split with or without
+//! label sharing, or one domain alone) for one seed.
 
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use fedmesh_data::datasets::{self, fraud};
+use fedmesh_data::{
+    DataContract, DataError, DataProduct, FeatureMatrix, FeaturePipeline, FeatureSpec, Partition,
+    SourceCache,
+};
+use fedmesh_model::{BottomConfig, HeadConfig, Objective, Targets, TowerConfig, training_device};
+use serde::{Deserialize, Serialize};
+
+use crate::SplitError;
+use crate::party::{DomainParty, LabelOwner};
+use crate::scores::{Curves, Metrics};
+use crate::trainer::{
+    EpochRecord, JointNetwork, JointTrainer, LabelPlacement, Observer, SplitTrainer, Trainer,
+    TrainingSpec, fit,
+};
+use crate::transport::InProcess;
+
+/// A job spec as written in `job.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// A known dataset whose generator stands in when the data file is absent, and whose shape
+    /// is checked when a file is given (`fraud`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
+    /// Rows generated for a known dataset when its file is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic_rows: Option<usize>,
+    pub objective: Objective,
+    pub label: LabelSpec,
+    pub split: SplitSpec,
+    pub domains: Vec<DomainSpec>,
+    pub model: ModelSpec,
+    pub training: TrainingSpec,
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Also train each feature domain alone (to show what the mesh adds).
+    #[serde(default)]
+    pub single_domain_baselines: bool,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![1, 2, 3, 4, 5]
+}
+
+/// The label: a column of one domain's product (that domain is the label owner).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelSpec {
+    pub domain: String,
+    pub column: String,
+}
+
+/// How aligned rows are partitioned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitSpec {
+    /// A file of keys (one per line) that make up the test part, relative to the job file; when
+    /// it is absent the split is stratified with `test_fraction`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_keys: Option<PathBuf>,
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+    #[serde(default = "default_valid_fraction")]
+    pub valid_fraction: f64,
+    /// Seed of the partition, fixed across training seeds so that runs compare.
+    #[serde(default = "default_split_seed")]
+    pub seed: u64,
+}
+
+fn default_test_fraction() -> f64 {
+    0.3
+}
+fn default_valid_fraction() -> f64 {
+    0.1
+}
+fn default_split_seed() -> u64 {
+    42
+}
+
+/// One domain of the job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainSpec {
+    pub name: String,
+    /// The product's ODCS contract, relative to the job file.
+    pub contract: PathBuf,
+    #[serde(default)]
+    pub features: Vec<FeatureSpec>,
+    /// This domain's bottom, when it differs from `model.bottom`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bottom: Option<LayersSpec>,
+}
+
+/// Hidden layers of an MLP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayersSpec {
+    pub layers: Vec<usize>,
+    #[serde(default)]
+    pub batch_norm: bool,
+    #[serde(default)]
+    pub dropout: f64,
+}
+
+/// The split network's shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Every domain's bottom unless the domain says otherwise.
+    pub bottom: LayersSpec,
+    /// Governance's tower.
+    pub tower: LayersSpec,
+    /// Hidden layers of the head before its output layer (often none: the head is the last
+    /// layer, as in the seed's U-shaped configuration).
+    #[serde(default)]
+    pub head: Vec<usize>,
+    /// The centralized baseline's bottom over all columns; by default as wide as all domain
+    /// bottoms together, layer by layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub centralized: Option<LayersSpec>,
+}
+
+/// A job spec with the folder its relative paths start from.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub spec: JobSpec,
+    pub dir: PathBuf,
+}
+
+/// A configuration to train.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunConfig {
+    Centralized,
+    SplitLabelSharing,
+    SplitLabelOwner,
+    /// One domain's features alone, trained centrally.
+    SingleDomain(String),
+}
+
+impl RunConfig {
+    /// The name used in `results.json`.
+    pub fn name(&self) -> String {
+        match self {
+            RunConfig::Centralized => "centralized".into(),
+            RunConfig::SplitLabelSharing => "split-label-sharing".into(),
+            RunConfig::SplitLabelOwner => "split-label-owner".into(),
+            RunConfig::SingleDomain(d) => format!("single-domain:{d}"),
+        }
+    }
+}
+
+impl std::str::FromStr for RunConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "centralized" => Ok(RunConfig::Centralized),
+            "split-label-sharing" => Ok(RunConfig::SplitLabelSharing),
+            "split-label-owner" => Ok(RunConfig::SplitLabelOwner),
+            other => match other.strip_prefix("single-domain:") {
+                Some(d) => Ok(RunConfig::SingleDomain(d.to_string())),
+                None => Err(format!(
+                    "unknown configuration `{other}`: use centralized, split-label-sharing, split-label-owner or single-domain:NAME"
+                )),
+            },
+        }
+    }
+}
+
+/// One trained configuration and seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub config: String,
+    pub seed: u64,
+    pub metrics: Metrics,
+    pub train_seconds: f64,
+    pub cut_layer_bytes: u64,
+    pub samples_per_second: f64,
+    pub history: Vec<EpochRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curves: Option<Curves>,
+}
+
+/// A domain after loading, validation and feature fitting.
+#[derive(Debug, Clone)]
+pub struct PreparedDomain {
+    pub name: String,
+    pub product: String,
+    pub pipeline: FeaturePipeline,
+    pub features: FeatureMatrix,
+    pub bottom: LayersSpec,
+}
+
+/// Products loaded, aligned and partitioned; pipelines fitted.
+#[derive(Debug, Clone)]
+pub struct PreparedJob {
+    pub spec: JobSpec,
+    pub domains: Vec<PreparedDomain>,
+    pub targets: Targets,
+    pub partition: Partition,
+    /// Aligned rows.
+    pub rows: usize,
+    /// Where the data came from, for the report.
+    pub source: String,
+}
+
+impl Job {
+    /// Reads a job spec; `path` may be the spec file or the folder holding `job.yaml`.
+    pub fn load(path: &Path) -> Result<Self, SplitError> {
+        let file = if path.is_dir() {
+            path.join("job.yaml")
+        } else {
+            path.to_path_buf()
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| SplitError::Spec {
+            path: file.clone(),
+            message: e.to_string(),
+        })?;
+        let spec = Self::parse(&text, &file)?;
+        Ok(Self {
+            spec,
+            dir: file.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        })
+    }
+
+    fn parse(text: &str, file: &Path) -> Result<JobSpec, SplitError> {
+        let spec: JobSpec = serde_norway::from_str(text).map_err(|e| SplitError::Spec {
+            path: file.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let problem = if !spec.domains.iter().any(|d| d.name == spec.label.domain) {
+            Some(format!(
+                "the label's domain `{}` is not one of the job's domains",
+                spec.label.domain
+            ))
+        } else if !spec.domains.iter().any(|d| !d.features.is_empty()) {
+            Some("no domain contributes a feature".to_string())
+        } else if spec.seeds.is_empty() {
+            Some("`seeds` is empty".to_string())
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => Err(SplitError::Spec {
+                path: file.to_path_buf(),
+                message,
+            }),
+            None => Ok(spec),
+        }
+    }
+
+    /// Loads every domain's product (from `data` when given, else where its contract says),
+    /// validates it, aligns the domains, draws the partition and fits the pipelines.
+    pub fn prepare(&self, data: Option<&Path>) -> Result<PreparedJob, SplitError> {
+        let spec = &self.spec;
+        let mut cache = SourceCache::default();
+        let mut products = Vec::with_capacity(spec.domains.len());
+        let mut source = String::new();
+        for domain in &spec.domains {
+            let contract_path = self.dir.join(&domain.contract);
+            let contract = DataContract::from_path(&contract_path)?;
+            let contract_dir = contract_path.parent().unwrap_or(Path::new("."));
+            let (path, format) = match (data, contract.local_source(contract_dir)) {
+                (Some(path), source) => (path.to_path_buf(), source.and_then(|s| s.1)),
+                (None, Some(source)) => source,
+                (None, None) => {
+                    return Err(DataError::NoSource {
+                        product: contract.product_name().to_string(),
+                    }
+                    .into());
+                }
+            };
+            let table = match (spec.dataset.as_deref(), path.exists()) {
+                (Some("fraud"), false) if data.is_none() => {
+                    let rows = spec.synthetic_rows.unwrap_or(fraud::FULL_SHAPE.0);
+                    if !cache.contains(&path) {
+                        tracing::info!(
+                            "{} not found: generating {rows} synthetic rows of the same schema",
+                            path.display()
+                        );
+                        cache.insert(path.clone(), fraud::generate(rows, spec.split.seed));
+                    }
+                    cache.get(&path, None)?
+                }
+                (Some("fraud"), true) => {
+                    let table = cache.get(&path, format.as_deref())?;
+                    fraud::check_shape(table)?;
+                    table
+                }
+                _ => cache.get(&path, format.as_deref())?,
+            };
+            source = table.origin.clone();
+            products.push(DataProduct::from_source(contract, table)?);
+        }
+        let rows = check_alignment(&products)?;
+
+        let owner = spec
+            .domains
+            .iter()
+            .position(|d| d.name == spec.label.domain)
+            .expect("checked when the spec was read");
+        let targets = read_targets(&products[owner], &spec.label.column, &spec.objective)?;
+        let partition = match &spec.split.test_keys {
+            Some(keys_file) => {
+                let test_keys = datasets::read_key_list(&self.dir.join(keys_file))?;
+                let key = products[owner]
+                    .contract
+                    .key_column()
+                    .ok_or_else(|| {
+                        DataError::Invalid(format!(
+                            "the split names test keys, but data product `{}` declares no key column (primaryKey)",
+                            products[owner].name()
+                        ))
+                    })?
+                    .name
+                    .clone();
+                let keys: Vec<String> = products[owner]
+                    .column_strings(&key)?
+                    .into_iter()
+                    .map(Option::unwrap_or_default)
+                    .collect();
+                let known: HashSet<&String> = keys.iter().collect();
+                let missing = test_keys.iter().filter(|k| !known.contains(k)).count();
+                if missing > 0 {
+                    tracing::warn!("{missing} test keys are not in the data");
+                }
+                Partition::with_test_keys(
+                    &keys,
+                    &test_keys,
+                    &targets.strata(),
+                    spec.split.valid_fraction,
+                    spec.split.seed,
+                )
+            }
+            None => Partition::stratified(
+                &targets.strata(),
+                spec.split.test_fraction,
+                spec.split.valid_fraction,
+                spec.split.seed,
+            ),
+        };
+
+        let mut domains = Vec::new();
+        for (domain, product) in spec.domains.iter().zip(&products) {
+            if domain.features.is_empty() {
+                continue;
+            }
+            if domain
+                .features
+                .iter()
+                .any(|f| f.column == spec.label.column)
+                && domain.name == spec.label.domain
+            {
+                return Err(SplitError::Spec {
+                    path: self.dir.join("job.yaml"),
+                    message: format!(
+                        "domain `{}` lists its label column `{}` as a feature",
+                        domain.name, spec.label.column
+                    ),
+                });
+            }
+            let pipeline = FeaturePipeline::fit(product, &domain.features, &partition.train)?;
+            let features = pipeline.transform(product)?;
+            domains.push(PreparedDomain {
+                name: domain.name.clone(),
+                product: product.name().to_string(),
+                pipeline,
+                features,
+                bottom: domain
+                    .bottom
+                    .clone()
+                    .unwrap_or_else(|| spec.model.bottom.clone()),
+            });
+        }
+        Ok(PreparedJob {
+            spec: spec.clone(),
+            domains,
+            targets,
+            partition,
+            rows,
+            source,
+        })
+    }
+}
+
+/// Vertical products must describe the same entities in the same order: same row count and,
+/// where products declare key columns, the same keys row by row. (Unaligned products are
+/// aligned by private set intersection first.)
+fn check_alignment(products: &[DataProduct]) -> Result<usize, SplitError> {
+    let rows = products[0].rows();
+    let mut reference: Option<(String, Vec<Option<String>>)> = None;
+    for product in products {
+        if product.rows() != rows {
+            return Err(DataError::Invalid(format!(
+                "data products are not aligned: `{}` has {} rows, `{}` has {rows}",
+                product.name(),
+                product.rows(),
+                products[0].name()
+            ))
+            .into());
+        }
+        let Some(key) = product.contract.key_column() else {
+            continue;
+        };
+        let keys = product.column_strings(&key.name)?;
+        match &reference {
+            None => reference = Some((product.name().to_string(), keys)),
+            Some((first, expected)) => {
+                if let Some(row) = (0..rows).find(|&r| keys[r] != expected[r]) {
+                    return Err(DataError::Invalid(format!(
+                        "data products are not aligned: row {} of `{}` has key {:?}, `{first}` has {:?}",
+                        row + 1,
+                        product.name(),
+                        keys[row].as_deref().unwrap_or(""),
+                        expected[row].as_deref().unwrap_or("")
+                    ))
+                    .into());
+                }
+            }
+        }
+    }
+    Ok(rows)
+}
+
+fn read_targets(
+    product: &DataProduct,
+    column: &str,
+    objective: &Objective,
+) -> Result<Targets, SplitError> {
+    let values = product.column_f64(column)?;
+    if let Some(row) = values.iter().position(Option::is_none) {
+        return Err(DataError::Invalid(format!(
+            "data product `{}`, column `{column}`, row {}: the label is missing",
+            product.name(),
+            row + 1
+        ))
+        .into());
+    }
+    let values = values.into_iter().map(|v| v.expect("checked above"));
+    Ok(match objective {
+        Objective::CrossEntropy { classes, .. } => {
+            let mut labels = Vec::with_capacity(product.rows());
+            for (row, v) in values.enumerate() {
+                if v.fract() != 0.0 || v < 0.0 || v as usize >= *classes {
+                    return Err(DataError::Invalid(format!(
+                        "data product `{}`, column `{column}`, row {}: label {v} is not a class in 0..{classes}",
+                        product.name(),
+                        row + 1
+                    ))
+                    .into());
+                }
+                labels.push(v as i64);
+            }
+            Targets::Classes(labels)
+        }
+        Objective::Mse => Targets::Values(values.map(|v| v as f32).collect()),
+    })
+}
+
+impl PreparedJob {
+    /// The configurations this job compares.
+    pub fn configs(&self) -> Vec<RunConfig> {
+        let mut configs = vec![
+            RunConfig::Centralized,
+            RunConfig::SplitLabelSharing,
+            RunConfig::SplitLabelOwner,
+        ];
+        if self.spec.single_domain_baselines {
+            configs.extend(
+                self.domains
+                    .iter()
+                    .map(|d| RunConfig::SingleDomain(d.name.clone())),
+            );
+        }
+        configs
+    }
+
+    fn bottom_config(&self, features: &FeatureMatrix, layers: &LayersSpec) -> BottomConfig {
+        BottomConfig {
+            numeric: features.numeric_width,
+            embeddings: features.embeddings.clone(),
+            layers: layers.layers.clone(),
+            batch_norm: layers.batch_norm,
+            dropout: layers.dropout,
+        }
+    }
+
+    fn tower_and_head(&self, input: usize) -> (TowerConfig, HeadConfig) {
+        let tower = TowerConfig {
+            input,
+            layers: self.spec.model.tower.layers.clone(),
+            batch_norm: self.spec.model.tower.batch_norm,
+            dropout: self.spec.model.tower.dropout,
+        };
+        let head = HeadConfig {
+            input: tower.output(),
+            layers: self.spec.model.head.clone(),
+            outputs: self.spec.objective.outputs(),
+        };
+        (tower, head)
+    }
+
+    /// The centralized baseline's bottom: as wide as all domain bottoms together.
+    fn centralized_layers(&self) -> LayersSpec {
+        if let Some(layers) = &self.spec.model.centralized {
+            return layers.clone();
+        }
+        let depth = self
+            .domains
+            .iter()
+            .map(|d| d.bottom.layers.len())
+            .max()
+            .unwrap_or(0);
+        LayersSpec {
+            layers: (0..depth)
+                .map(|i| {
+                    self.domains
+                        .iter()
+                        .filter_map(|d| d.bottom.layers.get(i))
+                        .sum()
+                })
+                .collect(),
+            batch_norm: self.domains.iter().any(|d| d.bottom.batch_norm),
+            dropout: self.spec.model.bottom.dropout,
+        }
+    }
+
+    /// Builds the trainer of a configuration, every part initialized from `seed`.
+    pub fn trainer(&self, config: &RunConfig, seed: u64) -> Result<Box<dyn Trainer>, SplitError> {
+        let device = training_device();
+        let optimizer = &self.spec.training.optimizer;
+        let init_seed = |part: u64| device.seed(seed.wrapping_mul(1_000_003).wrapping_add(part));
+        let joint = |features: FeatureMatrix, layers: &LayersSpec| {
+            let bottom = self.bottom_config(&features, layers);
+            init_seed(0);
+            let bottoms = vec![bottom.init(&device)];
+            let (tower, head) = self.tower_and_head(bottom.output());
+            init_seed(100);
+            let tower = tower.init(&device);
+            init_seed(101);
+            let head = head.init(&device);
+            Box::new(JointTrainer::new(
+                JointNetwork {
+                    bottoms,
+                    tower,
+                    head,
+                },
+                vec![features],
+                self.targets.clone(),
+                self.spec.objective.clone(),
+                optimizer,
+                device.clone(),
+            )) as Box<dyn Trainer>
+        };
+        Ok(match config {
+            RunConfig::Centralized => {
+                let parts: Vec<&FeatureMatrix> = self.domains.iter().map(|d| &d.features).collect();
+                joint(
+                    FeatureMatrix::concat_columns(&parts),
+                    &self.centralized_layers(),
+                )
+            }
+            RunConfig::SingleDomain(name) => {
+                let domain = self
+                    .domains
+                    .iter()
+                    .find(|d| &d.name == name)
+                    .ok_or_else(|| SplitError::Protocol(format!("no feature domain `{name}`")))?;
+                joint(domain.features.clone(), &domain.bottom)
+            }
+            RunConfig::SplitLabelSharing | RunConfig::SplitLabelOwner => {
+                let mut parties = Vec::with_capacity(self.domains.len());
+                let mut cut_width = 0;
+                for (i, domain) in self.domains.iter().enumerate() {
+                    let config = self.bottom_config(&domain.features, &domain.bottom);
+                    cut_width += config.output();
+                    init_seed(1 + i as u64);
+                    parties.push(DomainParty::new(
+                        domain.name.clone(),
+                        domain.features.clone(),
+                        config.init(&device),
+                        optimizer,
+                        device.clone(),
+                    ));
+                }
+                let (tower, head) = self.tower_and_head(cut_width);
+                init_seed(100);
+                let tower = tower.init(&device);
+                init_seed(101);
+                let head = head.init(&device);
+                let (transport, placement) = if *config == RunConfig::SplitLabelSharing {
+                    (
+                        InProcess {
+                            domains: parties,
+                            label_owner: None,
+                            labels: Some(self.targets.clone()),
+                        },
+                        LabelPlacement::Governance { head },
+                    )
+                } else {
+                    (
+                        InProcess {
+                            domains: parties,
+                            label_owner: Some(LabelOwner::new(
+                                self.spec.label.domain.clone(),
+                                self.targets.clone(),
+                                self.spec.objective.clone(),
+                                head,
+                                optimizer,
+                                device.clone(),
+                            )),
+                            labels: None,
+                        },
+                        LabelPlacement::LabelOwner,
+                    )
+                };
+                Box::new(SplitTrainer::new(
+                    transport,
+                    tower,
+                    placement,
+                    self.spec.objective.clone(),
+                    optimizer,
+                    device.clone(),
+                )?)
+            }
+        })
+    }
+
+    /// Trains and evaluates one configuration for one seed.
+    pub fn run(
+        &self,
+        config: &RunConfig,
+        seed: u64,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+    ) -> Result<RunResult, SplitError> {
+        let mut trainer = self.trainer(config, seed)?;
+        let outcome = fit(
+            trainer.as_mut(),
+            &self.partition,
+            &self.spec.training,
+            seed,
+            observer,
+            stop,
+        )?;
+        let metrics = outcome.report.metrics.ok_or_else(|| {
+            SplitError::Protocol("the label holder reported no test metrics".into())
+        })?;
+        let samples = (self.partition.train.len() * self.spec.training.epochs) as f64;
+        Ok(RunResult {
+            config: config.name(),
+            seed,
+            metrics,
+            train_seconds: outcome.train_seconds,
+            cut_layer_bytes: outcome.cut_layer_bytes,
+            samples_per_second: samples / outcome.train_seconds.max(1e-9),
+            history: outcome.history,
+            curves: outcome.report.curves,
+        })
+    }
+}

@@ -12,6 +12,7 @@
 //! runs them on separate nodes. [`JointTrainer`] trains the same parts as one network: the
 //! centralized baseline, and the computation the split one is tested against.
 
+pub mod bench;
 pub mod job;
 pub mod party;
 pub mod scores;
@@ -22,8 +23,8 @@ pub mod wire;
 pub use party::{DomainParty, HeadStep, LabelOwner, OptimizerSpec};
 pub use scores::{Curves, EvaluationReport, Metrics};
 pub use trainer::{
-    EpochRecord, FitOutcome, JointNetwork, JointTrainer, LabelPlacement, Observer, Silent,
-    SplitTrainer, Trainer, TrainingSpec, fit,
+    EpochRecord, FitOutcome, JointNetwork, JointTrainer, LabelPlacement, Observer, Schedule,
+    Silent, SplitTrainer, Trainer, TrainingSpec, fit,
 };
 pub use transport::{InProcess, Transport};
 pub use wire::{BatchPlan, CutActivation, CutLayerGradient, Part, Pass, WireTensor};
@@ -33,7 +34,7 @@ pub use wire::{BatchPlan, CutActivation, CutLayerGradient, Part, Pass, WireTenso
 pub enum SplitError {
     #[error("protocol error: {0}")]
     Protocol(String),
-    #[error("{0}")]
+    #[error(transparent)]
     Data(#[from] fedmesh_data::DataError),
     #[error("job spec {path}: {message}")]
     Spec {
@@ -42,6 +43,6 @@ pub enum SplitError {
     },
     #[error("interrupted: the run was stopped before it finished; nothing was saved")]
     Interrupted,
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -97,9 +97,9 @@ pub struct DomainParty {
     features: FeatureMatrix,
     model: BottomModel,
     optimizer: ModuleOptimizer,
-    learning_rate: f64,
     device: Device,
-    pending: Option<Tensor<2>>,
+    /// The training activation awaiting its gradient, and the step's learning rate.
+    pending: Option<(Tensor<2>, f64)>,
 }
 
 impl DomainParty {
@@ -115,7 +115,6 @@ impl DomainParty {
             features,
             model,
             optimizer: optimizer.init(),
-            learning_rate: optimizer.learning_rate,
             device,
             pending: None,
         }
@@ -139,7 +138,7 @@ impl DomainParty {
                 let (numeric, categorical) = batch_inputs(&self.features, &plan.rows, &self.device);
                 let activation = self.model.forward(numeric, categorical);
                 let wire = WireTensor::from_tensor(&activation);
-                self.pending = Some(activation);
+                self.pending = Some((activation, plan.learning_rate));
                 Ok(wire)
             }
             Pass::Eval(_) => {
@@ -155,7 +154,7 @@ impl DomainParty {
 
     /// Backpropagates governance's gradient through the bottom model and steps the optimizer.
     pub fn backward(&mut self, gradient: &CutLayerGradient) -> Result<(), SplitError> {
-        let activation = self.pending.take().ok_or_else(|| {
+        let (activation, learning_rate) = self.pending.take().ok_or_else(|| {
             SplitError::Protocol(format!(
                 "domain `{}` received a gradient with no training batch in flight",
                 self.name
@@ -174,7 +173,7 @@ impl DomainParty {
         let grads = GradientsParams::from_grads(grads, &self.model);
         self.model = self
             .optimizer
-            .step(self.learning_rate, self.model.clone(), grads);
+            .step(learning_rate, self.model.clone(), grads);
         Ok(())
     }
 
@@ -201,7 +200,6 @@ pub struct LabelOwner {
     objective: Objective,
     head: Head,
     optimizer: ModuleOptimizer,
-    learning_rate: f64,
     device: Device,
     scores: ScoreBook,
 }
@@ -221,7 +219,6 @@ impl LabelOwner {
             objective,
             head,
             optimizer: optimizer.init(),
-            learning_rate: optimizer.learning_rate,
             device,
             scores: ScoreBook::default(),
         }
@@ -245,7 +242,7 @@ impl LabelOwner {
         let grads = GradientsParams::from_grads(grads, &self.head);
         self.head = self
             .optimizer
-            .step(self.learning_rate, self.head.clone(), grads);
+            .step(plan.learning_rate, self.head.clone(), grads);
         Ok(HeadStep {
             loss: loss_value,
             gradient,

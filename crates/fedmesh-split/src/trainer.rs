@@ -55,7 +55,6 @@ pub struct SplitTrainer<T: Transport> {
     transport: T,
     tower: Tower,
     optimizer: ModuleOptimizer,
-    learning_rate: f64,
     objective: Objective,
     labels: Option<SharedLabels>,
     device: Device,
@@ -84,7 +83,6 @@ impl<T: Transport> SplitTrainer<T> {
             transport,
             tower,
             optimizer: optimizer.init(),
-            learning_rate: optimizer.learning_rate,
             objective,
             labels,
             device,
@@ -162,13 +160,13 @@ impl<T: Transport> Trainer for SplitTrainer<T> {
         let tower_grads = GradientsParams::from_module(&mut grads, &self.tower);
         self.tower = self
             .optimizer
-            .step(self.learning_rate, self.tower.clone(), tower_grads);
+            .step(plan.learning_rate, self.tower.clone(), tower_grads);
         if let Some(shared) = &mut self.labels {
             let head_grads = GradientsParams::from_module(&mut grads, &shared.head);
             shared.head =
                 shared
                     .optimizer
-                    .step(self.learning_rate, shared.head.clone(), head_grads);
+                    .step(plan.learning_rate, shared.head.clone(), head_grads);
         }
         Ok(loss)
     }
@@ -244,7 +242,6 @@ pub struct JointTrainer {
     targets: Targets,
     objective: Objective,
     optimizer: ModuleOptimizer,
-    learning_rate: f64,
     device: Device,
     scores: ScoreBook,
 }
@@ -265,7 +262,6 @@ impl JointTrainer {
             targets,
             objective,
             optimizer: optimizer.init(),
-            learning_rate: optimizer.learning_rate,
             device,
             scores: ScoreBook::default(),
         }
@@ -289,7 +285,7 @@ impl Trainer for JointTrainer {
         let grads = GradientsParams::from_grads(loss.backward(), &self.network);
         self.network = self
             .optimizer
-            .step(self.learning_rate, self.network.clone(), grads);
+            .step(plan.learning_rate, self.network.clone(), grads);
         Ok(value)
     }
 
@@ -331,6 +327,33 @@ pub struct TrainingSpec {
     pub eval_batch_size: usize,
     #[serde(default)]
     pub optimizer: OptimizerSpec,
+    #[serde(default)]
+    pub schedule: Schedule,
+}
+
+/// How the learning rate moves over training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    /// The optimizer's learning rate throughout.
+    #[default]
+    Constant,
+    /// Cosine decay from the optimizer's learning rate to zero over all steps.
+    Cosine,
+}
+
+impl TrainingSpec {
+    /// The learning rate of step `step` (0-based) of `total`.
+    pub fn learning_rate(&self, step: usize, total: usize) -> f64 {
+        let base = self.optimizer.learning_rate;
+        match self.schedule {
+            Schedule::Constant => base,
+            Schedule::Cosine => {
+                let progress = step as f64 / total.max(1) as f64;
+                base * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
+    }
 }
 
 fn default_batch() -> usize {
@@ -384,6 +407,12 @@ pub fn fit(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut history = Vec::with_capacity(spec.epochs);
     let mut order = partition.train.clone();
+    let steps_per_epoch = order
+        .chunks(spec.batch_size)
+        .filter(|b| b.len() > 1)
+        .count();
+    let total_steps = steps_per_epoch * spec.epochs;
+    let mut step = 0;
     for epoch in 1..=spec.epochs {
         order.shuffle(&mut rng);
         // A last batch of one row would give BatchNorm no variance to normalize by.
@@ -397,10 +426,8 @@ pub fn fit(
             if stop.load(Ordering::Relaxed) {
                 return Err(SplitError::Interrupted);
             }
-            let plan = BatchPlan {
-                pass: Pass::Train,
-                rows: rows.to_vec(),
-            };
+            let plan = BatchPlan::train(rows.to_vec(), spec.learning_rate(step, total_steps));
+            step += 1;
             let loss = trainer.train_step(&plan)?;
             loss_sum += loss as f64 * rows.len() as f64;
             observer.batch_done(loss);
@@ -435,10 +462,7 @@ fn evaluate(
     spec: &TrainingSpec,
 ) -> Result<(), SplitError> {
     for chunk in rows.chunks(spec.eval_batch_size.max(1)) {
-        trainer.eval_batch(&BatchPlan {
-            pass: Pass::Eval(part),
-            rows: chunk.to_vec(),
-        })?;
+        trainer.eval_batch(&BatchPlan::eval(part, chunk.to_vec()))?;
     }
     Ok(())
 }

@@ -52,6 +52,27 @@ pub struct BatchPlan {
     pub pass: Pass,
     /// Positions in the aligned row order shared by all parties.
     pub rows: Vec<u32>,
+    /// The step's learning rate under the job's schedule (training plans only).
+    #[serde(default)]
+    pub learning_rate: f64,
+}
+
+impl BatchPlan {
+    pub fn train(rows: Vec<u32>, learning_rate: f64) -> Self {
+        Self {
+            pass: Pass::Train,
+            rows,
+            learning_rate,
+        }
+    }
+
+    pub fn eval(part: Part, rows: Vec<u32>) -> Self {
+        Self {
+            pass: Pass::Eval(part),
+            rows,
+            learning_rate: 0.0,
+        }
+    }
 }
 
 /// Training (gradients will follow) or evaluation (inference mode, no gradients) of one part.

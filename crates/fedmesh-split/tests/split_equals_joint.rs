@@ -10,8 +10,8 @@ use fedmesh_model::{BottomConfig, HeadConfig, Objective, Targets, TowerConfig, t
 use fedmesh_split::party::batch_inputs;
 use fedmesh_split::{
     BatchPlan, CutActivation, CutLayerGradient, DomainParty, EvaluationReport, HeadStep, InProcess,
-    JointNetwork, LabelOwner, LabelPlacement, OptimizerSpec, Pass, SplitError, SplitTrainer,
-    Trainer, Transport, WireTensor,
+    JointNetwork, LabelOwner, LabelPlacement, OptimizerSpec, SplitError, SplitTrainer, Trainer,
+    Transport, WireTensor,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -266,10 +266,7 @@ fn check(share_labels: bool) {
         (10..90).step_by(2).collect(),
     ];
     for (step, rows) in plans.iter().enumerate() {
-        let plan = BatchPlan {
-            pass: Pass::Train,
-            rows: rows.clone(),
-        };
+        let plan = BatchPlan::train(rows.clone(), f.optimizer.learning_rate);
         let split_loss = split.train_step(&plan).unwrap();
         let (joint_loss, joint_cut_grads) = joint_step(&mut joint, &mut joint_optimizer, &f, rows);
         assert_close(
@@ -326,10 +323,7 @@ fn check(share_labels: bool) {
         .map(|m| batch_inputs(m, &rows, &device))
         .collect();
     let joint_scores = f.objective.scores(joint.valid().forward(inputs));
-    let eval = BatchPlan {
-        pass: Pass::Eval(fedmesh_split::Part::Test),
-        rows: rows.clone(),
-    };
+    let eval = BatchPlan::eval(fedmesh_split::Part::Test, rows.clone());
     let cut: Vec<WireTensor> = split.transport_mut().forward(&eval).unwrap();
     let cut = cut.iter().map(|a| a.to_tensor(&device)).collect();
     let z = split.tower().valid().forward(cut);

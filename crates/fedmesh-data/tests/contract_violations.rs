@@ -1,0 +1,141 @@
+//! A contract that does not match its data is refused with an error that names the product,
+//! the column, the row where there is one, and the rule.
+
+use std::io::Write;
+
+use fedmesh_data::product::SourceTable;
+use fedmesh_data::{DataContract, DataError, DataProduct};
+
+const CONTRACT: &str = r#"
+apiVersion: v3.1.0
+kind: DataContract
+id: urn:test:clients
+version: 1.0.0
+status: active
+dataProduct: clients
+schema:
+  - name: clients
+    quality:
+      - { type: library, metric: rowCount, mustBeGreaterOrEqualTo: 3 }
+    properties:
+      - { name: id, logicalType: integer, required: true, unique: true, primaryKey: true }
+      - { name: age, logicalType: integer, required: true }
+      - { name: limit, logicalType: number }
+      - name: segment
+        logicalType: string
+        quality:
+          - { metric: invalidValues, arguments: { validValues: [retail, premium] }, mustBe: 0 }
+          - { metric: nullValues, mustBeLessOrEqualTo: 0, severity: warning }
+"#;
+
+fn load(csv: &str) -> Result<DataProduct, DataError> {
+    let mut file = tempfile::NamedTempFile::with_suffix(".csv").unwrap();
+    file.write_all(csv.as_bytes()).unwrap();
+    let table = SourceTable::read(file.path(), None)?;
+    DataProduct::from_source(DataContract::from_yaml(CONTRACT).unwrap(), &table)
+}
+
+fn error(csv: &str) -> String {
+    load(csv)
+        .expect_err("the data breaks its contract")
+        .to_string()
+}
+
+#[test]
+fn valid_data_loads_typed() {
+    let product =
+        load("id,age,limit,segment,extra\n1,30,1000.5,retail,x\n2,41,,premium,y\n3,52,20,,z\n")
+            .unwrap();
+    assert_eq!(product.rows(), 3);
+    assert_eq!(
+        product.batch.num_columns(),
+        4,
+        "only the contract's columns are kept"
+    );
+    assert_eq!(
+        product.column_f64("limit").unwrap(),
+        vec![Some(1000.5), None, Some(20.0)]
+    );
+}
+
+#[test]
+fn a_missing_column_names_product_column_and_rule() {
+    let e = error("id,limit,segment\n1,10,retail\n2,20,retail\n3,30,retail\n");
+    assert!(e.contains("data product `clients`"), "{e}");
+    assert!(e.contains("column `age`"), "{e}");
+    assert!(e.contains("rule `schema`"), "{e}");
+}
+
+#[test]
+fn a_wrong_type_names_the_row_and_value() {
+    let e = error("id,age,limit,segment\n1,30,10,retail\n2,forty,20,retail\n3,50,30,retail\n");
+    assert!(e.contains("column `age`") && e.contains("row 2"), "{e}");
+    assert!(
+        e.contains("rule `logicalType`") && e.contains("\"forty\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_null_in_a_required_column_is_refused() {
+    let e = error("id,age,limit,segment\n1,30,10,retail\n2,41,20,retail\n3,,30,retail\n");
+    assert!(e.contains("column `age`") && e.contains("row 3"), "{e}");
+    assert!(e.contains("rule `required`"), "{e}");
+}
+
+#[test]
+fn a_duplicate_in_a_unique_column_is_refused() {
+    let e = error("id,age,limit,segment\n1,30,10,retail\n2,41,20,retail\n2,52,30,retail\n");
+    assert!(e.contains("column `id`") && e.contains("row 3"), "{e}");
+    assert!(e.contains("rule `unique`") && e.contains("row 2"), "{e}");
+}
+
+#[test]
+fn library_quality_rules_are_enforced() {
+    let e = error("id,age,limit,segment\n1,30,10,retail\n2,41,20,retail\n");
+    assert!(
+        e.contains("rowCount") && e.contains("mustBeGreaterOrEqualTo 3"),
+        "{e}"
+    );
+    let e = error("id,age,limit,segment\n1,30,10,retail\n2,41,20,gold\n3,41,20,retail\n");
+    assert!(
+        e.contains("column `segment`") && e.contains("invalidValues"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_wrong_parquet_type_is_refused() {
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("age", DataType::Float64, false),
+        Field::new("limit", DataType::Float64, true),
+        Field::new("segment", DataType::Utf8, true),
+    ]));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(Int64Array::from(vec![1, 2, 3])),
+        Arc::new(Float64Array::from(vec![30.0, 40.5, 50.0])),
+        Arc::new(Float64Array::from(vec![1.0, 2.0, 3.0])),
+        Arc::new(StringArray::from(vec!["retail", "retail", "premium"])),
+    ];
+    let batch = RecordBatch::try_new(schema.clone(), columns).unwrap();
+    let file = tempfile::NamedTempFile::with_suffix(".parquet").unwrap();
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(file.reopen().unwrap(), schema, None).unwrap();
+    writer.write(&batch).unwrap();
+    writer.close().unwrap();
+    let table = SourceTable::read(file.path(), None).unwrap();
+    let e = DataProduct::from_source(DataContract::from_yaml(CONTRACT).unwrap(), &table)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("column `age`") && e.contains("rule `logicalType`"),
+        "{e}"
+    );
+    assert!(e.contains("Float64"), "{e}");
+}

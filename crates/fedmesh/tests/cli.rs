@@ -1,0 +1,112 @@
+//! The binary as a user runs it.
+
+use std::path::Path;
+use std::process::Command;
+
+fn fedmesh() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fedmesh"))
+}
+
+fn results(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("results.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn quickstart_compares_three_configurations() {
+    let out = tempfile::tempdir().unwrap();
+    let output = fedmesh()
+        .args(["quickstart", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for config in ["centralized", "split-label-sharing", "split-label-owner"] {
+        assert!(stdout.contains(&format!("| {config} |")), "{stdout}");
+    }
+    let results = results(out.path());
+    assert_eq!(results["example"], "fraud");
+    let runs = results["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 3);
+    for run in runs {
+        for metric in ["roc_auc", "pr_auc", "f1", "hard_label_auc"] {
+            let value = run["metrics"][metric].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&value), "{metric} = {value}");
+        }
+        assert!(run["train_seconds"].as_f64().unwrap() > 0.0);
+        assert!(run["seed"].is_u64());
+    }
+    assert_eq!(
+        runs[0]["cut_layer_bytes"], 0,
+        "the centralized model has no cut layer"
+    );
+    assert!(runs[1]["cut_layer_bytes"].as_u64().unwrap() > 0);
+    // Without label sharing the tower's output and its gradient cross too.
+    assert!(runs[2]["cut_layer_bytes"].as_u64() > runs[1]["cut_layer_bytes"].as_u64());
+    for file in [
+        "report.md",
+        "loss.svg",
+        "roc.svg",
+        "pr.svg",
+        "pipeline-digital.json",
+    ] {
+        assert!(out.path().join(file).exists(), "{file} missing");
+    }
+}
+
+#[test]
+fn run_reports_a_contract_violation_and_trains_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/credit");
+    // A UCI_Credit_Card.csv whose LIMIT_BAL column holds text in its fourth row.
+    let columns = "ID,LIMIT_BAL,SEX,EDUCATION,MARRIAGE,AGE,PAY_0,PAY_2,PAY_3,PAY_4,PAY_5,PAY_6,\
+        BILL_AMT1,BILL_AMT2,BILL_AMT3,BILL_AMT4,BILL_AMT5,BILL_AMT6,\
+        PAY_AMT1,PAY_AMT2,PAY_AMT3,PAY_AMT4,PAY_AMT5,PAY_AMT6,default.payment.next.month";
+    let mut csv = format!("{columns}\n");
+    for row in 1..=5 {
+        let limit = if row == 4 { "lots" } else { "20000" };
+        csv.push_str(&format!("{row},{limit},2,2,1,24{}\n", ",0".repeat(19)));
+    }
+    let data = dir.path().join("UCI_Credit_Card.csv");
+    std::fs::write(&data, csv).unwrap();
+    let out = dir.path().join("out");
+    let output = fedmesh()
+        .arg("run")
+        .arg(&example)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("`clients`") && stderr.contains("`LIMIT_BAL`"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("row 4") && stderr.contains("logicalType"),
+        "{stderr}"
+    );
+    assert!(!out.join("results.json").exists(), "nothing was trained");
+}
+
+#[test]
+fn unknown_configuration_is_named() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/breast");
+    let output = fedmesh()
+        .arg("run")
+        .arg(&example)
+        .args(["--configs", "federated-magic"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("federated-magic"), "{stderr}");
+}
