@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use fedmesh_data::datasets::{self, fraud};
+use fedmesh_data::resample::{self, ResampleSpec};
 use fedmesh_data::{
     DataContract, DataError, DataProduct, FeatureMatrix, FeaturePipeline, FeatureSpec, Partition,
     SourceCache,
@@ -53,6 +54,9 @@ pub struct JobSpec {
     /// Also train each feature domain alone (to show what the mesh adds).
     #[serde(default)]
     pub single_domain_baselines: bool,
+    /// SMOTE and/or undersampling of the training rows (binary tasks; off by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resample: Option<ResampleSpec>,
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -195,6 +199,9 @@ pub struct RunResult {
     pub history: Vec<EpochRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curves: Option<Curves>,
+    /// Trained parts and feature pipelines, when saved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_files: Vec<String>,
 }
 
 /// A domain after loading, validation and feature fitting.
@@ -216,6 +223,8 @@ pub struct PreparedJob {
     pub partition: Partition,
     /// Aligned rows.
     pub rows: usize,
+    /// Synthetic training rows added by SMOTE (after the aligned rows).
+    pub synthetic_rows: usize,
     /// Where the data came from, for the report.
     pub source: String,
 }
@@ -315,8 +324,8 @@ impl Job {
             .iter()
             .position(|d| d.name == spec.label.domain)
             .expect("checked when the spec was read");
-        let targets = read_targets(&products[owner], &spec.label.column, &spec.objective)?;
-        let partition = match &spec.split.test_keys {
+        let mut targets = read_targets(&products[owner], &spec.label.column, &spec.objective)?;
+        let mut partition = match &spec.split.test_keys {
             Some(keys_file) => {
                 let test_keys = datasets::read_key_list(&self.dir.join(keys_file))?;
                 let key = products[owner]
@@ -388,12 +397,59 @@ impl Job {
                     .unwrap_or_else(|| spec.model.bottom.clone()),
             });
         }
+        let mut synthetic_rows = 0;
+        if let Some(resample) = &spec.resample {
+            let forbids = products[owner]
+                .contract
+                .custom_strings("flLabelSharing")
+                .iter()
+                .any(|v| v == "forbidden");
+            let problem = match (&targets, forbids) {
+                (_, true) => Some(format!(
+                    "`resample` shows every domain which training rows are minority rows, and data product `{}` forbids label sharing (flLabelSharing: forbidden)",
+                    products[owner].name()
+                )),
+                (Targets::Classes(_), false) if spec.objective.outputs() == 2 => None,
+                _ => Some("`resample` applies to binary classification only".to_string()),
+            };
+            if let Some(message) = problem {
+                return Err(SplitError::Spec {
+                    path: self.dir.join("job.yaml"),
+                    message,
+                });
+            }
+            let Targets::Classes(labels) = &mut targets else {
+                unreachable!("checked above")
+            };
+            let matrices: Vec<&FeatureMatrix> = domains.iter().map(|d| &d.features).collect();
+            let plan = resample::plan(
+                &matrices,
+                labels,
+                &partition.train,
+                resample,
+                spec.split.seed,
+            );
+            for domain in &mut domains {
+                domain.features = domain.features.with_synthetic(&plan.synthetic);
+            }
+            synthetic_rows = plan.synthetic.len();
+            labels.extend(std::iter::repeat_n(1, synthetic_rows));
+            partition.train = plan.kept;
+            partition
+                .train
+                .extend((rows..rows + synthetic_rows).map(|r| r as u32));
+            tracing::info!(
+                "resampled training rows: {} kept, {synthetic_rows} synthetic",
+                partition.train.len() - synthetic_rows
+            );
+        }
         Ok(PreparedJob {
             spec: spec.clone(),
             domains,
             targets,
             partition,
             rows,
+            synthetic_rows,
             source,
         })
     }
@@ -642,13 +698,15 @@ impl PreparedJob {
         })
     }
 
-    /// Trains and evaluates one configuration for one seed.
+    /// Trains and evaluates one configuration for one seed; with `save_to`, writes the trained
+    /// parts (burnpack, one file per part and holder) and the feature pipelines there.
     pub fn run(
         &self,
         config: &RunConfig,
         seed: u64,
         observer: &dyn Observer,
         stop: &AtomicBool,
+        save_to: Option<&Path>,
     ) -> Result<RunResult, SplitError> {
         let mut trainer = self.trainer(config, seed)?;
         let outcome = fit(
@@ -662,8 +720,20 @@ impl PreparedJob {
         let metrics = outcome.report.metrics.ok_or_else(|| {
             SplitError::Protocol("the label holder reported no test metrics".into())
         })?;
+        let mut model_files = Vec::new();
+        if let Some(dir) = save_to {
+            for path in trainer.save(dir)? {
+                model_files.push(path.display().to_string());
+            }
+            for domain in &self.domains {
+                let path = dir.join(format!("pipeline-{}.json", domain.name));
+                std::fs::write(&path, domain.pipeline.to_json())?;
+                model_files.push(path.display().to_string());
+            }
+        }
         let samples = (self.partition.train.len() * self.spec.training.epochs) as f64;
         Ok(RunResult {
+            model_files,
             config: config.name(),
             seed,
             metrics,

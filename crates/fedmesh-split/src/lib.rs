@@ -45,4 +45,9 @@ pub enum SplitError {
     Interrupted,
     #[error(transparent)]
     Io(#[from] std::io::Error),
+    #[error("cannot save or load model part {path}: {message}")]
+    Record {
+        path: std::path::PathBuf,
+        message: String,
+    },
 }

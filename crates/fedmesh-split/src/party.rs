@@ -5,6 +5,8 @@
 //! is `(activation · gradient).sum().backward()`, which gives exactly the parameter gradients the
 //! joint network would.
 
+use std::path::{Path, PathBuf};
+
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, decay::WeightDecayConfig};
 use burn::prelude::*;
@@ -181,6 +183,11 @@ impl DomainParty {
         &self.model
     }
 
+    /// Writes the bottom model to `dir/bottom-<domain>.bpk`.
+    pub fn save(&self, dir: &Path) -> Result<PathBuf, SplitError> {
+        save_part(&self.model, dir, &format!("bottom-{}", self.name))
+    }
+
     pub fn features(&self) -> &FeatureMatrix {
         &self.features
     }
@@ -286,6 +293,26 @@ impl LabelOwner {
     pub fn head(&self) -> &Head {
         &self.head
     }
+
+    /// Writes the head to `dir/head-<domain>.bpk`.
+    pub fn save(&self, dir: &Path) -> Result<PathBuf, SplitError> {
+        save_part(&self.head, dir, &format!("head-{}", self.name))
+    }
+}
+
+/// Writes a module's parameters (burnpack) to `dir/<name>.bpk`.
+pub fn save_part<M: Module>(module: &M, dir: &Path, name: &str) -> Result<PathBuf, SplitError> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{name}.bpk"));
+    module
+        .clone()
+        .into_record()
+        .save(&path)
+        .map_err(|e| SplitError::Record {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+    Ok(path)
 }
 
 /// Records an evaluation batch's scores and summed loss.

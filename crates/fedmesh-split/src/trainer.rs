@@ -2,6 +2,7 @@
 //! process: the centralized baseline, and the reference the split computation must equal), and
 //! the epoch loop both run under.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -16,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
-use crate::party::{OptimizerSpec, batch_inputs, record_eval, scalar};
+use crate::party::{OptimizerSpec, batch_inputs, record_eval, save_part, scalar};
 use crate::scores::{EvaluationReport, ScoreBook};
 use crate::transport::Transport;
 use crate::wire::{BatchPlan, Part, Pass, WireTensor};
@@ -33,6 +34,8 @@ pub trait Trainer {
     fn cut_layer_bytes(&self) -> u64 {
         0
     }
+    /// Saves every part where its holder keeps it; returns what was written.
+    fn save(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError>;
 }
 
 /// Where the labels and the loss live in a split job.
@@ -213,6 +216,15 @@ impl<T: Transport> Trainer for SplitTrainer<T> {
     fn cut_layer_bytes(&self) -> u64 {
         self.cut_layer_bytes
     }
+
+    fn save(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
+        let mut written = self.transport.save_parts(dir)?;
+        written.push(save_part(&self.tower, dir, "tower-governance")?);
+        if let Some(shared) = &self.labels {
+            written.push(save_part(&shared.head, dir, "head-governance")?);
+        }
+        Ok(written)
+    }
 }
 
 /// Every part of a split network in one module: the function the split computation must equal.
@@ -313,6 +325,10 @@ impl Trainer for JointTrainer {
 
     fn report(&mut self) -> Result<EvaluationReport, SplitError> {
         Ok(self.scores.report(&self.objective, &self.targets))
+    }
+
+    fn save(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
+        Ok(vec![save_part(&self.network, dir, "joint")?])
     }
 }
 

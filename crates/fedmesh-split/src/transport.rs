@@ -4,6 +4,8 @@
 //! in-process transport below calls the parties directly and serves tests and single-machine
 //! runs; the gRPC transport sends the same messages to domain nodes over mutual TLS.
 
+use std::path::{Path, PathBuf};
+
 use fedmesh_model::Targets;
 
 use crate::SplitError;
@@ -40,6 +42,10 @@ pub trait Transport {
 
     /// With label sharing: the labels of all aligned rows, sent once by the label owner.
     fn shared_labels(&mut self) -> Result<Targets, SplitError>;
+
+    /// Every party saves the parts it holds under `dir` in its own storage; returns what was
+    /// written.
+    fn save_parts(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError>;
 }
 
 /// All parties in this process.
@@ -102,5 +108,17 @@ impl Transport for InProcess {
         self.labels.clone().ok_or_else(|| {
             SplitError::Protocol("the label owner keeps its labels in this job".into())
         })
+    }
+
+    fn save_parts(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
+        let mut written = self
+            .domains
+            .iter()
+            .map(|d| d.save(dir))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(owner) = &self.label_owner {
+            written.push(owner.save(dir)?);
+        }
+        Ok(written)
     }
 }

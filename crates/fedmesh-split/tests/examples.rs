@@ -31,6 +31,7 @@ fn run(job: &PreparedJob, config: RunConfig, seed: u64) -> RunResult {
         seed,
         &fedmesh_split::Silent,
         &AtomicBool::new(false),
+        None,
     )
     .unwrap()
 }
@@ -137,6 +138,35 @@ fn synthetic_fraud_needs_all_three_domains() {
             "{domain} alone {alone} vs together {joint}"
         );
     }
+}
+
+#[test]
+fn smote_and_undersampling_rebalance_the_training_rows() {
+    let mut job = Job::load(&example("fraud")).unwrap();
+    job.spec.synthetic_rows = Some(50_000);
+    job.spec.training.epochs = 2;
+    job.spec.resample = Some(fedmesh_data::resample::ResampleSpec {
+        smote: Some(0.1),
+        undersample: Some(0.5),
+        k: 5,
+    });
+    let job = job.prepare(None).unwrap();
+    assert!(job.synthetic_rows > 0);
+    let fedmesh_model::Targets::Classes(labels) = &job.targets else {
+        panic!("classes")
+    };
+    let positives = job
+        .partition
+        .train
+        .iter()
+        .filter(|&&r| labels[r as usize] == 1)
+        .count();
+    let negatives = job.partition.train.len() - positives;
+    assert_eq!(negatives, (positives as f64 / 0.5).round() as usize);
+    // Evaluation stays on real rows.
+    assert!(job.partition.test.iter().all(|&r| (r as usize) < job.rows));
+    let auc = roc_auc(&run(&job, RunConfig::SplitLabelSharing, 1));
+    assert!(auc > 0.9, "{auc}");
 }
 
 #[test]

@@ -44,6 +44,9 @@ impl Transport for Recording {
     fn shared_labels(&mut self) -> Result<Targets, SplitError> {
         self.inner.shared_labels()
     }
+    fn save_parts(&mut self, dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, SplitError> {
+        self.inner.save_parts(dir)
+    }
 }
 
 fn features(rng: &mut ChaCha8Rng, numeric: usize, cardinalities: &[usize]) -> FeatureMatrix {

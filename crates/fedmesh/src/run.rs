@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
-use fedmesh_split::job::{Job, PreparedJob, RunConfig, RunResult};
+use fedmesh_split::job::{Job, RunConfig, RunResult};
 use fedmesh_split::{Metrics, SplitError};
 use serde::{Deserialize, Serialize};
 
@@ -106,6 +106,13 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
         prepared.partition.test.len(),
         prepared.domains.len()
     );
+    if prepared.synthetic_rows > 0 {
+        println!(
+            "resampling: {} training rows, {} of them synthetic (SMOTE)",
+            prepared.partition.train.len(),
+            prepared.synthetic_rows
+        );
+    }
     let configs: Vec<RunConfig> = if options.configs.is_empty() {
         prepared.configs()
     } else {
@@ -144,7 +151,10 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
         for &seed in &seeds {
             let label = format!("{} seed {seed}", config.name());
             let progress = RunProgress::new(label, prepared.spec.training.epochs);
-            match prepared.run(config, seed, &progress, stop) {
+            let models = out
+                .join("models")
+                .join(format!("{}-seed{seed}", config.name().replace(':', "-")));
+            match prepared.run(config, seed, &progress, stop, Some(&models)) {
                 Ok(result) => {
                     progress.finish(format!(
                         "{} {:.4} in {:.1} s",
@@ -159,7 +169,7 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
                 }
                 Err(SplitError::Interrupted) => {
                     progress.abandon();
-                    write_outputs(&out, &results, &prepared)?;
+                    write_outputs(&out, &results)?;
                     bail!(
                         "interrupted: {} finished runs are in {}",
                         results.runs.len(),
@@ -170,7 +180,7 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
             }
         }
     }
-    write_outputs(&out, &results, &prepared)?;
+    write_outputs(&out, &results)?;
     println!("\n{}", report::table(&results));
     println!(
         "results: {}\nreport:  {}",
@@ -180,12 +190,8 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
     Ok(results)
 }
 
-fn write_outputs(out: &Path, results: &Results, prepared: &PreparedJob) -> Result<()> {
+fn write_outputs(out: &Path, results: &Results) -> Result<()> {
     write_json(&out.join("results.json"), results)?;
-    for domain in &prepared.domains {
-        let path = out.join(format!("pipeline-{}.json", domain.name));
-        std::fs::write(&path, domain.pipeline.to_json())?;
-    }
     report::write(out, results)
 }
 

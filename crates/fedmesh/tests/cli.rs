@@ -48,15 +48,28 @@ fn quickstart_compares_three_configurations() {
     assert!(runs[1]["cut_layer_bytes"].as_u64().unwrap() > 0);
     // Without label sharing the tower's output and its gradient cross too.
     assert!(runs[2]["cut_layer_bytes"].as_u64() > runs[1]["cut_layer_bytes"].as_u64());
-    for file in [
-        "report.md",
-        "loss.svg",
-        "roc.svg",
-        "pr.svg",
-        "pipeline-digital.json",
-    ] {
+    for file in ["report.md", "loss.svg", "roc.svg", "pr.svg"] {
         assert!(out.path().join(file).exists(), "{file} missing");
     }
+    // Each part is saved by its holder: three bottoms, governance's tower, the label owner's
+    // head, and the domains' feature pipelines.
+    let owner = out.path().join("models/split-label-owner-seed1");
+    for file in [
+        "bottom-digital.bpk",
+        "bottom-retail.bpk",
+        "bottom-fraud-prevention.bpk",
+        "tower-governance.bpk",
+        "head-fraud-prevention.bpk",
+        "pipeline-digital.json",
+    ] {
+        assert!(owner.join(file).exists(), "{file} missing");
+    }
+    assert!(!owner.join("head-governance.bpk").exists());
+    assert!(
+        out.path()
+            .join("models/split-label-sharing-seed1/head-governance.bpk")
+            .exists()
+    );
 }
 
 #[test]
