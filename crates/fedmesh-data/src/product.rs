@@ -79,7 +79,7 @@ impl SourceTable {
             .map_err(|e| bad(e.to_string()))?;
         let batch = concat_batches(&schema, &batches).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
-            origin: path.display().to_string(),
+            origin: display_path(path),
             batch,
         })
     }
@@ -103,7 +103,7 @@ impl SourceTable {
             .map_err(|e| bad(e.to_string()))?;
         let batch = concat_batches(&schema, &batches).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
-            origin: path.display().to_string(),
+            origin: display_path(path),
             batch,
         })
     }
@@ -115,6 +115,14 @@ impl SourceTable {
             batch,
         }
     }
+}
+
+/// A path as a user would write it: canonical (no `a/../b`) when the file exists.
+fn display_path(path: &Path) -> String {
+    path.canonicalize()
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string()
 }
 
 /// A contract and its validated data: one column per contract property, in contract order, typed

@@ -9,7 +9,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::party::{DomainParty, OptimizerSpec};
-use crate::trainer::{LabelPlacement, SplitTrainer, Trainer};
+use crate::trainer::{JointNetwork, JointTrainer, LabelPlacement, SplitTrainer, Trainer};
 use crate::transport::InProcess;
 use crate::wire::BatchPlan;
 
@@ -32,12 +32,22 @@ impl Default for SplitBench {
 
 /// Samples per second of split training steps (label sharing, in-process transport).
 pub fn split_throughput(bench: &SplitBench) -> f64 {
+    throughput(bench, false)
+}
+
+/// Samples per second of the same network trained as one module (no cut layer): what the split
+/// protocol costs on top.
+pub fn joint_throughput(bench: &SplitBench) -> f64 {
+    throughput(bench, true)
+}
+
+fn throughput(bench: &SplitBench, joint: bool) -> f64 {
     let rows = 65_536;
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     let device = training_device();
     device.seed(7);
     let optimizer = OptimizerSpec::default();
-    let domains = (0..3)
+    let domains: Vec<DomainParty> = (0..3)
         .map(|d| {
             let features = FeatureMatrix {
                 rows,
@@ -77,22 +87,44 @@ pub fn split_throughput(bench: &SplitBench) -> f64 {
         outputs: 2,
     }
     .init(&device);
-    let mut trainer = SplitTrainer::new(
-        InProcess {
-            domains,
-            label_owner: None,
-            labels: Some(labels),
-        },
-        tower,
-        LabelPlacement::Governance { head },
-        Objective::CrossEntropy {
-            classes: 2,
-            class_weights: None,
-        },
-        &optimizer,
-        device,
-    )
-    .expect("in-process labels are available");
+    let objective = Objective::CrossEntropy {
+        classes: 2,
+        class_weights: None,
+    };
+    let mut trainer: Box<dyn Trainer> = if joint {
+        let (features, bottoms) = domains
+            .into_iter()
+            .map(|d: DomainParty| (d.features().clone(), d.model().clone()))
+            .unzip();
+        Box::new(JointTrainer::new(
+            JointNetwork {
+                bottoms,
+                tower,
+                head,
+            },
+            features,
+            labels,
+            objective,
+            &optimizer,
+            device,
+        ))
+    } else {
+        Box::new(
+            SplitTrainer::new(
+                InProcess {
+                    domains,
+                    label_owner: None,
+                    labels: Some(labels),
+                },
+                tower,
+                LabelPlacement::Governance { head },
+                objective,
+                &optimizer,
+                device,
+            )
+            .expect("in-process labels are available"),
+        )
+    };
     let plans: Vec<BatchPlan> = (0..rows / bench.batch_size)
         .map(|b| {
             let rows = (b * bench.batch_size) as u32..((b + 1) * bench.batch_size) as u32;

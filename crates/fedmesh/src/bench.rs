@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use fedmesh_split::bench::{SplitBench, split_throughput};
+use fedmesh_split::bench::{SplitBench, joint_throughput, split_throughput};
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -14,17 +14,31 @@ pub enum BenchCommand {
         steps: usize,
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
+        /// Also train the same network as one module (no cut layer), for comparison.
+        #[arg(long)]
+        joint: bool,
     },
 }
 
 pub fn bench(what: BenchCommand) -> Result<()> {
     match what {
-        BenchCommand::Split { steps, batch_size } => {
-            let rate = split_throughput(&SplitBench {
+        BenchCommand::Split {
+            steps,
+            batch_size,
+            joint,
+        } => {
+            let bench = SplitBench {
                 batch_size,
                 warmup_steps: 100,
                 steps,
-            });
+            };
+            if joint {
+                let rate = joint_throughput(&bench);
+                println!(
+                    "joint training (no cut), fraud model, batch {batch_size}: {rate:.0} samples/s"
+                );
+            }
+            let rate = split_throughput(&bench);
             println!(
                 "split training, fraud model, batch {batch_size}, in-process: {rate:.0} samples/s"
             );
