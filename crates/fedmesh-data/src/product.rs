@@ -74,14 +74,7 @@ impl SourceTable {
             .with_batch_size(64 * 1024)
             .build(File::open(path).map_err(io)?)
             .map_err(|e| bad(e.to_string()))?;
-        let batches = reader
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        let batch = concat_batches(&schema, &batches).map_err(|e| bad(e.to_string()))?;
-        Ok(Self {
-            origin: display_path(path),
-            batch,
-        })
+        Self::collect(path, &schema, reader)
     }
 
     /// Reads a Parquet file with the types it was written with.
@@ -98,10 +91,20 @@ impl SourceTable {
             .map_err(|e| bad(e.to_string()))?;
         let schema = builder.schema().clone();
         let reader = builder.build().map_err(|e| bad(e.to_string()))?;
-        let batches = reader
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad(e.to_string()))?;
-        let batch = concat_batches(&schema, &batches).map_err(|e| bad(e.to_string()))?;
+        Self::collect(path, &schema, reader)
+    }
+
+    fn collect(
+        path: &Path,
+        schema: &SchemaRef,
+        batches: impl Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>,
+    ) -> Result<Self, DataError> {
+        let bad = |e: arrow::error::ArrowError| DataError::Malformed {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let batches = batches.collect::<Result<Vec<_>, _>>().map_err(bad)?;
+        let batch = concat_batches(schema, &batches).map_err(bad)?;
         Ok(Self {
             origin: display_path(path),
             batch,

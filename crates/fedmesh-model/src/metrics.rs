@@ -57,39 +57,37 @@ pub struct PrPoint {
 /// Precision and recall at each distinct score taken as threshold (predict positive when
 /// score ≥ threshold), from the highest threshold down.
 pub fn pr_points(scores: &[f32], positive: &[bool]) -> Vec<PrPoint> {
-    let mut order = sorted_by_score(scores);
-    order.reverse();
     let n_pos = positive.iter().filter(|&&p| p).count() as f64;
-    let (mut tp, mut fp) = (0.0, 0.0);
-    let mut points = Vec::new();
-    let mut i = 0;
-    while i < order.len() {
-        let threshold = scores[order[i]];
-        while i < order.len() && scores[order[i]] == threshold {
-            if positive[order[i]] {
-                tp += 1.0;
-            } else {
-                fp += 1.0;
-            }
-            i += 1;
-        }
-        points.push(PrPoint {
+    cumulative_counts(scores, positive)
+        .into_iter()
+        .map(|(threshold, tp, fp)| PrPoint {
             threshold,
             precision: tp / (tp + fp),
             recall: if n_pos > 0.0 { tp / n_pos } else { 0.0 },
-        });
-    }
-    points
+        })
+        .collect()
 }
 
 /// ROC curve points (false-positive rate, true-positive rate), from (0,0) to (1,1).
 pub fn roc_points(scores: &[f32], positive: &[bool]) -> Vec<(f64, f64)> {
-    let n_pos = positive.iter().filter(|&&p| p).count().max(1) as f64;
-    let n_neg = (positive.len() as f64 - n_pos).max(1.0);
-    let mut points = vec![(0.0, 0.0)];
+    let n_pos = positive.iter().filter(|&&p| p).count() as f64;
+    let n_neg = positive.len() as f64 - n_pos;
+    std::iter::once((0.0, 0.0))
+        .chain(
+            cumulative_counts(scores, positive)
+                .into_iter()
+                .map(|(_, tp, fp)| (fp / n_neg.max(1.0), tp / n_pos.max(1.0))),
+        )
+        .collect()
+}
+
+/// (threshold, true positives, false positives) when predicting positive at score ≥ threshold,
+/// for each distinct score from the highest down.
+fn cumulative_counts(scores: &[f32], positive: &[bool]) -> Vec<(f32, f64, f64)> {
     let mut order = sorted_by_score(scores);
     order.reverse();
     let (mut tp, mut fp) = (0.0, 0.0);
+    let mut counts = Vec::new();
     let mut i = 0;
     while i < order.len() {
         let threshold = scores[order[i]];
@@ -101,9 +99,9 @@ pub fn roc_points(scores: &[f32], positive: &[bool]) -> Vec<(f64, f64)> {
             }
             i += 1;
         }
-        points.push((fp / n_neg, tp / n_pos));
+        counts.push((threshold, tp, fp));
     }
-    points
+    counts
 }
 
 fn sorted_by_score(scores: &[f32]) -> Vec<usize> {
