@@ -279,7 +279,7 @@ impl DataContract {
         let path = path.as_ref();
         let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
         Self::parse(&text, path)
     }

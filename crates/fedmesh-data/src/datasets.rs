@@ -132,7 +132,7 @@ pub fn normal(rng: &mut impl Rng) -> f64 {
 pub fn read_key_list(path: &Path) -> Result<HashSet<String>, DataError> {
     let text = std::fs::read_to_string(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     Ok(text
         .lines()

@@ -54,10 +54,10 @@ impl std::fmt::Display for Violation {
 /// Errors of reading, validating and transforming data products.
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{path} is not a readable table: {message}")]
     Malformed { path: PathBuf, message: String },

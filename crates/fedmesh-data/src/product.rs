@@ -51,7 +51,7 @@ impl SourceTable {
     pub fn read_csv(path: &Path, delimiter: u8) -> Result<Self, DataError> {
         let io = |source| DataError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         };
         let bad = |message: String| DataError::Malformed {
             path: path.to_path_buf(),
@@ -85,7 +85,7 @@ impl SourceTable {
         };
         let file = File::open(path).map_err(|source| DataError::Io {
             path: path.to_path_buf(),
-            source,
+            error: source,
         })?;
         let builder = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
             .map_err(|e| bad(e.to_string()))?;
@@ -415,7 +415,7 @@ pub fn float_table(origin: &str, columns: Vec<(String, Vec<f64>)>) -> SourceTabl
 pub fn write_csv(table: &SourceTable, path: &Path) -> Result<(), DataError> {
     let file = File::create(path).map_err(|source| DataError::Io {
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     let mut writer = arrow::csv::WriterBuilder::new()
         .with_header(true)

@@ -59,6 +59,11 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Make the mesh's development CA and node certificates (mutual TLS identities).
+    Certs {
+        #[command(subcommand)]
+        what: CertsCommand,
+    },
     /// Measure performance.
     Bench {
         #[command(subcommand)]
@@ -66,7 +71,33 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a development CA (ca.pem, ca.key) in DIR.
+    Init {
+        #[arg(long, default_value = "mesh")]
+        dir: PathBuf,
+    },
+    /// Issue a certificate for a node (a domain name, or `governance`), signed by the CA in DIR.
+    Issue {
+        name: String,
+        #[arg(long, default_value = "mesh")]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole cause chain on one line, without a backtrace: errors here are for users.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -106,6 +137,18 @@ fn main() -> Result<()> {
             &stop,
         )
         .map(|_| ()),
+        Command::Certs { what } => {
+            let issued = match what {
+                CertsCommand::Init { dir } => fedmesh_tls::init_ca(&dir)?,
+                CertsCommand::Issue { name, dir } => fedmesh_tls::issue(&dir, &name)?,
+            };
+            println!(
+                "wrote {} and {} (private: keep it on its node)",
+                issued.certificate.display(),
+                issued.key.display()
+            );
+            Ok(())
+        }
         Command::Bench { what } => bench::bench(what),
     }
 }

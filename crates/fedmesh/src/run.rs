@@ -92,6 +92,12 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
         .unwrap_or_else(|| default_out(&job.spec.name));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
+    // Checked before any data is read: a typo should not cost a load.
+    let chosen: Vec<RunConfig> = options
+        .configs
+        .iter()
+        .map(|c| c.parse().map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
     println!(
         "loading and validating the data products of `{}`…",
         job.spec.name
@@ -113,14 +119,10 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
             prepared.synthetic_rows
         );
     }
-    let configs: Vec<RunConfig> = if options.configs.is_empty() {
+    let configs = if chosen.is_empty() {
         prepared.configs()
     } else {
-        options
-            .configs
-            .iter()
-            .map(|c| c.parse().map_err(anyhow::Error::msg))
-            .collect::<Result<_>>()?
+        chosen
     };
     let seeds: Vec<u64> = match options.seeds {
         Some(0) => bail!("--seeds must be at least 1"),

@@ -123,3 +123,36 @@ fn unknown_configuration_is_named() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("federated-magic"), "{stderr}");
 }
+
+#[test]
+fn certs_make_a_ca_and_name_each_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = dir.path().join("mesh");
+    let certs = |args: &[&str]| {
+        fedmesh()
+            .arg("certs")
+            .args(args)
+            .arg("--dir")
+            .arg(&mesh)
+            .output()
+            .unwrap()
+    };
+    assert!(certs(&["init"]).status.success());
+    for node in ["governance", "digital"] {
+        let out = certs(&["issue", node]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pem = std::fs::read_to_string(mesh.join(format!("{node}.pem"))).unwrap();
+        assert_eq!(fedmesh_tls::names(&pem).unwrap(), vec![node]);
+    }
+    let again = certs(&["init"]);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.starts_with("error: ") && stderr.contains("already holds a mesh CA"),
+        "{stderr}"
+    );
+}
