@@ -27,7 +27,23 @@ pub fn training_device() -> Device {
     Device::flex().autodiff()
 }
 
-/// Seeds burn's parameter initialisation (and dropout masks) for reproducible runs.
-pub fn seed(device: &Device, seed: u64) {
+/// A copy of a module that shares no state with the original.
+///
+/// `Clone` shares BatchNorm's running statistics (burn keeps them behind an `Arc`), so two
+/// parties built from clones of one module would quietly update one set of statistics between
+/// them. Round-tripping through inference mode gives each copy its own.
+pub fn deep_copy<M: burn::module::Module>(module: &M) -> M {
+    module.valid().train()
+}
+
+/// Initializes a part with burn's random generator seeded to `seed`.
+///
+/// burn's generator is global to the process, so seeding and drawing are done under one lock:
+/// a part's initial weights then depend on its seed alone, not on what other threads initialize
+/// at the same time (tests run in parallel; a node may host several jobs).
+pub fn seeded<T>(device: &Device, seed: u64, init: impl FnOnce() -> T) -> T {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     device.seed(seed);
+    init()
 }

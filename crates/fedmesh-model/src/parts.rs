@@ -62,6 +62,17 @@ pub struct BottomModel {
 }
 
 impl BottomModel {
+    /// Width of the cut-layer activation (the last layer's outputs).
+    pub fn output_width(&self) -> usize {
+        let last = self
+            .mlp
+            .blocks
+            .last()
+            .expect("a bottom model has at least one layer");
+        // burn stores a linear layer's weight as [inputs, outputs].
+        last.linear.weight.dims()[1]
+    }
+
     /// `numeric`: `[batch, numeric]`; `categorical`: `[batch, embeddings]` indices (ignored when
     /// the model has no embeddings).
     pub fn forward(&self, numeric: Tensor<2>, categorical: Option<Tensor<2, Int>>) -> Tensor<2> {

@@ -17,7 +17,9 @@ use fedmesh_data::{
     DataContract, DataError, DataProduct, FeatureMatrix, FeaturePipeline, FeatureSpec, Partition,
     SourceCache,
 };
-use fedmesh_model::{BottomConfig, HeadConfig, Objective, Targets, TowerConfig, training_device};
+use fedmesh_model::{
+    BottomConfig, HeadConfig, Objective, Targets, TowerConfig, seeded, training_device,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
@@ -601,16 +603,14 @@ impl PreparedJob {
     pub fn trainer(&self, config: &RunConfig, seed: u64) -> Result<Box<dyn Trainer>, SplitError> {
         let device = training_device();
         let optimizer = &self.spec.training.optimizer;
-        let init_seed = |part: u64| device.seed(seed.wrapping_mul(1_000_003).wrapping_add(part));
+        // Each part has its own seed, so its initial weights do not depend on build order.
+        let part_seed = |part: u64| seed.wrapping_mul(1_000_003).wrapping_add(part);
         let joint = |features: FeatureMatrix, layers: &LayersSpec| {
             let bottom = self.bottom_config(&features, layers);
-            init_seed(0);
-            let bottoms = vec![bottom.init(&device)];
+            let bottoms = vec![seeded(&device, part_seed(0), || bottom.init(&device))];
             let (tower, head) = self.tower_and_head(bottom.output());
-            init_seed(100);
-            let tower = tower.init(&device);
-            init_seed(101);
-            let head = head.init(&device);
+            let tower = seeded(&device, part_seed(100), || tower.init(&device));
+            let head = seeded(&device, part_seed(101), || head.init(&device));
             Box::new(JointTrainer::new(
                 JointNetwork {
                     bottoms,
@@ -646,20 +646,17 @@ impl PreparedJob {
                 for (i, domain) in self.domains.iter().enumerate() {
                     let config = self.bottom_config(&domain.features, &domain.bottom);
                     cut_width += config.output();
-                    init_seed(1 + i as u64);
                     parties.push(DomainParty::new(
                         domain.name.clone(),
                         domain.features.clone(),
-                        config.init(&device),
+                        seeded(&device, part_seed(1 + i as u64), || config.init(&device)),
                         optimizer,
                         device.clone(),
                     ));
                 }
                 let (tower, head) = self.tower_and_head(cut_width);
-                init_seed(100);
-                let tower = tower.init(&device);
-                init_seed(101);
-                let head = head.init(&device);
+                let tower = seeded(&device, part_seed(100), || tower.init(&device));
+                let head = seeded(&device, part_seed(101), || head.init(&device));
                 let (transport, placement) = if *config == RunConfig::SplitLabelSharing {
                     (
                         InProcess {

@@ -41,6 +41,8 @@ pub enum SplitError {
         path: std::path::PathBuf,
         message: String,
     },
+    #[error("domain node `{node}`: {message}")]
+    Node { node: String, message: String },
     #[error("interrupted: the run was stopped before it finished; nothing was saved")]
     Interrupted,
     #[error(transparent)]

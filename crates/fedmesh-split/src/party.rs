@@ -191,6 +191,11 @@ impl DomainParty {
     pub fn features(&self) -> &FeatureMatrix {
         &self.features
     }
+
+    /// Width of this domain's cut-layer activation.
+    pub fn cut_width(&self) -> usize {
+        self.model.output_width()
+    }
 }
 
 /// Loss and gradient the label owner returns for a training batch.

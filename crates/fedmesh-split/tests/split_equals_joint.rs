@@ -6,7 +6,9 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::prelude::*;
 use fedmesh_data::FeatureMatrix;
-use fedmesh_model::{BottomConfig, HeadConfig, Objective, Targets, TowerConfig, training_device};
+use fedmesh_model::{
+    BottomConfig, HeadConfig, Objective, Targets, TowerConfig, deep_copy, training_device,
+};
 use fedmesh_split::party::batch_inputs;
 use fedmesh_split::{
     BatchPlan, CutActivation, CutLayerGradient, DomainParty, EvaluationReport, HeadStep, InProcess,
@@ -143,7 +145,7 @@ fn split_trainer(f: &Fixture, share_labels: bool) -> SplitTrainer<Recording> {
             DomainParty::new(
                 format!("d{i}"),
                 features.clone(),
-                bottom.clone(),
+                deep_copy(bottom),
                 &f.optimizer,
                 device.clone(),
             )
@@ -261,7 +263,7 @@ fn assert_close(what: &str, a: &[f32], b: &[f32]) {
 fn check(share_labels: bool) {
     let f = fixture();
     let mut split = split_trainer(&f, share_labels);
-    let mut joint = f.network.clone();
+    let mut joint = deep_copy(&f.network);
     let mut joint_optimizer = f.optimizer.init();
     let plans: Vec<Vec<u32>> = vec![
         (0..32).collect(),

@@ -1,0 +1,332 @@
+//! Governance's side of the training streams: [`fedmesh_split::Transport`] over gRPC.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedmesh_model::Targets;
+use fedmesh_proto::Encoding;
+use fedmesh_proto::v1::domain_message::Body as Reply;
+use fedmesh_proto::v1::domain_node_client::DomainNodeClient;
+use fedmesh_proto::v1::governance_message::Body as Command;
+use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
+use fedmesh_split::{
+    BatchPlan, CutActivation, CutLayerGradient, EvaluationReport, HeadStep, SplitError, Transport,
+};
+use futures::future::try_join_all;
+use prost::Message;
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use tonic::transport::Channel;
+
+use crate::MeshIdentity;
+use crate::convert::{labels_from_wire, plan_to_wire, tensor_from_wire, tensor_to_wire};
+
+/// Where a domain node listens.
+#[derive(Debug, Clone)]
+pub struct NodeEndpoint {
+    /// The node's name, which its certificate must carry.
+    pub name: String,
+    /// `https://host:port`.
+    pub url: String,
+}
+
+/// One open training stream.
+struct Link {
+    name: String,
+    outbound: mpsc::Sender<GovernanceMessage>,
+    inbound: Streaming<DomainMessage>,
+    cut_width: u32,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+impl Link {
+    /// Sends one message and waits for its answer, at most `deadline`.
+    async fn call(&mut self, body: Command, deadline: Duration) -> Result<Reply, SplitError> {
+        let message = GovernanceMessage { body: Some(body) };
+        self.bytes_sent += message.encoded_len() as u64;
+        let gone = |what: String| SplitError::Node {
+            node: self.name.clone(),
+            message: what,
+        };
+        self.outbound
+            .send(message)
+            .await
+            .map_err(|_| gone("the stream to the node is closed".into()))?;
+        let reply = tokio::time::timeout(deadline, self.inbound.message())
+            .await
+            .map_err(|_| gone(format!("no answer within {} s", deadline.as_secs_f64())))?
+            .map_err(|status| gone(status.message().to_string()))?
+            .ok_or_else(|| gone("the node closed the stream".into()))?;
+        self.bytes_received += reply.encoded_len() as u64;
+        match reply.body {
+            Some(Reply::Failure(failure)) => Err(gone(failure.reason)),
+            Some(body) => Ok(body),
+            None => Err(gone("an empty answer".into())),
+        }
+    }
+}
+
+fn unexpected(node: &str, reply: &Reply) -> SplitError {
+    SplitError::Node {
+        node: node.to_string(),
+        message: format!("unexpected answer {reply:?}"),
+    }
+}
+
+/// The training streams of one job, one per domain node.
+pub struct GrpcTransport {
+    runtime: Arc<Runtime>,
+    links: Vec<Link>,
+    /// Links whose domain contributes a bottom, in domain order.
+    bottoms: Vec<usize>,
+    /// The label owner's link.
+    owner: usize,
+    encoding: Encoding,
+    deadline: Duration,
+}
+
+impl GrpcTransport {
+    /// Connects to every node over mutual TLS and opens the job on each (`start.domain` is set
+    /// per node). `nodes` are in domain order; `label_owner` names one of them.
+    pub fn connect(
+        runtime: Arc<Runtime>,
+        identity: &MeshIdentity,
+        nodes: &[NodeEndpoint],
+        label_owner: &str,
+        start: v1::JobStart,
+        deadline: Duration,
+    ) -> Result<Self, SplitError> {
+        let owner = nodes
+            .iter()
+            .position(|n| n.name == label_owner)
+            .ok_or_else(|| {
+                SplitError::Protocol(format!(
+                    "the label owner `{label_owner}` is not a node of the job"
+                ))
+            })?;
+        let encoding = Encoding::try_from(start.encoding).unwrap_or(Encoding::F32);
+        let links = runtime.block_on(try_join_all(nodes.iter().map(|node| {
+            let mut start = start.clone();
+            start.domain = node.name.clone();
+            open(identity, node, start, deadline)
+        })))?;
+        let bottoms = (0..links.len())
+            .filter(|&i| links[i].cut_width > 0)
+            .collect();
+        Ok(Self {
+            runtime,
+            links,
+            bottoms,
+            owner,
+            encoding,
+            deadline,
+        })
+    }
+
+    /// Bytes sent to and received from the nodes so far (protobuf-encoded messages).
+    pub fn bytes(&self) -> (u64, u64) {
+        self.links
+            .iter()
+            .fold((0, 0), |(s, r), l| (s + l.bytes_sent, r + l.bytes_received))
+    }
+
+    /// Ends the job on every node.
+    pub fn finish(&mut self) -> Result<(), SplitError> {
+        let deadline = self.deadline;
+        self.runtime.block_on(try_join_all(
+            self.links
+                .iter_mut()
+                .map(|l| l.call(Command::Finish(v1::Empty {}), deadline)),
+        ))?;
+        Ok(())
+    }
+
+    fn call_owner(&mut self, body: Command) -> Result<Reply, SplitError> {
+        let deadline = self.deadline;
+        let link = &mut self.links[self.owner];
+        self.runtime.block_on(link.call(body, deadline))
+    }
+}
+
+async fn open(
+    identity: &MeshIdentity,
+    node: &NodeEndpoint,
+    start: v1::JobStart,
+    deadline: Duration,
+) -> Result<Link, SplitError> {
+    let failed = |message: String| SplitError::Node {
+        node: node.name.clone(),
+        message,
+    };
+    let channel = Channel::from_shared(node.url.clone())
+        .map_err(|e| failed(format!("bad address {}: {e}", node.url)))?
+        .tls_config(identity.client_config(&node.name))
+        .map_err(|e| failed(format!("TLS setup: {e}")))?
+        .connect_timeout(deadline)
+        .connect()
+        .await
+        .map_err(|e| {
+            failed(format!(
+                "cannot connect to {}: {}",
+                node.url,
+                error_chain(&e)
+            ))
+        })?;
+    let (outbound, queue) = mpsc::channel(4);
+    let inbound = DomainNodeClient::new(channel)
+        .max_decoding_message_size(256 * 1024 * 1024)
+        .max_encoding_message_size(256 * 1024 * 1024)
+        .train(ReceiverStream::new(queue))
+        .await
+        .map_err(|status| failed(status.message().to_string()))?
+        .into_inner();
+    let mut link = Link {
+        name: node.name.clone(),
+        outbound,
+        inbound,
+        cut_width: 0,
+        bytes_sent: 0,
+        bytes_received: 0,
+    };
+    match link.call(Command::Start(start), deadline).await? {
+        Reply::Ready(ready) => link.cut_width = ready.cut_width,
+        other => return Err(unexpected(&node.name, &other)),
+    }
+    Ok(link)
+}
+
+/// An error with its causes, for messages (TLS failures hide the reason in the chain).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+impl Transport for GrpcTransport {
+    fn forward(&mut self, plan: &BatchPlan) -> Result<Vec<CutActivation>, SplitError> {
+        let deadline = self.deadline;
+        let wire = plan_to_wire(plan);
+        let bottoms = &self.bottoms;
+        let calls = self
+            .links
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| bottoms.contains(i))
+            .map(|(_, link)| {
+                let wire = wire.clone();
+                async move {
+                    let name = link.name.clone();
+                    match link.call(Command::Plan(wire), deadline).await? {
+                        Reply::Activation(tensor) => tensor_from_wire(Some(&tensor)),
+                        other => Err(unexpected(&name, &other)),
+                    }
+                }
+            });
+        self.runtime.block_on(try_join_all(calls))
+    }
+
+    fn backward(&mut self, gradients: Vec<CutLayerGradient>) -> Result<(), SplitError> {
+        if gradients.len() != self.bottoms.len() {
+            return Err(SplitError::Protocol(format!(
+                "{} gradients for {} domains",
+                gradients.len(),
+                self.bottoms.len()
+            )));
+        }
+        let deadline = self.deadline;
+        let encoding = self.encoding;
+        let bottoms = &self.bottoms;
+        let calls = self
+            .links
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| bottoms.contains(i))
+            .zip(gradients)
+            .map(|((_, link), gradient)| {
+                let body = Command::Gradient(tensor_to_wire(&gradient, encoding));
+                async move {
+                    let name = link.name.clone();
+                    match link.call(body, deadline).await? {
+                        Reply::Ack(_) => Ok(()),
+                        other => Err(unexpected(&name, &other)),
+                    }
+                }
+            });
+        self.runtime.block_on(try_join_all(calls))?;
+        Ok(())
+    }
+
+    fn head_train(
+        &mut self,
+        plan: &BatchPlan,
+        tower_output: CutActivation,
+    ) -> Result<HeadStep, SplitError> {
+        let body = Command::HeadTrain(v1::HeadInput {
+            plan: Some(plan_to_wire(plan)),
+            tower_output: Some(tensor_to_wire(&tower_output, self.encoding)),
+        });
+        match self.call_owner(body)? {
+            Reply::HeadStep(step) => Ok(HeadStep {
+                loss: step.loss,
+                gradient: tensor_from_wire(step.gradient.as_ref())?,
+            }),
+            other => Err(unexpected(&self.links[self.owner].name, &other)),
+        }
+    }
+
+    fn head_eval(
+        &mut self,
+        plan: &BatchPlan,
+        tower_output: CutActivation,
+    ) -> Result<(), SplitError> {
+        let body = Command::HeadEval(v1::HeadInput {
+            plan: Some(plan_to_wire(plan)),
+            tower_output: Some(tensor_to_wire(&tower_output, self.encoding)),
+        });
+        match self.call_owner(body)? {
+            Reply::Ack(_) => Ok(()),
+            other => Err(unexpected(&self.links[self.owner].name, &other)),
+        }
+    }
+
+    fn head_report(&mut self) -> Result<EvaluationReport, SplitError> {
+        match self.call_owner(Command::Report(v1::Empty {}))? {
+            Reply::ReportJson(json) => serde_json::from_str(&json)
+                .map_err(|e| SplitError::Protocol(format!("a malformed report: {e}"))),
+            other => Err(unexpected(&self.links[self.owner].name, &other)),
+        }
+    }
+
+    fn shared_labels(&mut self) -> Result<Targets, SplitError> {
+        match self.call_owner(Command::Labels(v1::Empty {}))? {
+            Reply::Labels(labels) => Ok(labels_from_wire(labels)),
+            other => Err(unexpected(&self.links[self.owner].name, &other)),
+        }
+    }
+
+    fn save_parts(&mut self, _dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
+        let deadline = self.deadline;
+        let replies = self.runtime.block_on(try_join_all(
+            self.links
+                .iter_mut()
+                .map(|l| l.call(Command::Save(v1::Empty {}), deadline)),
+        ))?;
+        Ok(replies
+            .into_iter()
+            .flat_map(|r| match r {
+                Reply::Saved(saved) => saved.parts,
+                _ => Vec::new(),
+            })
+            .map(PathBuf::from)
+            .collect())
+    }
+}
