@@ -142,26 +142,6 @@ impl DataProduct {
         self.contract.product_name()
     }
 
-    /// Reads the product where its contract's first `servers` entry says (relative paths are
-    /// resolved against `contract_dir`), unless `override_path` names another file.
-    pub fn load(
-        contract: DataContract,
-        contract_dir: &Path,
-        override_path: Option<&Path>,
-    ) -> Result<Self, DataError> {
-        let (path, format) = match (override_path, contract.local_source(contract_dir)) {
-            (Some(path), source) => (path.to_path_buf(), source.and_then(|s| s.1)),
-            (None, Some(source)) => source,
-            (None, None) => {
-                return Err(DataError::NoSource {
-                    product: contract.product_name().to_string(),
-                });
-            }
-        };
-        let source = SourceTable::read(&path, format.as_deref())?;
-        Self::from_source(contract, &source)
-    }
-
     /// Takes the contract's columns from `source`, types them and validates them.
     pub fn from_source(contract: DataContract, source: &SourceTable) -> Result<Self, DataError> {
         let product = contract.product_name().to_string();

@@ -277,127 +277,33 @@ impl Job {
     }
 
     /// Loads every domain's product (from `data` when given, else where its contract says),
-    /// validates it, aligns the domains, draws the partition and fits the pipelines.
+    /// validates it, aligns the domains, draws the partition and fits the pipelines: every
+    /// party's preparation, run in one process.
     pub fn prepare(&self, data: Option<&Path>) -> Result<PreparedJob, SplitError> {
         let spec = &self.spec;
         let mut cache = SourceCache::default();
-        let mut products = Vec::with_capacity(spec.domains.len());
-        let mut source = String::new();
-        for domain in &spec.domains {
-            let contract_path = self.dir.join(&domain.contract);
-            let contract = DataContract::from_path(&contract_path)?;
-            let contract_dir = contract_path.parent().unwrap_or(Path::new("."));
-            let (path, format) = match (data, contract.local_source(contract_dir)) {
-                (Some(path), source) => (path.to_path_buf(), source.and_then(|s| s.1)),
-                (None, Some(source)) => source,
-                (None, None) => {
-                    return Err(DataError::NoSource {
-                        product: contract.product_name().to_string(),
-                    }
-                    .into());
-                }
-            };
-            let table = match (spec.dataset.as_deref(), path.exists()) {
-                (Some("fraud"), false) if data.is_none() => {
-                    let rows = spec.synthetic_rows.unwrap_or(fraud::FULL_SHAPE.0);
-                    if !cache.contains(&path) {
-                        tracing::info!(
-                            "{} not found: generating {rows} synthetic rows of the same schema",
-                            path.display()
-                        );
-                        cache.insert(path.clone(), fraud::generate(rows, spec.split.seed));
-                    }
-                    cache.get(&path, None)?
-                }
-                (Some("fraud"), true) => {
-                    let table = cache.get(&path, format.as_deref())?;
-                    fraud::check_shape(table)?;
-                    table
-                }
-                _ => cache.get(&path, format.as_deref())?,
-            };
-            source = table.origin.clone();
-            products.push(DataProduct::from_source(contract, table)?);
-        }
+        let products = spec
+            .domains
+            .iter()
+            .map(|domain| self.load_product(domain, data, &mut cache))
+            .collect::<Result<Vec<_>, _>>()?;
+        let source = products
+            .last()
+            .map(|(_, origin)| origin.clone())
+            .unwrap_or_default();
+        let products: Vec<DataProduct> = products.into_iter().map(|(p, _)| p).collect();
         let rows = check_alignment(&products)?;
-
         let owner = spec
             .domains
             .iter()
             .position(|d| d.name == spec.label.domain)
             .expect("checked when the spec was read");
-        let mut targets = read_targets(&products[owner], &spec.label.column, &spec.objective)?;
-        let mut partition = match &spec.split.test_keys {
-            Some(keys_file) => {
-                let test_keys = datasets::read_key_list(&self.dir.join(keys_file))?;
-                let key = products[owner]
-                    .contract
-                    .key_column()
-                    .ok_or_else(|| {
-                        DataError::Invalid(format!(
-                            "the split names test keys, but data product `{}` declares no key column (primaryKey)",
-                            products[owner].name()
-                        ))
-                    })?
-                    .name
-                    .clone();
-                let keys: Vec<String> = products[owner]
-                    .column_strings(&key)?
-                    .into_iter()
-                    .map(Option::unwrap_or_default)
-                    .collect();
-                let known: HashSet<&String> = keys.iter().collect();
-                let missing = test_keys.iter().filter(|k| !known.contains(k)).count();
-                if missing > 0 {
-                    tracing::warn!("{missing} test keys are not in the data");
-                }
-                Partition::with_test_keys(
-                    &keys,
-                    &test_keys,
-                    &targets.strata(),
-                    spec.split.valid_fraction,
-                    spec.split.seed,
-                )
-            }
-            None => Partition::stratified(
-                &targets.strata(),
-                spec.split.test_fraction,
-                spec.split.valid_fraction,
-                spec.split.seed,
-            ),
-        };
-
+        let (mut targets, mut partition) = self.labels_and_partition(&products[owner])?;
         let mut domains = Vec::new();
         for (domain, product) in spec.domains.iter().zip(&products) {
-            if domain.features.is_empty() {
-                continue;
+            if let Some(prepared) = self.prepare_domain(domain, product, &partition.train)? {
+                domains.push(prepared);
             }
-            if domain
-                .features
-                .iter()
-                .any(|f| f.column == spec.label.column)
-                && domain.name == spec.label.domain
-            {
-                return Err(SplitError::Spec {
-                    path: self.dir.join("job.yaml"),
-                    message: format!(
-                        "domain `{}` lists its label column `{}` as a feature",
-                        domain.name, spec.label.column
-                    ),
-                });
-            }
-            let pipeline = FeaturePipeline::fit(product, &domain.features, &partition.train)?;
-            let features = pipeline.transform(product)?;
-            domains.push(PreparedDomain {
-                name: domain.name.clone(),
-                product: product.name().to_string(),
-                pipeline,
-                features,
-                bottom: domain
-                    .bottom
-                    .clone()
-                    .unwrap_or_else(|| spec.model.bottom.clone()),
-            });
         }
         let mut synthetic_rows = 0;
         if let Some(resample) = &spec.resample {
@@ -454,6 +360,144 @@ impl Job {
             synthetic_rows,
             source,
         })
+    }
+}
+
+impl Job {
+    /// One domain's part: reads its product where its contract says (or from `data`; a known
+    /// dataset's generator stands in for an absent file) and validates it against the contract.
+    /// Returns the product and where its data came from.
+    pub fn load_product(
+        &self,
+        domain: &DomainSpec,
+        data: Option<&Path>,
+        cache: &mut SourceCache,
+    ) -> Result<(DataProduct, String), SplitError> {
+        let spec = &self.spec;
+        let contract_path = self.dir.join(&domain.contract);
+        let contract = DataContract::from_path(&contract_path)?;
+        let contract_dir = contract_path.parent().unwrap_or(Path::new("."));
+        let (path, format) = match (data, contract.local_source(contract_dir)) {
+            (Some(path), source) => (path.to_path_buf(), source.and_then(|s| s.1)),
+            (None, Some(source)) => source,
+            (None, None) => {
+                return Err(DataError::NoSource {
+                    product: contract.product_name().to_string(),
+                }
+                .into());
+            }
+        };
+        let table = match (spec.dataset.as_deref(), path.exists()) {
+            (Some("fraud"), false) if data.is_none() => {
+                let rows = spec.synthetic_rows.unwrap_or(fraud::FULL_SHAPE.0);
+                if !cache.contains(&path) {
+                    tracing::info!(
+                        "{} not found: generating {rows} synthetic rows of the same schema",
+                        path.display()
+                    );
+                    cache.insert(path.clone(), fraud::generate(rows, spec.split.seed));
+                }
+                cache.get(&path, None)?
+            }
+            (Some("fraud"), true) => {
+                let table = cache.get(&path, format.as_deref())?;
+                fraud::check_shape(table)?;
+                table
+            }
+            _ => cache.get(&path, format.as_deref())?,
+        };
+        let origin = table.origin.clone();
+        Ok((DataProduct::from_source(contract, table)?, origin))
+    }
+
+    /// The label owner's part: the labels of its rows, and the partition of the aligned rows
+    /// (the published test keys, or a stratified draw from the job's split seed).
+    pub fn labels_and_partition(
+        &self,
+        owner: &DataProduct,
+    ) -> Result<(Targets, Partition), SplitError> {
+        let spec = &self.spec;
+        let targets = read_targets(owner, &spec.label.column, &spec.objective)?;
+        let partition = match &spec.split.test_keys {
+            Some(keys_file) => {
+                let test_keys = datasets::read_key_list(&self.dir.join(keys_file))?;
+                let key = owner
+                    .contract
+                    .key_column()
+                    .ok_or_else(|| {
+                        DataError::Invalid(format!(
+                            "the split names test keys, but data product `{}` declares no key column (primaryKey)",
+                            owner.name()
+                        ))
+                    })?
+                    .name
+                    .clone();
+                let keys: Vec<String> = owner
+                    .column_strings(&key)?
+                    .into_iter()
+                    .map(Option::unwrap_or_default)
+                    .collect();
+                let known: HashSet<&String> = keys.iter().collect();
+                let missing = test_keys.iter().filter(|k| !known.contains(k)).count();
+                if missing > 0 {
+                    tracing::warn!("{missing} test keys are not in the data");
+                }
+                Partition::with_test_keys(
+                    &keys,
+                    &test_keys,
+                    &targets.strata(),
+                    spec.split.valid_fraction,
+                    spec.split.seed,
+                )
+            }
+            None => Partition::stratified(
+                &targets.strata(),
+                spec.split.test_fraction,
+                spec.split.valid_fraction,
+                spec.split.seed,
+            ),
+        };
+        Ok((targets, partition))
+    }
+
+    /// One domain's features: its pipeline fitted on the training rows `train` and applied to
+    /// all of its rows. `None` for a domain that contributes no feature (a pure label owner).
+    pub fn prepare_domain(
+        &self,
+        domain: &DomainSpec,
+        product: &DataProduct,
+        train: &[u32],
+    ) -> Result<Option<PreparedDomain>, SplitError> {
+        let spec = &self.spec;
+        if domain.features.is_empty() {
+            return Ok(None);
+        }
+        if domain.name == spec.label.domain
+            && domain
+                .features
+                .iter()
+                .any(|f| f.column == spec.label.column)
+        {
+            return Err(SplitError::Spec {
+                path: self.dir.join("job.yaml"),
+                message: format!(
+                    "domain `{}` lists its label column `{}` as a feature",
+                    domain.name, spec.label.column
+                ),
+            });
+        }
+        let pipeline = FeaturePipeline::fit(product, &domain.features, train)?;
+        let features = pipeline.transform(product)?;
+        Ok(Some(PreparedDomain {
+            name: domain.name.clone(),
+            product: product.name().to_string(),
+            pipeline,
+            features,
+            bottom: domain
+                .bottom
+                .clone()
+                .unwrap_or_else(|| spec.model.bottom.clone()),
+        }))
     }
 }
 
