@@ -17,8 +17,8 @@ use fedmesh_net::{
 use fedmesh_proto::v1;
 use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
 use fedmesh_split::{
-    DomainParty, FitOutcome, InProcess, LabelOwner, LabelPlacement, OptimizerSpec, Silent,
-    SplitError, SplitTrainer, Trainer, TrainingSpec, Transport, fit,
+    DomainParty, FitOutcome, InProcess, LabelOwner, LabelPlacement, Observer, OptimizerSpec,
+    Silent, SplitError, SplitTrainer, Trainer, TrainingSpec, Transport, fit,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -115,6 +115,15 @@ fn optimizer() -> OptimizerSpec {
 }
 
 fn run(transport: impl Transport, parts: &Parts, share_labels: bool) -> FitOutcome {
+    try_run(transport, parts, share_labels, &Silent).unwrap()
+}
+
+fn try_run(
+    transport: impl Transport,
+    parts: &Parts,
+    share_labels: bool,
+    observer: &dyn Observer,
+) -> Result<FitOutcome, SplitError> {
     let placement = if share_labels {
         LabelPlacement::Governance {
             head: parts.head.clone(),
@@ -148,12 +157,11 @@ fn run(transport: impl Transport, parts: &Parts, share_labels: bool) -> FitOutco
         &partition,
         &spec,
         5,
-        &Silent,
+        observer,
         &AtomicBool::new(false),
-    )
-    .unwrap();
+    )?;
     assert!(trainer.cut_layer_bytes() > 0);
-    outcome
+    Ok(outcome)
 }
 
 fn domain_party(parts: &Parts, d: usize) -> DomainParty {
@@ -195,6 +203,8 @@ fn in_process(parts: &Parts, share_labels: bool) -> InProcess {
 
 struct Mesh {
     runtime: Arc<Runtime>,
+    /// Each node's own runtime: dropping one kills that node's server and streams.
+    nodes: Vec<Option<Runtime>>,
     certs: tempfile::TempDir,
     endpoints: Vec<NodeEndpoint>,
     jobs_started: Arc<AtomicUsize>,
@@ -215,7 +225,9 @@ fn mesh(parts: &Parts, share_labels: bool, presented: [&str; 3]) -> Mesh {
     issue_all(certs.path());
     let jobs_started = Arc::new(AtomicUsize::new(0));
     let mut endpoints = Vec::new();
+    let mut nodes = Vec::new();
     for d in 0..3 {
+        let node_runtime = Runtime::new().unwrap();
         let identity = MeshIdentity::load(certs.path(), presented[d]).unwrap();
         let parts = parts.clone();
         let counter = jobs_started.clone();
@@ -225,11 +237,11 @@ fn mesh(parts: &Parts, share_labels: bool, presented: [&str; 3]) -> Mesh {
             Ok(node_party(&parts, d, share_labels))
         });
         let service = DomainNodeService::new("governance", factory, certs.path().join("models"));
-        let listener = runtime
+        let listener = node_runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let port = listener.local_addr().unwrap().port();
-        runtime.spawn(
+        node_runtime.spawn(
             Server::builder()
                 .tls_config(identity.server_config())
                 .unwrap()
@@ -240,9 +252,11 @@ fn mesh(parts: &Parts, share_labels: bool, presented: [&str; 3]) -> Mesh {
             name: DOMAINS[d].to_string(),
             url: format!("https://127.0.0.1:{port}"),
         });
+        nodes.push(Some(node_runtime));
     }
     Mesh {
         runtime,
+        nodes,
         certs,
         endpoints,
         jobs_started,
@@ -335,4 +349,119 @@ fn a_node_presenting_another_name_is_refused() {
         .to_string();
     assert!(error.contains("domain node `retail`"), "{error}");
     assert!(error.to_lowercase().contains("certificate"), "{error}");
+}
+
+/// Kills one node's runtime after a few training batches.
+struct KillAfter {
+    batches: AtomicUsize,
+    victim: std::sync::Mutex<Option<Runtime>>,
+}
+
+impl Observer for KillAfter {
+    fn batch_done(&self, _loss: f32) {
+        if self.batches.fetch_add(1, Ordering::SeqCst) == 3
+            && let Some(runtime) = self.victim.lock().unwrap().take()
+        {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+#[test]
+fn a_node_that_dies_mid_job_fails_it_with_its_name() {
+    let parts = parts();
+    let mut mesh = mesh(&parts, false, DOMAINS);
+    let governance = MeshIdentity::load(mesh.certs.path(), "governance").unwrap();
+    let transport = connect(&mesh, &governance).unwrap();
+    let killer = KillAfter {
+        batches: AtomicUsize::new(0),
+        victim: std::sync::Mutex::new(mesh.nodes[1].take()),
+    };
+    let started = std::time::Instant::now();
+    let error = try_run(transport, &parts, false, &killer)
+        .expect_err("the job fails")
+        .to_string();
+    assert!(error.contains("domain node `retail`"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn half_precision_on_the_wire_halves_the_bytes_and_still_trains() {
+    let parts = parts();
+    let mesh = mesh(&parts, false, DOMAINS);
+    let governance = MeshIdentity::load(mesh.certs.path(), "governance").unwrap();
+    let mut totals = Vec::new();
+    for encoding in [fedmesh_proto::Encoding::F32, fedmesh_proto::Encoding::F16] {
+        let transport = GrpcTransport::connect(
+            mesh.runtime.clone(),
+            &governance,
+            &mesh.endpoints,
+            "fraud-prevention",
+            v1::JobStart {
+                job_id: format!("{encoding:?}"),
+                encoding: encoding as i32,
+                ..Default::default()
+            },
+            Duration::from_secs(20),
+        )
+        .unwrap();
+        let shared = Arc::new(std::sync::Mutex::new(transport));
+        let outcome = run(SharedTransport(shared.clone()), &parts, false);
+        let (sent, received) = shared.lock().unwrap().bytes();
+        totals.push((sent + received, outcome));
+    }
+    let (f32_bytes, f32_run) = &totals[0];
+    let (f16_bytes, f16_run) = &totals[1];
+    let ratio = *f16_bytes as f64 / *f32_bytes as f64;
+    // Tensors dominate the messages; plans and framing do not halve.
+    assert!((0.5..0.7).contains(&ratio), "f16/f32 bytes: {ratio}");
+    let loss = |o: &FitOutcome| o.history.last().unwrap().train_loss;
+    assert!(
+        (loss(f32_run) - loss(f16_run)).abs() < 0.05,
+        "{} vs {}",
+        loss(f32_run),
+        loss(f16_run)
+    );
+}
+
+/// Lets the test read a transport's byte counters after the trainer used it.
+struct SharedTransport(Arc<std::sync::Mutex<GrpcTransport>>);
+
+impl Transport for SharedTransport {
+    fn forward(
+        &mut self,
+        plan: &fedmesh_split::BatchPlan,
+    ) -> Result<Vec<fedmesh_split::CutActivation>, SplitError> {
+        self.0.lock().unwrap().forward(plan)
+    }
+    fn backward(&mut self, g: Vec<fedmesh_split::CutLayerGradient>) -> Result<(), SplitError> {
+        self.0.lock().unwrap().backward(g)
+    }
+    fn head_train(
+        &mut self,
+        plan: &fedmesh_split::BatchPlan,
+        z: fedmesh_split::CutActivation,
+    ) -> Result<fedmesh_split::HeadStep, SplitError> {
+        self.0.lock().unwrap().head_train(plan, z)
+    }
+    fn head_eval(
+        &mut self,
+        plan: &fedmesh_split::BatchPlan,
+        z: fedmesh_split::CutActivation,
+    ) -> Result<(), SplitError> {
+        self.0.lock().unwrap().head_eval(plan, z)
+    }
+    fn head_report(&mut self) -> Result<fedmesh_split::EvaluationReport, SplitError> {
+        self.0.lock().unwrap().head_report()
+    }
+    fn shared_labels(&mut self) -> Result<Targets, SplitError> {
+        self.0.lock().unwrap().shared_labels()
+    }
+    fn save_parts(&mut self, dir: &Path) -> Result<Vec<std::path::PathBuf>, SplitError> {
+        self.0.lock().unwrap().save_parts(dir)
+    }
 }
