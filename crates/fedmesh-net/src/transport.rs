@@ -10,6 +10,7 @@ use fedmesh_proto::v1::domain_message::Body as Reply;
 use fedmesh_proto::v1::domain_node_client::DomainNodeClient;
 use fedmesh_proto::v1::governance_message::Body as Command;
 use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
+use fedmesh_split::transport::check_one_per_domain;
 use fedmesh_split::{
     BatchPlan, CutActivation, CutLayerGradient, EvaluationReport, HeadStep, SplitError, Transport,
 };
@@ -199,6 +200,18 @@ async fn open(
     Ok(link)
 }
 
+/// The links of domains that contribute a bottom, in domain order.
+fn bottom_links<'a>(
+    links: &'a mut [Link],
+    bottoms: &'a [usize],
+) -> impl Iterator<Item = &'a mut Link> {
+    links
+        .iter_mut()
+        .enumerate()
+        .filter(move |(i, _)| bottoms.contains(i))
+        .map(|(_, link)| link)
+}
+
 /// An error with its causes, for messages (TLS failures hide the reason in the chain).
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -215,43 +228,26 @@ impl Transport for GrpcTransport {
     fn forward(&mut self, plan: &BatchPlan) -> Result<Vec<CutActivation>, SplitError> {
         let deadline = self.deadline;
         let wire = plan_to_wire(plan);
-        let bottoms = &self.bottoms;
-        let calls = self
-            .links
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| bottoms.contains(i))
-            .map(|(_, link)| {
-                let wire = wire.clone();
-                async move {
-                    let name = link.name.clone();
-                    match link.call(Command::Plan(wire), deadline).await? {
-                        Reply::Activation(tensor) => tensor_from_wire(Some(&tensor)),
-                        other => Err(unexpected(&name, &other)),
-                    }
+        let calls = bottom_links(&mut self.links, &self.bottoms).map(|link| {
+            let wire = wire.clone();
+            async move {
+                let name = link.name.clone();
+                match link.call(Command::Plan(wire), deadline).await? {
+                    Reply::Activation(tensor) => tensor_from_wire(Some(&tensor)),
+                    other => Err(unexpected(&name, &other)),
                 }
-            });
+            }
+        });
         self.runtime.block_on(try_join_all(calls))
     }
 
     fn backward(&mut self, gradients: Vec<CutLayerGradient>) -> Result<(), SplitError> {
-        if gradients.len() != self.bottoms.len() {
-            return Err(SplitError::Protocol(format!(
-                "{} gradients for {} domains",
-                gradients.len(),
-                self.bottoms.len()
-            )));
-        }
+        check_one_per_domain(gradients.len(), self.bottoms.len())?;
         let deadline = self.deadline;
         let encoding = self.encoding;
-        let bottoms = &self.bottoms;
-        let calls = self
-            .links
-            .iter_mut()
-            .enumerate()
-            .filter(|(i, _)| bottoms.contains(i))
+        let calls = bottom_links(&mut self.links, &self.bottoms)
             .zip(gradients)
-            .map(|((_, link), gradient)| {
+            .map(|(link, gradient)| {
                 let body = Command::Gradient(tensor_to_wire(&gradient, encoding));
                 async move {
                     let name = link.name.clone();

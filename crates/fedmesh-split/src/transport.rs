@@ -48,6 +48,17 @@ pub trait Transport {
     fn save_parts(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError>;
 }
 
+/// Refuses a gradient list that does not hold one gradient per feature domain.
+pub fn check_one_per_domain(gradients: usize, domains: usize) -> Result<(), SplitError> {
+    if gradients == domains {
+        Ok(())
+    } else {
+        Err(SplitError::Protocol(format!(
+            "{gradients} gradients for {domains} domains"
+        )))
+    }
+}
+
 /// All parties in this process.
 pub struct InProcess {
     pub domains: Vec<DomainParty>,
@@ -71,13 +82,7 @@ impl Transport for InProcess {
     }
 
     fn backward(&mut self, gradients: Vec<CutLayerGradient>) -> Result<(), SplitError> {
-        if gradients.len() != self.domains.len() {
-            return Err(SplitError::Protocol(format!(
-                "{} gradients for {} domains",
-                gradients.len(),
-                self.domains.len()
-            )));
-        }
+        check_one_per_domain(gradients.len(), self.domains.len())?;
         for (domain, gradient) in self.domains.iter_mut().zip(&gradients) {
             domain.backward(gradient)?;
         }
