@@ -143,11 +143,12 @@ pub struct ModelSpec {
     pub centralized: Option<LayersSpec>,
 }
 
-/// A job spec with the folder its relative paths start from.
+/// A job spec and the file it was read from.
 #[derive(Debug, Clone)]
 pub struct Job {
     pub spec: JobSpec,
-    pub dir: PathBuf,
+    /// The spec file; its folder is where relative paths start.
+    pub file: PathBuf,
 }
 
 /// A configuration to train.
@@ -232,6 +233,11 @@ pub struct PreparedJob {
 }
 
 impl Job {
+    /// The folder relative paths in the spec start from.
+    pub fn dir(&self) -> &Path {
+        self.file.parent().unwrap_or(Path::new("."))
+    }
+
     /// Reads a job spec; `path` may be the spec file or the folder holding `job.yaml`.
     pub fn load(path: &Path) -> Result<Self, SplitError> {
         let file = if path.is_dir() {
@@ -244,10 +250,7 @@ impl Job {
             message: e.to_string(),
         })?;
         let spec = Self::parse(&text, &file)?;
-        Ok(Self {
-            spec,
-            dir: file.parent().unwrap_or(Path::new(".")).to_path_buf(),
-        })
+        Ok(Self { spec, file })
     }
 
     fn parse(text: &str, file: &Path) -> Result<JobSpec, SplitError> {
@@ -322,7 +325,7 @@ impl Job {
             };
             if let Some(message) = problem {
                 return Err(SplitError::Spec {
-                    path: self.dir.join("job.yaml"),
+                    path: self.file.clone(),
                     message,
                 });
             }
@@ -374,7 +377,7 @@ impl Job {
         cache: &mut SourceCache,
     ) -> Result<(DataProduct, String), SplitError> {
         let spec = &self.spec;
-        let contract_path = self.dir.join(&domain.contract);
+        let contract_path = self.dir().join(&domain.contract);
         let contract = DataContract::from_path(&contract_path)?;
         let contract_dir = contract_path.parent().unwrap_or(Path::new("."));
         let (path, format) = match (data, contract.local_source(contract_dir)) {
@@ -420,7 +423,7 @@ impl Job {
         let targets = read_targets(owner, &spec.label.column, &spec.objective)?;
         let partition = match &spec.split.test_keys {
             Some(keys_file) => {
-                let test_keys = datasets::read_key_list(&self.dir.join(keys_file))?;
+                let test_keys = datasets::read_key_list(&self.dir().join(keys_file))?;
                 let key = owner
                     .contract
                     .key_column()
@@ -479,7 +482,7 @@ impl Job {
                 .any(|f| f.column == spec.label.column)
         {
             return Err(SplitError::Spec {
-                path: self.dir.join("job.yaml"),
+                path: self.file.clone(),
                 message: format!(
                     "domain `{}` lists its label column `{}` as a feature",
                     domain.name, spec.label.column
