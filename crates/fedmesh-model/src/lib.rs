@@ -40,10 +40,46 @@ pub fn deep_copy<M: burn::module::Module>(module: &M) -> M {
 ///
 /// burn's generator is global to the process, so seeding and drawing are done under one lock:
 /// a part's initial weights then depend on its seed alone, not on what other threads initialize
-/// at the same time (tests run in parallel; a node may host several jobs).
-pub fn seeded<T>(device: &Device, seed: u64, init: impl FnOnce() -> T) -> T {
+/// at the same time (tests run in parallel; a node may host several jobs). burn draws a
+/// parameter's values lazily, on its first use, so the part is materialized here, under the
+/// lock — otherwise the weights would depend on which party first used its part.
+pub fn seeded<M: burn::module::Module>(device: &Device, seed: u64, init: impl FnOnce() -> M) -> M {
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     device.seed(seed);
-    init()
+    deep_copy(&init())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weights(tower: &Tower) -> Vec<f32> {
+        tower.mlp.blocks[0]
+            .linear
+            .weight
+            .val()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn seeded_weights_do_not_depend_on_when_the_part_is_first_used() {
+        let device = training_device();
+        let config = TowerConfig {
+            input: 6,
+            layers: vec![4],
+            batch_norm: false,
+            dropout: 0.0,
+        };
+        let first = seeded(&device, 7, || config.init(&device));
+        // Other draws between building the part and using it.
+        device.seed(99);
+        let _other = seeded(&device, 8, || config.init(&device));
+        let again = seeded(&device, 7, || config.init(&device));
+        assert_eq!(weights(&first), weights(&again));
+        let different = seeded(&device, 9, || config.init(&device));
+        assert_ne!(weights(&first), weights(&different));
+    }
 }

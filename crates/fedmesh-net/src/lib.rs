@@ -8,13 +8,19 @@
 //! training algorithm runs unchanged over the network, and it sends each batch plan to every
 //! domain at once so that the domains compute their activations in parallel.
 
+pub mod client;
+pub mod config;
 pub mod convert;
+pub mod governance;
 pub mod identity;
 pub mod node;
+pub mod server;
 pub mod transport;
 
+pub use config::{GovernanceConfig, NodeConfig};
+pub use governance::{GovernanceService, Mesh};
 pub use identity::MeshIdentity;
-pub use node::{DomainNodeService, NodeParty, PartyFactory};
+pub use node::{DomainNodeService, DomainProduct};
 pub use transport::{GrpcTransport, NodeEndpoint};
 
 /// Errors of setting up the network side.
@@ -31,4 +37,9 @@ pub enum NetError {
     Transport(#[from] tonic::transport::Error),
     #[error("{0}")]
     Protocol(String),
+    #[error("config {path}: {message}")]
+    Config {
+        path: std::path::PathBuf,
+        message: String,
+    },
 }

@@ -1,19 +1,24 @@
 //! A domain node's side of the training stream.
 //!
-//! Each job's stream gets its own thread that owns the domain's parties (its bottom model and,
-//! for the label owner, the labels and head) and answers governance's messages one by one, in
-//! order. Models never leave the thread; only activations, gradients, the loss and aggregate
-//! metrics go back.
+//! Each job's stream gets its own thread that owns the domain's share of the job — its data
+//! product, its bottom model and, for the label owner, the labels and head — and answers
+//! governance's messages one by one, in order. The node reads the job spec for the model's shape
+//! and the training schedule, but its data always comes from its own product (the contract in its
+//! config), never from a path in the spec. Models never leave the thread; only activations,
+//! gradients, the loss and aggregate metrics go back.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use fedmesh_data::{DataProduct, Partition, SourceCache};
 use fedmesh_model::Targets;
 use fedmesh_proto::Encoding;
 use fedmesh_proto::v1::domain_message::Body as Reply;
 use fedmesh_proto::v1::domain_node_server::DomainNode;
 use fedmesh_proto::v1::governance_message::Body as Command;
 use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
+use fedmesh_split::job::{DomainSpec, Job, PreparedDomain, pipeline_file};
 use fedmesh_split::{DomainParty, LabelOwner, SplitError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,37 +27,39 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::convert::{labels_to_wire, plan_from_wire, tensor_from_wire, tensor_to_wire};
 use crate::identity::authorize;
 
-/// What a domain holds for one job.
-#[derive(Default)]
-pub struct NodeParty {
-    /// The domain's bottom model and features (absent for a label owner without features).
-    pub bottom: Option<DomainParty>,
-    /// The labels, when this domain owns them.
-    pub labels: Option<Targets>,
-    /// The head, when this domain owns the labels and keeps them (no label sharing).
-    pub head: Option<LabelOwner>,
+/// The data product a domain node serves, and where it keeps what it trains.
+#[derive(Debug, Clone)]
+pub struct DomainProduct {
+    /// The domain's name, as job specs and its certificate call it.
+    pub domain: String,
+    /// The product's ODCS contract.
+    pub contract: PathBuf,
+    /// The product's data, when not where the contract's server says.
+    pub data: Option<PathBuf>,
+    /// Where trained parts and pipelines are saved, one folder per job and run.
+    pub models: PathBuf,
 }
-
-/// Makes a domain's parties for a job when governance opens it; an `Err` refuses the job with
-/// that reason.
-pub type PartyFactory = Arc<dyn Fn(&v1::JobStart) -> Result<NodeParty, String> + Send + Sync>;
 
 /// The `DomainNode` gRPC service.
 pub struct DomainNodeService {
     /// Names allowed to open jobs (the mesh's governance).
     governance: Vec<String>,
-    factory: PartyFactory,
-    /// Where trained parts are saved (the domain's own storage).
-    models: PathBuf,
+    product: DomainProduct,
+    streams: Arc<AtomicUsize>,
 }
 
 impl DomainNodeService {
-    pub fn new(governance: impl Into<String>, factory: PartyFactory, models: PathBuf) -> Self {
+    pub fn new(governance: impl Into<String>, product: DomainProduct) -> Self {
         Self {
             governance: vec![governance.into()],
-            factory,
-            models,
+            product,
+            streams: Arc::default(),
         }
+    }
+
+    /// How many job streams this node has accepted (callers it refused are not counted).
+    pub fn accepted_streams(&self) -> Arc<AtomicUsize> {
+        self.streams.clone()
     }
 }
 
@@ -65,6 +72,7 @@ impl DomainNode for DomainNodeService {
         request: Request<Streaming<GovernanceMessage>>,
     ) -> Result<Response<Self::TrainStream>, Status> {
         let caller = authorize(&request, &self.governance)?;
+        self.streams.fetch_add(1, Ordering::SeqCst);
         let mut inbound = request.into_inner();
         let (commands, queue) = std::sync::mpsc::channel();
         let (replies, outbound) = mpsc::channel(4);
@@ -84,25 +92,22 @@ impl DomainNode for DomainNodeService {
                 }
             }
         });
-        let factory = self.factory.clone();
-        let models = self.models.clone();
-        std::thread::spawn(move || serve(factory, models, queue, replies));
+        let product = self.product.clone();
+        std::thread::spawn(move || serve(product, queue, replies));
         Ok(Response::new(ReceiverStream::new(outbound)))
     }
 }
 
 /// Answers one job's messages until governance finishes it or goes away.
 fn serve(
-    factory: PartyFactory,
-    models: PathBuf,
+    product: DomainProduct,
     queue: std::sync::mpsc::Receiver<GovernanceMessage>,
     replies: mpsc::Sender<Result<DomainMessage, Status>>,
 ) {
-    let mut job = Job {
-        factory,
-        models,
-        party: None,
-        encoding: Encoding::F32,
+    let mut job = NodeJob {
+        product,
+        opened: None,
+        party: NodeParty::default(),
     };
     for message in queue {
         let Some(command) = message.body else {
@@ -110,7 +115,8 @@ fn serve(
         };
         let finish = matches!(command, Command::Finish(_));
         let reply = match job.handle(command) {
-            Ok(body) => body,
+            Ok(Some(body)) => body,
+            Ok(None) => continue,
             Err(e) => {
                 tracing::warn!("job refused or failed: {e}");
                 Reply::Failure(v1::Failure {
@@ -128,63 +134,230 @@ fn serve(
             break;
         }
     }
+    if let Some(opened) = &job.opened {
+        tracing::info!("job `{}` closed", opened.id);
+    }
 }
 
-struct Job {
-    factory: PartyFactory,
-    models: PathBuf,
-    party: Option<NodeParty>,
+/// A job the node has opened: the spec, and its product loaded and validated.
+struct OpenedJob {
+    id: String,
+    job: Job,
+    /// This domain's entry in the spec, pointing at the node's own contract.
+    domain: DomainSpec,
+    product: DataProduct,
+    seed: u64,
+    share_labels: bool,
     encoding: Encoding,
+    /// The labels, once drawn (label owner only).
+    targets: Option<Targets>,
 }
 
-impl Job {
-    fn party(&mut self) -> Result<&mut NodeParty, SplitError> {
-        self.party
+impl OpenedJob {
+    fn owns_labels(&self) -> bool {
+        self.job.spec.label.domain == self.domain.name
+    }
+}
+
+/// What a domain holds for a job once its bottom is built.
+#[derive(Default)]
+struct NodeParty {
+    bottom: Option<(DomainParty, PreparedDomain)>,
+    /// The head, when this domain owns the labels and keeps them (no label sharing); built
+    /// with the first tower output, whose width is the head's input.
+    head: Option<LabelOwner>,
+}
+
+struct NodeJob {
+    product: DomainProduct,
+    opened: Option<OpenedJob>,
+    party: NodeParty,
+}
+
+fn protocol(message: &str) -> SplitError {
+    SplitError::Protocol(message.to_string())
+}
+
+impl NodeJob {
+    fn opened(&mut self) -> Result<&mut OpenedJob, SplitError> {
+        self.opened
             .as_mut()
-            .ok_or_else(|| SplitError::Protocol("no job was started on this stream".into()))
+            .ok_or_else(|| protocol("no job was started on this stream"))
     }
 
     fn bottom(&mut self) -> Result<&mut DomainParty, SplitError> {
-        self.party()?
+        self.party
             .bottom
             .as_mut()
-            .ok_or_else(|| SplitError::Protocol("this domain contributes no features".into()))
+            .map(|(party, _)| party)
+            .ok_or_else(|| protocol("this domain contributes no features, or has no partition"))
     }
 
-    fn head(&mut self) -> Result<&mut LabelOwner, SplitError> {
-        self.party()?
-            .head
-            .as_mut()
-            .ok_or_else(|| SplitError::Protocol("this domain holds no head in this job".into()))
-    }
-
-    fn handle(&mut self, command: Command) -> Result<Reply, SplitError> {
-        Ok(match command {
-            Command::Start(start) => {
-                self.encoding = Encoding::try_from(start.encoding).unwrap_or(Encoding::F32);
-                let party = (self.factory)(&start).map_err(SplitError::Protocol)?;
-                let ready = v1::Ready {
-                    rows: party.bottom.as_ref().map_or(0, |b| b.features().rows) as u64,
-                    cut_width: party.bottom.as_ref().map_or(0, |b| b.cut_width() as u32),
-                };
-                self.party = Some(party);
-                Reply::Ready(ready)
+    /// The head, built from the first tower output it is given.
+    fn head(&mut self, tower_output: usize) -> Result<&mut LabelOwner, SplitError> {
+        if self.party.head.is_none() {
+            let opened = self.opened()?;
+            if !opened.owns_labels() || opened.share_labels {
+                return Err(protocol("this domain holds no head in this job"));
             }
+            let targets = opened
+                .targets
+                .clone()
+                .ok_or_else(|| protocol("the partition was not drawn before training"))?;
+            let head = opened
+                .job
+                .spec
+                .label_owner(targets, tower_output, opened.seed);
+            self.party.head = Some(head);
+        }
+        Ok(self.party.head.as_mut().expect("built above"))
+    }
+
+    fn open(&self, start: v1::JobStart) -> Result<OpenedJob, SplitError> {
+        if start.domain != self.product.domain {
+            return Err(SplitError::Protocol(format!(
+                "this node serves domain `{}`, not `{}`",
+                self.product.domain, start.domain
+            )));
+        }
+        check_job_id(&start.job_id)?;
+        let origin = PathBuf::from(format!("job `{}`", start.job_id));
+        let mut job = Job::from_yaml(&start.spec_yaml, &origin)?;
+        let mut domain = job
+            .spec
+            .domains
+            .iter()
+            .find(|d| d.name == start.domain)
+            .cloned()
+            .ok_or_else(|| {
+                SplitError::Protocol(format!(
+                    "job `{}` has no domain `{}`",
+                    start.job_id, start.domain
+                ))
+            })?;
+        // The node's own product, whatever path the submitter's spec names.
+        domain.contract = std::path::absolute(&self.product.contract)?;
+        job.file = origin;
+        let owns_labels = job.spec.label.domain == domain.name;
+        let (product, origin) = job.load_product(
+            &domain,
+            self.product.data.as_deref(),
+            &mut SourceCache::default(),
+        )?;
+        let forbids_sharing = product
+            .contract
+            .custom_strings("flLabelSharing")
+            .iter()
+            .any(|v| v == "forbidden");
+        if owns_labels && start.share_labels && forbids_sharing {
+            return Err(SplitError::Protocol(format!(
+                "data product `{}` forbids label sharing (flLabelSharing: forbidden): run the job with the labels kept at `{}` (split-label-owner)",
+                product.name(),
+                domain.name
+            )));
+        }
+        tracing::info!(
+            "job `{}`: {} rows of `{}` from {origin}",
+            start.job_id,
+            product.rows(),
+            product.name()
+        );
+        Ok(OpenedJob {
+            id: start.job_id,
+            job,
+            domain,
+            product,
+            seed: start.seed,
+            share_labels: start.share_labels,
+            encoding: Encoding::try_from(start.encoding).unwrap_or(Encoding::F32),
+            targets: None,
+        })
+    }
+
+    /// Fits the pipeline on the training rows and builds the bottom.
+    fn build(&mut self, partition: &Partition) -> Result<v1::Ready, SplitError> {
+        let opened = self.opened()?;
+        if opened.owns_labels() && opened.targets.is_none() {
+            return Err(protocol("the label owner was not asked for the partition"));
+        }
+        let prepared =
+            opened
+                .job
+                .prepare_domain(&opened.domain, &opened.product, &partition.train)?;
+        let rows = opened.product.rows() as u64;
+        let bottom = match prepared {
+            Some(prepared) => {
+                let party = opened.job.spec.domain_party(&prepared, opened.seed)?;
+                Some((party, prepared))
+            }
+            None => None,
+        };
+        let cut_width = bottom.as_ref().map_or(0, |(b, _)| b.cut_width() as u32);
+        self.party = NodeParty { bottom, head: None };
+        Ok(v1::Ready { rows, cut_width })
+    }
+
+    /// Saves the trained parts and the pipeline under `models/<job id>/`.
+    fn save(&mut self) -> Result<Vec<String>, SplitError> {
+        let id = self.opened()?.id.clone();
+        let dir = self.product.models.join(id);
+        std::fs::create_dir_all(&dir)?;
+        let mut parts = Vec::new();
+        if let Some((bottom, prepared)) = &self.party.bottom {
+            parts.push(bottom.save(&dir)?);
+            let path = dir.join(pipeline_file(&prepared.name));
+            std::fs::write(&path, prepared.pipeline.to_json())?;
+            parts.push(path);
+        }
+        if let Some(head) = &self.party.head {
+            parts.push(head.save(&dir)?);
+        }
+        Ok(parts.iter().map(|p| p.display().to_string()).collect())
+    }
+
+    /// Answers one message; `None` for a gradient, which has no answer unless it fails.
+    fn handle(&mut self, command: Command) -> Result<Option<Reply>, SplitError> {
+        let reply = match command {
+            Command::Start(start) => {
+                let opened = self.open(start)?;
+                let rows = opened.product.rows() as u64;
+                self.opened = Some(opened);
+                Reply::Ready(v1::Ready { rows, cut_width: 0 })
+            }
+            Command::PartitionRequest(_) => {
+                let opened = self.opened()?;
+                if !opened.owns_labels() {
+                    return Err(protocol("this domain owns no labels in this job"));
+                }
+                let (targets, partition) = opened.job.labels_and_partition(&opened.product)?;
+                opened.targets = Some(targets);
+                Reply::Partition(v1::Partition {
+                    train: partition.train,
+                    valid: partition.valid,
+                    test: partition.test,
+                })
+            }
+            Command::Partition(p) => Reply::Ready(self.build(&Partition {
+                train: p.train,
+                valid: p.valid,
+                test: p.test,
+            })?),
             Command::Plan(plan) => {
                 let plan = plan_from_wire(&plan)?;
+                let encoding = self.opened()?.encoding;
                 let activation = self.bottom()?.forward(&plan)?;
-                Reply::Activation(tensor_to_wire(&activation, self.encoding))
+                Reply::Activation(tensor_to_wire(&activation, encoding))
             }
             Command::Gradient(gradient) => {
                 let gradient = tensor_from_wire(Some(&gradient))?;
                 self.bottom()?.backward(&gradient)?;
-                Reply::Ack(v1::Empty {})
+                return Ok(None);
             }
             Command::HeadTrain(input) => {
                 let plan = plan_from_wire(&input.plan.unwrap_or_default())?;
                 let z = tensor_from_wire(input.tower_output.as_ref())?;
-                let encoding = self.encoding;
-                let step = self.head()?.train(&plan, &z)?;
+                let encoding = self.opened()?.encoding;
+                let step = self.head(z.cols)?.train(&plan, &z)?;
                 Reply::HeadStep(v1::HeadStep {
                     loss: step.loss,
                     gradient: Some(tensor_to_wire(&step.gradient, encoding)),
@@ -193,32 +366,50 @@ impl Job {
             Command::HeadEval(input) => {
                 let plan = plan_from_wire(&input.plan.unwrap_or_default())?;
                 let z = tensor_from_wire(input.tower_output.as_ref())?;
-                self.head()?.eval(&plan, &z)?;
+                self.head(z.cols)?.eval(&plan, &z)?;
                 Reply::Ack(v1::Empty {})
             }
             Command::Report(_) => {
-                let report = self.head()?.report();
-                Reply::ReportJson(serde_json::to_string(&report).expect("reports serialize"))
+                let head = self
+                    .party
+                    .head
+                    .as_mut()
+                    .ok_or_else(|| protocol("this domain holds no head in this job"))?;
+                Reply::ReportJson(serde_json::to_string(&head.report()).expect("reports serialize"))
             }
             Command::Labels(_) => {
-                let labels = self.party()?.labels.as_ref().ok_or_else(|| {
-                    SplitError::Protocol("this domain owns no labels in this job".into())
-                })?;
+                let opened = self.opened()?;
+                if !opened.share_labels {
+                    return Err(protocol(
+                        "the job keeps labels at the label owner; they are not shared",
+                    ));
+                }
+                let labels = opened
+                    .targets
+                    .as_ref()
+                    .ok_or_else(|| protocol("this domain owns no labels in this job"))?;
                 Reply::Labels(labels_to_wire(labels))
             }
-            Command::Save(_) => {
-                let dir = self.models.clone();
-                let party = self.party()?;
-                let mut parts = Vec::new();
-                if let Some(bottom) = &party.bottom {
-                    parts.push(bottom.save(&dir)?.display().to_string());
-                }
-                if let Some(head) = &party.head {
-                    parts.push(head.save(&dir)?.display().to_string());
-                }
-                Reply::Saved(v1::Saved { parts })
-            }
+            Command::Save(_) => Reply::Saved(v1::Saved {
+                parts: self.save()?,
+            }),
             Command::Finish(_) => Reply::Ack(v1::Empty {}),
-        })
+        };
+        Ok(Some(reply))
+    }
+}
+
+/// A job id names the folder its parts are saved in: plain names and `/` only.
+fn check_job_id(id: &str) -> Result<(), SplitError> {
+    let plain = !id.is_empty()
+        && Path::new(id)
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)));
+    if plain {
+        Ok(())
+    } else {
+        Err(SplitError::Protocol(format!(
+            "job id `{id}` is not a relative path of plain names"
+        )))
     }
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fedmesh_data::Partition;
 use fedmesh_model::Targets;
 use fedmesh_proto::Encoding;
 use fedmesh_proto::v1::domain_message::Body as Reply;
@@ -39,24 +40,37 @@ struct Link {
     name: String,
     outbound: mpsc::Sender<GovernanceMessage>,
     inbound: Streaming<DomainMessage>,
+    rows: u64,
     cut_width: u32,
     bytes_sent: u64,
     bytes_received: u64,
 }
 
 impl Link {
-    /// Sends one message and waits for its answer, at most `deadline`.
-    async fn call(&mut self, body: Command, deadline: Duration) -> Result<Reply, SplitError> {
+    fn error(&self, message: String) -> SplitError {
+        SplitError::Node {
+            node: self.name.clone(),
+            message,
+        }
+    }
+
+    /// Sends one message without waiting for an answer.
+    async fn send(&mut self, body: Command) -> Result<(), SplitError> {
         let message = GovernanceMessage { body: Some(body) };
         self.bytes_sent += message.encoded_len() as u64;
+        self.outbound
+            .send(message)
+            .await
+            .map_err(|_| self.error("the stream to the node is closed".into()))
+    }
+
+    /// Sends one message and waits for its answer, at most `deadline`.
+    async fn call(&mut self, body: Command, deadline: Duration) -> Result<Reply, SplitError> {
+        self.send(body).await?;
         let gone = |what: String| SplitError::Node {
             node: self.name.clone(),
             message: what,
         };
-        self.outbound
-            .send(message)
-            .await
-            .map_err(|_| gone("the stream to the node is closed".into()))?;
         let reply = tokio::time::timeout(deadline, self.inbound.message())
             .await
             .map_err(|_| gone(format!("no answer within {} s", deadline.as_secs_f64())))?
@@ -88,11 +102,14 @@ pub struct GrpcTransport {
     owner: usize,
     encoding: Encoding,
     deadline: Duration,
+    partition: Partition,
 }
 
 impl GrpcTransport {
     /// Connects to every node over mutual TLS and opens the job on each (`start.domain` is set
-    /// per node). `nodes` are in domain order; `label_owner` names one of them.
+    /// per node): each loads and validates its product, the label owner draws the partition,
+    /// and every domain fits its pipeline on the training rows and builds its bottom. `nodes`
+    /// are in domain order; `label_owner` names one of them.
     pub fn connect(
         runtime: Arc<Runtime>,
         identity: &MeshIdentity,
@@ -110,11 +127,18 @@ impl GrpcTransport {
                 ))
             })?;
         let encoding = Encoding::try_from(start.encoding).unwrap_or(Encoding::F32);
-        let links = runtime.block_on(try_join_all(nodes.iter().map(|node| {
+        let mut links = runtime.block_on(try_join_all(nodes.iter().map(|node| {
             let mut start = start.clone();
             start.domain = node.name.clone();
             open(identity, node, start, deadline)
         })))?;
+        if let Some(other) = links.iter().find(|l| l.rows != links[0].rows) {
+            return Err(SplitError::Protocol(format!(
+                "the domains' products are not aligned: `{}` holds {} rows, `{}` holds {}",
+                other.name, other.rows, links[0].name, links[0].rows
+            )));
+        }
+        let partition = runtime.block_on(setup(&mut links, owner, deadline))?;
         let bottoms = (0..links.len())
             .filter(|&i| links[i].cut_width > 0)
             .collect();
@@ -125,7 +149,18 @@ impl GrpcTransport {
             owner,
             encoding,
             deadline,
+            partition,
         })
+    }
+
+    /// The partition the label owner drew.
+    pub fn partition(&self) -> &Partition {
+        &self.partition
+    }
+
+    /// Total width of the cut layer (all bottoms' activations side by side).
+    pub fn cut_width(&self) -> usize {
+        self.links.iter().map(|l| l.cut_width as usize).sum()
     }
 
     /// Bytes sent to and received from the nodes so far (protobuf-encoded messages).
@@ -163,20 +198,7 @@ async fn open(
         node: node.name.clone(),
         message,
     };
-    let channel = Channel::from_shared(node.url.clone())
-        .map_err(|e| failed(format!("bad address {}: {e}", node.url)))?
-        .tls_config(identity.client_config(&node.name))
-        .map_err(|e| failed(format!("TLS setup: {e}")))?
-        .connect_timeout(deadline)
-        .connect()
-        .await
-        .map_err(|e| {
-            failed(format!(
-                "cannot connect to {}: {}",
-                node.url,
-                error_chain(&e)
-            ))
-        })?;
+    let channel = connect_with_retries(identity, node, deadline).await?;
     let (outbound, queue) = mpsc::channel(4);
     let inbound = DomainNodeClient::new(channel)
         .max_decoding_message_size(256 * 1024 * 1024)
@@ -189,15 +211,86 @@ async fn open(
         name: node.name.clone(),
         outbound,
         inbound,
+        rows: 0,
         cut_width: 0,
         bytes_sent: 0,
         bytes_received: 0,
     };
     match link.call(Command::Start(start), deadline).await? {
-        Reply::Ready(ready) => link.cut_width = ready.cut_width,
+        Reply::Ready(ready) => link.rows = ready.rows,
         other => return Err(unexpected(&node.name, &other)),
     }
     Ok(link)
+}
+
+/// Opens a channel, retrying with exponential backoff while the node is not (yet) reachable —
+/// connecting is safe to repeat — for at most `deadline`. A TLS refusal is not retried.
+pub async fn connect_with_retries(
+    identity: &MeshIdentity,
+    node: &NodeEndpoint,
+    deadline: Duration,
+) -> Result<Channel, SplitError> {
+    let failed = |message: String| SplitError::Node {
+        node: node.name.clone(),
+        message,
+    };
+    let endpoint = Channel::from_shared(node.url.clone())
+        .map_err(|e| failed(format!("bad address {}: {e}", node.url)))?
+        .tls_config(identity.client_config(&node.name))
+        .map_err(|e| failed(format!("TLS setup: {e}")))?
+        .connect_timeout(deadline)
+        .tcp_nodelay(true);
+    let give_up = tokio::time::Instant::now() + deadline;
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match endpoint.connect().await {
+            Ok(channel) => return Ok(channel),
+            Err(e) => {
+                let reason = error_chain(&e);
+                let refused = reason.contains("Connection refused");
+                if !refused || tokio::time::Instant::now() + wait > give_up {
+                    return Err(failed(format!("cannot connect to {}: {reason}", node.url)));
+                }
+                tracing::debug!("{} not reachable yet, retrying in {wait:?}", node.url);
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// The job's second phase: the label owner draws the partition, every domain fits its pipeline
+/// on the training rows and builds its bottom.
+async fn setup(
+    links: &mut [Link],
+    owner: usize,
+    deadline: Duration,
+) -> Result<Partition, SplitError> {
+    let partition = match links[owner]
+        .call(Command::PartitionRequest(v1::Empty {}), deadline)
+        .await?
+    {
+        Reply::Partition(p) => p,
+        other => return Err(unexpected(&links[owner].name, &other)),
+    };
+    try_join_all(links.iter_mut().map(|link| {
+        let body = Command::Partition(partition.clone());
+        async move {
+            match link.call(body, deadline).await? {
+                Reply::Ready(ready) => {
+                    link.cut_width = ready.cut_width;
+                    Ok(())
+                }
+                other => Err(unexpected(&link.name, &other)),
+            }
+        }
+    }))
+    .await?;
+    Ok(Partition {
+        train: partition.train,
+        valid: partition.valid,
+        test: partition.test,
+    })
 }
 
 /// The links of domains that contribute a bottom, in domain order.
@@ -243,19 +336,12 @@ impl Transport for GrpcTransport {
 
     fn backward(&mut self, gradients: Vec<CutLayerGradient>) -> Result<(), SplitError> {
         check_one_per_domain(gradients.len(), self.bottoms.len())?;
-        let deadline = self.deadline;
         let encoding = self.encoding;
         let calls = bottom_links(&mut self.links, &self.bottoms)
             .zip(gradients)
+            // No answer: the node's next answer shows the step was taken (or its failure).
             .map(|(link, gradient)| {
-                let body = Command::Gradient(tensor_to_wire(&gradient, encoding));
-                async move {
-                    let name = link.name.clone();
-                    match link.call(body, deadline).await? {
-                        Reply::Ack(_) => Ok(()),
-                        other => Err(unexpected(&name, &other)),
-                    }
-                }
+                link.send(Command::Gradient(tensor_to_wire(&gradient, encoding)))
             });
         self.runtime.block_on(try_join_all(calls))?;
         Ok(())

@@ -29,7 +29,7 @@ use crate::trainer::{
     EpochRecord, JointNetwork, JointTrainer, LabelPlacement, Observer, SplitTrainer, Trainer,
     TrainingSpec, fit,
 };
-use crate::transport::InProcess;
+use crate::transport::{InProcess, Transport};
 
 /// A job spec as written in `job.yaml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,6 +59,34 @@ pub struct JobSpec {
     /// SMOTE and/or undersampling of the training rows (binary tasks; off by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resample: Option<ResampleSpec>,
+    /// How cut-layer tensors travel between nodes (runs over the network only).
+    #[serde(default, skip_serializing_if = "WireSpec::is_default")]
+    pub wire: WireSpec,
+}
+
+/// How tensors are encoded on the wire.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WireSpec {
+    #[serde(default)]
+    pub encoding: WireEncoding,
+}
+
+impl WireSpec {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// `f32` is exact; `f16` and `bf16` halve the bytes of activations and gradients at the cost of
+/// precision (the run then no longer equals the in-process one bit for bit).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WireEncoding {
+    #[default]
+    F32,
+    F16,
+    Bf16,
 }
 
 fn default_seeds() -> Vec<u64> {
@@ -196,6 +224,13 @@ pub struct RunResult {
     pub config: String,
     pub seed: u64,
     pub metrics: Metrics,
+    /// Rows trained on (after any resampling), used to choose the threshold, and tested on.
+    #[serde(default)]
+    pub train_rows: usize,
+    #[serde(default)]
+    pub valid_rows: usize,
+    #[serde(default)]
+    pub test_rows: usize,
     pub train_seconds: f64,
     pub cut_layer_bytes: u64,
     pub samples_per_second: f64,
@@ -205,6 +240,19 @@ pub struct RunResult {
     /// Trained parts and feature pipelines, when saved.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub model_files: Vec<String>,
+    /// Bytes on the wire, for runs over the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire: Option<WireBytes>,
+}
+
+/// What a run over the network sent, counted as encoded protobuf messages.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct WireBytes {
+    pub encoding: WireEncoding,
+    /// Governance to the domain nodes (batch plans, gradients, tower outputs).
+    pub to_domains: u64,
+    /// Domain nodes to governance (activations, the head's gradient, reports).
+    pub from_domains: u64,
 }
 
 /// A domain after loading, validation and feature fitting.
@@ -251,6 +299,27 @@ impl Job {
         })?;
         let spec = Self::parse(&text, &file)?;
         Ok(Self { spec, file })
+    }
+
+    /// Reads a job spec sent as text; `file` names it in errors and anchors relative paths.
+    pub fn from_yaml(text: &str, file: &Path) -> Result<Self, SplitError> {
+        Ok(Self {
+            spec: Self::parse(text, file)?,
+            file: file.to_path_buf(),
+        })
+    }
+
+    /// The spec as YAML with every path made absolute, for parties that read it elsewhere.
+    pub fn to_portable_yaml(&self) -> String {
+        let mut spec = self.spec.clone();
+        let dir = std::path::absolute(self.dir()).unwrap_or_else(|_| self.dir().to_path_buf());
+        for domain in &mut spec.domains {
+            domain.contract = dir.join(&domain.contract);
+        }
+        if let Some(keys) = &mut spec.split.test_keys {
+            *keys = dir.join(&*keys);
+        }
+        serde_norway::to_string(&spec).expect("job specs serialize")
     }
 
     fn parse(text: &str, file: &Path) -> Result<JobSpec, SplitError> {
@@ -578,6 +647,130 @@ fn read_targets(
     })
 }
 
+/// Every part's initial weights are drawn from a seed of its own, derived from the run's seed
+/// and the part's number, so that they do not depend on which party builds which part first:
+/// the joint (centralized or single-domain) bottom is part 0, the feature domains' bottoms are
+/// parts 1, 2, … in the order of the spec, the tower and the head are [`TOWER_PART`] and
+/// [`HEAD_PART`].
+pub fn part_seed(seed: u64, part: u64) -> u64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(part)
+}
+
+/// The part number of governance's tower.
+pub const TOWER_PART: u64 = 100;
+/// The part number of the head (at governance or at the label owner).
+pub const HEAD_PART: u64 = 101;
+
+fn bottom_config(features: &FeatureMatrix, layers: &LayersSpec) -> BottomConfig {
+    BottomConfig {
+        numeric: features.numeric_width,
+        embeddings: features.embeddings.clone(),
+        layers: layers.layers.clone(),
+        batch_norm: layers.batch_norm,
+        dropout: layers.dropout,
+    }
+}
+
+/// Each party's share of a split run, built the same way in one process and on separate nodes.
+impl JobSpec {
+    /// The tower over a cut layer `cut_width` wide, and the head over the tower.
+    pub fn tower_and_head(&self, cut_width: usize) -> (TowerConfig, HeadConfig) {
+        let tower = TowerConfig {
+            input: cut_width,
+            layers: self.model.tower.layers.clone(),
+            batch_norm: self.model.tower.batch_norm,
+            dropout: self.model.tower.dropout,
+        };
+        let head = self.head_config(tower.output());
+        (tower, head)
+    }
+
+    /// The head over `input` columns (the tower's output).
+    pub fn head_config(&self, input: usize) -> HeadConfig {
+        HeadConfig {
+            input,
+            layers: self.model.head.clone(),
+            outputs: self.objective.outputs(),
+        }
+    }
+
+    /// A feature domain's party: its features and its bottom, initialized from `seed`.
+    pub fn domain_party(
+        &self,
+        domain: &PreparedDomain,
+        seed: u64,
+    ) -> Result<DomainParty, SplitError> {
+        let index = self
+            .domains
+            .iter()
+            .filter(|d| !d.features.is_empty())
+            .position(|d| d.name == domain.name)
+            .ok_or_else(|| {
+                SplitError::Protocol(format!(
+                    "`{}` is not a feature domain of job `{}`",
+                    domain.name, self.name
+                ))
+            })?;
+        let device = training_device();
+        let config = bottom_config(&domain.features, &domain.bottom);
+        let model = seeded(&device, part_seed(seed, 1 + index as u64), || {
+            config.init(&device)
+        });
+        Ok(DomainParty::new(
+            domain.name.clone(),
+            domain.features.clone(),
+            model,
+            &self.training.optimizer,
+            device,
+        ))
+    }
+
+    /// The label owner's party without label sharing: its labels and the head over the tower's
+    /// `tower_output` columns.
+    pub fn label_owner(&self, targets: Targets, tower_output: usize, seed: u64) -> LabelOwner {
+        let device = training_device();
+        let head = self.head_config(tower_output);
+        let head = seeded(&device, part_seed(seed, HEAD_PART), || head.init(&device));
+        LabelOwner::new(
+            self.label.domain.clone(),
+            targets,
+            self.objective.clone(),
+            head,
+            &self.training.optimizer,
+            device,
+        )
+    }
+
+    /// Governance's side of a split run over `transport`: the tower, and the head too when the
+    /// labels are shared.
+    pub fn split_trainer<T: Transport>(
+        &self,
+        transport: T,
+        share_labels: bool,
+        cut_width: usize,
+        seed: u64,
+    ) -> Result<SplitTrainer<T>, SplitError> {
+        let device = training_device();
+        let (tower, head) = self.tower_and_head(cut_width);
+        let tower = seeded(&device, part_seed(seed, TOWER_PART), || tower.init(&device));
+        let placement = if share_labels {
+            LabelPlacement::Governance {
+                head: seeded(&device, part_seed(seed, HEAD_PART), || head.init(&device)),
+            }
+        } else {
+            LabelPlacement::LabelOwner
+        };
+        SplitTrainer::new(
+            transport,
+            tower,
+            placement,
+            self.objective.clone(),
+            &self.training.optimizer,
+            device,
+        )
+    }
+}
+
 impl PreparedJob {
     /// The configurations this job compares.
     pub fn configs(&self) -> Vec<RunConfig> {
@@ -594,31 +787,6 @@ impl PreparedJob {
             );
         }
         configs
-    }
-
-    fn bottom_config(&self, features: &FeatureMatrix, layers: &LayersSpec) -> BottomConfig {
-        BottomConfig {
-            numeric: features.numeric_width,
-            embeddings: features.embeddings.clone(),
-            layers: layers.layers.clone(),
-            batch_norm: layers.batch_norm,
-            dropout: layers.dropout,
-        }
-    }
-
-    fn tower_and_head(&self, input: usize) -> (TowerConfig, HeadConfig) {
-        let tower = TowerConfig {
-            input,
-            layers: self.spec.model.tower.layers.clone(),
-            batch_norm: self.spec.model.tower.batch_norm,
-            dropout: self.spec.model.tower.dropout,
-        };
-        let head = HeadConfig {
-            input: tower.output(),
-            layers: self.spec.model.head.clone(),
-            outputs: self.spec.objective.outputs(),
-        };
-        (tower, head)
     }
 
     /// The centralized baseline's bottom: as wide as all domain bottoms together.
@@ -649,15 +817,14 @@ impl PreparedJob {
     /// Builds the trainer of a configuration, every part initialized from `seed`.
     pub fn trainer(&self, config: &RunConfig, seed: u64) -> Result<Box<dyn Trainer>, SplitError> {
         let device = training_device();
-        let optimizer = &self.spec.training.optimizer;
-        // Each part has its own seed, so its initial weights do not depend on build order.
-        let part_seed = |part: u64| seed.wrapping_mul(1_000_003).wrapping_add(part);
+        let spec = &self.spec;
+        let optimizer = &spec.training.optimizer;
         let joint = |features: FeatureMatrix, layers: &LayersSpec| {
-            let bottom = self.bottom_config(&features, layers);
-            let bottoms = vec![seeded(&device, part_seed(0), || bottom.init(&device))];
-            let (tower, head) = self.tower_and_head(bottom.output());
-            let tower = seeded(&device, part_seed(100), || tower.init(&device));
-            let head = seeded(&device, part_seed(101), || head.init(&device));
+            let bottom = bottom_config(&features, layers);
+            let bottoms = vec![seeded(&device, part_seed(seed, 0), || bottom.init(&device))];
+            let (tower, head) = spec.tower_and_head(bottom.output());
+            let tower = seeded(&device, part_seed(seed, TOWER_PART), || tower.init(&device));
+            let head = seeded(&device, part_seed(seed, HEAD_PART), || head.init(&device));
             Box::new(JointTrainer::new(
                 JointNetwork {
                     bottoms,
@@ -688,56 +855,22 @@ impl PreparedJob {
                 joint(domain.features.clone(), &domain.bottom)
             }
             RunConfig::SplitLabelSharing | RunConfig::SplitLabelOwner => {
-                let mut parties = Vec::with_capacity(self.domains.len());
-                let mut cut_width = 0;
-                for (i, domain) in self.domains.iter().enumerate() {
-                    let config = self.bottom_config(&domain.features, &domain.bottom);
-                    cut_width += config.output();
-                    parties.push(DomainParty::new(
-                        domain.name.clone(),
-                        domain.features.clone(),
-                        seeded(&device, part_seed(1 + i as u64), || config.init(&device)),
-                        optimizer,
-                        device.clone(),
-                    ));
-                }
-                let (tower, head) = self.tower_and_head(cut_width);
-                let tower = seeded(&device, part_seed(100), || tower.init(&device));
-                let head = seeded(&device, part_seed(101), || head.init(&device));
-                let (transport, placement) = if *config == RunConfig::SplitLabelSharing {
-                    (
-                        InProcess {
-                            domains: parties,
-                            label_owner: None,
-                            labels: Some(self.targets.clone()),
-                        },
-                        LabelPlacement::Governance { head },
-                    )
-                } else {
-                    (
-                        InProcess {
-                            domains: parties,
-                            label_owner: Some(LabelOwner::new(
-                                self.spec.label.domain.clone(),
-                                self.targets.clone(),
-                                self.spec.objective.clone(),
-                                head,
-                                optimizer,
-                                device.clone(),
-                            )),
-                            labels: None,
-                        },
-                        LabelPlacement::LabelOwner,
-                    )
+                let domains: Vec<DomainParty> = self
+                    .domains
+                    .iter()
+                    .map(|d| spec.domain_party(d, seed))
+                    .collect::<Result<_, _>>()?;
+                let cut_width = domains.iter().map(DomainParty::cut_width).sum();
+                let share_labels = *config == RunConfig::SplitLabelSharing;
+                let transport = InProcess {
+                    label_owner: (!share_labels).then(|| {
+                        let tower_output = spec.tower_and_head(cut_width).0.output();
+                        spec.label_owner(self.targets.clone(), tower_output, seed)
+                    }),
+                    labels: share_labels.then(|| self.targets.clone()),
+                    domains,
                 };
-                Box::new(SplitTrainer::new(
-                    transport,
-                    tower,
-                    placement,
-                    self.spec.objective.clone(),
-                    optimizer,
-                    device.clone(),
-                )?)
+                Box::new(spec.split_trainer(transport, share_labels, cut_width, seed)?)
             }
         })
     }
@@ -753,39 +886,72 @@ impl PreparedJob {
         save_to: Option<&Path>,
     ) -> Result<RunResult, SplitError> {
         let mut trainer = self.trainer(config, seed)?;
-        let outcome = fit(
+        let mut result = self.spec.train_and_evaluate(
             trainer.as_mut(),
             &self.partition,
-            &self.spec.training,
+            config,
             seed,
             observer,
             stop,
+            save_to,
         )?;
+        if let Some(dir) = save_to {
+            for domain in &self.domains {
+                let path = dir.join(pipeline_file(&domain.name));
+                std::fs::write(&path, domain.pipeline.to_json())?;
+                result.model_files.push(path.display().to_string());
+            }
+        }
+        Ok(result)
+    }
+}
+
+/// The file a domain's fitted feature pipeline is saved in, beside its bottom.
+pub fn pipeline_file(domain: &str) -> String {
+    format!("pipeline-{domain}.json")
+}
+
+impl JobSpec {
+    /// Trains `trainer` on `partition`, evaluates it on the test rows and, with `save_to`,
+    /// has every party save its parts: the same for every configuration and transport.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_and_evaluate(
+        &self,
+        trainer: &mut dyn Trainer,
+        partition: &Partition,
+        config: &RunConfig,
+        seed: u64,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+        save_to: Option<&Path>,
+    ) -> Result<RunResult, SplitError> {
+        let outcome = fit(trainer, partition, &self.training, seed, observer, stop)?;
         let metrics = outcome.report.metrics.ok_or_else(|| {
             SplitError::Protocol("the label holder reported no test metrics".into())
         })?;
-        let mut model_files = Vec::new();
-        if let Some(dir) = save_to {
-            for path in trainer.save(dir)? {
-                model_files.push(path.display().to_string());
-            }
-            for domain in &self.domains {
-                let path = dir.join(format!("pipeline-{}.json", domain.name));
-                std::fs::write(&path, domain.pipeline.to_json())?;
-                model_files.push(path.display().to_string());
-            }
-        }
-        let samples = (self.partition.train.len() * self.spec.training.epochs) as f64;
+        let model_files = match save_to {
+            Some(dir) => trainer
+                .save(dir)?
+                .into_iter()
+                .map(|path| path.display().to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        let samples = (partition.train.len() * self.training.epochs) as f64;
         Ok(RunResult {
             model_files,
             config: config.name(),
             seed,
             metrics,
+            train_rows: partition.train.len(),
+            valid_rows: partition.valid.len(),
+            test_rows: partition.test.len(),
             train_seconds: outcome.train_seconds,
             cut_layer_bytes: outcome.cut_layer_bytes,
             samples_per_second: samples / outcome.train_seconds.max(1e-9),
             history: outcome.history,
             curves: outcome.report.curves,
+            wire: None,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! library crates, which hold all of the logic.
 
 mod bench;
+mod mesh;
 mod progress;
 mod report;
 mod run;
@@ -58,6 +59,36 @@ enum Command {
         /// Where results.json and the report go (default: runs/<example>-<time>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Run the split configurations on the mesh in DIR (started with `fedmesh mesh up`);
+        /// baselines still run in this process.
+        #[arg(long)]
+        mesh: Option<PathBuf>,
+    },
+    /// Serve a domain's data product as a node of the mesh (gRPC, mutual TLS).
+    Node {
+        /// The node's config (domain, listen address, certificates, contract, models folder).
+        #[arg(long)]
+        config: PathBuf,
+        /// Stop when stdin closes (set by the process that started this one).
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
+    /// Serve the mesh's governance: runs jobs over the domain nodes (gRPC, mutual TLS).
+    Governance {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, hide = true)]
+        exit_with_parent: bool,
+    },
+    /// A mesh on this machine.
+    Mesh {
+        #[command(subcommand)]
+        what: MeshCommand,
+    },
+    /// Jobs on a running mesh.
+    Job {
+        #[command(subcommand)]
+        what: JobCommand,
     },
     /// Make the mesh's development CA and node certificates (mutual TLS identities).
     Certs {
@@ -68,6 +99,49 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: bench::BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MeshCommand {
+    /// Start governance and one node per domain of EXAMPLE as separate processes on 127.0.0.1,
+    /// with development certificates, and keep them running until Ctrl-C.
+    Up {
+        /// The example folder (or job.yaml) whose domains get nodes.
+        example: PathBuf,
+        /// The mesh folder: certificates, configs, logs, runs.
+        #[arg(long, default_value = "mesh")]
+        dir: PathBuf,
+        /// Governance's port; the domains listen on the ports after it.
+        #[arg(long, default_value_t = 7100)]
+        port: u16,
+        /// Read every product from this file instead of where its contract says.
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Submit a job to the mesh's governance and follow it to its end.
+    Submit {
+        /// The job spec (or its folder).
+        job: PathBuf,
+        /// The mesh folder (as `fedmesh mesh up --dir` made it).
+        #[arg(long, default_value = "mesh")]
+        mesh: PathBuf,
+        /// split-label-sharing, split-label-owner (default: both), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        configs: Vec<String>,
+        /// Seeds (default: the job's), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        seeds: Vec<u64>,
+        /// Override the job's epoch count.
+        #[arg(long)]
+        epochs: Option<u32>,
+        /// Where results.json and the report go (default: runs/<job>-<time>).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -113,7 +187,7 @@ fn run() -> Result<()> {
                 // A second Ctrl-C: the user means it.
                 std::process::exit(130);
             }
-            eprintln!("\nstopping after the current batch (Ctrl-C again to quit at once)…");
+            eprintln!("\nstopping… (Ctrl-C again to quit at once)");
         })?;
     }
     match Cli::parse().command {
@@ -125,6 +199,7 @@ fn run() -> Result<()> {
             configs,
             epochs,
             out,
+            mesh,
         } => run::run(
             &example,
             run::RunOptions {
@@ -133,10 +208,49 @@ fn run() -> Result<()> {
                 configs,
                 epochs,
                 out,
+                mesh: mesh.as_deref().map(run::MeshClient::of).transpose()?,
             },
             &stop,
         )
         .map(|_| ()),
+        Command::Node {
+            config,
+            exit_with_parent,
+        } => {
+            if exit_with_parent {
+                mesh::stop_with_parent(stop.clone());
+            }
+            mesh::node(&config, stop)
+        }
+        Command::Governance {
+            config,
+            exit_with_parent,
+        } => {
+            if exit_with_parent {
+                mesh::stop_with_parent(stop.clone());
+            }
+            mesh::governance(&config, stop)
+        }
+        Command::Mesh {
+            what:
+                MeshCommand::Up {
+                    example,
+                    dir,
+                    port,
+                    data,
+                },
+        } => mesh::up(&example, &dir, port, data.as_deref(), &stop),
+        Command::Job {
+            what:
+                JobCommand::Submit {
+                    job,
+                    mesh,
+                    configs,
+                    seeds,
+                    epochs,
+                    out,
+                },
+        } => run::submit(&job, &mesh, configs, seeds, epochs, out, &stop).map(|_| ()),
         Command::Certs { what } => {
             let issued = match what {
                 CertsCommand::Init { dir } => fedmesh_tls::init_ca(&dir)?,

@@ -34,6 +34,13 @@ impl RunProgress {
         self.bar.finish_with_message(message);
     }
 
+    /// An epoch finished on the mesh (which reports epochs, not batches).
+    pub fn remote_epoch_done(&self, record: &EpochRecord) {
+        self.bar.set_length(self.epochs as u64);
+        self.bar.set_position(record.epoch as u64);
+        self.epoch_done(record);
+    }
+
     pub fn abandon(&self) {
         self.bar.abandon_with_message("interrupted");
     }

@@ -2,13 +2,19 @@
 //! `results.json` and a report.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
+use fedmesh_net::client::JobProgress;
+use fedmesh_net::governance::MESH_CONFIGS;
+use fedmesh_net::{MeshIdentity, NodeEndpoint};
+use fedmesh_proto::v1::JobRequest;
 use fedmesh_split::job::{Job, RunConfig, RunResult};
 use fedmesh_split::{Metrics, SplitError};
 use serde::{Deserialize, Serialize};
+use tokio::runtime::Runtime;
 
+use crate::mesh::{LocalMesh, MeshLayout, Ports};
 use crate::progress::RunProgress;
 use crate::report;
 
@@ -26,13 +32,86 @@ pub struct Results {
     pub runs: Vec<RunResult>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RunOptions {
     pub data: Option<PathBuf>,
     pub seeds: Option<usize>,
     pub configs: Vec<String>,
     pub epochs: Option<usize>,
     pub out: Option<PathBuf>,
+    /// Run the split configurations on this mesh's nodes instead of in this process.
+    pub mesh: Option<MeshClient>,
+}
+
+/// A connection to a mesh's governance, as an operator.
+pub struct MeshClient {
+    pub runtime: Runtime,
+    pub identity: MeshIdentity,
+    pub governance: NodeEndpoint,
+}
+
+impl MeshClient {
+    /// An operator of the mesh whose folder is `dir` (as `fedmesh mesh up` writes it).
+    pub fn of(dir: &Path) -> Result<Self> {
+        let (identity, governance) = MeshLayout {
+            dir: dir.to_path_buf(),
+        }
+        .operator()?;
+        Ok(Self {
+            runtime: Runtime::new()?,
+            identity,
+            governance,
+        })
+    }
+
+    /// Submits a job and follows it to its end; `stop` cancels it.
+    pub fn submit(
+        &self,
+        request: JobRequest,
+        mut progress: impl FnMut(JobProgress),
+        stop: &AtomicBool,
+    ) -> Result<Vec<RunResult>, SplitError> {
+        self.runtime.block_on(async {
+            tokio::select! {
+                results = fedmesh_net::client::submit(&self.identity, &self.governance, request, &mut progress) => results,
+                _ = async {
+                    while !stop.load(Ordering::SeqCst) {
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    }
+                } => Err(SplitError::Interrupted),
+            }
+        })
+    }
+
+    /// One configuration and seed of `job` on the mesh.
+    fn run(
+        &self,
+        job: &Job,
+        config: &RunConfig,
+        seed: u64,
+        progress: &RunProgress,
+        stop: &AtomicBool,
+    ) -> Result<RunResult, SplitError> {
+        let request = JobRequest {
+            spec_yaml: job.to_portable_yaml(),
+            configs: vec![config.name()],
+            seeds: vec![seed],
+            epochs: 0,
+        };
+        let results = self.submit(
+            request,
+            |event| {
+                if let JobProgress::Epoch(record) = event {
+                    progress.remote_epoch_done(&record);
+                }
+            },
+            stop,
+        )?;
+        results
+            .into_iter()
+            .next()
+            .ok_or_else(|| SplitError::Protocol("governance reported no result".into()))
+    }
 }
 
 /// The fraud example, built into the binary so that `quickstart` needs no checkout.
@@ -53,6 +132,7 @@ const FRAUD_EXAMPLE: &[(&str, &str)] = &[
 ];
 
 pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Result<()> {
+    let started = std::time::Instant::now();
     let out = out.unwrap_or_else(|| default_out("quickstart"));
     let example = out.join("example");
     for (name, text) in FRAUD_EXAMPLE {
@@ -64,9 +144,27 @@ pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Resu
         "fedmesh quickstart: the fraud example (digital, retail, fraud-prevention) written to {}",
         example.display()
     );
+    let job = Job::load(&example)?;
+    let runtime = Runtime::new()?;
+    let mut mesh = LocalMesh::start(&job, &out.join("mesh"), Ports::Any, None)?;
+    mesh.wait_ready(&runtime, std::time::Duration::from_secs(30))?;
+    println!(
+        "mesh up: {} (separate processes, mutual TLS; logs in {})",
+        mesh.endpoints()
+            .iter()
+            .map(|e| format!("{} {}", e.name, e.url))
+            .collect::<Vec<_>>()
+            .join(", "),
+        mesh.layout.dir.join("logs").display()
+    );
+    println!(
+        "the centralized baseline runs in this process (it needs every domain's rows in one place); the split runs on the mesh"
+    );
+    let client = MeshClient::of(&mesh.layout.dir)?;
     run(
         &example,
         RunOptions {
+            mesh: Some(client),
             seeds: Some(seeds),
             configs: vec![
                 "centralized".into(),
@@ -78,6 +176,11 @@ pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Resu
         },
         stop,
     )?;
+    mesh.stop();
+    println!(
+        "mesh stopped; quickstart took {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -156,7 +259,13 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
             let models = out
                 .join("models")
                 .join(format!("{}-seed{seed}", config.name().replace(':', "-")));
-            match prepared.run(config, seed, &progress, stop, Some(&models)) {
+            let outcome = match &options.mesh {
+                Some(mesh) if MESH_CONFIGS.contains(config) => {
+                    mesh.run(&job, config, seed, &progress, stop)
+                }
+                _ => prepared.run(config, seed, &progress, stop, Some(&models)),
+            };
+            match outcome {
                 Ok(result) => {
                     progress.finish(format!(
                         "{} {:.4} in {:.1} s",
@@ -221,4 +330,83 @@ fn default_out(name: &str) -> PathBuf {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     PathBuf::from("runs").join(format!("{name}-{stamp}"))
+}
+
+/// `fedmesh job submit`: runs a job's split configurations on a running mesh and writes
+/// `results.json` and the report, as `fedmesh run` does.
+pub fn submit(
+    job: &Path,
+    mesh: &Path,
+    configs: Vec<String>,
+    seeds: Vec<u64>,
+    epochs: Option<u32>,
+    out: Option<PathBuf>,
+    stop: &AtomicBool,
+) -> Result<Results> {
+    let job = Job::load(job)?;
+    let client = MeshClient::of(mesh)?;
+    let out = out.unwrap_or_else(|| default_out(&job.spec.name));
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let epochs = epochs.map_or(job.spec.training.epochs, |e| e as usize);
+    let request = JobRequest {
+        spec_yaml: job.to_portable_yaml(),
+        configs,
+        seeds,
+        epochs: epochs as u32,
+    };
+    println!(
+        "submitting `{}` to {} at {}",
+        job.spec.name, client.governance.name, client.governance.url
+    );
+    let mut current: Option<RunProgress> = None;
+    let runs = client.submit(
+        request,
+        |event| match event {
+            JobProgress::RunStarted(started) => {
+                current = Some(RunProgress::new(
+                    format!("{} seed {}", started.config, started.seed),
+                    started.epochs as usize,
+                ));
+            }
+            JobProgress::Epoch(record) => {
+                if let Some(progress) = &current {
+                    progress.remote_epoch_done(&record);
+                }
+            }
+            JobProgress::RunDone(result) => {
+                if let Some(progress) = current.take() {
+                    progress.finish(format!(
+                        "{} {:.4} in {:.1} s",
+                        headline_name(&result.metrics),
+                        result.metrics.headline(),
+                        result.train_seconds
+                    ));
+                }
+            }
+        },
+        stop,
+    );
+    if let Some(progress) = current {
+        progress.abandon();
+    }
+    let runs = runs?;
+    let first = runs.first();
+    let results = Results {
+        example: job.spec.name.clone(),
+        description: job.spec.description.clone(),
+        source: format!("the domain nodes of {}", mesh.display()),
+        rows: first.map_or(0, |r| r.train_rows + r.valid_rows + r.test_rows),
+        train_rows: first.map_or(0, |r| r.train_rows),
+        valid_rows: first.map_or(0, |r| r.valid_rows),
+        test_rows: first.map_or(0, |r| r.test_rows),
+        runs,
+    };
+    write_outputs(&out, &results)?;
+    println!("\n{}", report::table(&results));
+    println!(
+        "results: {}\nreport:  {}",
+        out.join("results.json").display(),
+        out.join("report.md").display()
+    );
+    Ok(results)
 }

@@ -51,25 +51,49 @@ fn quickstart_compares_three_configurations() {
     for file in ["report.md", "loss.svg", "roc.svg", "pr.svg"] {
         assert!(out.path().join(file).exists(), "{file} missing");
     }
-    // Each part is saved by its holder: three bottoms, governance's tower, the label owner's
-    // head, and the domains' feature pipelines.
-    let owner = out.path().join("models/split-label-owner-seed1");
-    for file in [
-        "bottom-digital.bpk",
-        "bottom-retail.bpk",
-        "bottom-fraud-prevention.bpk",
-        "tower-governance.bpk",
-        "head-fraud-prevention.bpk",
-        "pipeline-digital.json",
-    ] {
-        assert!(owner.join(file).exists(), "{file} missing");
+    // The split runs went over the mesh: bytes counted both ways.
+    assert!(runs[0]["wire"].is_null());
+    for run in &runs[1..] {
+        assert_eq!(run["wire"]["encoding"], "f32");
+        assert!(run["wire"]["to_domains"].as_u64().unwrap() > 0);
+        assert!(run["wire"]["from_domains"].as_u64().unwrap() > 0);
     }
-    assert!(!owner.join("head-governance.bpk").exists());
+    // Each part is saved by its holder, in the holder's own folder: three bottoms and their
+    // feature pipelines at the domain nodes, the tower at governance, the head at the label
+    // owner.
+    let saved = |run: &serde_json::Value| -> Vec<String> {
+        run["model_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| {
+                let path = Path::new(f.as_str().unwrap());
+                assert!(path.exists(), "{} missing", path.display());
+                let holder = path.strip_prefix(out.path().join("mesh")).unwrap();
+                holder.iter().next().unwrap().to_string_lossy().into_owned()
+                    + "/"
+                    + &path.file_name().unwrap().to_string_lossy()
+            })
+            .collect()
+    };
+    let owner = saved(&runs[2]);
+    for file in [
+        "digital/bottom-digital.bpk",
+        "retail/bottom-retail.bpk",
+        "fraud-prevention/bottom-fraud-prevention.bpk",
+        "runs/tower-governance.bpk",
+        "fraud-prevention/head-fraud-prevention.bpk",
+        "digital/pipeline-digital.json",
+    ] {
+        assert!(owner.iter().any(|f| f == file), "{file} not in {owner:?}");
+    }
+    assert!(!owner.iter().any(|f| f.ends_with("head-governance.bpk")));
     assert!(
-        out.path()
-            .join("models/split-label-sharing-seed1/head-governance.bpk")
-            .exists()
+        saved(&runs[1])
+            .iter()
+            .any(|f| f == "runs/head-governance.bpk")
     );
+    assert!(stdout.contains("mesh stopped"), "{stdout}");
 }
 
 #[test]

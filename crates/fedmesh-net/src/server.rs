@@ -1,0 +1,91 @@
+//! Running a domain node or governance as a long-lived gRPC server: mutual TLS, the gRPC health
+//! service, and a clean stop when `shutdown` resolves.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
+use fedmesh_proto::v1::governance_server::GovernanceServer;
+use tokio::runtime::Runtime;
+use tonic::transport::Server;
+
+use crate::config::{GovernanceConfig, NodeConfig};
+use crate::governance::{GovernanceService, Mesh};
+use crate::{DomainNodeService, MeshIdentity, NetError};
+
+/// The largest message either side accepts: a batch of activations of a few hundred thousand
+/// rows, never a whole dataset (batches bound every message).
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+
+/// Serves a domain node until `shutdown` resolves.
+pub async fn serve_node(
+    config: &NodeConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NetError> {
+    let identity = MeshIdentity::load(&config.mesh, &config.domain)?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let service = DomainNodeServer::new(DomainNodeService::new(
+        config.governance.clone(),
+        config.product(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    health
+        .set_serving::<DomainNodeServer<DomainNodeService>>()
+        .await;
+    tracing::info!(
+        "domain node `{}` listening on {} (jobs from `{}` only)",
+        config.domain,
+        config.listen,
+        config.governance
+    );
+    Server::builder()
+        .tls_config(identity.server_config())?
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_shutdown(config.listen, shutdown)
+        .await?;
+    tracing::info!("domain node `{}` stopped", config.domain);
+    Ok(())
+}
+
+/// Serves governance until `shutdown` resolves. Jobs run on their own threads and reach the
+/// nodes through `runtime`.
+pub async fn serve_governance(
+    config: &GovernanceConfig,
+    runtime: Arc<Runtime>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), NetError> {
+    let identity = MeshIdentity::load(&config.mesh, &config.name)?;
+    let mesh = Mesh {
+        runtime,
+        identity: identity.clone(),
+        nodes: config.endpoints(),
+        deadline: config.deadline(),
+    };
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let governance = GovernanceService::new(mesh, config.operators.clone(), config.runs.clone());
+    let jobs = governance.running_jobs();
+    let service = GovernanceServer::new(governance);
+    health
+        .set_serving::<GovernanceServer<GovernanceService>>()
+        .await;
+    tracing::info!(
+        "governance `{}` listening on {} (jobs from {:?}; domains {:?})",
+        config.name,
+        config.listen,
+        config.operators,
+        config.domains.iter().map(|d| &d.name).collect::<Vec<_>>()
+    );
+    Server::builder()
+        .tls_config(identity.server_config())?
+        .add_service(health_service)
+        .add_service(service)
+        .serve_with_shutdown(config.listen, async move {
+            shutdown.await;
+            jobs.stop_all();
+        })
+        .await?;
+    tracing::info!("governance `{}` stopped", config.name);
+    Ok(())
+}
