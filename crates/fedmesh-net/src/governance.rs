@@ -11,11 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fedmesh_data::Partition;
 use fedmesh_proto::Encoding;
 use fedmesh_proto::v1::governance_server::Governance;
 use fedmesh_proto::v1::{self, JobEvent, JobRequest, job_event};
 use fedmesh_split::job::{Job, RunConfig, RunResult, WireBytes, WireEncoding};
-use fedmesh_split::{EpochRecord, Observer, SplitError};
+use fedmesh_split::{EpochRecord, Observer, SplitError, SplitTrainer};
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -52,6 +53,40 @@ impl Mesh {
         stop: &AtomicBool,
         save_to: Option<&Path>,
     ) -> Result<RunResult, SplitError> {
+        let (mut trainer, partition) = self.open(job, run_id, config, seed)?;
+        if let Some(dir) = save_to {
+            std::fs::create_dir_all(dir)?;
+        }
+        let spec = &job.spec;
+        let mut result = spec.train_and_evaluate(
+            &mut trainer,
+            &partition,
+            config,
+            seed,
+            observer,
+            stop,
+            save_to,
+        )?;
+        let (to_domains, from_domains) = trainer.transport().bytes();
+        result.wire = Some(WireBytes {
+            encoding: spec.wire.encoding,
+            to_domains,
+            from_domains,
+        });
+        trainer.transport_mut().finish()?;
+        Ok(result)
+    }
+
+    /// Opens a run on the domain nodes: each loads and validates its product, the label owner
+    /// draws the partition, every domain builds its bottom. Returns governance's trainer over
+    /// the nodes, and the partition.
+    pub fn open(
+        &self,
+        job: &Job,
+        run_id: &str,
+        config: &RunConfig,
+        seed: u64,
+    ) -> Result<(SplitTrainer<GrpcTransport>, Partition), SplitError> {
         let spec = &job.spec;
         if !MESH_CONFIGS.contains(config) {
             return Err(SplitError::Protocol(format!(
@@ -116,27 +151,8 @@ impl Mesh {
             partition.valid.len(),
             partition.test.len()
         );
-        let mut trainer = spec.split_trainer(transport, share_labels, cut_width, seed)?;
-        if let Some(dir) = save_to {
-            std::fs::create_dir_all(dir)?;
-        }
-        let mut result = spec.train_and_evaluate(
-            &mut trainer,
-            &partition,
-            config,
-            seed,
-            observer,
-            stop,
-            save_to,
-        )?;
-        let (to_domains, from_domains) = trainer.transport().bytes();
-        result.wire = Some(WireBytes {
-            encoding: spec.wire.encoding,
-            to_domains,
-            from_domains,
-        });
-        trainer.transport_mut().finish()?;
-        Ok(result)
+        let trainer = spec.split_trainer(transport, share_labels, cut_width, seed)?;
+        Ok((trainer, partition))
     }
 }
 

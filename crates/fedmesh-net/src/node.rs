@@ -99,6 +99,10 @@ impl DomainNode for DomainNodeService {
 }
 
 /// Answers one job's messages until governance finishes it or goes away.
+///
+/// Always on the same thread: burn keeps BatchNorm's running statistics per thread and
+/// averages them across threads, so a bottom trained from several threads would evaluate
+/// differently from the same bottom trained in one.
 fn serve(
     product: DomainProduct,
     queue: std::sync::mpsc::Receiver<GovernanceMessage>,
@@ -352,6 +356,14 @@ impl NodeJob {
                 let gradient = tensor_from_wire(Some(&gradient))?;
                 self.bottom()?.backward(&gradient)?;
                 return Ok(None);
+            }
+            Command::Step(step) => {
+                let gradient = tensor_from_wire(step.gradient.as_ref())?;
+                let plan = plan_from_wire(&step.plan.unwrap_or_default())?;
+                let encoding = self.opened()?.encoding;
+                let bottom = self.bottom()?;
+                bottom.backward(&gradient)?;
+                Reply::Activation(tensor_to_wire(&bottom.forward(&plan)?, encoding))
             }
             Command::HeadTrain(input) => {
                 let plan = plan_from_wire(&input.plan.unwrap_or_default())?;

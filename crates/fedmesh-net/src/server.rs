@@ -17,10 +17,56 @@ use crate::{DomainNodeService, MeshIdentity, NetError};
 /// rows, never a whole dataset (batches bound every message).
 pub const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
+/// HTTP/2 flow-control windows: large enough that a batch's tensors never wait for a window
+/// update (the default 64 KiB costs extra round trips at a few batches in flight).
+pub const WINDOW_BYTES: u32 = 8 * 1024 * 1024;
+
+/// How long a stopping server waits for open streams (a job's last batch, a peer that has
+/// not closed its connection) before it closes anyway.
+pub const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn builder() -> Server {
+    Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(WINDOW_BYTES)
+        .initial_connection_window_size(WINDOW_BYTES)
+}
+
+/// A shutdown signal that two parties can wait for: the server, to stop accepting and drain,
+/// and a timer that ends the draining after [`GRACE`].
+struct Stopping(tokio::sync::watch::Receiver<bool>);
+
+impl Stopping {
+    fn after(shutdown: impl Future<Output = ()> + Send + 'static) -> Self {
+        let (tell, told) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = tell.send(true);
+        });
+        Self(told)
+    }
+
+    fn signal(&self) -> impl Future<Output = ()> + use<> {
+        let mut told = self.0.clone();
+        async move {
+            let _ = told.wait_for(|stop| *stop).await;
+        }
+    }
+
+    async fn grace_over(&self) {
+        self.signal().await;
+        tokio::time::sleep(GRACE).await;
+        tracing::warn!(
+            "streams still open {} s after the stop signal: closing them",
+            GRACE.as_secs()
+        );
+    }
+}
+
 /// Serves a domain node until `shutdown` resolves.
 pub async fn serve_node(
     config: &NodeConfig,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NetError> {
     let identity = MeshIdentity::load(&config.mesh, &config.domain)?;
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -39,12 +85,15 @@ pub async fn serve_node(
         config.listen,
         config.governance
     );
-    Server::builder()
+    let server = builder()
         .tls_config(identity.server_config())?
         .add_service(health_service)
-        .add_service(service)
-        .serve_with_shutdown(config.listen, shutdown)
-        .await?;
+        .add_service(service);
+    let stopping = Stopping::after(shutdown);
+    tokio::select! {
+        served = server.serve_with_shutdown(config.listen, stopping.signal()) => served?,
+        _ = stopping.grace_over() => {}
+    }
     tracing::info!("domain node `{}` stopped", config.domain);
     Ok(())
 }
@@ -54,7 +103,7 @@ pub async fn serve_node(
 pub async fn serve_governance(
     config: &GovernanceConfig,
     runtime: Arc<Runtime>,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NetError> {
     let identity = MeshIdentity::load(&config.mesh, &config.name)?;
     let mesh = Mesh {
@@ -77,15 +126,18 @@ pub async fn serve_governance(
         config.operators,
         config.domains.iter().map(|d| &d.name).collect::<Vec<_>>()
     );
-    Server::builder()
+    let server = builder()
         .tls_config(identity.server_config())?
         .add_service(health_service)
-        .add_service(service)
-        .serve_with_shutdown(config.listen, async move {
-            shutdown.await;
-            jobs.stop_all();
-        })
-        .await?;
+        .add_service(service);
+    let stopping = Stopping::after(async move {
+        shutdown.await;
+        jobs.stop_all();
+    });
+    tokio::select! {
+        served = server.serve_with_shutdown(config.listen, stopping.signal()) => served?,
+        _ = stopping.grace_over() => {}
+    }
     tracing::info!("governance `{}` stopped", config.name);
     Ok(())
 }

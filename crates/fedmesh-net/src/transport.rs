@@ -44,6 +44,10 @@ struct Link {
     cut_width: u32,
     bytes_sent: u64,
     bytes_received: u64,
+    /// The last training step's gradient, held back to travel with the next plan.
+    pending_gradient: Option<v1::Tensor>,
+    /// A plan sent ahead, whose activation the node is computing.
+    in_flight: Option<v1::BatchPlan>,
 }
 
 impl Link {
@@ -54,8 +58,24 @@ impl Link {
         }
     }
 
-    /// Sends one message without waiting for an answer.
+    /// Sends one message without waiting for an answer; a held-back gradient goes first,
+    /// alone, unless the message is a plan it can travel with.
     async fn send(&mut self, body: Command) -> Result<(), SplitError> {
+        let body = match (self.pending_gradient.take(), body) {
+            (Some(gradient), Command::Plan(plan)) => Command::Step(v1::Step {
+                gradient: Some(gradient),
+                plan: Some(plan),
+            }),
+            (Some(gradient), body) => {
+                self.send_now(Command::Gradient(gradient)).await?;
+                body
+            }
+            (None, body) => body,
+        };
+        self.send_now(body).await
+    }
+
+    async fn send_now(&mut self, body: Command) -> Result<(), SplitError> {
         let message = GovernanceMessage { body: Some(body) };
         self.bytes_sent += message.encoded_len() as u64;
         self.outbound
@@ -66,7 +86,17 @@ impl Link {
 
     /// Sends one message and waits for its answer, at most `deadline`.
     async fn call(&mut self, body: Command, deadline: Duration) -> Result<Reply, SplitError> {
+        if self.in_flight.is_some() {
+            return Err(self.error(
+                "a plan was announced but never asked for; the stream is out of step".into(),
+            ));
+        }
         self.send(body).await?;
+        self.receive(deadline).await
+    }
+
+    /// Waits for the node's next answer, at most `deadline`.
+    async fn receive(&mut self, deadline: Duration) -> Result<Reply, SplitError> {
         let gone = |what: String| SplitError::Node {
             node: self.name.clone(),
             message: what,
@@ -215,6 +245,8 @@ async fn open(
         cut_width: 0,
         bytes_sent: 0,
         bytes_received: 0,
+        pending_gradient: None,
+        in_flight: None,
     };
     match link.call(Command::Start(start), deadline).await? {
         Reply::Ready(ready) => link.rows = ready.rows,
@@ -239,7 +271,9 @@ pub async fn connect_with_retries(
         .tls_config(identity.client_config(&node.name))
         .map_err(|e| failed(format!("TLS setup: {e}")))?
         .connect_timeout(deadline)
-        .tcp_nodelay(true);
+        .tcp_nodelay(true)
+        .initial_stream_window_size(crate::server::WINDOW_BYTES)
+        .initial_connection_window_size(crate::server::WINDOW_BYTES);
     let give_up = tokio::time::Instant::now() + deadline;
     let mut wait = Duration::from_millis(50);
     loop {
@@ -324,26 +358,52 @@ impl Transport for GrpcTransport {
         let calls = bottom_links(&mut self.links, &self.bottoms).map(|link| {
             let wire = wire.clone();
             async move {
-                let name = link.name.clone();
-                match link.call(Command::Plan(wire), deadline).await? {
+                // The plan may have gone out already, with the last step's gradient.
+                let reply = match link.in_flight.take() {
+                    Some(sent) if sent == wire => link.receive(deadline).await?,
+                    Some(_) => {
+                        return Err(link
+                            .error("governance asked for another plan than it announced".into()));
+                    }
+                    None => link.call(Command::Plan(wire), deadline).await?,
+                };
+                match reply {
                     Reply::Activation(tensor) => tensor_from_wire(Some(&tensor)),
-                    other => Err(unexpected(&name, &other)),
+                    other => Err(unexpected(&link.name, &other)),
                 }
             }
         });
         self.runtime.block_on(try_join_all(calls))
     }
 
-    fn backward(&mut self, gradients: Vec<CutLayerGradient>) -> Result<(), SplitError> {
+    fn backward(
+        &mut self,
+        gradients: Vec<CutLayerGradient>,
+        next: Option<&BatchPlan>,
+    ) -> Result<(), SplitError> {
         check_one_per_domain(gradients.len(), self.bottoms.len())?;
         let encoding = self.encoding;
-        let calls = bottom_links(&mut self.links, &self.bottoms)
+        let Some(next) = next else {
+            // Held back: each gradient travels with its domain's next message.
+            for (link, gradient) in bottom_links(&mut self.links, &self.bottoms).zip(gradients) {
+                link.pending_gradient = Some(tensor_to_wire(&gradient, encoding));
+            }
+            return Ok(());
+        };
+        // The gradient and the next plan in one message, sent now: each domain steps and
+        // computes its next activation while governance steps its own parts.
+        let next = plan_to_wire(next);
+        let sends = bottom_links(&mut self.links, &self.bottoms)
             .zip(gradients)
-            // No answer: the node's next answer shows the step was taken (or its failure).
             .map(|(link, gradient)| {
-                link.send(Command::Gradient(tensor_to_wire(&gradient, encoding)))
+                let body = Command::Step(v1::Step {
+                    gradient: Some(tensor_to_wire(&gradient, encoding)),
+                    plan: Some(next.clone()),
+                });
+                link.in_flight = Some(next.clone());
+                link.send(body)
             });
-        self.runtime.block_on(try_join_all(calls))?;
+        self.runtime.block_on(try_join_all(sends))?;
         Ok(())
     }
 

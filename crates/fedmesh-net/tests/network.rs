@@ -149,6 +149,10 @@ fn check_network_equals_in_process(config: RunConfig) {
     // f32 on the wire is lossless: the same numbers, not merely close ones.
     let losses = |r: &RunResult| r.history.iter().map(|e| e.train_loss).collect::<Vec<_>>();
     assert_eq!(losses(&remote), losses(&local));
+    // Evaluation too: BatchNorm's running statistics came out the same (burn keeps them per
+    // thread, so a node must train a job on one thread).
+    let valid = |r: &RunResult| r.history.iter().map(|e| e.valid_loss).collect::<Vec<_>>();
+    assert_eq!(valid(&remote), valid(&local));
     assert_eq!(remote.metrics, local.metrics);
     assert_eq!(remote.cut_layer_bytes, local.cut_layer_bytes);
     assert_eq!(

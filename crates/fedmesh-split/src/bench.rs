@@ -8,6 +8,7 @@ use fedmesh_model::{BottomConfig, HeadConfig, Objective, Targets, TowerConfig, t
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::SplitError;
 use crate::party::{DomainParty, OptimizerSpec};
 use crate::trainer::{JointNetwork, JointTrainer, LabelPlacement, SplitTrainer, Trainer};
 use crate::transport::InProcess;
@@ -125,23 +126,36 @@ fn throughput(bench: &SplitBench, joint: bool) -> f64 {
             .expect("in-process labels are available"),
         )
     };
-    let plans: Vec<BatchPlan> = (0..rows / bench.batch_size)
-        .map(|b| {
-            let rows = (b * bench.batch_size) as u32..((b + 1) * bench.batch_size) as u32;
-            BatchPlan::train(rows.collect(), optimizer.learning_rate)
-        })
+    let rows: Vec<u32> = (0..rows as u32).collect();
+    samples_per_second(trainer.as_mut(), &rows, bench, optimizer.learning_rate)
+        .expect("in-process steps do not fail")
+}
+
+/// Samples per second of `trainer`'s training steps over consecutive batches of `rows`, after
+/// `bench.warmup_steps` untimed steps: the same measurement for every transport.
+pub fn samples_per_second(
+    trainer: &mut dyn Trainer,
+    rows: &[u32],
+    bench: &SplitBench,
+    learning_rate: f64,
+) -> Result<f64, SplitError> {
+    let plans: Vec<BatchPlan> = rows
+        .chunks_exact(bench.batch_size)
+        .map(|batch| BatchPlan::train(batch.to_vec(), learning_rate))
         .collect();
+    assert!(!plans.is_empty(), "fewer rows than one batch");
+    // As `fit` does: each step announces the next, so remote domains can start on it early.
     let mut step = |i: usize| {
-        trainer
-            .train_step(&plans[i % plans.len()])
-            .expect("in-process steps do not fail");
+        let last = i + 1 == bench.warmup_steps + bench.steps;
+        trainer.announce((!last).then(|| &plans[(i + 1) % plans.len()]));
+        trainer.train_step(&plans[i % plans.len()])
     };
     for i in 0..bench.warmup_steps {
-        step(i);
+        step(i)?;
     }
     let started = Instant::now();
-    for i in 0..bench.steps {
-        step(i);
+    for i in bench.warmup_steps..bench.warmup_steps + bench.steps {
+        step(i)?;
     }
-    (bench.steps * bench.batch_size) as f64 / started.elapsed().as_secs_f64()
+    Ok((bench.steps * bench.batch_size) as f64 / started.elapsed().as_secs_f64())
 }

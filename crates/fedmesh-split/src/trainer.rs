@@ -26,6 +26,10 @@ use crate::wire::{BatchPlan, Part, Pass, WireTensor};
 pub trait Trainer {
     /// Trains on the plan's rows; returns the batch loss.
     fn train_step(&mut self, plan: &BatchPlan) -> Result<f32, SplitError>;
+    /// Tells the trainer the training plan that will follow the next [`Trainer::train_step`],
+    /// so that remote parties can start on it as soon as they have taken their step (`None`:
+    /// the next plan is not a training step).
+    fn announce(&mut self, _next: Option<&BatchPlan>) {}
     /// Scores the plan's rows in inference mode, for the next [`Trainer::report`].
     fn eval_batch(&mut self, plan: &BatchPlan) -> Result<(), SplitError>;
     /// Metrics of the evaluation batches since the last report.
@@ -62,6 +66,8 @@ pub struct SplitTrainer<T: Transport> {
     labels: Option<SharedLabels>,
     device: Device,
     cut_layer_bytes: u64,
+    /// The training plan after the current one, when known.
+    next_plan: Option<BatchPlan>,
 }
 
 impl<T: Transport> SplitTrainer<T> {
@@ -90,6 +96,7 @@ impl<T: Transport> SplitTrainer<T> {
             labels,
             device,
             cut_layer_bytes: 0,
+            next_plan: None,
         })
     }
 
@@ -116,6 +123,10 @@ impl<T: Transport> SplitTrainer<T> {
 }
 
 impl<T: Transport> Trainer for SplitTrainer<T> {
+    fn announce(&mut self, next: Option<&BatchPlan>) {
+        self.next_plan = next.cloned();
+    }
+
     /// One split step, top to bottom.
     fn train_step(&mut self, plan: &BatchPlan) -> Result<f32, SplitError> {
         // 1. Domains forward: each sends its cut-layer activation.
@@ -157,7 +168,8 @@ impl<T: Transport> Trainer for SplitTrainer<T> {
             })
             .collect();
         self.count(&cut_gradients);
-        self.transport.backward(cut_gradients)?;
+        self.transport
+            .backward(cut_gradients, self.next_plan.take().as_ref())?;
 
         // 5. Governance steps its own parts.
         let tower_grads = GradientsParams::from_module(&mut grads, &self.tower);
@@ -437,15 +449,22 @@ pub fn fit(
             .filter(|b| b.len() > 1)
             .collect();
         observer.epoch_started(epoch, batches.len());
+        let plans: Vec<BatchPlan> = batches
+            .iter()
+            .enumerate()
+            .map(|(i, rows)| {
+                BatchPlan::train(rows.to_vec(), spec.learning_rate(step + i, total_steps))
+            })
+            .collect();
+        step += plans.len();
         let mut loss_sum = 0.0;
-        for rows in &batches {
+        for (i, plan) in plans.iter().enumerate() {
             if stop.load(Ordering::Relaxed) {
                 return Err(SplitError::Interrupted);
             }
-            let plan = BatchPlan::train(rows.to_vec(), spec.learning_rate(step, total_steps));
-            step += 1;
-            let loss = trainer.train_step(&plan)?;
-            loss_sum += loss as f64 * rows.len() as f64;
+            trainer.announce(plans.get(i + 1));
+            let loss = trainer.train_step(plan)?;
+            loss_sum += loss as f64 * plan.rows.len() as f64;
             observer.batch_done(loss);
         }
         evaluate(trainer, &partition.valid, Part::Valid, spec)?;

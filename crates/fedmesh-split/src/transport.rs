@@ -19,8 +19,13 @@ pub trait Transport {
     fn forward(&mut self, plan: &BatchPlan) -> Result<Vec<CutActivation>, SplitError>;
 
     /// Sends each domain the gradient of its activation (domain order); each domain then
-    /// steps its own optimizer.
-    fn backward(&mut self, gradients: Vec<CutLayerGradient>) -> Result<(), SplitError>;
+    /// steps its own optimizer. `next`, when known, is the plan of the next [`Transport::forward`]:
+    /// a remote domain may start on it right after its step, while governance takes its own.
+    fn backward(
+        &mut self,
+        gradients: Vec<CutLayerGradient>,
+        next: Option<&BatchPlan>,
+    ) -> Result<(), SplitError>;
 
     /// Without label sharing: the label owner computes the loss of the tower's output, returns
     /// its gradient, and steps its head.
@@ -81,7 +86,11 @@ impl Transport for InProcess {
         self.domains.iter_mut().map(|d| d.forward(plan)).collect()
     }
 
-    fn backward(&mut self, gradients: Vec<CutLayerGradient>) -> Result<(), SplitError> {
+    fn backward(
+        &mut self,
+        gradients: Vec<CutLayerGradient>,
+        _next: Option<&BatchPlan>,
+    ) -> Result<(), SplitError> {
         check_one_per_domain(gradients.len(), self.domains.len())?;
         for (domain, gradient) in self.domains.iter_mut().zip(&gradients) {
             domain.backward(gradient)?;

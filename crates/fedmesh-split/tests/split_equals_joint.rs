@@ -30,9 +30,13 @@ impl Transport for Recording {
     fn forward(&mut self, plan: &BatchPlan) -> Result<Vec<CutActivation>, SplitError> {
         self.inner.forward(plan)
     }
-    fn backward(&mut self, gradients: Vec<CutLayerGradient>) -> Result<(), SplitError> {
+    fn backward(
+        &mut self,
+        gradients: Vec<CutLayerGradient>,
+        next: Option<&BatchPlan>,
+    ) -> Result<(), SplitError> {
         self.gradients.push(gradients.clone());
-        self.inner.backward(gradients)
+        self.inner.backward(gradients, next)
     }
     fn head_train(&mut self, plan: &BatchPlan, z: CutActivation) -> Result<HeadStep, SplitError> {
         self.inner.head_train(plan, z)

@@ -1,8 +1,16 @@
 //! `fedmesh bench`: performance measurements, printed one line each.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use anyhow::Result;
 use clap::Subcommand;
-use fedmesh_split::bench::{SplitBench, joint_throughput, split_throughput};
+use fedmesh_net::{Mesh, MeshIdentity};
+use fedmesh_split::bench::{SplitBench, joint_throughput, samples_per_second, split_throughput};
+use fedmesh_split::job::{Job, RunConfig, WireEncoding};
+
+use crate::mesh::{LocalMesh, Ports};
+use crate::run::write_fraud_example;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
@@ -17,6 +25,10 @@ pub enum BenchCommand {
         /// Also train the same network as one module (no cut layer), for comparison.
         #[arg(long)]
         joint: bool,
+        /// Also over the network: this process as governance and three domain nodes as
+        /// separate processes on 127.0.0.1, mutual TLS, the fraud example's data.
+        #[arg(long)]
+        network: bool,
     },
 }
 
@@ -26,6 +38,7 @@ pub fn bench(what: BenchCommand) -> Result<()> {
             steps,
             batch_size,
             joint,
+            network,
         } => {
             let bench = SplitBench {
                 batch_size,
@@ -38,11 +51,73 @@ pub fn bench(what: BenchCommand) -> Result<()> {
                     "joint training (no cut), fraud model, batch {batch_size}: {rate:.0} samples/s"
                 );
             }
-            let rate = split_throughput(&bench);
-            println!(
-                "split training, fraud model, batch {batch_size}, in-process: {rate:.0} samples/s"
-            );
+            if network {
+                split_network(&bench)?;
+            } else {
+                let rate = split_throughput(&bench);
+                println!(
+                    "split training, fraud model, batch {batch_size}, in-process: {rate:.0} samples/s"
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// The fraud example's split model (label sharing) trained on its synthetic data, in this
+/// process and then over a mesh of node processes, in f32 and in f16.
+fn split_network(bench: &SplitBench) -> Result<()> {
+    let dir = std::env::temp_dir().join(format!("fedmesh-bench-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut job = Job::load(&write_fraud_example(&dir.join("example"))?)?;
+        let config = RunConfig::SplitLabelSharing;
+        let learning_rate = job.spec.training.optimizer.learning_rate;
+        let batch = bench.batch_size;
+
+        let prepared = job.prepare(None)?;
+        let mut trainer = prepared.trainer(&config, 1)?;
+        let local = samples_per_second(
+            trainer.as_mut(),
+            &prepared.partition.train,
+            bench,
+            learning_rate,
+        )?;
+        println!(
+            "split training, fraud model, batch {batch}, in-process:           {local:>9.0} samples/s"
+        );
+
+        let runtime = Arc::new(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?,
+        );
+        let mut nodes = LocalMesh::start(&job, &dir.join("mesh"), Ports::Any, None, false)?;
+        nodes.wait_ready(&runtime, Duration::from_secs(60))?;
+        let mesh = Mesh {
+            runtime: runtime.clone(),
+            identity: MeshIdentity::load(&nodes.layout.certs(), "governance")?,
+            nodes: nodes.endpoints().to_vec(),
+            deadline: Duration::from_secs(30),
+        };
+        for encoding in [WireEncoding::F32, WireEncoding::F16] {
+            job.spec.wire.encoding = encoding;
+            let name = format!("{encoding:?}").to_lowercase();
+            let (mut trainer, partition) = mesh.open(&job, &format!("bench-{name}"), &config, 1)?;
+            let (sent, received) = trainer.transport().bytes();
+            let rate = samples_per_second(&mut trainer, &partition.train, bench, learning_rate)?;
+            let (sent_after, received_after) = trainer.transport().bytes();
+            trainer.transport_mut().finish()?;
+            let samples = ((bench.warmup_steps + bench.steps) * batch) as f64;
+            println!(
+                "split training, fraud model, batch {batch}, network {name} (4 processes, mTLS): {rate:>9.0} samples/s = {:.0} % of in-process; {:.1} bytes/sample to the domains, {:.1} from them",
+                100.0 * rate / local,
+                (sent_after - sent) as f64 / samples,
+                (received_after - received) as f64 / samples,
+            );
+        }
+        nodes.stop();
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }

@@ -79,8 +79,15 @@ fn free_port() -> Result<u16> {
 
 impl LocalMesh {
     /// Writes certificates (unless the folder has a CA already) and configs for `job`'s
-    /// domains into `dir`, and starts governance and one node per domain.
-    pub fn start(job: &Job, dir: &Path, ports: Ports, data: Option<&Path>) -> Result<Self> {
+    /// domains into `dir`, and starts one node per domain and, with `with_governance`,
+    /// governance (without it, the calling process acts as governance).
+    pub fn start(
+        job: &Job,
+        dir: &Path,
+        ports: Ports,
+        data: Option<&Path>,
+        with_governance: bool,
+    ) -> Result<Self> {
         let layout = MeshLayout {
             dir: std::path::absolute(dir)?,
         };
@@ -144,6 +151,9 @@ impl LocalMesh {
                     domain.name.clone(),
                     spawn("node", &path, &layout.log(&domain.name))?,
                 ));
+            }
+            if !with_governance {
+                return Ok(());
             }
             let governance = GovernanceConfig {
                 domains: domains.clone(),
@@ -288,7 +298,9 @@ pub async fn stopped(stop: Arc<AtomicBool>) {
 /// `fedmesh node --config node.yaml`.
 pub fn node(config: &Path, stop: Arc<AtomicBool>) -> Result<()> {
     let config = NodeConfig::load(config)?;
-    let runtime = Runtime::new()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(fedmesh_net::server::serve_node(&config, stopped(stop)))?;
     Ok(())
 }
@@ -315,7 +327,7 @@ pub fn up(
 ) -> Result<()> {
     let job = Job::load(example)?;
     let runtime = Runtime::new()?;
-    let mut mesh = LocalMesh::start(&job, dir, Ports::From(port), data)?;
+    let mut mesh = LocalMesh::start(&job, dir, Ports::From(port), data, true)?;
     mesh.wait_ready(&runtime, Duration::from_secs(30))?;
     println!("mesh up in {}:", mesh.layout.dir.display());
     for endpoint in mesh.endpoints() {

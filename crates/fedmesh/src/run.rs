@@ -131,22 +131,27 @@ const FRAUD_EXAMPLE: &[(&str, &str)] = &[
     ),
 ];
 
-pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Result<()> {
-    let started = std::time::Instant::now();
-    let out = out.unwrap_or_else(|| default_out("quickstart"));
-    let example = out.join("example");
+/// Writes the embedded fraud example to `dir`; returns `dir`.
+pub fn write_fraud_example(dir: &Path) -> Result<PathBuf> {
     for (name, text) in FRAUD_EXAMPLE {
-        let path = example.join(name);
+        let path = dir.join(name);
         std::fs::create_dir_all(path.parent().expect("file in a folder"))?;
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(dir.to_path_buf())
+}
+
+pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Result<()> {
+    let started = std::time::Instant::now();
+    let out = out.unwrap_or_else(|| default_out("quickstart"));
+    let example = write_fraud_example(&out.join("example"))?;
     println!(
         "fedmesh quickstart: the fraud example (digital, retail, fraud-prevention) written to {}",
         example.display()
     );
     let job = Job::load(&example)?;
     let runtime = Runtime::new()?;
-    let mut mesh = LocalMesh::start(&job, &out.join("mesh"), Ports::Any, None)?;
+    let mut mesh = LocalMesh::start(&job, &out.join("mesh"), Ports::Any, None, true)?;
     mesh.wait_ready(&runtime, std::time::Duration::from_secs(30))?;
     println!(
         "mesh up: {} (separate processes, mutual TLS; logs in {})",

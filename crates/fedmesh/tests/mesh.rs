@@ -1,0 +1,324 @@
+//! The mesh as separate OS processes: governance and three domain nodes, each a `fedmesh`
+//! process, over mutual TLS on 127.0.0.1.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const DOMAINS: [&str; 3] = ["digital", "retail", "fraud-prevention"];
+
+fn fedmesh() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_fedmesh"))
+}
+
+fn check(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The fraud example on 4,000 synthetic rows and `epochs` epochs, copied to `dir`.
+fn small_fraud(dir: &Path, epochs: usize) -> PathBuf {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud");
+    let job = dir.join("fraud");
+    std::fs::create_dir_all(job.join("contracts")).unwrap();
+    for domain in DOMAINS {
+        let file = format!("contracts/{domain}.odcs.yaml");
+        std::fs::copy(example.join(&file), job.join(&file)).unwrap();
+    }
+    let spec = std::fs::read_to_string(example.join("job.yaml"))
+        .unwrap()
+        .replace("epochs: 5", &format!("epochs: {epochs}"))
+        .replace("synthetic_rows: 284807", "synthetic_rows: 4000");
+    std::fs::write(job.join("job.yaml"), spec).unwrap();
+    job
+}
+
+/// Governance and one node per domain, each its own `fedmesh` process.
+struct Processes {
+    dir: PathBuf,
+    children: Vec<(String, Child)>,
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Processes {
+    /// Writes certificates and configs for the job's domains and starts the processes.
+    fn start(dir: &Path, job: &Path) -> Self {
+        let certs = dir.join("certs");
+        let cert = |args: &[&str]| {
+            check(
+                &fedmesh()
+                    .arg("certs")
+                    .args(args)
+                    .arg("--dir")
+                    .arg(&certs)
+                    .output()
+                    .unwrap(),
+            )
+        };
+        cert(&["init"]);
+        for name in ["governance", "operator"].iter().chain(DOMAINS.iter()) {
+            cert(&["issue", name]);
+        }
+        let mut domains = String::new();
+        let mut children = Vec::new();
+        let log = |name: &str| std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+        let spawn = |role: &str, config: &Path, name: &str| {
+            let log = log(name);
+            fedmesh()
+                .arg(role)
+                .arg("--config")
+                .arg(config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap()
+        };
+        for domain in DOMAINS {
+            let port = free_port();
+            let config = dir.join(format!("{domain}.yaml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "domain: {domain}\nlisten: 127.0.0.1:{port}\nmesh: certs\n\
+                     contract: {}\nmodels: {domain}-models\n",
+                    job.join(format!("contracts/{domain}.odcs.yaml")).display()
+                ),
+            )
+            .unwrap();
+            domains.push_str(&format!(
+                "  - {{ name: {domain}, url: \"https://127.0.0.1:{port}\" }}\n"
+            ));
+            children.push((domain.to_string(), spawn("node", &config, domain)));
+        }
+        let config = dir.join("governance.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{}\nmesh: certs\noperators: [operator]\n\
+                 runs: runs\ndeadline_seconds: 10\ndomains:\n{domains}",
+                free_port()
+            ),
+        )
+        .unwrap();
+        children.push((
+            "governance".into(),
+            spawn("governance", &config, "governance"),
+        ));
+        let processes = Self {
+            dir: dir.to_path_buf(),
+            children,
+        };
+        for (name, _) in &processes.children {
+            processes.wait_for_log(name, "listening on");
+        }
+        processes
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    fn wait_for_log(&self, name: &str, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log(name).contains(text) {
+            assert!(
+                Instant::now() < deadline,
+                "`{name}` never logged {text:?}:\n{}",
+                self.log(name)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn submit(&self, job: &Path, out: &Path, epochs: usize) -> Command {
+        let mut command = fedmesh();
+        command
+            .args(["job", "submit"])
+            .arg(job)
+            .arg("--mesh")
+            .arg(&self.dir)
+            .args(["--configs", "split-label-owner", "--seeds", "1"])
+            .args(["--epochs", &epochs.to_string()])
+            .arg("--out")
+            .arg(out);
+        command
+    }
+}
+
+fn results(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("results.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn a_job_over_separate_processes_equals_the_in_process_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = small_fraud(dir.path(), 2);
+    let mesh = Processes::start(&dir.path().join("mesh"), &job);
+    let remote = dir.path().join("remote");
+    check(&mesh.submit(&job, &remote, 2).output().unwrap());
+    let local = dir.path().join("local");
+    check(
+        &fedmesh()
+            .arg("run")
+            .arg(&job)
+            .args(["--configs", "split-label-owner", "--seeds", "1", "--out"])
+            .arg(&local)
+            .output()
+            .unwrap(),
+    );
+    let (remote, local) = (results(&remote), results(&local));
+    let (remote, local) = (&remote["runs"][0], &local["runs"][0]);
+    // f32 on the wire is lossless: the same numbers, not merely close ones.
+    assert_eq!(remote["metrics"], local["metrics"]);
+    let losses = |run: &serde_json::Value| {
+        run["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["train_loss"].as_f64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(losses(remote), losses(local));
+    assert!(remote["wire"]["to_domains"].as_u64().unwrap() > 0);
+    assert!(local["wire"].is_null());
+    // The label owner saved its head on its own side.
+    assert!(
+        remote["model_files"].as_array().unwrap().iter().any(|f| f
+            .as_str()
+            .unwrap()
+            .contains("fraud-prevention-models")
+            && f.as_str().unwrap().ends_with("head-fraud-prevention.bpk"))
+    );
+}
+
+#[test]
+fn a_killed_node_process_fails_the_job_naming_it_within_30_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = small_fraud(dir.path(), 200);
+    let mut mesh = Processes::start(&dir.path().join("mesh"), &job);
+    let out = dir.path().join("out");
+    let submit = mesh
+        .submit(&job, &out, 200)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Training has started once governance has laid out the run.
+    mesh.wait_for_log("governance", "cut layer");
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, retail) = mesh
+        .children
+        .iter_mut()
+        .find(|(name, _)| name == "retail")
+        .unwrap();
+    retail.kill().unwrap();
+    retail.wait().unwrap();
+    let killed = Instant::now();
+    let output = submit.wait_with_output().unwrap();
+    let waited = killed.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "the job cannot succeed");
+    assert!(stderr.contains("domain node `retail`"), "{stderr}");
+    assert!(waited < Duration::from_secs(30), "took {waited:?}");
+    // Governance itself survives a node's death and says which node failed the job.
+    assert!(mesh.log("governance").contains("domain node `retail`"));
+    assert!(
+        mesh.children
+            .iter_mut()
+            .all(|(name, child)| name == "retail" || child.try_wait().unwrap().is_none())
+    );
+}
+
+#[test]
+fn mesh_up_stops_every_process_on_ctrl_c() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = small_fraud(dir.path(), 1);
+    let port = free_port();
+    let mut up = fedmesh()
+        .args(["mesh", "up"])
+        .arg(&job)
+        .arg("--dir")
+        .arg(dir.path().join("mesh"))
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = up.stdout.take().unwrap();
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !seen.contains("Ctrl-C stops the mesh") {
+        assert!(Instant::now() < deadline, "mesh never came up: {seen}");
+        let mut buf = [0u8; 256];
+        let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+        assert!(n > 0, "mesh up exited: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // A job runs on it from another "terminal".
+    let out = dir.path().join("out");
+    let submitted = fedmesh()
+        .args(["job", "submit"])
+        .arg(&job)
+        .arg("--mesh")
+        .arg(dir.path().join("mesh"))
+        .args(["--seeds", "1", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    check(&submitted);
+    assert_eq!(results(&out)["runs"].as_array().unwrap().len(), 2);
+    // Ctrl-C (SIGINT to `mesh up`): everything stops and the ports are free again.
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &up.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stopped = Instant::now();
+    let status = loop {
+        if let Some(status) = up.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < Duration::from_secs(15),
+            "mesh up did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(rest.contains("mesh stopped"), "{rest}");
+    for offset in 0..4 {
+        assert!(
+            TcpListener::bind(("127.0.0.1", port + offset)).is_ok(),
+            "port {} still in use",
+            port + offset
+        );
+    }
+}
