@@ -73,27 +73,17 @@ impl DomainNode for DomainNodeService {
     ) -> Result<Response<Self::TrainStream>, Status> {
         let caller = authorize(&request, &self.governance)?;
         self.streams.fetch_add(1, Ordering::SeqCst);
-        let mut inbound = request.into_inner();
-        let (commands, queue) = std::sync::mpsc::channel();
         let (replies, outbound) = mpsc::channel(4);
-        tokio::spawn(async move {
-            loop {
-                match inbound.message().await {
-                    Ok(Some(message)) => {
-                        if commands.send(message).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(status) => {
-                        tracing::warn!("stream from `{caller}` broke: {status}");
-                        break;
-                    }
-                }
-            }
-        });
-        let product = self.product.clone();
-        std::thread::spawn(move || serve(product, queue, replies));
+        let job = serve(self.product.clone(), caller, request.into_inner(), replies);
+        // One thread per job (see `serve`): on a single-threaded runtime the job runs on the
+        // runtime's own thread, so a message costs no hand-over between threads; on a
+        // multi-threaded one it gets a thread of its own, as a task could move between workers.
+        let runtime = tokio::runtime::Handle::current();
+        if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
+            tokio::spawn(job);
+        } else {
+            std::thread::spawn(move || runtime.block_on(job));
+        }
         Ok(Response::new(ReceiverStream::new(outbound)))
     }
 }
@@ -103,9 +93,10 @@ impl DomainNode for DomainNodeService {
 /// Always on the same thread: burn keeps BatchNorm's running statistics per thread and
 /// averages them across threads, so a bottom trained from several threads would evaluate
 /// differently from the same bottom trained in one.
-fn serve(
+async fn serve(
     product: DomainProduct,
-    queue: std::sync::mpsc::Receiver<GovernanceMessage>,
+    caller: String,
+    mut inbound: Streaming<GovernanceMessage>,
     replies: mpsc::Sender<Result<DomainMessage, Status>>,
 ) {
     let mut job = NodeJob {
@@ -113,7 +104,15 @@ fn serve(
         opened: None,
         party: NodeParty::default(),
     };
-    for message in queue {
+    loop {
+        let message = match inbound.message().await {
+            Ok(Some(message)) => message,
+            Ok(None) => break,
+            Err(status) => {
+                tracing::warn!("stream from `{caller}` broke: {status}");
+                break;
+            }
+        };
         let Some(command) = message.body else {
             continue;
         };
@@ -130,7 +129,8 @@ fn serve(
         };
         let failed = matches!(reply, Reply::Failure(_));
         if replies
-            .blocking_send(Ok(DomainMessage { body: Some(reply) }))
+            .send(Ok(DomainMessage { body: Some(reply) }))
+            .await
             .is_err()
             || finish
             || failed
