@@ -17,7 +17,6 @@ use fedmesh_proto::v1::governance_server::Governance;
 use fedmesh_proto::v1::{self, JobEvent, JobRequest, job_event};
 use fedmesh_split::job::{Job, RunConfig, RunResult, WireBytes, WireEncoding};
 use fedmesh_split::{EpochRecord, Observer, SplitError, SplitTrainer};
-use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -27,7 +26,6 @@ use crate::{GrpcTransport, MeshIdentity, NodeEndpoint};
 
 /// The domain nodes governance reaches, and how.
 pub struct Mesh {
-    pub runtime: Arc<Runtime>,
     pub identity: MeshIdentity,
     pub nodes: Vec<NodeEndpoint>,
     /// The longest any one call to a node may take.
@@ -136,7 +134,6 @@ impl Mesh {
             share_labels,
         };
         let transport = GrpcTransport::connect(
-            self.runtime.clone(),
             &self.identity,
             &nodes,
             &spec.label.domain,

@@ -2,11 +2,9 @@
 //! service, and a clean stop when `shutdown` resolves.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
 use fedmesh_proto::v1::governance_server::GovernanceServer;
-use tokio::runtime::Runtime;
 use tonic::transport::Server;
 
 use crate::config::{GovernanceConfig, NodeConfig};
@@ -98,16 +96,14 @@ pub async fn serve_node(
     Ok(())
 }
 
-/// Serves governance until `shutdown` resolves. Jobs run on their own threads and reach the
-/// nodes through `runtime`.
+/// Serves governance until `shutdown` resolves. Jobs run on their own threads, each reaching
+/// the nodes through its own transport.
 pub async fn serve_governance(
     config: &GovernanceConfig,
-    runtime: Arc<Runtime>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NetError> {
     let identity = MeshIdentity::load(&config.mesh, &config.name)?;
     let mesh = Mesh {
-        runtime,
         identity: identity.clone(),
         nodes: config.endpoints(),
         deadline: config.deadline(),

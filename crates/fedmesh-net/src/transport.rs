@@ -1,7 +1,6 @@
 //! Governance's side of the training streams: [`fedmesh_split::Transport`] over gRPC.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use fedmesh_data::Partition;
@@ -124,7 +123,9 @@ fn unexpected(node: &str, reply: &Reply) -> SplitError {
 
 /// The training streams of one job, one per domain node.
 pub struct GrpcTransport {
-    runtime: Arc<Runtime>,
+    /// The transport's own single-threaded runtime: the trainer's thread drives the streams
+    /// itself while it waits, so answers reach it without a hand-over between threads.
+    runtime: Runtime,
     links: Vec<Link>,
     /// Links whose domain contributes a bottom, in domain order.
     bottoms: Vec<usize>,
@@ -141,7 +142,6 @@ impl GrpcTransport {
     /// and every domain fits its pipeline on the training rows and builds its bottom. `nodes`
     /// are in domain order; `label_owner` names one of them.
     pub fn connect(
-        runtime: Arc<Runtime>,
         identity: &MeshIdentity,
         nodes: &[NodeEndpoint],
         label_owner: &str,
@@ -157,6 +157,9 @@ impl GrpcTransport {
                 ))
             })?;
         let encoding = Encoding::try_from(start.encoding).unwrap_or(Encoding::F32);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let mut links = runtime.block_on(try_join_all(nodes.iter().map(|node| {
             let mut start = start.clone();
             start.domain = node.name.clone();

@@ -26,7 +26,6 @@ fn job() -> Job {
 }
 
 struct TestMesh {
-    runtime: Arc<Runtime>,
     /// Each node's own runtime: dropping one kills that node's server and streams.
     nodes: Vec<Option<Runtime>>,
     certs: tempfile::TempDir,
@@ -83,7 +82,6 @@ fn start_mesh(job: &Job, presented: [&str; 3]) -> TestMesh {
         nodes.push(Some(runtime));
     }
     TestMesh {
-        runtime: Arc::new(Runtime::new().unwrap()),
         nodes,
         certs,
         models,
@@ -95,7 +93,6 @@ fn start_mesh(job: &Job, presented: [&str; 3]) -> TestMesh {
 impl TestMesh {
     fn governance(&self, identity: MeshIdentity) -> Mesh {
         Mesh {
-            runtime: self.runtime.clone(),
             identity,
             nodes: self.endpoints.clone(),
             deadline: Duration::from_secs(10),

@@ -1,6 +1,5 @@
 //! `fedmesh bench`: performance measurements, printed one line each.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -86,15 +85,10 @@ fn split_network(bench: &SplitBench) -> Result<()> {
             "split training, fraud model, batch {batch}, in-process:           {local:>9.0} samples/s"
         );
 
-        let runtime = Arc::new(
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?,
-        );
+        let runtime = tokio::runtime::Runtime::new()?;
         let mut nodes = LocalMesh::start(&job, &dir.join("mesh"), Ports::Any, None, false)?;
         nodes.wait_ready(&runtime, Duration::from_secs(60))?;
         let mesh = Mesh {
-            runtime: runtime.clone(),
             identity: MeshIdentity::load(&nodes.layout.certs(), "governance")?,
             nodes: nodes.endpoints().to_vec(),
             deadline: Duration::from_secs(30),

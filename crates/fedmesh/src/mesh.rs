@@ -308,10 +308,9 @@ pub fn node(config: &Path, stop: Arc<AtomicBool>) -> Result<()> {
 /// `fedmesh governance --config governance.yaml`.
 pub fn governance(config: &Path, stop: Arc<AtomicBool>) -> Result<()> {
     let config = GovernanceConfig::load(config)?;
-    let runtime = Arc::new(Runtime::new()?);
+    let runtime = Runtime::new()?;
     runtime.block_on(fedmesh_net::server::serve_governance(
         &config,
-        runtime.clone(),
         stopped(stop),
     ))?;
     Ok(())
