@@ -149,6 +149,7 @@ impl Mesh {
             partition.test.len()
         );
         let trainer = spec.split_trainer(transport, share_labels, cut_width, seed)?;
+        fedmesh_split::job::seed_training_randomness(seed);
         Ok((trainer, partition))
     }
 }

@@ -296,6 +296,7 @@ impl NodeJob {
             }
             None => None,
         };
+        fedmesh_split::job::seed_training_randomness(opened.seed);
         let cut_width = bottom.as_ref().map_or(0, |(b, _)| b.cut_width() as u32);
         self.party = NodeParty { bottom, head: None };
         Ok(v1::Ready { rows, cut_width })

@@ -656,6 +656,17 @@ pub fn part_seed(seed: u64, part: u64) -> u64 {
     seed.wrapping_mul(1_000_003).wrapping_add(part)
 }
 
+/// Dropout draws from burn's process-wide generator: every process reseeds it from the run's
+/// seed once its parts are built, so that the draws depend on the seed, not on which parts were
+/// built before (in one process the split configurations then train alike). Separate processes
+/// draw separately, so with dropout a run over the network equals the in-process one in
+/// distribution, not bit for bit.
+pub fn seed_training_randomness(seed: u64) {
+    training_device().seed(part_seed(seed, TRAINING_PART));
+}
+
+const TRAINING_PART: u64 = 102;
+
 /// The part number of governance's tower.
 pub const TOWER_PART: u64 = 100;
 /// The part number of the head (at governance or at the label owner).
@@ -816,6 +827,12 @@ impl PreparedJob {
 
     /// Builds the trainer of a configuration, every part initialized from `seed`.
     pub fn trainer(&self, config: &RunConfig, seed: u64) -> Result<Box<dyn Trainer>, SplitError> {
+        let trainer = self.build_trainer(config, seed)?;
+        seed_training_randomness(seed);
+        Ok(trainer)
+    }
+
+    fn build_trainer(&self, config: &RunConfig, seed: u64) -> Result<Box<dyn Trainer>, SplitError> {
         let device = training_device();
         let spec = &self.spec;
         let optimizer = &spec.training.optimizer;
