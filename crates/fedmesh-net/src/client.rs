@@ -62,11 +62,16 @@ pub async fn submit(
     request: JobRequest,
     mut progress: impl FnMut(JobProgress),
 ) -> Result<Vec<RunResult>, SplitError> {
-    let failed = |message: String| SplitError::Node {
-        node: governance.name.clone(),
+    let failed = |message: String| SplitError::Governance {
+        name: governance.name.clone(),
         message,
     };
-    let channel = connect_with_retries(identity, governance, Duration::from_secs(10)).await?;
+    let channel = connect_with_retries(identity, governance, Duration::from_secs(10))
+        .await
+        .map_err(|e| match e {
+            SplitError::Node { message, .. } => failed(message),
+            other => other,
+        })?;
     let mut events = GovernanceClient::new(channel)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .submit_job(request)
@@ -97,7 +102,7 @@ pub async fn submit(
             }
             // Governance's own message already names the node that failed.
             job_event::Body::Failure(failure) => {
-                return Err(SplitError::Protocol(failure.reason));
+                return Err(SplitError::JobFailed(failure.reason));
             }
         }
     }

@@ -43,6 +43,11 @@ pub enum SplitError {
     },
     #[error("domain node `{node}`: {message}")]
     Node { node: String, message: String },
+    #[error("governance `{name}`: {message}")]
+    Governance { name: String, message: String },
+    /// Governance's account of why a submitted job failed.
+    #[error("the job failed: {0}")]
+    JobFailed(String),
     #[error("interrupted: the run was stopped before it finished; nothing was saved")]
     Interrupted,
     #[error(transparent)]

@@ -160,6 +160,11 @@ enum CertsCommand {
     },
 }
 
+/// What is logged unless `RUST_LOG` says otherwise: fedmesh's own information, and the TLS
+/// handshakes a server refuses (tonic reports those at debug level only), so that a wrong or
+/// unknown certificate leaves a line in the refusing node's log.
+pub const DEFAULT_LOG: &str = "fedmesh=info,fedmesh_net=info,fedmesh_split=info,tonic::transport::server::io_stream=debug,warn";
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -175,9 +180,10 @@ fn run() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "fedmesh=info,warn".into()),
+                .unwrap_or_else(|_| DEFAULT_LOG.into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let stop = Arc::new(AtomicBool::new(false));
     {

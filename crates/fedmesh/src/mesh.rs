@@ -269,7 +269,7 @@ fn spawn(role: &str, config: &Path, log: &Path) -> Result<Child> {
         .arg("--exit-with-parent")
         .env(
             "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or("fedmesh=info,fedmesh_net=info,warn".into()),
+            std::env::var("RUST_LOG").unwrap_or(crate::DEFAULT_LOG.into()),
         )
         .stdin(Stdio::piped())
         .stdout(log_file.try_clone()?)

@@ -322,3 +322,45 @@ fn mesh_up_stops_every_process_on_ctrl_c() {
         );
     }
 }
+
+#[test]
+fn an_operator_from_another_ca_is_refused_with_a_log_line_on_both_sides() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = small_fraud(dir.path(), 1);
+    let mesh = Processes::start(&dir.path().join("mesh"), &job);
+    // A mesh folder of its own: the real governance's address, but certificates from a CA the
+    // mesh never trusted.
+    let impostor = dir.path().join("impostor");
+    let certs = impostor.join("certs");
+    for args in [&["init"][..], &["issue", "operator"][..]] {
+        check(
+            &fedmesh()
+                .arg("certs")
+                .args(args)
+                .arg("--dir")
+                .arg(&certs)
+                .output()
+                .unwrap(),
+        );
+    }
+    std::fs::copy(
+        mesh.dir.join("governance.yaml"),
+        impostor.join("governance.yaml"),
+    )
+    .unwrap();
+    let output = fedmesh()
+        .args(["job", "submit"])
+        .arg(&job)
+        .arg("--mesh")
+        .arg(&impostor)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("governance `governance`") && stderr.to_lowercase().contains("certificate"),
+        "{stderr}"
+    );
+    mesh.wait_for_log("governance", "tls accept error");
+    assert!(!mesh.log("governance").contains("submitted job"));
+}
