@@ -364,3 +364,67 @@ fn an_operator_from_another_ca_is_refused_with_a_log_line_on_both_sides() {
     mesh.wait_for_log("governance", "tls accept error");
     assert!(!mesh.log("governance").contains("submitted job"));
 }
+
+/// The mesh processes (started to exit with their parent) whose command line mentions `path`.
+fn processes_mentioning(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|entry| {
+            let cmdline = std::fs::read(entry.ok()?.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.contains(&needle) && cmdline.contains("--exit-with-parent")).then_some(cmdline)
+        })
+        .collect()
+}
+
+#[test]
+fn quickstart_interrupted_leaves_no_process_behind() {
+    if !Path::new("/proc/self/cmdline").exists() {
+        eprintln!("skipped: no /proc to look for leftover processes in");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("quickstart");
+    let mut quickstart = fedmesh()
+        .arg("quickstart")
+        .arg("--out")
+        .arg(&out)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = quickstart.stdout.take().unwrap();
+    let mut seen = String::new();
+    while !seen.contains("mesh up:") {
+        let mut buf = [0u8; 256];
+        let n = std::io::Read::read(&mut stdout, &mut buf).unwrap();
+        assert!(n > 0, "quickstart exited early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // The mesh's processes run from the quickstart's folder.
+    assert_eq!(
+        processes_mentioning(&out).len(),
+        4,
+        "governance and three nodes"
+    );
+    // Ctrl-C, delivered to the quickstart alone: its processes must stop with it.
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &quickstart.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = quickstart.wait().unwrap();
+    assert!(!status.success(), "an interrupted quickstart says so");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&out).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "left behind: {:?}",
+            processes_mentioning(&out)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
