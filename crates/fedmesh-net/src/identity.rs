@@ -22,7 +22,14 @@ impl MeshIdentity {
     pub fn load(dir: &Path, name: &str) -> Result<Self, NetError> {
         let read = |file: String| {
             let path = dir.join(file);
-            std::fs::read(&path).map_err(|error| NetError::Io { path, error })
+            std::fs::read(&path).map_err(|error| match error.kind() {
+                std::io::ErrorKind::NotFound => NetError::Protocol(format!(
+                    "no {} for `{name}`: make the mesh's certificates with `fedmesh certs init --dir {dir}` and `fedmesh certs issue {name} --dir {dir}`",
+                    path.display(),
+                    dir = dir.display()
+                )),
+                _ => NetError::Io { path, error },
+            })
         };
         Self::from_pem(
             name,

@@ -295,9 +295,17 @@ pub async fn stopped(stop: Arc<AtomicBool>) {
     }
 }
 
-/// `fedmesh node --config node.yaml`.
+/// `fedmesh node --config node.yaml`. The node's runtime is single-threaded: each job runs on
+/// it without handing messages between threads (see `fedmesh_net::node`).
 pub fn node(config: &Path, stop: Arc<AtomicBool>) -> Result<()> {
     let config = NodeConfig::load(config)?;
+    // A contract that does not parse is the operator's to fix now, not at the first job.
+    let contract = fedmesh_data::DataContract::from_path(&config.contract)?;
+    tracing::info!(
+        "serving data product `{}` ({})",
+        contract.product_name(),
+        config.contract.display()
+    );
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
