@@ -20,20 +20,27 @@ pub async fn wait_ready(
     node: &NodeEndpoint,
     timeout: Duration,
 ) -> Result<(), SplitError> {
-    let failed = |message: String| SplitError::Node {
-        node: node.name.clone(),
-        message,
+    let failed = |message: String| {
+        SplitError::Protocol(format!("`{}` at {}: {message}", node.name, node.url))
     };
     let give_up = tokio::time::Instant::now() + timeout;
-    let channel = connect_with_retries(identity, node, timeout).await?;
+    let channel = connect_with_retries(identity, node, timeout)
+        .await
+        .map_err(|e| match e {
+            SplitError::Node { message, .. } => failed(message),
+            other => other,
+        })?;
     let mut health = HealthClient::new(channel);
     loop {
-        let status = health
-            .check(HealthCheckRequest {
-                service: String::new(),
-            })
-            .await
-            .map(|r| r.into_inner().status());
+        let check = health.check(HealthCheckRequest {
+            service: String::new(),
+        });
+        let status = match tokio::time::timeout(Duration::from_secs(2), check).await {
+            Ok(answer) => answer
+                .map(|r| r.into_inner().status())
+                .map_err(|s| s.to_string()),
+            Err(_) => Err("no answer to the health check within 2 s".to_string()),
+        };
         match status {
             Ok(ServingStatus::Serving) => return Ok(()),
             _ if tokio::time::Instant::now() >= give_up => {
@@ -85,7 +92,9 @@ pub async fn submit(
             .await
             .map_err(|status| failed(status.message().to_string()))?;
         let Some(body) = event.and_then(|e| e.body) else {
-            return Ok(results);
+            return Err(failed(
+                "the job's stream ended before the job finished (did governance stop?)".into(),
+            ));
         };
         let malformed = |e: serde_json::Error| failed(format!("a malformed report: {e}"));
         match body {
@@ -104,6 +113,7 @@ pub async fn submit(
             job_event::Body::Failure(failure) => {
                 return Err(SplitError::JobFailed(failure.reason));
             }
+            job_event::Body::Done(_) => return Ok(results),
         }
     }
 }

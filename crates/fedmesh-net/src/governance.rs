@@ -71,7 +71,11 @@ impl Mesh {
             to_domains,
             from_domains,
         });
-        trainer.transport_mut().finish()?;
+        // The run is trained, evaluated and saved: a node that does not acknowledge the end
+        // costs a warning, not the run.
+        if let Err(e) = trainer.transport_mut().finish() {
+            tracing::warn!("run `{run_id}` finished, but {e}");
+        }
         Ok(result)
     }
 
@@ -127,7 +131,7 @@ impl Mesh {
         };
         let start = v1::JobStart {
             job_id: run_id.to_string(),
-            spec_yaml: job.to_portable_yaml(),
+            spec_yaml: job.to_portable_yaml()?,
             domain: String::new(),
             seed,
             encoding: encoding as i32,
@@ -199,6 +203,15 @@ impl GovernanceService {
     }
 }
 
+/// Tells the job's watcher the job ended, however it ends.
+struct EndsWith(Arc<tokio::sync::Notify>);
+
+impl Drop for EndsWith {
+    fn drop(&mut self) {
+        self.0.notify_one();
+    }
+}
+
 /// What a job request asks to run.
 struct Plan {
     job: Job,
@@ -213,6 +226,18 @@ fn plan(request: JobRequest) -> Result<Plan, String> {
         .map_or(0, |d| d.as_millis());
     let origin = PathBuf::from("the submitted job spec");
     let mut job = Job::from_yaml(&request.spec_yaml, &origin).map_err(|e| e.to_string())?;
+    // The name becomes a folder under `runs` here and on every node.
+    let name = &job.spec.name;
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        || name.starts_with('.')
+    {
+        return Err(format!(
+            "job name `{name}` must be letters, digits, `-`, `_` and `.` (it names the job's folders)"
+        ));
+    }
     if request.epochs > 0 {
         job.spec.training.epochs = request.epochs as usize;
     }
@@ -334,17 +359,44 @@ impl Governance for GovernanceService {
         let runs = self.runs.clone();
         let stop = Arc::new(AtomicBool::new(false));
         self.jobs.add(&stop);
+        // A submitter that goes away cancels the job at once, not at the next event. The
+        // watcher lets go of the stream when the job ends, so that the stream ends too.
+        let ended = Arc::new(tokio::sync::Notify::new());
+        {
+            let events = events.clone();
+            let stop = stop.clone();
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = events.closed() => stop.store(true, Ordering::SeqCst),
+                    _ = ended.notified() => {}
+                }
+            });
+        }
         std::thread::spawn(move || {
             let reporter = Reporter { events, stop };
-            match run_job(&mesh, &plan, &runs, &reporter) {
-                Ok(()) => tracing::info!("job `{}` done", plan.id),
-                Err(e) => {
-                    tracing::warn!("job `{}` failed: {e}", plan.id);
-                    reporter.send(job_event::Body::Failure(v1::Failure {
-                        reason: e.to_string(),
-                    }));
+            let _ended = EndsWith(ended);
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                run_job(&mesh, &plan, &runs, &reporter)
+            }));
+            let failure = match outcome {
+                Ok(Ok(())) => {
+                    tracing::info!("job `{}` done", plan.id);
+                    reporter.send(job_event::Body::Done(v1::Empty {}));
+                    return;
                 }
-            }
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => format!(
+                    "governance failed on an internal error: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .map(String::as_str)
+                        .or_else(|| panic.downcast_ref::<&str>().copied())
+                        .unwrap_or("(no message)")
+                ),
+            };
+            tracing::warn!("job `{}` failed: {failure}", plan.id);
+            reporter.send(job_event::Body::Failure(v1::Failure { reason: failure }));
         });
         Ok(Response::new(ReceiverStream::new(outbound)))
     }

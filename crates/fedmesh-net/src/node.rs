@@ -227,6 +227,12 @@ impl NodeJob {
         check_job_id(&start.job_id)?;
         let origin = PathBuf::from(format!("job `{}`", start.job_id));
         let mut job = Job::from_yaml(&start.spec_yaml, &origin)?;
+        if job.spec.split.test_keys.is_some() {
+            return Err(SplitError::Protocol(format!(
+                "job `{}` names a file of test keys; a node reads no file a job names: send the keys inline (`test_key_values`), as governance does",
+                start.job_id
+            )));
+        }
         let mut domain = job
             .spec
             .domains
@@ -299,7 +305,11 @@ impl NodeJob {
         fedmesh_split::job::seed_training_randomness(opened.seed);
         let cut_width = bottom.as_ref().map_or(0, |(b, _)| b.cut_width() as u32);
         self.party = NodeParty { bottom, head: None };
-        Ok(v1::Ready { rows, cut_width })
+        Ok(v1::Ready {
+            rows,
+            cut_width,
+            key_digest: 0,
+        })
     }
 
     /// Saves the trained parts and the pipeline under `models/<job id>/`.
@@ -326,8 +336,13 @@ impl NodeJob {
             Command::Start(start) => {
                 let opened = self.open(start)?;
                 let rows = opened.product.rows() as u64;
+                let key_digest = key_digest(&opened.product)?;
                 self.opened = Some(opened);
-                Reply::Ready(v1::Ready { rows, cut_width: 0 })
+                Reply::Ready(v1::Ready {
+                    rows,
+                    cut_width: 0,
+                    key_digest,
+                })
             }
             Command::PartitionRequest(_) => {
                 let opened = self.opened()?;
@@ -410,6 +425,22 @@ impl NodeJob {
         };
         Ok(Some(reply))
     }
+}
+
+/// A 64-bit FNV-1a digest of the product's keys in row order (0 without a key column).
+fn key_digest(product: &DataProduct) -> Result<u64, SplitError> {
+    let Some(key) = product.contract.key_column() else {
+        return Ok(0);
+    };
+    let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
+    for value in product.column_strings(&key.name)? {
+        // Each key followed by a separator, so that ("ab", "c") and ("a", "bc") differ.
+        for byte in value.unwrap_or_default().bytes().chain([0xff]) {
+            digest ^= byte as u64;
+            digest = digest.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(digest)
 }
 
 /// A job id names the folder its parts are saved in: plain names and `/` only.

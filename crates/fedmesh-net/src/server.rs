@@ -23,9 +23,15 @@ pub const WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// not closed its connection) before it closes anyway.
 pub const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
+/// HTTP/2 keepalive: a peer that vanishes without closing its connection (a partition, a
+/// crashed host) is noticed within two intervals instead of never.
+pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
 fn builder() -> Server {
     Server::builder()
         .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE))
+        .http2_keepalive_timeout(Some(KEEPALIVE))
         .initial_stream_window_size(WINDOW_BYTES)
         .initial_connection_window_size(WINDOW_BYTES)
 }

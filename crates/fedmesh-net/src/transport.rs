@@ -13,6 +13,7 @@ use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
 use fedmesh_split::transport::check_one_per_domain;
 use fedmesh_split::{
     BatchPlan, CutActivation, CutLayerGradient, EvaluationReport, HeadStep, SplitError, Transport,
+    WireTensor,
 };
 use futures::future::try_join_all;
 use prost::Message;
@@ -24,6 +25,7 @@ use tonic::transport::Channel;
 
 use crate::MeshIdentity;
 use crate::convert::{labels_from_wire, plan_to_wire, tensor_from_wire, tensor_to_wire};
+use crate::server::MAX_MESSAGE_BYTES;
 
 /// Where a domain node listens.
 #[derive(Debug, Clone)]
@@ -40,6 +42,7 @@ struct Link {
     outbound: mpsc::Sender<GovernanceMessage>,
     inbound: Streaming<DomainMessage>,
     rows: u64,
+    key_digest: u64,
     cut_width: u32,
     bytes_sent: u64,
     bytes_received: u64,
@@ -86,9 +89,10 @@ impl Link {
     /// Sends one message and waits for its answer, at most `deadline`.
     async fn call(&mut self, body: Command, deadline: Duration) -> Result<Reply, SplitError> {
         if self.in_flight.is_some() {
-            return Err(self.error(
-                "a plan was announced but never asked for; the stream is out of step".into(),
-            ));
+            return Err(SplitError::Protocol(format!(
+                "a plan announced to `{}` was never asked for; the stream is out of step",
+                self.name
+            )));
         }
         self.send(body).await?;
         self.receive(deadline).await
@@ -115,9 +119,34 @@ impl Link {
 }
 
 fn unexpected(node: &str, reply: &Reply) -> SplitError {
+    // The kind of answer only: a reply may hold a large tensor.
+    let kind = format!("{reply:?}");
+    let kind = kind.split(['(', ' ']).next().unwrap_or_default();
     SplitError::Node {
         node: node.to_string(),
-        message: format!("unexpected answer {reply:?}"),
+        message: format!("unexpected answer `{kind}`"),
+    }
+}
+
+/// Refuses an activation or gradient that does not have the expected shape, before it reaches
+/// a model (where a wrong shape would panic instead of failing the job with the node's name).
+fn check_shape(
+    node: &str,
+    what: &str,
+    tensor: WireTensor,
+    rows: usize,
+    cols: usize,
+) -> Result<WireTensor, SplitError> {
+    if tensor.rows == rows && tensor.cols == cols {
+        Ok(tensor)
+    } else {
+        Err(SplitError::Node {
+            node: node.to_string(),
+            message: format!(
+                "sent a {}×{} {what}, expected {rows}×{cols}",
+                tensor.rows, tensor.cols
+            ),
+        })
     }
 }
 
@@ -169,6 +198,13 @@ impl GrpcTransport {
             return Err(SplitError::Protocol(format!(
                 "the domains' products are not aligned: `{}` holds {} rows, `{}` holds {}",
                 other.name, other.rows, links[0].name, links[0].rows
+            )));
+        }
+        let keyed: Vec<&Link> = links.iter().filter(|l| l.key_digest != 0).collect();
+        if let Some(other) = keyed.iter().find(|l| l.key_digest != keyed[0].key_digest) {
+            return Err(SplitError::Protocol(format!(
+                "the domains' products are not aligned: the keys of `{}` are not those of `{}`, row by row",
+                other.name, keyed[0].name
             )));
         }
         let partition = runtime.block_on(setup(&mut links, owner, deadline))?;
@@ -233,11 +269,18 @@ async fn open(
     };
     let channel = connect_with_retries(identity, node, deadline).await?;
     let (outbound, queue) = mpsc::channel(4);
-    let inbound = DomainNodeClient::new(channel)
-        .max_decoding_message_size(256 * 1024 * 1024)
-        .max_encoding_message_size(256 * 1024 * 1024)
-        .train(ReceiverStream::new(queue))
+    let mut client = DomainNodeClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let opened = client.train(ReceiverStream::new(queue));
+    let inbound = tokio::time::timeout(deadline, opened)
         .await
+        .map_err(|_| {
+            failed(format!(
+                "did not open the job's stream within {} s",
+                deadline.as_secs_f64()
+            ))
+        })?
         .map_err(|status| failed(status.message().to_string()))?
         .into_inner();
     let mut link = Link {
@@ -245,6 +288,7 @@ async fn open(
         outbound,
         inbound,
         rows: 0,
+        key_digest: 0,
         cut_width: 0,
         bytes_sent: 0,
         bytes_received: 0,
@@ -252,7 +296,10 @@ async fn open(
         in_flight: None,
     };
     match link.call(Command::Start(start), deadline).await? {
-        Reply::Ready(ready) => link.rows = ready.rows,
+        Reply::Ready(ready) => {
+            link.rows = ready.rows;
+            link.key_digest = ready.key_digest;
+        }
         other => return Err(unexpected(&node.name, &other)),
     }
     Ok(link)
@@ -276,7 +323,10 @@ pub async fn connect_with_retries(
         .connect_timeout(deadline)
         .tcp_nodelay(true)
         .initial_stream_window_size(crate::server::WINDOW_BYTES)
-        .initial_connection_window_size(crate::server::WINDOW_BYTES);
+        .initial_connection_window_size(crate::server::WINDOW_BYTES)
+        .http2_keep_alive_interval(crate::server::KEEPALIVE)
+        .keep_alive_timeout(crate::server::KEEPALIVE)
+        .keep_alive_while_idle(true);
     let give_up = tokio::time::Instant::now() + deadline;
     let mut wait = Duration::from_millis(50);
     loop {
@@ -364,6 +414,7 @@ impl Transport for GrpcTransport {
         let wire = plan_to_wire(plan);
         let calls = bottom_links(&mut self.links, &self.bottoms).map(|link| {
             let wire = wire.clone();
+            let rows = wire.rows.len();
             async move {
                 // The plan may have gone out already, with the last step's gradient.
                 let reply = match link.in_flight.take() {
@@ -375,7 +426,13 @@ impl Transport for GrpcTransport {
                     None => link.call(Command::Plan(wire), deadline).await?,
                 };
                 match reply {
-                    Reply::Activation(tensor) => tensor_from_wire(Some(&tensor)),
+                    Reply::Activation(tensor) => check_shape(
+                        &link.name,
+                        "activation",
+                        tensor_from_wire(Some(&tensor))?,
+                        rows,
+                        link.cut_width as usize,
+                    ),
                     other => Err(unexpected(&link.name, &other)),
                 }
             }
@@ -410,7 +467,16 @@ impl Transport for GrpcTransport {
                 link.in_flight = Some(next.clone());
                 link.send(body)
             });
-        self.runtime.block_on(try_join_all(sends))?;
+        self.runtime.block_on(async {
+            try_join_all(sends).await?;
+            // The streams' connection tasks run only while this thread drives the runtime: let
+            // them write the steps out now, so the domains work while governance takes its own
+            // step rather than after it.
+            for _ in 0..4 {
+                tokio::task::yield_now().await;
+            }
+            Ok::<_, SplitError>(())
+        })?;
         Ok(())
     }
 
@@ -419,6 +485,7 @@ impl Transport for GrpcTransport {
         plan: &BatchPlan,
         tower_output: CutActivation,
     ) -> Result<HeadStep, SplitError> {
+        let (rows, cols) = (tower_output.rows, tower_output.cols);
         let body = Command::HeadTrain(v1::HeadInput {
             plan: Some(plan_to_wire(plan)),
             tower_output: Some(tensor_to_wire(&tower_output, self.encoding)),
@@ -426,7 +493,13 @@ impl Transport for GrpcTransport {
         match self.call_owner(body)? {
             Reply::HeadStep(step) => Ok(HeadStep {
                 loss: step.loss,
-                gradient: tensor_from_wire(step.gradient.as_ref())?,
+                gradient: check_shape(
+                    &self.links[self.owner].name,
+                    "head gradient",
+                    tensor_from_wire(step.gradient.as_ref())?,
+                    rows,
+                    cols,
+                )?,
             }),
             other => Err(unexpected(&self.links[self.owner].name, &other)),
         }

@@ -36,14 +36,14 @@ struct TestMesh {
 
 fn issue_all(dir: &Path) {
     fedmesh_tls::init_ca(dir).unwrap();
-    for name in ["governance"].iter().chain(DOMAINS.iter()) {
+    for name in ["governance", "guest", "host"].iter().chain(DOMAINS.iter()) {
         fedmesh_tls::issue(dir, name).unwrap();
     }
 }
 
-/// Starts the job's three domain nodes on loopback; `presented[d]` is the certificate name
-/// node d presents (its own unless a test swaps it).
-fn start_mesh(job: &Job, presented: [&str; 3]) -> TestMesh {
+/// Starts the job's domain nodes on loopback; `presented[d]` is the certificate name node d
+/// presents (its own unless a test swaps it).
+fn start_mesh(job: &Job, presented: &[&str]) -> TestMesh {
     let certs = tempfile::tempdir().unwrap();
     let models = tempfile::tempdir().unwrap();
     issue_all(certs.path());
@@ -51,7 +51,6 @@ fn start_mesh(job: &Job, presented: [&str; 3]) -> TestMesh {
     let mut nodes = Vec::new();
     let mut streams = Vec::new();
     for (d, domain) in job.spec.domains.iter().enumerate() {
-        assert_eq!(domain.name, DOMAINS[d]);
         let runtime = Runtime::new().unwrap();
         let identity = MeshIdentity::load(certs.path(), presented[d]).unwrap();
         let service = DomainNodeService::new(
@@ -133,7 +132,7 @@ fn check_network_equals_in_process(config: RunConfig) {
         .unwrap()
         .run(&config, 1, &Silent, &AtomicBool::new(false), None)
         .unwrap();
-    let mesh = start_mesh(&job, DOMAINS);
+    let mesh = start_mesh(&job, &DOMAINS);
     let governance_parts = tempfile::tempdir().unwrap();
     let remote = run_on(
         &mesh.own_governance(),
@@ -195,7 +194,7 @@ fn network_run_equals_in_process_run_without_label_sharing() {
 #[test]
 fn governance_from_another_ca_is_refused_and_nothing_runs() {
     let job = job();
-    let mesh = start_mesh(&job, DOMAINS);
+    let mesh = start_mesh(&job, &DOMAINS);
     let other = tempfile::tempdir().unwrap();
     issue_all(other.path());
     let impostor = MeshIdentity::load(other.path(), "governance").unwrap();
@@ -215,7 +214,7 @@ fn governance_from_another_ca_is_refused_and_nothing_runs() {
 #[test]
 fn a_caller_that_is_not_governance_is_refused() {
     let job = job();
-    let mesh = start_mesh(&job, DOMAINS);
+    let mesh = start_mesh(&job, &DOMAINS);
     // A real mesh certificate, but a domain's: domains may not open jobs on each other.
     let digital = MeshIdentity::load(mesh.certs.path(), "digital").unwrap();
     let error = run_on(
@@ -238,7 +237,7 @@ fn a_caller_that_is_not_governance_is_refused() {
 fn a_node_presenting_another_name_is_refused() {
     let job = job();
     // The node listening for `retail` presents `digital`'s certificate.
-    let mesh = start_mesh(&job, ["digital", "digital", "fraud-prevention"]);
+    let mesh = start_mesh(&job, &["digital", "digital", "fraud-prevention"]);
     let error = run_on(
         &mesh.own_governance(),
         &job,
@@ -268,7 +267,7 @@ fn a_label_owner_that_forbids_sharing_refuses_configuration_1() {
     .unwrap();
     let mut job = job;
     job.spec.domains[2].contract = forbidding;
-    let mesh = start_mesh(&job, DOMAINS);
+    let mesh = start_mesh(&job, &DOMAINS);
     let error = run_on(
         &mesh.own_governance(),
         &job,
@@ -303,7 +302,7 @@ impl Observer for KillAfter {
 #[test]
 fn a_node_that_dies_mid_job_fails_it_with_its_name() {
     let job = job();
-    let mut mesh = start_mesh(&job, DOMAINS);
+    let mut mesh = start_mesh(&job, &DOMAINS);
     let killer = KillAfter {
         batches: AtomicUsize::new(0),
         victim: std::sync::Mutex::new(mesh.nodes[1].take()),
@@ -329,7 +328,7 @@ fn a_node_that_dies_mid_job_fails_it_with_its_name() {
 #[test]
 fn half_precision_on_the_wire_halves_the_bytes_and_still_trains() {
     let mut job = job();
-    let mesh = start_mesh(&job, DOMAINS);
+    let mesh = start_mesh(&job, &DOMAINS);
     let governance = mesh.own_governance();
     let mut runs = Vec::new();
     for encoding in [WireEncoding::F32, WireEncoding::F16] {
@@ -358,5 +357,58 @@ fn half_precision_on_the_wire_halves_the_bytes_and_still_trains() {
         "{} vs {}",
         loss(&runs[0]),
         loss(&runs[1])
+    );
+}
+
+#[test]
+fn products_whose_keys_differ_row_by_row_are_refused() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/breast");
+    if !data.exists() {
+        eprintln!("skipped: {} is not on this machine", data.display());
+        return;
+    }
+    // The breast example with two of the host's rows swapped: same row count, other order.
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/breast");
+    std::fs::create_dir_all(dir.path().join("contracts")).unwrap();
+    std::fs::copy(example.join("job.yaml"), dir.path().join("job.yaml")).unwrap();
+    for (party, file) in [
+        ("guest", "breast_hetero_guest.csv"),
+        ("host", "breast_hetero_host.csv"),
+    ] {
+        let mut text = std::fs::read_to_string(data.join(file)).unwrap();
+        if party == "host" {
+            let mut lines: Vec<&str> = text.lines().collect();
+            lines.swap(1, 2);
+            text = lines.join("\n") + "\n";
+        }
+        std::fs::write(dir.path().join(file), text).unwrap();
+        let contract =
+            std::fs::read_to_string(example.join(format!("contracts/{party}.odcs.yaml")))
+                .unwrap()
+                .replace(
+                    &format!("../../../../shared/data/breast/{file}"),
+                    &format!("../{file}"),
+                );
+        std::fs::write(
+            dir.path().join(format!("contracts/{party}.odcs.yaml")),
+            contract,
+        )
+        .unwrap();
+    }
+    let job = Job::load(dir.path()).unwrap();
+    let mesh = start_mesh(&job, &["guest", "host"]);
+    let error = run_on(
+        &mesh.own_governance(),
+        &job,
+        &RunConfig::SplitLabelOwner,
+        &Silent,
+        None,
+    )
+    .expect_err("refused")
+    .to_string();
+    assert!(
+        error.contains("not aligned") && error.contains("`host`") && error.contains("`guest`"),
+        "{error}"
     );
 }

@@ -109,6 +109,10 @@ pub struct SplitSpec {
     /// it is absent the split is stratified with `test_fraction`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_keys: Option<PathBuf>,
+    /// The test keys themselves, in place of `test_keys` in a spec sent to the nodes: a node
+    /// reads no file a job spec names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_key_values: Option<Vec<String>>,
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
     #[serde(default = "default_valid_fraction")]
@@ -309,17 +313,23 @@ impl Job {
         })
     }
 
-    /// The spec as YAML with every path made absolute, for parties that read it elsewhere.
-    pub fn to_portable_yaml(&self) -> String {
+    /// The spec as sent to other parties: contract paths made absolute (for reference only;
+    /// a node serves its own product) and the test keys inlined, since a node reads no file a
+    /// job spec names.
+    pub fn to_portable_yaml(&self) -> Result<String, SplitError> {
         let mut spec = self.spec.clone();
         let dir = std::path::absolute(self.dir()).unwrap_or_else(|_| self.dir().to_path_buf());
         for domain in &mut spec.domains {
             domain.contract = dir.join(&domain.contract);
         }
-        if let Some(keys) = &mut spec.split.test_keys {
-            *keys = dir.join(&*keys);
+        if let Some(keys) = spec.split.test_keys.take() {
+            let mut values: Vec<String> = datasets::read_key_list(&dir.join(keys))?
+                .into_iter()
+                .collect();
+            values.sort();
+            spec.split.test_key_values = Some(values);
         }
-        serde_norway::to_string(&spec).expect("job specs serialize")
+        Ok(serde_norway::to_string(&spec).expect("job specs serialize"))
     }
 
     fn parse(text: &str, file: &Path) -> Result<JobSpec, SplitError> {
@@ -490,9 +500,13 @@ impl Job {
     ) -> Result<(Targets, Partition), SplitError> {
         let spec = &self.spec;
         let targets = read_targets(owner, &spec.label.column, &spec.objective)?;
-        let partition = match &spec.split.test_keys {
-            Some(keys_file) => {
-                let test_keys = datasets::read_key_list(&self.dir().join(keys_file))?;
+        let test_keys = match (&spec.split.test_key_values, &spec.split.test_keys) {
+            (Some(values), _) => Some(values.iter().cloned().collect()),
+            (None, Some(file)) => Some(datasets::read_key_list(&self.dir().join(file))?),
+            (None, None) => None,
+        };
+        let partition = match test_keys {
+            Some(test_keys) => {
                 let key = owner
                     .contract
                     .key_column()

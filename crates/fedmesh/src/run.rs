@@ -93,7 +93,7 @@ impl MeshClient {
         stop: &AtomicBool,
     ) -> Result<RunResult, SplitError> {
         let request = JobRequest {
-            spec_yaml: job.to_portable_yaml(),
+            spec_yaml: job.to_portable_yaml()?,
             configs: vec![config.name()],
             seeds: vec![seed],
             epochs: 0,
@@ -354,7 +354,7 @@ pub fn submit(
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let epochs = epochs.map_or(job.spec.training.epochs, |e| e as usize);
     let request = JobRequest {
-        spec_yaml: job.to_portable_yaml(),
+        spec_yaml: job.to_portable_yaml()?,
         configs,
         seeds,
         epochs: epochs as u32,
@@ -364,6 +364,7 @@ pub fn submit(
         job.spec.name, client.governance.name, client.governance.url
     );
     let mut current: Option<RunProgress> = None;
+    let mut finished: Vec<RunResult> = Vec::new();
     let runs = client.submit(
         request,
         |event| match event {
@@ -387,6 +388,7 @@ pub fn submit(
                         result.train_seconds
                     ));
                 }
+                finished.push(*result);
             }
         },
         stop,
@@ -394,7 +396,8 @@ pub fn submit(
     if let Some(progress) = current {
         progress.abandon();
     }
-    let runs = runs?;
+    let failure = runs.err();
+    let runs = finished;
     let first = runs.first();
     let results = Results {
         example: job.spec.name.clone(),
@@ -406,6 +409,18 @@ pub fn submit(
         test_rows: first.map_or(0, |r| r.test_rows),
         runs,
     };
+    if let Some(failure) = failure {
+        // What finished before the failure or the interruption is kept.
+        if !results.runs.is_empty() {
+            write_outputs(&out, &results)?;
+            eprintln!(
+                "{} finished runs are in {}",
+                results.runs.len(),
+                out.join("results.json").display()
+            );
+        }
+        return Err(failure.into());
+    }
     write_outputs(&out, &results)?;
     println!("\n{}", report::table(&results));
     println!(
