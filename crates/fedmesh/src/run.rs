@@ -296,14 +296,20 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
             }
         }
     }
-    write_outputs(&out, &results)?;
-    println!("\n{}", report::table(&results));
+    finish(&out, &results)?;
+    Ok(results)
+}
+
+/// Writes the outputs and prints the table and where they are.
+fn finish(out: &Path, results: &Results) -> Result<()> {
+    write_outputs(out, results)?;
+    println!("\n{}", report::table(results));
     println!(
         "results: {}\nreport:  {}",
         out.join("results.json").display(),
         out.join("report.md").display()
     );
-    Ok(results)
+    Ok(())
 }
 
 fn write_outputs(out: &Path, results: &Results) -> Result<()> {
@@ -421,12 +427,6 @@ pub fn submit(
         }
         return Err(failure.into());
     }
-    write_outputs(&out, &results)?;
-    println!("\n{}", report::table(&results));
-    println!(
-        "results: {}\nreport:  {}",
-        out.join("results.json").display(),
-        out.join("report.md").display()
-    );
+    finish(&out, &results)?;
     Ok(results)
 }

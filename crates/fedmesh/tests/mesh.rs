@@ -47,6 +47,25 @@ fn small_fraud(dir: &Path, epochs: usize) -> PathBuf {
     job
 }
 
+/// A CA in `certs` and a certificate for each name, made with `fedmesh certs`.
+fn make_certs(certs: &Path, names: &[&str]) {
+    let cert = |args: &[&str]| {
+        check(
+            &fedmesh()
+                .arg("certs")
+                .args(args)
+                .arg("--dir")
+                .arg(certs)
+                .output()
+                .unwrap(),
+        )
+    };
+    cert(&["init"]);
+    for name in names {
+        cert(&["issue", name]);
+    }
+}
+
 /// Governance and one node per domain, each its own `fedmesh` process.
 struct Processes {
     dir: PathBuf,
@@ -66,21 +85,10 @@ impl Processes {
     /// Writes certificates and configs for the job's domains and starts the processes.
     fn start(dir: &Path, job: &Path) -> Self {
         let certs = dir.join("certs");
-        let cert = |args: &[&str]| {
-            check(
-                &fedmesh()
-                    .arg("certs")
-                    .args(args)
-                    .arg("--dir")
-                    .arg(&certs)
-                    .output()
-                    .unwrap(),
-            )
-        };
-        cert(&["init"]);
-        for name in ["governance", "operator"].iter().chain(DOMAINS.iter()) {
-            cert(&["issue", name]);
-        }
+        make_certs(
+            &certs,
+            &[&["governance", "operator"][..], &DOMAINS].concat(),
+        );
         let mut domains = String::new();
         let mut children = Vec::new();
         let log = |name: &str| std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
@@ -331,18 +339,7 @@ fn an_operator_from_another_ca_is_refused_with_a_log_line_on_both_sides() {
     // A mesh folder of its own: the real governance's address, but certificates from a CA the
     // mesh never trusted.
     let impostor = dir.path().join("impostor");
-    let certs = impostor.join("certs");
-    for args in [&["init"][..], &["issue", "operator"][..]] {
-        check(
-            &fedmesh()
-                .arg("certs")
-                .args(args)
-                .arg("--dir")
-                .arg(&certs)
-                .output()
-                .unwrap(),
-        );
-    }
+    make_certs(&impostor.join("certs"), &["operator"]);
     std::fs::copy(
         mesh.dir.join("governance.yaml"),
         impostor.join("governance.yaml"),
