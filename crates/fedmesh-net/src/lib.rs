@@ -6,7 +6,10 @@
 //! of the stream: it owns the domain's parties and answers governance's messages in order.
 //! [`GrpcTransport`] is governance's side: it implements [`fedmesh_split::Transport`], so the
 //! training algorithm runs unchanged over the network, and it sends each batch plan to every
-//! domain at once so that the domains compute their activations in parallel.
+//! domain at once so that the domains compute their activations in parallel. [`Mesh`] runs one
+//! configuration and seed of a job on the nodes; [`GovernanceService`] takes jobs from
+//! operators; [`server`] runs either side as a long-lived service with health checks, and
+//! [`client`] is the operator's side. The messages are described in `docs/protocol.md`.
 
 pub mod client;
 pub mod config;
