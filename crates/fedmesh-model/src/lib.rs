@@ -44,10 +44,27 @@ pub fn deep_copy<M: burn::module::Module>(module: &M) -> M {
 /// parameter's values lazily, on its first use, so the part is materialized here, under the
 /// lock — otherwise the weights would depend on which party first used its part.
 pub fn seeded<M: burn::module::Module>(device: &Device, seed: u64, init: impl FnOnce() -> M) -> M {
-    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _guard = generator_lock();
     device.seed(seed);
     deep_copy(&init())
+}
+
+/// Reseeds burn's generator (the one dropout draws from), under the lock [`seeded`] holds, so
+/// that it never lands in the middle of another part's initialization.
+///
+/// Draws made while training are not under the lock: a process that trains with dropout while
+/// it initializes another run's parts can still disturb those parts' weights (burn has one
+/// generator per process).
+pub fn reseed(device: &Device, seed: u64) {
+    let _guard = generator_lock();
+    device.seed(seed);
+}
+
+fn generator_lock() -> std::sync::MutexGuard<'static, ()> {
+    static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    GENERATOR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use fedmesh_data::{
     SourceCache,
 };
 use fedmesh_model::{
-    BottomConfig, HeadConfig, Objective, Targets, TowerConfig, seeded, training_device,
+    BottomConfig, HeadConfig, Objective, Targets, TowerConfig, reseed, seeded, training_device,
 };
 use serde::{Deserialize, Serialize};
 
@@ -676,7 +676,7 @@ pub fn part_seed(seed: u64, part: u64) -> u64 {
 /// draw separately, so with dropout a run over the network equals the in-process one in
 /// distribution, not bit for bit.
 pub fn seed_training_randomness(seed: u64) {
-    training_device().seed(part_seed(seed, TRAINING_PART));
+    reseed(&training_device(), part_seed(seed, TRAINING_PART));
 }
 
 const TRAINING_PART: u64 = 102;
