@@ -7,7 +7,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use fedmesh_data::FeatureMatrix;
 use fedmesh_model::{
-    BottomConfig, HeadConfig, Objective, Targets, TowerConfig, deep_copy, training_device,
+    BottomConfig, HeadConfig, Objective, Targets, TowerConfig, deep_copy, seeded, training_device,
 };
 use fedmesh_split::party::batch_inputs;
 use fedmesh_split::{
@@ -82,9 +82,10 @@ struct Fixture {
     optimizer: OptimizerSpec,
 }
 
+/// Every part is drawn with `seeded`, so its weights are the same whatever the other tests of
+/// this binary draw at the same time (burn has one generator per process and draws lazily).
 fn fixture() -> Fixture {
     let device = training_device();
-    device.seed(11);
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let features = vec![
         features(&mut rng, 4, &[5, 7]),
@@ -94,15 +95,16 @@ fn fixture() -> Fixture {
     let targets = Targets::Classes((0..ROWS).map(|_| rng.random_range(0..2)).collect());
     let bottoms: Vec<_> = features
         .iter()
-        .map(|f| {
-            BottomConfig {
+        .enumerate()
+        .map(|(d, f)| {
+            let config = BottomConfig {
                 numeric: f.numeric_width,
                 embeddings: f.embeddings.clone(),
                 layers: vec![8, 4],
                 batch_norm: true,
                 dropout: 0.0,
-            }
-            .init(&device)
+            };
+            seeded(&device, 11 + d as u64, || config.init(&device))
         })
         .collect();
     let tower = TowerConfig {
@@ -110,8 +112,8 @@ fn fixture() -> Fixture {
         layers: vec![10, 6],
         batch_norm: false,
         dropout: 0.0,
-    }
-    .init(&device);
+    };
+    let tower = seeded(&device, 20, || tower.init(&device));
     let objective = Objective::CrossEntropy {
         classes: 2,
         class_weights: Some(vec![1.0, 3.0]),
@@ -120,8 +122,8 @@ fn fixture() -> Fixture {
         input: 6,
         layers: vec![5],
         outputs: 2,
-    }
-    .init(&device);
+    };
+    let head = seeded(&device, 21, || head.init(&device));
     Fixture {
         features,
         targets,
