@@ -52,9 +52,6 @@ impl Mesh {
         save_to: Option<&Path>,
     ) -> Result<RunResult, SplitError> {
         let (mut trainer, partition) = self.open(job, run_id, config, seed)?;
-        if let Some(dir) = save_to {
-            std::fs::create_dir_all(dir)?;
-        }
         let spec = &job.spec;
         let mut result = spec.train_and_evaluate(
             &mut trainer,
@@ -270,7 +267,8 @@ fn plan(request: JobRequest) -> Result<Plan, String> {
     })
 }
 
-/// Sends a job's progress to its submitter; a submitter that went away stops the job.
+/// Sends a job's progress to its submitter. `stop` is set when the submitter goes away (by the
+/// watcher in `submit_job`), and read by the training loop.
 struct Reporter {
     events: mpsc::Sender<Result<JobEvent, Status>>,
     stop: Arc<AtomicBool>,
@@ -278,13 +276,8 @@ struct Reporter {
 
 impl Reporter {
     fn send(&self, body: job_event::Body) {
-        if self
-            .events
-            .blocking_send(Ok(JobEvent { body: Some(body) }))
-            .is_err()
-        {
-            self.stop.store(true, Ordering::Relaxed);
-        }
+        // A submitter that went away is the watcher's to notice: nothing to do here.
+        let _ = self.events.blocking_send(Ok(JobEvent { body: Some(body) }));
     }
 }
 

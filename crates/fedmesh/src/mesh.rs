@@ -288,8 +288,8 @@ pub fn stop_with_parent(stop: Arc<AtomicBool>) {
     });
 }
 
-/// Resolves once `stop` is set.
-pub async fn stopped(stop: Arc<AtomicBool>) {
+/// Resolves once `stop` is set (an `Arc` for a server's shutdown, a reference otherwise).
+pub async fn stopped(stop: impl std::ops::Deref<Target = AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

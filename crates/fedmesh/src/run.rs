@@ -2,7 +2,7 @@
 //! `results.json` and a report.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 use fedmesh_net::client::JobProgress;
@@ -74,11 +74,7 @@ impl MeshClient {
         self.runtime.block_on(async {
             tokio::select! {
                 results = fedmesh_net::client::submit(&self.identity, &self.governance, request, &mut progress) => results,
-                _ = async {
-                    while !stop.load(Ordering::SeqCst) {
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
-                } => Err(SplitError::Interrupted),
+                _ = crate::mesh::stopped(stop) => Err(SplitError::Interrupted),
             }
         })
     }
