@@ -178,6 +178,32 @@ impl DataProduct {
         }
     }
 
+    /// The product restricted to `rows`, in that order: how a product is aligned with the
+    /// others once private set intersection has found the entities they share.
+    pub fn take_rows(&self, rows: &[u32]) -> Result<Self, DataError> {
+        let indices = arrow::array::UInt32Array::from(rows.to_vec());
+        let batch = arrow::compute::take_record_batch(&self.batch, &indices)
+            .map_err(|e| DataError::Invalid(format!("data product `{}`: {e}", self.name())))?;
+        Ok(Self {
+            contract: self.contract.clone(),
+            batch,
+        })
+    }
+
+    /// The product's keys, row by row, checked for alignment: the contract's key column
+    /// (`primaryKey`), or `None` when it declares none.
+    pub fn keys(&self) -> Result<Option<Vec<String>>, DataError> {
+        let Some(key) = self.contract.key_column() else {
+            return Ok(None);
+        };
+        let keys: Vec<String> = self
+            .column_strings(&key.name)?
+            .into_iter()
+            .map(Option::unwrap_or_default)
+            .collect();
+        Ok(Some(keys))
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.batch.num_rows()

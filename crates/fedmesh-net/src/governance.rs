@@ -68,6 +68,7 @@ impl Mesh {
             to_domains,
             from_domains,
         });
+        result.alignment = Some(trainer.transport().alignment().clone());
         // The run is trained, evaluated and saved: a node that does not acknowledge the end
         // costs a warning, not the run.
         if let Err(e) = trainer.transport_mut().finish() {

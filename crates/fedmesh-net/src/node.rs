@@ -18,7 +18,7 @@ use fedmesh_proto::v1::domain_message::Body as Reply;
 use fedmesh_proto::v1::domain_node_server::DomainNode;
 use fedmesh_proto::v1::governance_message::Body as Command;
 use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
-use fedmesh_split::job::{DomainSpec, Job, PreparedDomain, pipeline_file};
+use fedmesh_split::job::{DomainSpec, Job, PreparedDomain, pipeline_file, product_keys};
 use fedmesh_split::{DomainParty, LabelOwner, SplitError};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -116,6 +116,12 @@ async fn serve(
         let Some(command) = message.body else {
             continue;
         };
+        if matches!(command, Command::Align(_)) {
+            if send_blinded_list(&mut job, &replies).await {
+                continue;
+            }
+            break;
+        }
         let finish = matches!(command, Command::Finish(_));
         let reply = match job.handle(command) {
             Ok(Some(body)) => body,
@@ -143,6 +149,39 @@ async fn serve(
     }
 }
 
+/// Answers `align`: the domain's keys, blinded, chunk by chunk (each chunk is blinded just
+/// before it is sent, so that no chunk waits for the whole list). False when the stream ended
+/// or the node refused.
+async fn send_blinded_list(
+    job: &mut NodeJob,
+    replies: &mpsc::Sender<Result<DomainMessage, Status>>,
+) -> bool {
+    let send = |body| replies.send(Ok(DomainMessage { body: Some(body) }));
+    let len = match job.start_alignment() {
+        Ok(len) => len,
+        Err(e) => {
+            tracing::warn!("alignment refused: {e}");
+            let _ = send(Reply::Failure(v1::Failure {
+                reason: e.to_string(),
+            }))
+            .await;
+            return false;
+        }
+    };
+    let count = len.div_ceil(fedmesh_psi::CHUNK_POINTS).max(1);
+    for (i, positions) in fedmesh_psi::chunks(len, fedmesh_psi::CHUNK_POINTS).enumerate() {
+        let points = job.blind(positions);
+        let chunk = v1::PointChunk {
+            points,
+            last: i + 1 == count,
+        };
+        if send(Reply::Points(chunk)).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 /// A job the node has opened: the spec, and its product loaded and validated.
 struct OpenedJob {
     id: String,
@@ -155,6 +194,11 @@ struct OpenedJob {
     encoding: Encoding,
     /// The labels, once drawn (label owner only).
     targets: Option<Targets>,
+    /// The product's keys while it waits for alignment; `None` once aligned (or for a product
+    /// without a key column, aligned by position).
+    keys: Option<Vec<String>>,
+    /// This domain's share of the alignment run, and the coordinator's answer so far.
+    alignment: Option<(fedmesh_psi::Party, Vec<u8>)>,
 }
 
 impl OpenedJob {
@@ -266,6 +310,7 @@ impl NodeJob {
                 domain.name
             )));
         }
+        let keys = product_keys(&product)?;
         tracing::info!(
             "job `{}`: {} rows of `{}` from {origin}",
             start.job_id,
@@ -281,11 +326,74 @@ impl NodeJob {
             share_labels: start.share_labels,
             encoding: Encoding::try_from(start.encoding).unwrap_or(Encoding::F32),
             targets: None,
+            keys,
+            alignment: None,
         })
+    }
+
+    /// Draws this domain's secret and order for an alignment run; returns how many keys it
+    /// will send.
+    fn start_alignment(&mut self) -> Result<usize, SplitError> {
+        let opened = self.opened()?;
+        let keys = opened.keys.as_ref().ok_or_else(|| {
+            protocol("this domain's product has no key column, or is aligned already")
+        })?;
+        let party = fedmesh_psi::Party::new(keys.len(), &mut rand::rng());
+        let len = party.len();
+        opened.alignment = Some((party, Vec::new()));
+        Ok(len)
+    }
+
+    /// Positions `positions` of this domain's blinded list.
+    fn blind(&mut self, positions: std::ops::Range<usize>) -> Vec<u8> {
+        let opened = self.opened.as_ref().expect("alignment started");
+        let (party, _) = opened.alignment.as_ref().expect("alignment started");
+        party.blind(opened.keys.as_ref().expect("keyed"), positions)
+    }
+
+    fn party(&mut self) -> Result<&mut (fedmesh_psi::Party, Vec<u8>), SplitError> {
+        self.opened()?
+            .alignment
+            .as_mut()
+            .ok_or_else(|| protocol("no alignment was started on this stream"))
+    }
+
+    /// Takes in one chunk of the coordinator's answer; with the last, keeps the product's rows
+    /// of the intersection, ordered by key, and returns how many there are.
+    fn take_members(&mut self, chunk: v1::MemberChunk) -> Result<Option<u64>, SplitError> {
+        let (_, members) = self.party()?;
+        members.extend_from_slice(&chunk.bits);
+        if !chunk.last {
+            return Ok(None);
+        }
+        let opened = self.opened()?;
+        let (party, members) = opened.alignment.take().expect("checked above");
+        let keys = opened.keys.take().expect("alignment needs keys");
+        let rows = party.rows(&members, &keys)?;
+        opened.product = opened.product.take_rows(&rows)?;
+        tracing::info!(
+            "job `{}`: aligned, {} of {} rows of `{}` are common to every domain",
+            opened.id,
+            rows.len(),
+            keys.len(),
+            opened.product.name()
+        );
+        Ok(Some(rows.len() as u64))
+    }
+
+    /// A keyed product must be aligned before its rows mean anything to the others.
+    fn check_aligned(&mut self) -> Result<(), SplitError> {
+        if self.opened()?.keys.is_some() {
+            return Err(protocol(
+                "the product's rows are not aligned yet: governance must run the alignment first",
+            ));
+        }
+        Ok(())
     }
 
     /// Fits the pipeline on the training rows and builds the bottom.
     fn build(&mut self, partition: &Partition) -> Result<v1::Ready, SplitError> {
+        self.check_aligned()?;
         let opened = self.opened()?;
         if opened.owns_labels() && opened.targets.is_none() {
             return Err(protocol("the label owner was not asked for the partition"));
@@ -308,7 +416,7 @@ impl NodeJob {
         Ok(v1::Ready {
             rows,
             cut_width,
-            key_digest: 0,
+            keyed: false,
         })
     }
 
@@ -336,15 +444,29 @@ impl NodeJob {
             Command::Start(start) => {
                 let opened = self.open(start)?;
                 let rows = opened.product.rows() as u64;
-                let key_digest = key_digest(&opened.product)?;
+                let keyed = opened.keys.is_some();
                 self.opened = Some(opened);
                 Reply::Ready(v1::Ready {
                     rows,
                     cut_width: 0,
-                    key_digest,
+                    keyed,
                 })
             }
+            Command::Align(_) => unreachable!("answered chunk by chunk by `serve`"),
+            Command::Reblind(chunk) => {
+                let (party, _) = self.party()?;
+                let points = party.reblind(&chunk.points, "governance (another domain's list)")?;
+                Reply::Points(v1::PointChunk {
+                    points,
+                    last: chunk.last,
+                })
+            }
+            Command::Members(chunk) => match self.take_members(chunk)? {
+                Some(rows) => Reply::Aligned(v1::Aligned { rows }),
+                None => return Ok(None),
+            },
             Command::PartitionRequest(_) => {
+                self.check_aligned()?;
                 let opened = self.opened()?;
                 if !opened.owns_labels() {
                     return Err(protocol("this domain owns no labels in this job"));
@@ -425,22 +547,6 @@ impl NodeJob {
         };
         Ok(Some(reply))
     }
-}
-
-/// A 64-bit FNV-1a digest of the product's keys in row order (0 without a key column).
-fn key_digest(product: &DataProduct) -> Result<u64, SplitError> {
-    let Some(key) = product.contract.key_column() else {
-        return Ok(0);
-    };
-    let mut digest: u64 = 0xcbf2_9ce4_8422_2325;
-    for value in product.column_strings(&key.name)? {
-        // Each key followed by a separator, so that ("ab", "c") and ("a", "bc") differ.
-        for byte in value.unwrap_or_default().bytes().chain([0xff]) {
-            digest ^= byte as u64;
-            digest = digest.wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-    Ok(digest)
 }
 
 /// A job id names the folder its parts are saved in: plain names and `/` only.

@@ -10,6 +10,7 @@ use fedmesh_proto::v1::domain_message::Body as Reply;
 use fedmesh_proto::v1::domain_node_client::DomainNodeClient;
 use fedmesh_proto::v1::governance_message::Body as Command;
 use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
+use fedmesh_split::job::{AlignmentMethod, AlignmentSummary, ProductRows, check_intersection};
 use fedmesh_split::transport::check_one_per_domain;
 use fedmesh_split::{
     BatchPlan, CutActivation, CutLayerGradient, EvaluationReport, HeadStep, SplitError, Transport,
@@ -42,7 +43,7 @@ struct Link {
     outbound: mpsc::Sender<GovernanceMessage>,
     inbound: Streaming<DomainMessage>,
     rows: u64,
-    key_digest: u64,
+    keyed: bool,
     cut_width: u32,
     bytes_sent: u64,
     bytes_received: u64,
@@ -163,6 +164,8 @@ pub struct GrpcTransport {
     encoding: Encoding,
     deadline: Duration,
     partition: Partition,
+    alignment: AlignmentSummary,
+    alignment_seconds: f64,
 }
 
 impl GrpcTransport {
@@ -194,19 +197,9 @@ impl GrpcTransport {
             start.domain = node.name.clone();
             open(identity, node, start, deadline)
         })))?;
-        if let Some(other) = links.iter().find(|l| l.rows != links[0].rows) {
-            return Err(SplitError::Protocol(format!(
-                "the domains' products are not aligned: `{}` holds {} rows, `{}` holds {}",
-                other.name, other.rows, links[0].name, links[0].rows
-            )));
-        }
-        let keyed: Vec<&Link> = links.iter().filter(|l| l.key_digest != 0).collect();
-        if let Some(other) = keyed.iter().find(|l| l.key_digest != keyed[0].key_digest) {
-            return Err(SplitError::Protocol(format!(
-                "the domains' products are not aligned: the keys of `{}` are not those of `{}`, row by row",
-                other.name, keyed[0].name
-            )));
-        }
+        let started = std::time::Instant::now();
+        let alignment = runtime.block_on(align(&mut links, deadline))?;
+        let alignment_seconds = started.elapsed().as_secs_f64();
         let partition = runtime.block_on(setup(&mut links, owner, deadline))?;
         let bottoms = (0..links.len())
             .filter(|&i| links[i].cut_width > 0)
@@ -219,7 +212,20 @@ impl GrpcTransport {
             encoding,
             deadline,
             partition,
+            alignment,
+            alignment_seconds,
         })
+    }
+
+    /// How the domains' rows were aligned (all that governance learns of their keys).
+    pub fn alignment(&self) -> &AlignmentSummary {
+        &self.alignment
+    }
+
+    /// Wall time of the alignment phase (private set intersection), from the first message to
+    /// every domain's answer.
+    pub fn alignment_seconds(&self) -> f64 {
+        self.alignment_seconds
     }
 
     /// The partition the label owner drew.
@@ -288,7 +294,7 @@ async fn open(
         outbound,
         inbound,
         rows: 0,
-        key_digest: 0,
+        keyed: false,
         cut_width: 0,
         bytes_sent: 0,
         bytes_received: 0,
@@ -298,7 +304,7 @@ async fn open(
     match link.call(Command::Start(start), deadline).await? {
         Reply::Ready(ready) => {
             link.rows = ready.rows;
-            link.key_digest = ready.key_digest;
+            link.keyed = ready.keyed;
         }
         other => return Err(unexpected(&node.name, &other)),
     }
@@ -378,6 +384,188 @@ async fn setup(
         valid: partition.valid,
         test: partition.test,
     })
+}
+
+/// The alignment phase. Products with key columns are aligned by private set intersection,
+/// with governance as the coordinator: every domain sends its blinded list; in round r the list
+/// of domain p goes to domain p + r (mod N) to be blinded again; after N - 1 rounds every list
+/// is blinded by all N secrets, and governance tells each domain which positions of its list
+/// are in every list. Products without key columns must have the same number of rows.
+async fn align(links: &mut [Link], deadline: Duration) -> Result<AlignmentSummary, SplitError> {
+    let products: Vec<ProductRows> = links
+        .iter()
+        .map(|l| ProductRows {
+            domain: l.name.clone(),
+            rows: l.rows as usize,
+        })
+        .collect();
+    let keyed: Vec<&Link> = links.iter().filter(|l| l.keyed).collect();
+    if keyed.is_empty() {
+        if let Some(other) = links.iter().find(|l| l.rows != links[0].rows) {
+            return Err(SplitError::Protocol(format!(
+                "the domains' products are not aligned: `{}` holds {} rows, `{}` holds {}, and they declare no key column (primaryKey) to align them on",
+                other.name, other.rows, links[0].name, links[0].rows
+            )));
+        }
+        return Ok(AlignmentSummary {
+            method: AlignmentMethod::Positional,
+            intersection: links.first().map_or(0, |l| l.rows as usize),
+            products,
+        });
+    }
+    if let Some(without) = links.iter().find(|l| !l.keyed) {
+        return Err(SplitError::Protocol(format!(
+            "domain `{}` serves a product without a key column (primaryKey) but `{}` does not: products are aligned on their keys, so every product of the job needs one",
+            without.name, keyed[0].name
+        )));
+    }
+    let mut lists = try_join_all(links.iter_mut().map(|link| link.blinded_list(deadline))).await?;
+    let n = links.len();
+    for round in 1..n {
+        // Link i blinds the list of domain i - round.
+        let reblinded = try_join_all(links.iter_mut().enumerate().map(|(i, link)| {
+            let list = &lists[(i + n - round) % n];
+            link.reblind(list, deadline)
+        }))
+        .await?;
+        for (i, list) in reblinded.into_iter().enumerate() {
+            lists[(i + n - round) % n] = list;
+        }
+    }
+    for (link, list) in links.iter().zip(&lists) {
+        if list.len() != link.rows as usize * fedmesh_psi::POINT_BYTES {
+            return Err(link.error(format!(
+                "its list came back with {} points for {} keys",
+                list.len() / fedmesh_psi::POINT_BYTES,
+                link.rows
+            )));
+        }
+    }
+    let membership = fedmesh_psi::Membership::of(&lists);
+    drop(lists);
+    let size = membership.size as u64;
+    try_join_all(
+        links
+            .iter_mut()
+            .zip(membership.members)
+            .map(|(link, members)| link.send_members(members, size, deadline)),
+    )
+    .await?;
+    let summary = AlignmentSummary {
+        method: AlignmentMethod::PrivateSetIntersection,
+        products,
+        intersection: membership.size,
+    };
+    check_intersection(summary.intersection, &summary.products)?;
+    tracing::info!(
+        "aligned by private set intersection: {} entities common to all {n} domains",
+        summary.intersection
+    );
+    Ok(summary)
+}
+
+impl Link {
+    /// Asks the domain for its blinded list and collects it, chunk by chunk.
+    async fn blinded_list(&mut self, deadline: Duration) -> Result<Vec<u8>, SplitError> {
+        self.send(Command::Align(v1::Empty {})).await?;
+        let mut list = Vec::with_capacity(self.rows as usize * fedmesh_psi::POINT_BYTES);
+        loop {
+            match self.receive(deadline).await? {
+                Reply::Points(chunk) => {
+                    list.extend_from_slice(&chunk.points);
+                    if chunk.last {
+                        return Ok(list);
+                    }
+                }
+                other => return Err(unexpected(&self.name, &other)),
+            }
+        }
+    }
+
+    /// Has the domain blind `list` (another domain's) again: chunks go out while blinded ones
+    /// come back, so the domain always has the next chunk at hand.
+    async fn reblind(&mut self, list: &[u8], deadline: Duration) -> Result<Vec<u8>, SplitError> {
+        let ranges: Vec<_> = fedmesh_psi::chunks(
+            list.len(),
+            fedmesh_psi::CHUNK_POINTS * fedmesh_psi::POINT_BYTES,
+        )
+        .collect();
+        let count = ranges.len();
+        let name = self.name.clone();
+        let closed = || SplitError::Node {
+            node: name.clone(),
+            message: "the stream to the node is closed".into(),
+        };
+        let outbound = self.outbound.clone();
+        let mut sent = 0u64;
+        let sending = async {
+            for (i, range) in ranges.into_iter().enumerate() {
+                let message = GovernanceMessage {
+                    body: Some(Command::Reblind(v1::PointChunk {
+                        points: list[range].to_vec(),
+                        last: i + 1 == count,
+                    })),
+                };
+                sent += message.encoded_len() as u64;
+                outbound.send(message).await.map_err(|_| closed())?;
+            }
+            Ok::<(), SplitError>(())
+        };
+        let receiving = async {
+            let mut out = Vec::with_capacity(list.len());
+            loop {
+                match self.receive(deadline).await? {
+                    Reply::Points(chunk) => {
+                        out.extend_from_slice(&chunk.points);
+                        if chunk.last {
+                            return Ok::<Vec<u8>, SplitError>(out);
+                        }
+                    }
+                    other => return Err(unexpected(&self.name, &other)),
+                }
+            }
+        };
+        let ((), out) = tokio::try_join!(sending, receiving)?;
+        self.bytes_sent += sent;
+        if out.len() != list.len() {
+            return Err(self.error(format!(
+                "sent back {} bytes for a list of {}",
+                out.len(),
+                list.len()
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Tells the domain which positions of its list are in the intersection and waits for its
+    /// aligned row count.
+    async fn send_members(
+        &mut self,
+        members: Vec<u8>,
+        size: u64,
+        deadline: Duration,
+    ) -> Result<(), SplitError> {
+        let ranges: Vec<_> = fedmesh_psi::chunks(members.len(), 1 << 20).collect();
+        let count = ranges.len();
+        for (i, range) in ranges.into_iter().enumerate() {
+            self.send(Command::Members(v1::MemberChunk {
+                bits: members[range].to_vec(),
+                last: i + 1 == count,
+            }))
+            .await?;
+        }
+        match self.receive(deadline).await? {
+            Reply::Aligned(aligned) if aligned.rows == size => {
+                self.rows = aligned.rows;
+                Ok(())
+            }
+            Reply::Aligned(aligned) => Err(self.error(format!(
+                "aligned {} rows, but {size} entities are common to all domains",
+                aligned.rows
+            ))),
+            other => Err(unexpected(&self.name, &other)),
+        }
+    }
 }
 
 /// The links of domains that contribute a bottom, in domain order.

@@ -361,13 +361,14 @@ fn half_precision_on_the_wire_halves_the_bytes_and_still_trains() {
 }
 
 #[test]
-fn products_whose_keys_differ_row_by_row_are_refused() {
+fn unaligned_products_are_aligned_over_the_network_as_in_process() {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/breast");
     if !data.exists() {
         eprintln!("skipped: {} is not on this machine", data.display());
         return;
     }
-    // The breast example with two of the host's rows swapped: same row count, other order.
+    // The breast example, each party with its own subset in its own order: the guest lacks
+    // its first 40 rows, the host its last 30 and holds the rest reversed.
     let dir = tempfile::tempdir().unwrap();
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/breast");
     std::fs::create_dir_all(dir.path().join("contracts")).unwrap();
@@ -376,12 +377,23 @@ fn products_whose_keys_differ_row_by_row_are_refused() {
         ("guest", "breast_hetero_guest.csv"),
         ("host", "breast_hetero_host.csv"),
     ] {
-        let mut text = std::fs::read_to_string(data.join(file)).unwrap();
+        let text = std::fs::read_to_string(data.join(file)).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        let header = lines.remove(0);
+        let n = lines.len();
+        let mut rows = if party == "guest" {
+            lines[40..].to_vec()
+        } else {
+            lines[..n - 30].to_vec()
+        };
         if party == "host" {
-            let mut lines: Vec<&str> = text.lines().collect();
-            lines.swap(1, 2);
-            text = lines.join("\n") + "\n";
+            rows.reverse();
         }
+        let text = std::iter::once(header)
+            .chain(rows)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
         std::fs::write(dir.path().join(file), text).unwrap();
         let contract =
             std::fs::read_to_string(example.join(format!("contracts/{party}.odcs.yaml")))
@@ -397,18 +409,27 @@ fn products_whose_keys_differ_row_by_row_are_refused() {
         .unwrap();
     }
     let job = Job::load(dir.path()).unwrap();
+    let config = RunConfig::SplitLabelOwner;
+    let local = job
+        .prepare(None)
+        .unwrap()
+        .run(&config, 1, &Silent, &AtomicBool::new(false), None)
+        .unwrap();
     let mesh = start_mesh(&job, &["guest", "host"]);
-    let error = run_on(
-        &mesh.own_governance(),
-        &job,
-        &RunConfig::SplitLabelOwner,
-        &Silent,
-        None,
-    )
-    .expect_err("refused")
-    .to_string();
-    assert!(
-        error.contains("not aligned") && error.contains("`host`") && error.contains("`guest`"),
-        "{error}"
+    let remote = run_on(&mesh.own_governance(), &job, &config, &Silent, None).unwrap();
+    let alignment = remote
+        .alignment
+        .as_ref()
+        .expect("the run reports its alignment");
+    assert_eq!(alignment.intersection, 569 - 70);
+    assert_eq!(alignment.products[0].rows, 529);
+    assert_eq!(alignment.products[1].rows, 539);
+    assert_eq!(
+        remote.train_rows + remote.valid_rows + remote.test_rows,
+        569 - 70
     );
+    // Fresh secrets on every side, yet the same rows in the same order: the same run.
+    assert_eq!(remote.metrics, local.metrics);
+    let losses = |r: &RunResult| r.history.iter().map(|e| e.train_loss).collect::<Vec<_>>();
+    assert_eq!(losses(&remote), losses(&local));
 }

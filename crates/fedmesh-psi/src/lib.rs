@@ -14,7 +14,7 @@
 //! [`Blinder`] is one party's share of the computation, batched over all cores; [`align`] runs
 //! the whole protocol in one process, message for message, for tests and benchmarks.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
 use curve25519_dalek::scalar::Scalar;
@@ -22,8 +22,22 @@ use rand::{Rng, seq::SliceRandom};
 use rayon::prelude::*;
 use sha2::Sha512;
 
-/// A compressed ristretto255 point: what travels on the wire.
-pub type BlindedKey = [u8; 32];
+/// Bytes of one compressed ristretto255 point, as points travel.
+pub const POINT_BYTES: usize = 32;
+
+/// Points per message: 2 MiB, well under gRPC's 4 MiB limit, so that a list of 10 million keys
+/// travels as 153 messages, not as one.
+pub const CHUNK_POINTS: usize = 1 << 16;
+
+/// The ranges of a list of `len` items sent in chunks of at most `size`: at least one, so that
+/// even an empty list has a chunk to mark as the last.
+pub fn chunks(len: usize, size: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let count = len.div_ceil(size).max(1);
+    (0..count).map(move |i| i * size..((i + 1) * size).min(len))
+}
+
+/// Points converted per batch: compressing a batch shares one field inversion.
+const BATCH: usize = 512;
 
 /// Separates fedmesh's hashes to the group from any other use of the same keys.
 const DOMAIN_SEPARATOR: &[u8] = b"fedmesh-psi-v1 ristretto255 SHA-512";
@@ -47,8 +61,16 @@ pub enum PsiError {
         first: usize,
         key: String,
     },
-    #[error("point {index} of a blinded list from `{party}` is not a valid ristretto255 point")]
+    #[error("point {index} of a blinded list from {party} is not a valid ristretto255 point")]
     InvalidPoint { party: String, index: usize },
+    #[error(
+        "a blinded list from {party} holds {bytes} bytes, not a whole number of 32-byte points"
+    )]
+    PartialPoint { party: String, bytes: usize },
+    #[error(
+        "the coordinator's answer covers {got} positions of a list of {expected}: it is not an answer to this party's list"
+    )]
+    MembershipSize { expected: usize, got: usize },
 }
 
 /// Refuses a key column with an empty or a repeated key, naming the first offending row
@@ -76,76 +98,179 @@ pub fn check_keys(product: &str, column: &str, keys: &[String]) -> Result<(), Ps
     Ok(())
 }
 
-/// One party's secret exponent for one alignment run.
-pub struct Blinder {
-    secret: Scalar,
+/// One party's share of an alignment run: its secret exponent and the order in which it sent
+/// its rows.
+pub struct Party {
+    /// Half the party's secret scalar: points are multiplied by it and then doubled as they are
+    /// compressed in batches, which costs one shared inversion per batch instead of one each.
+    half_secret: Scalar,
+    /// `order[i]` is the row whose key is point `i` of the party's list.
+    order: Vec<u32>,
 }
 
-impl Blinder {
-    /// A fresh secret, uniformly random.
-    pub fn random(rng: &mut impl Rng) -> Self {
+impl Party {
+    /// Draws a fresh secret, and a fresh order for the party's `rows` keys.
+    pub fn new(rows: usize, rng: &mut impl Rng) -> Self {
         let mut wide = [0u8; 64];
         rng.fill(&mut wide[..]);
+        let secret = Scalar::from_bytes_mod_order_wide(&wide);
+        let mut order: Vec<u32> = (0..rows as u32).collect();
+        order.shuffle(rng);
         Self {
-            secret: Scalar::from_bytes_mod_order_wide(&wide),
+            half_secret: secret * Scalar::from(2u64).invert(),
+            order,
         }
     }
 
-    /// `H(key)^secret` for each key, in order.
-    pub fn blind_keys(&self, keys: &[String]) -> Vec<BlindedKey> {
-        keys.par_iter()
-            .map(|key| {
-                let mut input = Vec::with_capacity(DOMAIN_SEPARATOR.len() + key.len());
-                input.extend_from_slice(DOMAIN_SEPARATOR);
-                input.extend_from_slice(key.as_bytes());
-                (RistrettoPoint::hash_from_bytes::<Sha512>(&input) * self.secret)
-                    .compress()
-                    .to_bytes()
-            })
-            .collect()
+    /// Positions `positions` of the party's list: `H(key)^secret` for the keys of those rows
+    /// in the party's order. The list is what the party sends, chunk by chunk.
+    pub fn blind(&self, keys: &[String], positions: std::ops::Range<usize>) -> Vec<u8> {
+        let rows = &self.order[positions];
+        let mut list = vec![0u8; rows.len() * POINT_BYTES];
+        list.par_chunks_mut(BATCH * POINT_BYTES)
+            .zip(rows.par_chunks(BATCH))
+            .for_each(|(out, rows)| {
+                let points: Vec<RistrettoPoint> = rows
+                    .iter()
+                    .map(|&row| hash_to_group(&keys[row as usize]) * self.half_secret)
+                    .collect();
+                write_doubled(&points, out);
+            });
+        list
     }
 
-    /// `point^secret` for each point of another party's list, in order. `party` names the
-    /// sender in errors.
-    pub fn reblind(&self, points: &[BlindedKey], party: &str) -> Result<Vec<BlindedKey>, PsiError> {
-        points
-            .par_iter()
+    /// How many keys the party holds.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// `point^secret` for each point of another party's list (or a chunk of it), in order.
+    /// `sender` names where the list came from in errors.
+    pub fn reblind(&self, points: &[u8], sender: &str) -> Result<Vec<u8>, PsiError> {
+        if points.len() % POINT_BYTES != 0 {
+            return Err(PsiError::PartialPoint {
+                party: sender.to_string(),
+                bytes: points.len(),
+            });
+        }
+        let mut out = vec![0u8; points.len()];
+        out.par_chunks_mut(BATCH * POINT_BYTES)
+            .zip(points.par_chunks(BATCH * POINT_BYTES))
             .enumerate()
-            .map(|(index, bytes)| {
-                let point = CompressedRistretto(*bytes).decompress().ok_or_else(|| {
-                    PsiError::InvalidPoint {
-                        party: party.to_string(),
-                        index,
-                    }
-                })?;
-                Ok((point * self.secret).compress().to_bytes())
-            })
-            .collect()
+            .try_for_each(|(batch, (out, input))| {
+                let points = input
+                    .chunks_exact(POINT_BYTES)
+                    .enumerate()
+                    .map(|(i, bytes)| {
+                        let bytes: [u8; POINT_BYTES] = bytes.try_into().expect("exact chunks");
+                        CompressedRistretto(bytes)
+                            .decompress()
+                            .map(|p| p * self.half_secret)
+                            .ok_or_else(|| PsiError::InvalidPoint {
+                                party: sender.to_string(),
+                                index: batch * BATCH + i,
+                            })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                write_doubled(&points, out);
+                Ok(())
+            })?;
+        Ok(out)
+    }
+
+    /// The party's rows in the intersection, in the agreed order, from the coordinator's
+    /// answer (`members`: one bit per point of the list the party sent, see [`Membership`]).
+    /// The agreed order is the order of the keys: every party knows the keys of the
+    /// intersection's rows, so no further message is needed to agree on it.
+    pub fn rows(&self, members: &[u8], keys: &[String]) -> Result<Vec<u32>, PsiError> {
+        let expected = self.order.len().div_ceil(8);
+        if members.len() != expected {
+            return Err(PsiError::MembershipSize {
+                expected: self.order.len(),
+                got: members.len() * 8,
+            });
+        }
+        let mut rows: Vec<u32> = self
+            .order
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| members[i / 8] >> (i % 8) & 1 == 1)
+            .map(|(_, &row)| row)
+            .collect();
+        rows.par_sort_unstable_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]));
+        Ok(rows)
     }
 }
 
-/// The coordinator's part: the points present in every party's fully blinded list, in the
-/// canonical order (ascending bytes) every party will use.
-pub fn intersect(lists: &[Vec<BlindedKey>]) -> Vec<BlindedKey> {
-    let Some((first, rest)) = lists.split_first() else {
-        return Vec::new();
-    };
-    let others: Vec<HashSet<&BlindedKey>> = rest.iter().map(|l| l.iter().collect()).collect();
-    let mut common: Vec<BlindedKey> = first
-        .iter()
-        .filter(|p| others.iter().all(|o| o.contains(p)))
-        .copied()
-        .collect();
-    common.sort_unstable();
-    common
+fn hash_to_group(key: &str) -> RistrettoPoint {
+    let mut input = Vec::with_capacity(DOMAIN_SEPARATOR.len() + key.len());
+    input.extend_from_slice(DOMAIN_SEPARATOR);
+    input.extend_from_slice(key.as_bytes());
+    RistrettoPoint::hash_from_bytes::<Sha512>(&input)
 }
 
-/// A party's rows in the agreed order: `rows[k]` is the row of its product that holds the k-th
-/// entity of the intersection.
-pub fn rows_in_order(own: &[BlindedKey], intersection: &[BlindedKey]) -> Vec<u32> {
-    let position: HashMap<&BlindedKey, u32> =
-        own.iter().enumerate().map(|(i, p)| (p, i as u32)).collect();
-    intersection.iter().map(|p| position[p]).collect()
+/// Writes `2·P` for each point, compressed, into `out` (32 bytes each).
+fn write_doubled(points: &[RistrettoPoint], out: &mut [u8]) {
+    for (bytes, compressed) in out
+        .chunks_exact_mut(POINT_BYTES)
+        .zip(RistrettoPoint::double_and_compress_batch(points))
+    {
+        bytes.copy_from_slice(compressed.as_bytes());
+    }
+}
+
+/// The coordinator's part: which positions of each party's fully blinded list hold a point
+/// present in every list.
+pub struct Membership {
+    /// Per party, one bit per point of its list (bit `i % 8` of byte `i / 8`).
+    pub members: Vec<Vec<u8>>,
+    /// How many entities all parties share.
+    pub size: usize,
+}
+
+impl Membership {
+    /// Intersects the fully blinded lists (flat, 32 bytes per point; a party's keys are unique,
+    /// so are its points).
+    pub fn of(lists: &[Vec<u8>]) -> Self {
+        let Some((first, rest)) = lists.split_first() else {
+            return Self {
+                members: Vec::new(),
+                size: 0,
+            };
+        };
+        // How many lists hold each point of the first list: a point of the intersection is in
+        // all of them, and every other list's points matter only if the first holds them.
+        let mut counts: HashMap<&[u8], usize> = first
+            .chunks_exact(POINT_BYTES)
+            .map(|point| (point, 1))
+            .collect();
+        for list in rest {
+            for point in list.chunks_exact(POINT_BYTES) {
+                if let Some(count) = counts.get_mut(point) {
+                    *count += 1;
+                }
+            }
+        }
+        let everywhere = |point: &[u8]| counts.get(point) == Some(&lists.len());
+        let members = lists
+            .iter()
+            .map(|list| {
+                let mut bits = vec![0u8; (list.len() / POINT_BYTES).div_ceil(8)];
+                for (i, point) in list.chunks_exact(POINT_BYTES).enumerate() {
+                    if everywhere(point) {
+                        bits[i / 8] |= 1 << (i % 8);
+                    }
+                }
+                bits
+            })
+            .collect();
+        let size = counts.values().filter(|&&c| c == lists.len()).count();
+        Self { members, size }
+    }
 }
 
 /// What one party learns from an alignment run.
@@ -158,32 +283,31 @@ pub struct Alignment {
 /// Runs the whole protocol for `sets` (one key list per party) in this process, passing the
 /// same messages the parties would send each other.
 pub fn align(sets: &[Vec<String>], rng: &mut impl Rng) -> Result<Vec<Alignment>, PsiError> {
-    let blinders: Vec<Blinder> = sets.iter().map(|_| Blinder::random(rng)).collect();
-    let n = sets.len();
-    // Each party's list, blinded by its owner, then by every other party in ring order.
-    let mut fully_blinded = Vec::with_capacity(n);
-    for (owner, keys) in sets.iter().enumerate() {
-        let mut list = blinders[owner].blind_keys(keys);
-        for step in 1..n {
-            let party = (owner + step) % n;
-            list = blinders[party].reblind(&list, &format!("party {owner}"))?;
-        }
-        fully_blinded.push(list);
-    }
-    // Shuffled on the way to the coordinator, which thus sees values, not positions.
-    let to_coordinator: Vec<Vec<BlindedKey>> = fully_blinded
+    let parties: Vec<Party> = sets
         .iter()
-        .map(|list| {
-            let mut shuffled = list.clone();
-            shuffled.shuffle(rng);
-            shuffled
-        })
+        .map(|keys| Party::new(keys.len(), rng))
         .collect();
-    let intersection = intersect(&to_coordinator);
-    Ok(fully_blinded
+    let mut lists: Vec<Vec<u8>> = parties
         .iter()
-        .map(|own| Alignment {
-            rows: rows_in_order(own, &intersection),
+        .zip(sets)
+        .map(|(party, keys)| party.blind(keys, 0..keys.len()))
+        .collect();
+    let n = parties.len();
+    // Round r: party p's list is reblinded by party p + r, around the ring.
+    for round in 1..n {
+        for (owner, list) in lists.iter_mut().enumerate() {
+            *list = parties[(owner + round) % n].reblind(list, &format!("party {owner}"))?;
+        }
+    }
+    let membership = Membership::of(&lists);
+    parties
+        .iter()
+        .zip(&membership.members)
+        .zip(sets)
+        .map(|((party, members), keys)| {
+            Ok(Alignment {
+                rows: party.rows(members, keys)?,
+            })
         })
-        .collect())
+        .collect()
 }

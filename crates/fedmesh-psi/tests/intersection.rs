@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use fedmesh_psi::{PsiError, align, check_keys};
+use fedmesh_psi::{Party, PsiError, align, check_keys};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -101,4 +101,37 @@ fn duplicate_and_empty_keys_name_the_product_and_the_first_offending_row() {
     let err = check_keys("clients", "ID", &keys(&["a", "", "b"])).unwrap_err();
     assert!(err.to_string().contains("row 2"), "{err}");
     assert!(check_keys("clients", "ID", &keys(&["a", "b"])).is_ok());
+}
+
+#[test]
+fn the_agreed_order_is_the_keys_order_whatever_the_secrets() {
+    let mut shuffled = keys(0..200);
+    shuffled.reverse();
+    let sets = [keys(0..150), shuffled, keys(50..300)];
+    let first = align(&sets, &mut StdRng::seed_from_u64(1)).unwrap();
+    let second = align(&sets, &mut StdRng::seed_from_u64(2)).unwrap();
+    assert_eq!(first, second, "fresh secrets and orders, same alignment");
+    let aligned: Vec<&String> = first[0]
+        .rows
+        .iter()
+        .map(|&r| &sets[0][r as usize])
+        .collect();
+    let mut sorted = aligned.clone();
+    sorted.sort();
+    assert_eq!(aligned, sorted);
+    assert_eq!(aligned.len(), 100);
+}
+
+#[test]
+fn a_malformed_list_is_refused_naming_its_sender() {
+    let party = Party::new(3, &mut StdRng::seed_from_u64(1));
+    let list = party.blind(&keys(0..3), 0..3);
+    let err = party.reblind(&list[..40], "domain `retail`").unwrap_err();
+    assert!(err.to_string().contains("domain `retail`"), "{err}");
+    let mut bad = list.clone();
+    bad[32..64].fill(0xff);
+    let err = party.reblind(&bad, "domain `retail`").unwrap_err();
+    assert!(err.to_string().contains("point 1"), "{err}");
+    let err = party.rows(&[0, 0], &keys(0..3)).unwrap_err();
+    assert!(matches!(err, PsiError::MembershipSize { .. }), "{err}");
 }

@@ -247,6 +247,9 @@ pub struct RunResult {
     /// Bytes on the wire, for runs over the network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wire: Option<WireBytes>,
+    /// How the domains' rows were aligned before the partition was drawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alignment: Option<AlignmentSummary>,
 }
 
 /// What a run over the network sent, counted as encoded protobuf messages.
@@ -278,6 +281,8 @@ pub struct PreparedJob {
     pub partition: Partition,
     /// Aligned rows.
     pub rows: usize,
+    /// How the products were aligned.
+    pub alignment: AlignmentSummary,
     /// Synthetic training rows added by SMOTE (after the aligned rows).
     pub synthetic_rows: usize,
     /// Where the data came from, for the report.
@@ -374,7 +379,8 @@ impl Job {
             .map(|(_, origin)| origin.clone())
             .unwrap_or_default();
         let products: Vec<DataProduct> = products.into_iter().map(|(p, _)| p).collect();
-        let rows = check_alignment(&products)?;
+        let (products, alignment) = align_products(&spec.domains, products)?;
+        let rows = alignment.intersection;
         let owner = spec
             .domains
             .iter()
@@ -439,6 +445,7 @@ impl Job {
             targets,
             partition,
             rows,
+            alignment,
             synthetic_rows,
             source,
         })
@@ -587,41 +594,141 @@ impl Job {
     }
 }
 
-/// Vertical products must describe the same entities in the same order: same row count and,
-/// where products declare key columns, the same keys row by row. (Unaligned products are
-/// aligned by private set intersection first.)
-fn check_alignment(products: &[DataProduct]) -> Result<usize, SplitError> {
-    let rows = products[0].rows();
-    let mut reference: Option<(String, Vec<Option<String>>)> = None;
-    for product in products {
-        if product.rows() != rows {
-            return Err(DataError::Invalid(format!(
-                "data products are not aligned: `{}` has {} rows, `{}` has {rows}",
-                product.name(),
-                product.rows(),
-                products[0].name()
-            ))
-            .into());
-        }
-        let Some(key) = product.contract.key_column() else {
-            continue;
+/// How the domains' rows were aligned.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AlignmentMethod {
+    /// On the products' key columns, by private set intersection.
+    PrivateSetIntersection,
+    /// Products without key columns: the same rows in the same order, by position.
+    Positional,
+}
+
+/// The rows each domain's product holds and the entities all of them share: what an alignment
+/// run reveals (to governance and to every domain).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AlignmentSummary {
+    pub method: AlignmentMethod,
+    /// Rows of each domain's product before alignment, in domain order.
+    pub products: Vec<ProductRows>,
+    /// Entities present in every product: the rows the job trains and tests on.
+    pub intersection: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ProductRows {
+    pub domain: String,
+    pub rows: usize,
+}
+
+/// Refuses a key column that cannot align rows (an empty or repeated key), naming the product
+/// and the first offending row, and returns the keys; `None` for a product without one.
+pub fn product_keys(product: &DataProduct) -> Result<Option<Vec<String>>, SplitError> {
+    let Some(keys) = product.keys()? else {
+        return Ok(None);
+    };
+    let column = &product.contract.key_column().expect("has keys").name;
+    fedmesh_psi::check_keys(product.name(), column, &keys)?;
+    Ok(Some(keys))
+}
+
+/// Aligns the domains' products: with key columns, each keeps the rows of the entities all
+/// products share, ordered by key, found by private set intersection (every party's share run
+/// in this process, with fresh secrets: the result does not depend on them); without key
+/// columns, the products must already hold the same entities in the same order.
+pub fn align_products(
+    domains: &[DomainSpec],
+    products: Vec<DataProduct>,
+) -> Result<(Vec<DataProduct>, AlignmentSummary), SplitError> {
+    let sizes: Vec<ProductRows> = domains
+        .iter()
+        .zip(&products)
+        .map(|(d, p)| ProductRows {
+            domain: d.name.clone(),
+            rows: p.rows(),
+        })
+        .collect();
+    let keys = products
+        .iter()
+        .map(product_keys)
+        .collect::<Result<Vec<_>, _>>()?;
+    check_keyed_alike(&products, |i| keys[i].is_some())?;
+    if keys.iter().all(Option::is_none) {
+        let rows = check_same_rows(&products)?;
+        let summary = AlignmentSummary {
+            method: AlignmentMethod::Positional,
+            products: sizes,
+            intersection: rows,
         };
-        let keys = product.column_strings(&key.name)?;
-        match &reference {
-            None => reference = Some((product.name().to_string(), keys)),
-            Some((first, expected)) => {
-                if let Some(row) = (0..rows).find(|&r| keys[r] != expected[r]) {
-                    return Err(DataError::Invalid(format!(
-                        "data products are not aligned: row {} of `{}` has key {:?}, `{first}` has {:?}",
-                        row + 1,
-                        product.name(),
-                        keys[row].as_deref().unwrap_or(""),
-                        expected[row].as_deref().unwrap_or("")
-                    ))
-                    .into());
-                }
-            }
-        }
+        return Ok((products, summary));
+    }
+    let keys: Vec<Vec<String>> = keys.into_iter().flatten().collect();
+    let alignments = fedmesh_psi::align(&keys, &mut rand::rng())?;
+    let intersection = alignments.first().map_or(0, |a| a.rows.len());
+    check_intersection(intersection, &sizes)?;
+    let products = products
+        .iter()
+        .zip(&alignments)
+        .map(|(product, alignment)| product.take_rows(&alignment.rows))
+        .collect::<Result<Vec<_>, _>>()?;
+    tracing::info!(
+        "aligned by private set intersection: {intersection} entities common to all {} products",
+        products.len()
+    );
+    let summary = AlignmentSummary {
+        method: AlignmentMethod::PrivateSetIntersection,
+        products: sizes,
+        intersection,
+    };
+    Ok((products, summary))
+}
+
+/// Either every product declares a key column or none does: rows cannot be matched on keys
+/// some products lack.
+pub fn check_keyed_alike(
+    products: &[DataProduct],
+    keyed: impl Fn(usize) -> bool,
+) -> Result<(), SplitError> {
+    let with = (0..products.len()).find(|&i| keyed(i));
+    let without = (0..products.len()).find(|&i| !keyed(i));
+    if let (Some(with), Some(without)) = (with, without) {
+        return Err(DataError::Invalid(format!(
+            "data product `{}` declares no key column (primaryKey) but `{}` does: products are aligned on their keys, so every product of the job needs one",
+            products[without].name(),
+            products[with].name()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// An empty intersection leaves nothing to train on: said plainly, with the products' sizes.
+pub fn check_intersection(intersection: usize, sizes: &[ProductRows]) -> Result<(), SplitError> {
+    if intersection == 0 {
+        let sizes: Vec<String> = sizes
+            .iter()
+            .map(|p| format!("`{}` {} rows", p.domain, p.rows))
+            .collect();
+        return Err(DataError::Invalid(format!(
+            "the domains' products share no entity ({}): check that their key columns hold the same identifiers",
+            sizes.join(", ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Products without key columns are aligned by position: they must have the same rows.
+fn check_same_rows(products: &[DataProduct]) -> Result<usize, SplitError> {
+    let rows = products[0].rows();
+    if let Some(product) = products.iter().find(|p| p.rows() != rows) {
+        return Err(DataError::Invalid(format!(
+            "data products are not aligned: `{}` has {} rows, `{}` has {rows}, and they declare no key column (primaryKey) to align them on",
+            product.name(),
+            product.rows(),
+            products[0].name()
+        ))
+        .into());
     }
     Ok(rows)
 }
@@ -933,6 +1040,7 @@ impl PreparedJob {
                 result.model_files.push(path.display().to_string());
             }
         }
+        result.alignment = Some(self.alignment.clone());
         Ok(result)
     }
 }
@@ -983,6 +1091,7 @@ impl JobSpec {
             history: outcome.history,
             curves: outcome.report.curves,
             wire: None,
+            alignment: None,
         })
     }
 }

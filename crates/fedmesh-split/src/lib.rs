@@ -51,6 +51,8 @@ pub enum SplitError {
     #[error("interrupted: the run was stopped before it finished; nothing was saved")]
     Interrupted,
     #[error(transparent)]
+    Alignment(#[from] fedmesh_psi::PsiError),
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("cannot save or load model part {path}: {message}")]
     Record {

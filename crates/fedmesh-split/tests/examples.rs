@@ -194,47 +194,129 @@ fn a_real_fraud_file_of_the_wrong_shape_is_refused() {
     assert!(err.contains("2000 rows") && err.contains("284807"), "{err}");
 }
 
-#[test]
-fn unaligned_products_are_refused_naming_the_row() {
-    if shared_data("breast").is_none() {
-        return;
-    }
-    // Copy the breast example, shuffling the host's rows.
-    let dir = tempfile::tempdir().unwrap();
+/// Writes the breast example to `dir` with each party's CSV rows (header kept) passed through
+/// `rows`.
+fn breast_copy(dir: &Path, data: &Path, rows: impl Fn(&str, Vec<&str>) -> Vec<String>) {
     let src = example("breast");
-    std::fs::create_dir_all(dir.path().join("contracts")).unwrap();
-    std::fs::copy(src.join("job.yaml"), dir.path().join("job.yaml")).unwrap();
-    let data = shared_data("breast").unwrap();
+    std::fs::create_dir_all(dir.join("contracts")).unwrap();
+    std::fs::copy(src.join("job.yaml"), dir.join("job.yaml")).unwrap();
     for (party, file) in [
         ("guest", "breast_hetero_guest.csv"),
         ("host", "breast_hetero_host.csv"),
     ] {
-        let mut text = std::fs::read_to_string(data.join(file)).unwrap();
-        if party == "host" {
-            let mut lines: Vec<&str> = text.lines().collect();
-            lines.swap(1, 2);
-            text = lines.join("\n") + "\n";
-        }
-        std::fs::write(dir.path().join(file), text).unwrap();
+        let text = std::fs::read_to_string(data.join(file)).unwrap();
+        let mut lines = text.lines();
+        let header = lines.next().unwrap().to_string();
+        let body = rows(party, lines.collect());
+        let text = std::iter::once(header)
+            .chain(body)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n";
+        std::fs::write(dir.join(file), text).unwrap();
         let contract = std::fs::read_to_string(src.join(format!("contracts/{party}.odcs.yaml")))
             .unwrap()
             .replace(
                 &format!("../../../../shared/data/breast/{file}"),
                 &format!("../{file}"),
             );
-        std::fs::write(
-            dir.path().join(format!("contracts/{party}.odcs.yaml")),
-            contract,
-        )
-        .unwrap();
+        std::fs::write(dir.join(format!("contracts/{party}.odcs.yaml")), contract).unwrap();
     }
+}
+
+#[test]
+fn unaligned_products_train_exactly_as_the_same_entities_pre_aligned() {
+    let Some(data) = shared_data("breast") else {
+        return;
+    };
+    let id = |line: &str| line.split(',').next().unwrap().to_string();
+    // Each party holds its own subset in its own order: the guest lacks its first 40 rows, the
+    // host its last 30, and the host's rows are reversed.
+    let unaligned = tempfile::tempdir().unwrap();
+    breast_copy(unaligned.path(), &data, |party, rows| {
+        let n = rows.len();
+        let mut kept: Vec<String> = match party {
+            "guest" => rows[40..].iter().map(|r| r.to_string()).collect(),
+            _ => rows[..n - 30].iter().map(|r| r.to_string()).collect(),
+        };
+        if party == "host" {
+            kept.reverse();
+        }
+        kept
+    });
+    // The same entities, already aligned: both parties hold the common rows, ordered by key.
+    let aligned = tempfile::tempdir().unwrap();
+    breast_copy(aligned.path(), &data, |_, rows| {
+        let n = rows.len();
+        let mut kept: Vec<String> = rows[40..n - 30].iter().map(|r| r.to_string()).collect();
+        kept.sort_by_key(|r| id(r));
+        kept
+    });
+    let unaligned = Job::load(unaligned.path()).unwrap().prepare(None).unwrap();
+    let aligned = Job::load(aligned.path()).unwrap().prepare(None).unwrap();
+    assert_eq!(unaligned.rows, 569 - 70);
+    assert_eq!(unaligned.alignment.intersection, 569 - 70);
+    let sizes: Vec<usize> = unaligned
+        .alignment
+        .products
+        .iter()
+        .map(|p| p.rows)
+        .collect();
+    assert_eq!(sizes, [529, 539]);
+    assert_eq!(unaligned.partition.train, aligned.partition.train);
+    for (u, a) in unaligned.domains.iter().zip(&aligned.domains) {
+        assert_eq!(u.features.numeric, a.features.numeric, "{}", u.name);
+    }
+    let config = RunConfig::SplitLabelOwner;
+    assert_eq!(
+        run(&unaligned, config.clone(), 1).metrics,
+        run(&aligned, config, 1).metrics
+    );
+}
+
+#[test]
+fn products_that_share_no_entity_are_refused_with_their_sizes() {
+    let Some(data) = shared_data("breast") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    breast_copy(dir.path(), &data, |party, rows| {
+        let half = rows.len() / 2;
+        let part = if party == "guest" {
+            &rows[..half]
+        } else {
+            &rows[half..]
+        };
+        part.iter().map(|r| r.to_string()).collect()
+    });
     let err = Job::load(dir.path())
         .unwrap()
         .prepare(None)
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("not aligned") && err.contains("row 1"),
+        err.contains("share no entity") && err.contains("`host` 285 rows"),
         "{err}"
     );
+}
+
+#[test]
+fn a_repeated_key_is_refused_naming_the_product_and_row() {
+    let Some(data) = shared_data("breast") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    breast_copy(dir.path(), &data, |party, rows| {
+        let mut rows: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+        if party == "host" {
+            rows[5] = rows[2].clone();
+        }
+        rows
+    });
+    let err = Job::load(dir.path())
+        .unwrap()
+        .prepare(None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("row 6") && err.contains("row 3"), "{err}");
 }
