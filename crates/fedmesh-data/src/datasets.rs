@@ -171,3 +171,48 @@ mod tests {
         );
     }
 }
+
+/// One domain's product derived from a public table, for examples: real meshes have products
+/// that overlap without matching, and the examples' public datasets come as one table.
+///
+/// Every entity (row of `source`) is held by all domains with probability `shared`; any other
+/// entity by each domain with probability 1/2, drawn per domain. The domain's rows come in an
+/// order of its own. Where `source` lacks the key column `key`, it is numbered from 1 in the
+/// source's row order (the Kaggle fraud table has no transaction id). Deterministic in `seed`
+/// and `domain` (the domain's position in the job), so every node derives its own product alone.
+pub fn example_product(
+    source: &SourceTable,
+    key: &str,
+    domain: usize,
+    shared: f64,
+    seed: u64,
+) -> Result<SourceTable, DataError> {
+    use rand::seq::SliceRandom;
+    let rows = source.batch.num_rows();
+    let mut everyone = ChaCha8Rng::seed_from_u64(seed);
+    let mut own = ChaCha8Rng::seed_from_u64(seed ^ (0x9e37_79b9_7f4a_7c15 ^ domain as u64));
+    let mut kept: Vec<u32> = (0..rows as u32)
+        .filter(|_| {
+            let common = everyone.random::<f64>() < shared;
+            // Drawn for every row, so that each domain's draws line up with the same rows.
+            let mine = own.random::<bool>();
+            common || mine
+        })
+        .collect();
+    kept.shuffle(&mut own);
+    let mut batch = source.batch.clone();
+    if batch.schema().index_of(key).is_err() {
+        let numbers: ArrayRef = Arc::new(Int64Array::from_iter_values(1..=rows as i64));
+        let mut fields: Vec<Field> = vec![Field::new(key, DataType::Int64, false)];
+        fields.extend(batch.schema().fields().iter().map(|f| f.as_ref().clone()));
+        let mut columns = vec![numbers];
+        columns.extend(batch.columns().iter().cloned());
+        batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(|e| {
+            DataError::Invalid(format!("numbering the rows of {}: {e}", source.origin))
+        })?;
+    }
+    let indices = arrow::array::UInt32Array::from(kept);
+    let batch = arrow::compute::take_record_batch(&batch, &indices)
+        .map_err(|e| DataError::Invalid(format!("{}: {e}", source.origin)))?;
+    Ok(SourceTable::from_batch(source.origin.clone(), batch))
+}

@@ -273,6 +273,34 @@ impl Membership {
     }
 }
 
+/// The rows the protocol gives each party, computed in the clear: for a process that holds
+/// every party's keys anyway (a centralized baseline, a test), where secrecy protects nothing.
+/// The same rows in the same order as [`align`].
+pub fn align_in_the_clear(sets: &[Vec<String>]) -> Vec<Alignment> {
+    let Some((first, rest)) = sets.split_first() else {
+        return Vec::new();
+    };
+    let others: Vec<std::collections::HashSet<&String>> =
+        rest.iter().map(|keys| keys.iter().collect()).collect();
+    let mut common: Vec<&String> = first
+        .iter()
+        .filter(|key| others.iter().all(|o| o.contains(key)))
+        .collect();
+    common.sort_unstable();
+    sets.iter()
+        .map(|keys| {
+            let row: HashMap<&String, u32> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k, i as u32))
+                .collect();
+            Alignment {
+                rows: common.iter().map(|key| row[key]).collect(),
+            }
+        })
+        .collect()
+}
+
 /// What one party learns from an alignment run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alignment {

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use fedmesh_psi::{Party, PsiError, align, check_keys};
+use fedmesh_psi::{Party, PsiError, align, align_in_the_clear, check_keys};
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -11,6 +11,11 @@ use rand::rngs::StdRng;
 /// every party holds the same key.
 fn check(sets: &[Vec<String>], seed: u64) {
     let alignments = align(sets, &mut StdRng::seed_from_u64(seed)).unwrap();
+    assert_eq!(
+        alignments,
+        align_in_the_clear(sets),
+        "the protocol computes the plain join"
+    );
     let mut plain: HashSet<&String> = sets[0].iter().collect();
     for set in &sets[1..] {
         let other: HashSet<&String> = set.iter().collect();

@@ -15,7 +15,7 @@ use fedmesh_data::datasets::{self, fraud};
 use fedmesh_data::resample::{self, ResampleSpec};
 use fedmesh_data::{
     DataContract, DataError, DataProduct, FeatureMatrix, FeaturePipeline, FeatureSpec, Partition,
-    SourceCache,
+    SourceCache, SourceTable,
 };
 use fedmesh_model::{
     BottomConfig, HeadConfig, Objective, Targets, TowerConfig, reseed, seeded, training_device,
@@ -45,6 +45,10 @@ pub struct JobSpec {
     /// Rows generated for a known dataset when its file is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic_rows: Option<usize>,
+    /// Examples only: how a domain's product is derived from one public table when its own
+    /// file is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub example_data: Option<ExampleData>,
     pub objective: Objective,
     pub label: LabelSpec,
     pub split: SplitSpec,
@@ -99,6 +103,21 @@ fn default_seeds() -> Vec<u64> {
 pub struct LabelSpec {
     pub domain: String,
     pub column: String,
+}
+
+/// Products derived from one public table, for examples (see [`datasets::example_product`]):
+/// each domain holds the entities all share and some of its own, in an order of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExampleData {
+    /// The table, relative to the job file. When it is absent, a known dataset's generator
+    /// (`dataset`) stands in for it.
+    pub source: PathBuf,
+    /// Probability that an entity is held by every domain; any other is held by each domain
+    /// with probability 1/2.
+    pub shared: f64,
+    #[serde(default = "default_split_seed")]
+    pub seed: u64,
 }
 
 /// How aligned rows are partitioned.
@@ -327,6 +346,9 @@ impl Job {
         for domain in &mut spec.domains {
             domain.contract = dir.join(&domain.contract);
         }
+        if let Some(example) = &mut spec.example_data {
+            example.source = dir.join(&example.source);
+        }
         if let Some(keys) = spec.split.test_keys.take() {
             let mut values: Vec<String> = datasets::read_key_list(&dir.join(keys))?
                 .into_iter()
@@ -476,8 +498,49 @@ impl Job {
                 .into());
             }
         };
-        let table = match (spec.dataset.as_deref(), path.exists()) {
-            (Some("fraud"), false) if data.is_none() => {
+        let table = match (&spec.example_data, data) {
+            (Some(example), None) if !path.exists() => {
+                let derived = {
+                    let source = self.example_source(example, cache)?;
+                    let key = contract.key_column().ok_or_else(|| {
+                        DataError::Invalid(format!(
+                            "data product `{}` declares no key column (primaryKey): an example's products are derived by entity",
+                            contract.product_name()
+                        ))
+                    })?;
+                    let index = spec
+                        .domains
+                        .iter()
+                        .position(|d| d.name == domain.name)
+                        .expect("a domain of the job");
+                    datasets::example_product(
+                        source,
+                        key.column_name(),
+                        index,
+                        example.shared,
+                        example.seed,
+                    )?
+                };
+                cache.insert(path.clone(), derived);
+                cache.get(&path, None)?
+            }
+            _ => cache.get(&path, format.as_deref())?,
+        };
+        let origin = table.origin.clone();
+        Ok((DataProduct::from_source(contract, table)?, origin))
+    }
+
+    /// The public table an example's products are derived from: its file, or the generator of
+    /// a known dataset when the file is absent.
+    fn example_source<'c>(
+        &self,
+        example: &ExampleData,
+        cache: &'c mut SourceCache,
+    ) -> Result<&'c SourceTable, SplitError> {
+        let spec = &self.spec;
+        let path = self.dir().join(&example.source);
+        match (spec.dataset.as_deref(), path.exists()) {
+            (Some("fraud"), false) => {
                 let rows = spec.synthetic_rows.unwrap_or(fraud::FULL_SHAPE.0);
                 if !cache.contains(&path) {
                     tracing::info!(
@@ -486,17 +549,20 @@ impl Job {
                     );
                     cache.insert(path.clone(), fraud::generate(rows, spec.split.seed));
                 }
-                cache.get(&path, None)?
+                Ok(cache.get(&path, None)?)
             }
             (Some("fraud"), true) => {
-                let table = cache.get(&path, format.as_deref())?;
+                let table = cache.get(&path, None)?;
                 fraud::check_shape(table)?;
-                table
+                Ok(table)
             }
-            _ => cache.get(&path, format.as_deref())?,
-        };
-        let origin = table.origin.clone();
-        Ok((DataProduct::from_source(contract, table)?, origin))
+            (_, true) => Ok(cache.get(&path, None)?),
+            (_, false) => Err(DataError::Invalid(format!(
+                "the example's source table {} is missing (see ../shared/data/README.md for where to get it)",
+                path.display()
+            ))
+            .into()),
+        }
     }
 
     /// The label owner's part: the labels of its rows, and the partition of the aligned rows
@@ -598,7 +664,8 @@ impl Job {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum AlignmentMethod {
-    /// On the products' key columns, by private set intersection.
+    /// On the products' key columns: by private set intersection over a mesh, by a plain join
+    /// in one process (same rows, same order).
     PrivateSetIntersection,
     /// Products without key columns: the same rows in the same order, by position.
     Positional,
@@ -632,10 +699,11 @@ pub fn product_keys(product: &DataProduct) -> Result<Option<Vec<String>>, SplitE
     Ok(Some(keys))
 }
 
-/// Aligns the domains' products: with key columns, each keeps the rows of the entities all
-/// products share, ordered by key, found by private set intersection (every party's share run
-/// in this process, with fresh secrets: the result does not depend on them); without key
-/// columns, the products must already hold the same entities in the same order.
+/// Aligns the domains' products in this process: with key columns, each keeps the rows of the
+/// entities all products share, ordered by key — the rows private set intersection gives each
+/// domain over a mesh, computed here by a plain join, since this process holds every product
+/// anyway (`fedmesh-psi`'s tests check that both agree); without key columns, the products must
+/// already hold the same entities in the same order.
 pub fn align_products(
     domains: &[DomainSpec],
     products: Vec<DataProduct>,
@@ -663,7 +731,7 @@ pub fn align_products(
         return Ok((products, summary));
     }
     let keys: Vec<Vec<String>> = keys.into_iter().flatten().collect();
-    let alignments = fedmesh_psi::align(&keys, &mut rand::rng())?;
+    let alignments = fedmesh_psi::align_in_the_clear(&keys);
     let intersection = alignments.first().map_or(0, |a| a.rows.len());
     check_intersection(intersection, &sizes)?;
     let products = products
@@ -672,7 +740,7 @@ pub fn align_products(
         .map(|(product, alignment)| product.take_rows(&alignment.rows))
         .collect::<Result<Vec<_>, _>>()?;
     tracing::info!(
-        "aligned by private set intersection: {intersection} entities common to all {} products",
+        "aligned on the products' keys: {intersection} entities common to all {} products",
         products.len()
     );
     let summary = AlignmentSummary {

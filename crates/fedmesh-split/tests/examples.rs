@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use fedmesh_split::Metrics;
-use fedmesh_split::job::{Job, PreparedJob, RunConfig, RunResult};
+use fedmesh_split::job::{AlignmentMethod, Job, PreparedJob, RunConfig, RunResult};
 
 fn example(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -84,11 +84,12 @@ fn credit_split_is_close_to_centralized_on_one_seed() {
     let mut job = Job::load(&example("credit")).unwrap();
     job.spec.training.epochs = 4;
     let job = job.prepare(None).unwrap();
-    // The standard split: the 9,000 listed IDs are the test rows.
-    assert_eq!(job.partition.test.len(), 9_000);
+    // The standard split: the test rows are the 9,000 listed IDs that every domain holds.
+    let test = job.partition.test.len();
+    assert!((7_000..9_000).contains(&test), "{test} test rows");
     assert_eq!(
-        job.partition.train.len() + job.partition.valid.len(),
-        21_000
+        job.partition.train.len() + job.partition.valid.len() + test,
+        job.alignment.intersection
     );
     let centralized = roc_auc(&run(&job, RunConfig::Centralized, 1));
     let split = roc_auc(&run(&job, RunConfig::SplitLabelOwner, 1));
@@ -186,12 +187,31 @@ fn a_real_fraud_file_of_the_wrong_shape_is_refused() {
     let path = dir.path().join("creditcard.csv");
     let table = fedmesh_data::datasets::fraud::generate(2_000, 3);
     fedmesh_data::product::write_csv(&table, &path).unwrap();
-    let err = Job::load(&example("fraud"))
-        .unwrap()
-        .prepare(Some(&path))
-        .unwrap_err()
-        .to_string();
+    let mut job = Job::load(&example("fraud")).unwrap();
+    job.spec.example_data.as_mut().unwrap().source = path;
+    let err = job.prepare(None).unwrap_err().to_string();
     assert!(err.contains("2000 rows") && err.contains("284807"), "{err}");
+}
+
+#[test]
+fn the_fraud_example_products_overlap_without_matching() {
+    let mut job = Job::load(&example("fraud")).unwrap();
+    job.spec.synthetic_rows = Some(20_000);
+    let prepared = job.prepare(None).unwrap();
+    let alignment = &prepared.alignment;
+    assert_eq!(alignment.method, AlignmentMethod::PrivateSetIntersection);
+    assert_eq!(alignment.products.len(), 3);
+    for product in &alignment.products {
+        let held = product.rows as f64 / 20_000.0;
+        assert!((0.91..0.94).contains(&held), "{product:?}");
+        // 85–95 % of each product's rows are entities every domain holds.
+        let overlap = alignment.intersection as f64 / product.rows as f64;
+        assert!((0.85..=0.95).contains(&overlap), "{overlap}");
+    }
+    assert_eq!(prepared.rows, alignment.intersection);
+    let sizes: std::collections::HashSet<usize> =
+        alignment.products.iter().map(|p| p.rows).collect();
+    assert_eq!(sizes.len(), 3, "each domain holds a subset of its own");
 }
 
 /// Writes the breast example to `dir` with each party's CSV rows (header kept) passed through

@@ -9,7 +9,7 @@ use fedmesh_net::client::JobProgress;
 use fedmesh_net::governance::MESH_CONFIGS;
 use fedmesh_net::{MeshIdentity, NodeEndpoint};
 use fedmesh_proto::v1::JobRequest;
-use fedmesh_split::job::{Job, RunConfig, RunResult};
+use fedmesh_split::job::{AlignmentMethod, Job, RunConfig, RunResult};
 use fedmesh_split::{Metrics, SplitError};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
@@ -207,6 +207,25 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
         job.spec.name
     );
     let prepared = job.prepare(options.data.as_deref())?;
+    let alignment = &prepared.alignment;
+    if alignment.method == AlignmentMethod::PrivateSetIntersection {
+        let sizes: Vec<String> = alignment
+            .products
+            .iter()
+            .map(|p| format!("{} {}", p.domain, p.rows))
+            .collect();
+        println!(
+            "aligned on the products' keys: {} entities common to all {} products (rows: {}){}",
+            alignment.intersection,
+            alignment.products.len(),
+            sizes.join(", "),
+            if options.mesh.is_some() {
+                "; the mesh finds the same by private set intersection for each split run"
+            } else {
+                ""
+            }
+        );
+    }
     println!(
         "{} aligned rows from {} ({} train, {} validation, {} test), {} feature domains",
         prepared.rows,

@@ -33,7 +33,17 @@ fn quickstart_compares_three_configurations() {
     assert_eq!(results["example"], "fraud");
     let runs = results["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 3);
+    // Every run, in this process or over the mesh (by private set intersection), trained on
+    // the same entities: those all three products hold.
+    assert!(
+        stdout.contains("entities common to all 3 products"),
+        "{stdout}"
+    );
+    let intersection = &runs[0]["alignment"]["intersection"];
+    assert!(intersection.as_u64().unwrap() > 0);
     for run in runs {
+        assert_eq!(&run["alignment"]["intersection"], intersection);
+        assert_eq!(run["alignment"]["method"], "private-set-intersection");
         for metric in ["roc_auc", "pr_auc", "f1", "hard_label_auc"] {
             let value = run["metrics"][metric].as_f64().unwrap();
             assert!((0.0..=1.0).contains(&value), "{metric} = {value}");
