@@ -142,36 +142,6 @@ pub fn read_key_list(path: &Path) -> Result<HashSet<String>, DataError> {
         .collect())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_fraud_data_has_the_published_schema() {
-        let table = fraud::generate(20_000, 1);
-        let schema = table.batch.schema();
-        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(names, fraud::columns());
-        let class = table
-            .batch
-            .column(30)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .unwrap();
-        let positives: i64 = class.values().iter().sum();
-        assert!((20..=60).contains(&positives), "{positives} positives");
-        // Deterministic.
-        assert_eq!(fraud::generate(100, 1).batch, fraud::generate(100, 1).batch);
-        // Not the real file.
-        assert!(
-            fraud::check_shape(&table)
-                .unwrap_err()
-                .to_string()
-                .contains("284807")
-        );
-    }
-}
-
 /// One domain's product derived from a public table, for examples: real meshes have products
 /// that overlap without matching, and the examples' public datasets come as one table.
 ///
@@ -215,4 +185,34 @@ pub fn example_product(
     let batch = arrow::compute::take_record_batch(&batch, &indices)
         .map_err(|e| DataError::Invalid(format!("{}: {e}", source.origin)))?;
     Ok(SourceTable::from_batch(source.origin.clone(), batch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_fraud_data_has_the_published_schema() {
+        let table = fraud::generate(20_000, 1);
+        let schema = table.batch.schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, fraud::columns());
+        let class = table
+            .batch
+            .column(30)
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .unwrap();
+        let positives: i64 = class.values().iter().sum();
+        assert!((20..=60).contains(&positives), "{positives} positives");
+        // Deterministic.
+        assert_eq!(fraud::generate(100, 1).batch, fraud::generate(100, 1).batch);
+        // Not the real file.
+        assert!(
+            fraud::check_shape(&table)
+                .unwrap_err()
+                .to_string()
+                .contains("284807")
+        );
+    }
 }

@@ -151,7 +151,7 @@ impl Party {
     /// `point^secret` for each point of another party's list (or a chunk of it), in order.
     /// `sender` names where the list came from in errors.
     pub fn reblind(&self, points: &[u8], sender: &str) -> Result<Vec<u8>, PsiError> {
-        if points.len() % POINT_BYTES != 0 {
+        if !points.len().is_multiple_of(POINT_BYTES) {
             return Err(PsiError::PartialPoint {
                 party: sender.to_string(),
                 bytes: points.len(),
