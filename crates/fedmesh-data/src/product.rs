@@ -190,8 +190,8 @@ impl DataProduct {
         })
     }
 
-    /// The product's keys, row by row, checked for alignment: the contract's key column
-    /// (`primaryKey`), or `None` when it declares none.
+    /// The product's keys, row by row, as text (a null key is empty): the contract's key
+    /// column (`primaryKey`), or `None` when it declares none.
     pub fn keys(&self) -> Result<Option<Vec<String>>, DataError> {
         let Some(key) = self.contract.key_column() else {
             return Ok(None);

@@ -168,12 +168,10 @@ async fn send_blinded_list(
             return false;
         }
     };
-    let count = len.div_ceil(fedmesh_psi::CHUNK_POINTS).max(1);
-    for (i, positions) in fedmesh_psi::chunks(len, fedmesh_psi::CHUNK_POINTS).enumerate() {
-        let points = job.blind(positions);
+    for (positions, last) in fedmesh_psi::chunks(len, fedmesh_psi::CHUNK_POINTS) {
         let chunk = v1::PointChunk {
-            points,
-            last: i + 1 == count,
+            points: job.blind(positions),
+            last,
         };
         if send(Reply::Points(chunk)).await.is_err() {
             return false;

@@ -10,7 +10,9 @@ use fedmesh_proto::v1::domain_message::Body as Reply;
 use fedmesh_proto::v1::domain_node_client::DomainNodeClient;
 use fedmesh_proto::v1::governance_message::Body as Command;
 use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
-use fedmesh_split::job::{AlignmentMethod, AlignmentSummary, ProductRows, check_intersection};
+use fedmesh_split::job::{
+    AlignmentMethod, AlignmentSummary, ProductRows, alignment_method, check_intersection,
+};
 use fedmesh_split::transport::check_one_per_domain;
 use fedmesh_split::{
     BatchPlan, CutActivation, CutLayerGradient, EvaluationReport, HeadStep, SplitError, Transport,
@@ -399,25 +401,13 @@ async fn align(links: &mut [Link], deadline: Duration) -> Result<AlignmentSummar
             rows: l.rows as usize,
         })
         .collect();
-    let keyed: Vec<&Link> = links.iter().filter(|l| l.keyed).collect();
-    if keyed.is_empty() {
-        if let Some(other) = links.iter().find(|l| l.rows != links[0].rows) {
-            return Err(SplitError::Protocol(format!(
-                "the domains' products are not aligned: `{}` holds {} rows, `{}` holds {}, and they declare no key column (primaryKey) to align them on",
-                other.name, other.rows, links[0].name, links[0].rows
-            )));
-        }
+    let keyed: Vec<bool> = links.iter().map(|l| l.keyed).collect();
+    if alignment_method(&products, &keyed)? == AlignmentMethod::Positional {
         return Ok(AlignmentSummary {
             method: AlignmentMethod::Positional,
             intersection: links.first().map_or(0, |l| l.rows as usize),
             products,
         });
-    }
-    if let Some(without) = links.iter().find(|l| !l.keyed) {
-        return Err(SplitError::Protocol(format!(
-            "domain `{}` serves a product without a key column (primaryKey) but `{}` does not: products are aligned on their keys, so every product of the job needs one",
-            without.name, keyed[0].name
-        )));
     }
     let mut lists = try_join_all(links.iter_mut().map(|link| link.blinded_list(deadline))).await?;
     let n = links.len();
@@ -485,12 +475,6 @@ impl Link {
     /// Has the domain blind `list` (another domain's) again: chunks go out while blinded ones
     /// come back, so the domain always has the next chunk at hand.
     async fn reblind(&mut self, list: &[u8], deadline: Duration) -> Result<Vec<u8>, SplitError> {
-        let ranges: Vec<_> = fedmesh_psi::chunks(
-            list.len(),
-            fedmesh_psi::CHUNK_POINTS * fedmesh_psi::POINT_BYTES,
-        )
-        .collect();
-        let count = ranges.len();
         let name = self.name.clone();
         let closed = || SplitError::Node {
             node: name.clone(),
@@ -499,11 +483,12 @@ impl Link {
         let outbound = self.outbound.clone();
         let mut sent = 0u64;
         let sending = async {
-            for (i, range) in ranges.into_iter().enumerate() {
+            let size = fedmesh_psi::CHUNK_POINTS * fedmesh_psi::POINT_BYTES;
+            for (range, last) in fedmesh_psi::chunks(list.len(), size) {
                 let message = GovernanceMessage {
                     body: Some(Command::Reblind(v1::PointChunk {
                         points: list[range].to_vec(),
-                        last: i + 1 == count,
+                        last,
                     })),
                 };
                 sent += message.encoded_len() as u64;
@@ -545,12 +530,10 @@ impl Link {
         size: u64,
         deadline: Duration,
     ) -> Result<(), SplitError> {
-        let ranges: Vec<_> = fedmesh_psi::chunks(members.len(), 1 << 20).collect();
-        let count = ranges.len();
-        for (i, range) in ranges.into_iter().enumerate() {
+        for (range, last) in fedmesh_psi::chunks(members.len(), 1 << 20) {
             self.send(Command::Members(v1::MemberChunk {
                 bits: members[range].to_vec(),
-                last: i + 1 == count,
+                last,
             }))
             .await?;
         }

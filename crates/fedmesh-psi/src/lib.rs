@@ -1,18 +1,21 @@
 //! Private set intersection: aligning the rows of the domains' data products without any domain
 //! revealing the keys the others lack.
 //!
-//! ECDH-PSI on ristretto255, for N ≥ 2 parties (semi-honest). Every party hashes each of its
-//! keys to the group with SHA-512 and raises it to a secret scalar of its own; the blinded list
-//! then visits every other party, which raises each point to its own scalar without changing the
-//! order, and comes back to its owner blinded by all N scalars. Exponentiation commutes, so a
-//! key every party holds ends up as the same point everywhere, and nobody can undo the blinding
-//! alone. Each party sends its fully blinded points, shuffled, to the coordinator (governance),
-//! which intersects them and returns the intersection in a canonical order (by the points'
-//! bytes); each party maps the points back to its own rows. See `docs/psi.md` for what each
-//! party learns.
+//! ECDH-PSI on ristretto255, for N ≥ 2 parties (semi-honest). Every party shuffles its keys,
+//! hashes each to the group with SHA-512 and raises it to a secret scalar of its own. The
+//! blinded list then visits every other party in ring order, each raising every point to its
+//! own scalar without changing the order, and ends at the coordinator (governance) blinded by
+//! all N scalars. Exponentiation commutes, so a key every party holds ends up as the same point
+//! in every list, and nobody can undo the blinding alone. The coordinator finds the points
+//! present in all N lists and tells each party which positions of its (shuffled) list they
+//! hold; each party maps the positions back to its rows and orders them by key, which every
+//! party knows for the rows of the intersection: row k is then the same entity everywhere, with
+//! no further message. See `docs/psi.md` for what each party learns.
 //!
-//! [`Blinder`] is one party's share of the computation, batched over all cores; [`align`] runs
-//! the whole protocol in one process, message for message, for tests and benchmarks.
+//! [`Party`] is one domain's share of the computation, batched over all cores (rayon);
+//! [`Membership`] is the coordinator's; [`align`] runs the whole protocol in one process,
+//! message for message, for tests and benchmarks. Lists travel as compressed points, 32 bytes
+//! each, in chunks of at most [`CHUNK_POINTS`].
 
 use std::collections::HashMap;
 
@@ -29,11 +32,11 @@ pub const POINT_BYTES: usize = 32;
 /// travels as 153 messages, not as one.
 pub const CHUNK_POINTS: usize = 1 << 16;
 
-/// The ranges of a list of `len` items sent in chunks of at most `size`: at least one, so that
-/// even an empty list has a chunk to mark as the last.
-pub fn chunks(len: usize, size: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+/// The ranges of a list of `len` items sent in chunks of at most `size`, each with whether it
+/// is the last: at least one, so that even an empty list has a chunk to mark as the last.
+pub fn chunks(len: usize, size: usize) -> impl Iterator<Item = (std::ops::Range<usize>, bool)> {
     let count = len.div_ceil(size).max(1);
-    (0..count).map(move |i| i * size..((i + 1) * size).min(len))
+    (0..count).map(move |i| (i * size..((i + 1) * size).min(len), i + 1 == count))
 }
 
 /// Points converted per batch: compressing a batch shares one field inversion.

@@ -720,13 +720,12 @@ pub fn align_products(
         .iter()
         .map(product_keys)
         .collect::<Result<Vec<_>, _>>()?;
-    check_keyed_alike(&products, |i| keys[i].is_some())?;
-    if keys.iter().all(Option::is_none) {
-        let rows = check_same_rows(&products)?;
+    let keyed: Vec<bool> = keys.iter().map(Option::is_some).collect();
+    if alignment_method(&sizes, &keyed)? == AlignmentMethod::Positional {
         let summary = AlignmentSummary {
             method: AlignmentMethod::Positional,
+            intersection: sizes.first().map_or(0, |p| p.rows),
             products: sizes,
-            intersection: rows,
         };
         return Ok((products, summary));
     }
@@ -751,23 +750,32 @@ pub fn align_products(
     Ok((products, summary))
 }
 
-/// Either every product declares a key column or none does: rows cannot be matched on keys
-/// some products lack.
-pub fn check_keyed_alike(
-    products: &[DataProduct],
-    keyed: impl Fn(usize) -> bool,
-) -> Result<(), SplitError> {
-    let with = (0..products.len()).find(|&i| keyed(i));
-    let without = (0..products.len()).find(|&i| !keyed(i));
-    if let (Some(with), Some(without)) = (with, without) {
-        return Err(DataError::Invalid(format!(
-            "data product `{}` declares no key column (primaryKey) but `{}` does: products are aligned on their keys, so every product of the job needs one",
-            products[without].name(),
-            products[with].name()
+/// How the domains' products are aligned, given their sizes and whether each declares a key
+/// column: on their keys when all do; by position when none does, which needs the same number
+/// of rows everywhere. A mix is refused: rows cannot be matched on keys some products lack.
+pub fn alignment_method(
+    products: &[ProductRows],
+    keyed: &[bool],
+) -> Result<AlignmentMethod, SplitError> {
+    match (
+        keyed.iter().position(|&k| k),
+        keyed.iter().position(|&k| !k),
+    ) {
+        (Some(with), Some(without)) => Err(DataError::Invalid(format!(
+            "the product of domain `{}` declares no key column (primaryKey) but that of `{}` does: products are aligned on their keys, so every product of the job needs one",
+            products[without].domain, products[with].domain
         ))
-        .into());
+        .into()),
+        (Some(_), None) => Ok(AlignmentMethod::PrivateSetIntersection),
+        (None, _) => match products.iter().find(|p| p.rows != products[0].rows) {
+            Some(other) => Err(DataError::Invalid(format!(
+                "data products are not aligned: domain `{}` has {} rows, `{}` has {}, and they declare no key column (primaryKey) to align them on",
+                other.domain, other.rows, products[0].domain, products[0].rows
+            ))
+            .into()),
+            None => Ok(AlignmentMethod::Positional),
+        },
     }
-    Ok(())
 }
 
 /// An empty intersection leaves nothing to train on: said plainly, with the products' sizes.
@@ -784,21 +792,6 @@ pub fn check_intersection(intersection: usize, sizes: &[ProductRows]) -> Result<
         .into());
     }
     Ok(())
-}
-
-/// Products without key columns are aligned by position: they must have the same rows.
-fn check_same_rows(products: &[DataProduct]) -> Result<usize, SplitError> {
-    let rows = products[0].rows();
-    if let Some(product) = products.iter().find(|p| p.rows() != rows) {
-        return Err(DataError::Invalid(format!(
-            "data products are not aligned: `{}` has {} rows, `{}` has {rows}, and they declare no key column (primaryKey) to align them on",
-            product.name(),
-            product.rows(),
-            products[0].name()
-        ))
-        .into());
-    }
-    Ok(rows)
 }
 
 fn read_targets(

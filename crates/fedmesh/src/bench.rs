@@ -144,14 +144,7 @@ fn psi_network(parties: usize, size: usize, overlap: f64) -> Result<()> {
             size,
             shared,
         )?)?;
-        let runtime = tokio::runtime::Runtime::new()?;
-        let mut nodes = LocalMesh::start(&job, &dir.join("mesh"), Ports::Any, None, false)?;
-        nodes.wait_ready(&runtime, Duration::from_secs(60))?;
-        let mesh = Mesh {
-            identity: MeshIdentity::load(&nodes.layout.certs(), "governance")?,
-            nodes: nodes.endpoints().to_vec(),
-            deadline: Duration::from_secs(120),
-        };
+        let (mut nodes, mesh) = node_mesh(&job, &dir.join("mesh"), Duration::from_secs(120))?;
         let (mut trainer, _) = mesh.open(&job, "bench-psi", &RunConfig::SplitLabelOwner, 1)?;
         let transport = trainer.transport();
         let intersection = transport.alignment().intersection;
@@ -173,6 +166,20 @@ fn psi_network(parties: usize, size: usize, overlap: f64) -> Result<()> {
     })();
     let _ = std::fs::remove_dir_all(&dir);
     result
+}
+
+/// One `fedmesh node` process per domain of `job`, started in `dir` and ready, and this process
+/// as their governance, with `deadline` for every call.
+fn node_mesh(job: &Job, dir: &std::path::Path, deadline: Duration) -> Result<(LocalMesh, Mesh)> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut nodes = LocalMesh::start(job, dir, Ports::Any, None, false)?;
+    nodes.wait_ready(&runtime, Duration::from_secs(60))?;
+    let mesh = Mesh {
+        identity: MeshIdentity::load(&nodes.layout.certs(), "governance")?,
+        nodes: nodes.endpoints().to_vec(),
+        deadline,
+    };
+    Ok((nodes, mesh))
 }
 
 /// A job over `parties` products of `size` keys each, `shared` of them common to all.
@@ -246,14 +253,7 @@ fn split_network(bench: &SplitBench) -> Result<()> {
             "split training, fraud model, batch {batch}, in-process:           {local:>9.0} samples/s"
         );
 
-        let runtime = tokio::runtime::Runtime::new()?;
-        let mut nodes = LocalMesh::start(&job, &dir.join("mesh"), Ports::Any, None, false)?;
-        nodes.wait_ready(&runtime, Duration::from_secs(60))?;
-        let mesh = Mesh {
-            identity: MeshIdentity::load(&nodes.layout.certs(), "governance")?,
-            nodes: nodes.endpoints().to_vec(),
-            deadline: Duration::from_secs(30),
-        };
+        let (mut nodes, mesh) = node_mesh(&job, &dir.join("mesh"), Duration::from_secs(30))?;
         for encoding in [WireEncoding::F32, WireEncoding::F16] {
             job.spec.wire.encoding = encoding;
             let name = format!("{encoding:?}").to_lowercase();
