@@ -108,10 +108,15 @@ pub struct Record {
 impl Record {
     /// When it was written, as RFC 3339 (UTC).
     pub fn time(&self) -> String {
-        jiff::Timestamp::from_millisecond(self.at_ms)
-            .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
-            .unwrap_or_else(|_| format!("{} ms", self.at_ms))
+        format_time(self.at_ms)
     }
+}
+
+/// Milliseconds since the Unix epoch as RFC 3339 (UTC), to the second.
+pub fn format_time(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+        .unwrap_or_else(|_| format!("{ms} ms"))
 }
 
 /// What [`AuditLog::verify`] found: an intact chain of `records`, ending at `head`.

@@ -20,8 +20,11 @@ use crate::transport::NodeEndpoint;
 /// listen: 127.0.0.1:7102
 /// mesh: certs               # ca.pem, retail.pem, retail.key
 /// governance: governance    # the only name allowed to open jobs
+/// governance_url: https://127.0.0.1:7100   # where the catalog is (registration)
 /// contract: contracts/retail.odcs.yaml
 /// models: retail-models
+/// audit: retail-audit.sqlite   # the node's own audit log
+/// policy: retail-policy.cedar  # optional: the domain's own Cedar policy
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +35,9 @@ pub struct NodeConfig {
     pub mesh: PathBuf,
     #[serde(default = "default_governance")]
     pub governance: String,
+    /// Governance's address, to register the product in its catalog (none: not registered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub governance_url: Option<String>,
     /// The data product's ODCS contract.
     pub contract: PathBuf,
     /// The product's data, when not where the contract's server says.
@@ -39,6 +45,12 @@ pub struct NodeConfig {
     pub data: Option<PathBuf>,
     /// Where trained parts are kept.
     pub models: PathBuf,
+    /// The node's audit log (default: `<domain>-audit.sqlite` beside this file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<PathBuf>,
+    /// The domain's own Cedar policy, a file or a folder, applied on top of its contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
 }
 
 /// Governance: the domain nodes it may use and who may submit jobs.
@@ -51,6 +63,8 @@ pub struct NodeConfig {
 /// domains:
 ///   - { name: digital, url: "https://127.0.0.1:7101" }
 /// runs: runs                # results and governance's parts, one folder per job
+/// state: state              # governance.sqlite (catalog, jobs, models) and audit.sqlite
+/// policies: policies        # the mesh's Cedar policies (a file or folder of *.cedar)
 /// ```
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +76,13 @@ pub struct GovernanceConfig {
     pub operators: Vec<String>,
     pub domains: Vec<DomainEndpoint>,
     pub runs: PathBuf,
+    /// Where governance keeps its state: `governance.sqlite` and `audit.sqlite`.
+    #[serde(default = "default_state")]
+    pub state: PathBuf,
+    /// The mesh's policies: a `.cedar` file or a folder of them. Without a policy that permits
+    /// a job, governance denies it.
+    #[serde(default = "default_policies")]
+    pub policies: PathBuf,
     /// How long any one call to a node may take before the job fails naming it.
     #[serde(default = "default_deadline")]
     pub deadline_seconds: f64,
@@ -76,6 +97,14 @@ pub struct DomainEndpoint {
 
 fn default_governance() -> String {
     "governance".into()
+}
+
+fn default_state() -> PathBuf {
+    PathBuf::from("state")
+}
+
+fn default_policies() -> PathBuf {
+    PathBuf::from("policies")
 }
 
 fn default_deadline() -> f64 {
@@ -110,9 +139,15 @@ impl NodeConfig {
         anchor(dir, &mut config.mesh);
         anchor(dir, &mut config.contract);
         anchor(dir, &mut config.models);
-        if let Some(data) = &mut config.data {
-            anchor(dir, data);
+        for path in [&mut config.data, &mut config.policy].into_iter().flatten() {
+            anchor(dir, path);
         }
+        let mut audit = config
+            .audit
+            .take()
+            .unwrap_or_else(|| PathBuf::from(format!("{}-audit.sqlite", config.domain)));
+        anchor(dir, &mut audit);
+        config.audit = Some(audit);
         Ok(config)
     }
 
@@ -122,6 +157,7 @@ impl NodeConfig {
             contract: self.contract.clone(),
             data: self.data.clone(),
             models: self.models.clone(),
+            policy: self.policy.clone(),
         }
     }
 }
@@ -132,6 +168,8 @@ impl GovernanceConfig {
         let dir = dir_of(path);
         anchor(dir, &mut config.mesh);
         anchor(dir, &mut config.runs);
+        anchor(dir, &mut config.state);
+        anchor(dir, &mut config.policies);
         if !config.deadline_seconds.is_finite() || config.deadline_seconds <= 0.0 {
             return Err(NetError::Config {
                 path: path.to_path_buf(),
@@ -139,6 +177,14 @@ impl GovernanceConfig {
             });
         }
         Ok(config)
+    }
+
+    pub fn state_db(&self) -> PathBuf {
+        self.state.join("governance.sqlite")
+    }
+
+    pub fn audit_log(&self) -> PathBuf {
+        self.state.join("audit.sqlite")
     }
 
     pub fn deadline(&self) -> Duration {

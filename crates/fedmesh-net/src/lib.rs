@@ -7,10 +7,13 @@
 //! [`GrpcTransport`] is governance's side: it implements [`fedmesh_split::Transport`], so the
 //! training algorithm runs unchanged over the network, and it sends each batch plan to every
 //! domain at once so that the domains compute their activations in parallel. [`Mesh`] runs one
-//! configuration and seed of a job on the nodes; [`GovernanceService`] takes jobs from
-//! operators; [`server`] runs either side as a long-lived service with health checks, and
-//! [`client`] is the operator's side. The messages are described in `docs/protocol.md`.
+//! configuration and seed of a job on the nodes; [`admission`] and [`catalog`] are a node's
+//! side of admitting jobs and of governance's catalog; [`server`] runs a node as a long-lived
+//! service with health checks, and [`client`] is the operator's side. The governance service
+//! itself is the `fedmesh-governance` crate. The messages are described in `docs/protocol.md`.
 
+pub mod admission;
+pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod convert;
@@ -21,7 +24,7 @@ pub mod server;
 pub mod transport;
 
 pub use config::{GovernanceConfig, NodeConfig};
-pub use governance::{GovernanceService, Mesh};
+pub use governance::Mesh;
 pub use identity::MeshIdentity;
 pub use node::{DomainNodeService, DomainProduct};
 pub use transport::{GrpcTransport, NodeEndpoint};

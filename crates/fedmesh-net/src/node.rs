@@ -11,8 +11,10 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use fedmesh_data::{DataProduct, Partition, SourceCache};
+use fedmesh_audit::{AuditLog, Entry};
+use fedmesh_data::{DataContract, DataError, DataProduct, Partition, SourceCache};
 use fedmesh_model::Targets;
+use fedmesh_policy::{Action, Usage};
 use fedmesh_proto::Encoding;
 use fedmesh_proto::v1::domain_message::Body as Reply;
 use fedmesh_proto::v1::domain_node_server::DomainNode;
@@ -20,10 +22,12 @@ use fedmesh_proto::v1::governance_message::Body as Command;
 use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
 use fedmesh_split::job::{DomainSpec, Job, PreparedDomain, pipeline_file, product_keys};
 use fedmesh_split::{DomainParty, LabelOwner, SplitError};
+use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::catalog::registration;
 use crate::convert::{labels_to_wire, plan_from_wire, tensor_from_wire, tensor_to_wire};
 use crate::identity::authorize;
 
@@ -38,13 +42,100 @@ pub struct DomainProduct {
     pub data: Option<PathBuf>,
     /// Where trained parts and pipelines are saved, one folder per job and run.
     pub models: PathBuf,
+    /// The domain's own Cedar policy (a file or folder), applied on top of its contract.
+    pub policy: Option<PathBuf>,
+}
+
+/// What a node shares among its jobs: its product, its audit log, and the channel that keeps
+/// governance's catalog up to date.
+#[derive(Clone)]
+struct NodeContext {
+    product: DomainProduct,
+    audit: Option<Arc<AuditLog>>,
+    catalog: Option<mpsc::UnboundedSender<v1::ProductRegistration>>,
+}
+
+impl NodeContext {
+    /// Appends to the node's audit log. A log that cannot be written is logged loudly; the
+    /// domain's refusal or answer stands either way.
+    fn audit(&self, entry: Entry) {
+        if let Some(log) = &self.audit
+            && let Err(e) = log.append(entry)
+        {
+            tracing::error!("cannot write the audit log: {e}");
+        }
+    }
+
+    /// Tells governance's catalog what the node found in its product.
+    fn register(&self, registration: v1::ProductRegistration) {
+        if let Some(catalog) = &self.catalog {
+            let _ = catalog.send(registration);
+        }
+    }
+
+    /// The usage a job asks for, and the domain's denials of it (contract, then own policy).
+    fn check(
+        &self,
+        contract: &DataContract,
+        usage: &Usage,
+        rows: Option<usize>,
+    ) -> Vec<fedmesh_policy::Denial> {
+        let mut denials = Vec::new();
+        if usage.domain != self.product.domain || usage.product != contract.product_name() {
+            denials.push(fedmesh_policy::Denial {
+                by: self.product.domain.clone(),
+                rule: "product".into(),
+                source: self.product.contract.display().to_string(),
+                reason: format!(
+                    "this node serves `{}` of domain `{}`, not `{}` of `{}`",
+                    contract.product_name(),
+                    self.product.domain,
+                    usage.product,
+                    usage.domain
+                ),
+            });
+        }
+        denials.extend(crate::admission::domain_denials(
+            contract,
+            self.product.policy.as_deref(),
+            usage,
+            rows,
+        ));
+        denials
+    }
+
+    fn audit_decision(&self, usage: &Usage, denials: &[fedmesh_policy::Denial], at: &str) {
+        let action = if denials.is_empty() {
+            "job.admitted"
+        } else {
+            "job.denied"
+        };
+        self.audit(
+            Entry::new(self.product.domain.clone(), action, usage.job.clone())
+                .detail("at", at)
+                .detail("requester", &usage.requester)
+                .detail("purpose", &usage.purpose)
+                .detail("technique", &usage.technique)
+                .detail("share_labels", usage.share_labels)
+                .detail(
+                    "product",
+                    format!("{} {}", usage.product, usage.product_version),
+                )
+                .detail("columns", &usage.columns)
+                .detail("label_column", &usage.label_column)
+                .detail(
+                    "denials",
+                    denials.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                ),
+        );
+    }
 }
 
 /// The `DomainNode` gRPC service.
 pub struct DomainNodeService {
     /// Names allowed to open jobs (the mesh's governance).
     governance: Vec<String>,
-    product: DomainProduct,
+    context: NodeContext,
     streams: Arc<AtomicUsize>,
 }
 
@@ -52,9 +143,25 @@ impl DomainNodeService {
     pub fn new(governance: impl Into<String>, product: DomainProduct) -> Self {
         Self {
             governance: vec![governance.into()],
-            product,
+            context: NodeContext {
+                product,
+                audit: None,
+                catalog: None,
+            },
             streams: Arc::default(),
         }
+    }
+
+    /// Records admissions, alignments and training runs in `log`.
+    pub fn with_audit(mut self, log: Arc<AuditLog>) -> Self {
+        self.context.audit = Some(log);
+        self
+    }
+
+    /// Sends what the node learns about its product (rows, quality) to governance's catalog.
+    pub fn with_catalog(mut self, catalog: mpsc::UnboundedSender<v1::ProductRegistration>) -> Self {
+        self.context.catalog = Some(catalog);
+        self
     }
 
     /// How many job streams this node has accepted (callers it refused are not counted).
@@ -67,6 +174,29 @@ impl DomainNodeService {
 impl DomainNode for DomainNodeService {
     type TrainStream = ReceiverStream<Result<DomainMessage, Status>>;
 
+    async fn admit(
+        &self,
+        request: Request<v1::AdmissionRequest>,
+    ) -> Result<Response<v1::AdmissionReply>, Status> {
+        authorize(&request, &self.governance)?;
+        let mut usage: Usage = serde_json::from_str(&request.into_inner().usage_json)
+            .map_err(|e| Status::invalid_argument(format!("a malformed usage: {e}")))?;
+        let contract = DataContract::from_path(&self.context.product.contract)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        // Governance asks about the domain's product; the domain says which one, and which
+        // version of its contract, is in force.
+        if usage.product.is_empty() {
+            usage.product = contract.product_name().to_string();
+            usage.product_version = contract.version.clone();
+        }
+        let denials = self.context.check(&contract, &usage, None);
+        self.context.audit_decision(&usage, &denials, "admission");
+        Ok(Response::new(v1::AdmissionReply {
+            denials_json: serde_json::to_string(&denials).expect("denials serialize"),
+            usage_json: serde_json::to_string(&usage).expect("usages serialize"),
+        }))
+    }
+
     async fn train(
         &self,
         request: Request<Streaming<GovernanceMessage>>,
@@ -74,7 +204,7 @@ impl DomainNode for DomainNodeService {
         let caller = authorize(&request, &self.governance)?;
         self.streams.fetch_add(1, Ordering::SeqCst);
         let (replies, outbound) = mpsc::channel(4);
-        let job = serve(self.product.clone(), caller, request.into_inner(), replies);
+        let job = serve(self.context.clone(), caller, request.into_inner(), replies);
         // One thread per job (see `serve`): on a single-threaded runtime the job runs on the
         // runtime's own thread, so a message costs no hand-over between threads; on a
         // multi-threaded one it gets a thread of its own, as a task could move between workers.
@@ -94,15 +224,17 @@ impl DomainNode for DomainNodeService {
 /// averages them across threads, so a bottom trained from several threads would evaluate
 /// differently from the same bottom trained in one.
 async fn serve(
-    product: DomainProduct,
+    context: NodeContext,
     caller: String,
     mut inbound: Streaming<GovernanceMessage>,
     replies: mpsc::Sender<Result<DomainMessage, Status>>,
 ) {
     let mut job = NodeJob {
-        product,
+        product: context.product.clone(),
+        context,
         opened: None,
         party: NodeParty::default(),
+        traffic: Traffic::default(),
     };
     loop {
         let message = match inbound.message().await {
@@ -113,9 +245,13 @@ async fn serve(
                 break;
             }
         };
+        job.traffic.received += message.encoded_len() as u64;
         let Some(command) = message.body else {
             continue;
         };
+        if matches!(command, Command::Plan(_) | Command::Step(_)) {
+            job.traffic.plans += 1;
+        }
         if matches!(command, Command::Align(_)) {
             if send_blinded_list(&mut job, &replies).await {
                 continue;
@@ -134,13 +270,9 @@ async fn serve(
             }
         };
         let failed = matches!(reply, Reply::Failure(_));
-        if replies
-            .send(Ok(DomainMessage { body: Some(reply) }))
-            .await
-            .is_err()
-            || finish
-            || failed
-        {
+        let reply = DomainMessage { body: Some(reply) };
+        job.traffic.sent += reply.encoded_len() as u64;
+        if replies.send(Ok(reply)).await.is_err() || finish || failed {
             break;
         }
     }
@@ -173,6 +305,7 @@ async fn send_blinded_list(
             points: job.blind(positions),
             last,
         };
+        job.traffic.sent += chunk.encoded_len() as u64;
         if send(Reply::Points(chunk)).await.is_err() {
             return false;
         }
@@ -197,6 +330,10 @@ struct OpenedJob {
     keys: Option<Vec<String>>,
     /// This domain's share of the alignment run, and the coordinator's answer so far.
     alignment: Option<(fedmesh_psi::Party, Vec<u8>)>,
+    /// What the job uses of the product, as the domain admitted it.
+    usage: Usage,
+    /// Training, validation and test rows, once the partition is known.
+    partition_sizes: Option<[usize; 3]>,
 }
 
 impl OpenedJob {
@@ -216,8 +353,20 @@ struct NodeParty {
 
 struct NodeJob {
     product: DomainProduct,
+    context: NodeContext,
     opened: Option<OpenedJob>,
     party: NodeParty,
+    traffic: Traffic,
+}
+
+/// What crossed the job's stream, for the audit log.
+#[derive(Default)]
+struct Traffic {
+    /// Encoded bytes received from and sent to governance.
+    received: u64,
+    sent: u64,
+    /// Batch plans answered.
+    plans: u64,
 }
 
 fn protocol(message: &str) -> SplitError {
@@ -290,23 +439,67 @@ impl NodeJob {
         // The node's own product, whatever path the submitter's spec names.
         domain.contract = std::path::absolute(&self.product.contract)?;
         job.file = origin;
-        let owns_labels = job.spec.label.domain == domain.name;
-        let (product, origin) = job.load_product(
+        // The domain's own admission, before any data is read: it never relies on governance
+        // having asked.
+        let contract = DataContract::from_path(&domain.contract)?;
+        let usage = crate::admission::usage(
+            &job,
+            &start.job_id,
+            &domain.name,
+            &contract,
+            &start.requester,
+            start.share_labels,
+            Action::Train,
+        )?;
+        let denials = self.context.check(&contract, &usage, None);
+        if !denials.is_empty() {
+            self.context.audit_decision(&usage, &denials, "job start");
+            return Err(crate::admission::denied(&denials));
+        }
+        let loaded = job.load_product(
             &domain,
             self.product.data.as_deref(),
             &mut SourceCache::default(),
-        )?;
-        let forbids_sharing = product
-            .contract
-            .custom_strings("flLabelSharing")
-            .iter()
-            .any(|v| v == "forbidden");
-        if owns_labels && start.share_labels && forbids_sharing {
-            return Err(SplitError::Protocol(format!(
-                "data product `{}` forbids label sharing (flLabelSharing: forbidden): run the job with the labels kept at `{}` (split-label-owner)",
-                product.name(),
-                domain.name
-            )));
+        );
+        let (product, origin) = match loaded {
+            Ok(loaded) => loaded,
+            Err(SplitError::Data(DataError::Violation(violation))) => {
+                // A product that breaks its contract keeps its domain out; the catalog and the
+                // job's status both say why.
+                self.context.register(registration(
+                    &contract,
+                    None,
+                    &crate::catalog::QualityReport::blocked(violation.to_string()),
+                ));
+                let reason = format!(
+                    "{violation} (severity error): `{}` stays out of the job until the data is fixed",
+                    domain.name
+                );
+                self.context.audit(
+                    Entry::new(
+                        self.product.domain.clone(),
+                        "job.denied",
+                        start.job_id.clone(),
+                    )
+                    .detail("at", "contract check")
+                    .detail("denials", [&reason]),
+                );
+                return Err(SplitError::Denied(vec![format!(
+                    "{} refuses: {reason}",
+                    domain.name
+                )]));
+            }
+            Err(e) => return Err(e),
+        };
+        self.context.register(registration(
+            &product.contract,
+            Some(product.rows()),
+            &crate::catalog::QualityReport::of(&product),
+        ));
+        let denials = self.context.check(&contract, &usage, Some(product.rows()));
+        self.context.audit_decision(&usage, &denials, "job start");
+        if !denials.is_empty() {
+            return Err(crate::admission::denied(&denials));
         }
         let keys = product_keys(&product)?;
         tracing::info!(
@@ -326,6 +519,8 @@ impl NodeJob {
             targets: None,
             keys,
             alignment: None,
+            usage,
+            partition_sizes: None,
         })
     }
 
@@ -376,6 +571,21 @@ impl NodeJob {
             keys.len(),
             opened.product.name()
         );
+        let (id, usage) = (opened.id.clone(), opened.usage.clone());
+        let contract = opened.product.contract.clone();
+        self.context.audit(
+            Entry::new(self.product.domain.clone(), "alignment.run", id)
+                .detail("method", "private set intersection")
+                .detail("product_rows", keys.len())
+                .detail("aligned_rows", rows.len()),
+        );
+        // Fewer common entities than the contract allows: the domain withdraws now, before a
+        // model is fit to them.
+        let denials = fedmesh_policy::check_contract(&contract, &usage, Some(rows.len()));
+        if !denials.is_empty() {
+            self.context.audit_decision(&usage, &denials, "alignment");
+            return Err(crate::admission::denied(&denials));
+        }
         Ok(Some(rows.len() as u64))
     }
 
@@ -401,6 +611,11 @@ impl NodeJob {
                 .job
                 .prepare_domain(&opened.domain, &opened.product, &partition.train)?;
         let rows = opened.product.rows() as u64;
+        opened.partition_sizes = Some([
+            partition.train.len(),
+            partition.valid.len(),
+            partition.test.len(),
+        ]);
         let bottom = match prepared {
             Some(prepared) => {
                 let party = opened.job.spec.domain_party(&prepared, opened.seed)?;
@@ -434,6 +649,33 @@ impl NodeJob {
             parts.push(head.save(&dir)?);
         }
         Ok(parts.iter().map(|p| p.display().to_string()).collect())
+    }
+
+    /// Records what the finished run used and sent.
+    fn audit_run(&self) {
+        let Some(opened) = &self.opened else {
+            return;
+        };
+        self.context.audit(
+            Entry::new(
+                self.product.domain.clone(),
+                "training.run",
+                opened.id.clone(),
+            )
+            .detail(
+                "product",
+                format!("{} {}", opened.usage.product, opened.usage.product_version),
+            )
+            .detail("columns", &opened.usage.columns)
+            .detail("label_column", &opened.usage.label_column)
+            .detail("labels_shared", opened.share_labels && opened.owns_labels())
+            .detail("rows", opened.product.rows())
+            .detail("partition", opened.partition_sizes)
+            .detail("epochs", opened.job.spec.training.epochs)
+            .detail("batches", self.traffic.plans)
+            .detail("bytes_sent", self.traffic.sent)
+            .detail("bytes_received", self.traffic.received),
+        );
     }
 
     /// Answers one message; `None` for a gradient, which has no answer unless it fails.
@@ -541,7 +783,10 @@ impl NodeJob {
             Command::Save(_) => Reply::Saved(v1::Saved {
                 parts: self.save()?,
             }),
-            Command::Finish(_) => Reply::Ack(v1::Empty {}),
+            Command::Finish(_) => {
+                self.audit_run();
+                Reply::Ack(v1::Empty {})
+            }
         };
         Ok(Some(reply))
     }

@@ -4,11 +4,9 @@
 use std::future::Future;
 
 use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
-use fedmesh_proto::v1::governance_server::GovernanceServer;
 use tonic::transport::Server;
 
-use crate::config::{GovernanceConfig, NodeConfig};
-use crate::governance::{GovernanceService, Mesh};
+use crate::config::NodeConfig;
 use crate::{DomainNodeService, MeshIdentity, NetError};
 
 /// The largest message either side accepts: a batch of activations of a few hundred thousand
@@ -27,7 +25,8 @@ pub const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// crashed host) is noticed within two intervals instead of never.
 pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn builder() -> Server {
+/// A server with fedmesh's transport settings (no Nagle, keepalive, large windows).
+pub fn builder() -> Server {
     Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE))
@@ -38,10 +37,10 @@ fn builder() -> Server {
 
 /// A shutdown signal that two parties can wait for: the server, to stop accepting and drain,
 /// and a timer that ends the draining after [`GRACE`].
-struct Stopping(tokio::sync::watch::Receiver<bool>);
+pub struct Stopping(tokio::sync::watch::Receiver<bool>);
 
 impl Stopping {
-    fn after(shutdown: impl Future<Output = ()> + Send + 'static) -> Self {
+    pub fn after(shutdown: impl Future<Output = ()> + Send + 'static) -> Self {
         let (tell, told) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             shutdown.await;
@@ -50,14 +49,14 @@ impl Stopping {
         Self(told)
     }
 
-    fn signal(&self) -> impl Future<Output = ()> + use<> {
+    pub fn signal(&self) -> impl Future<Output = ()> + use<> {
         let mut told = self.0.clone();
         async move {
             let _ = told.wait_for(|stop| *stop).await;
         }
     }
 
-    async fn grace_over(&self) {
+    pub async fn grace_over(&self) {
         self.signal().await;
         tokio::time::sleep(GRACE).await;
         tracing::warn!(
@@ -74,12 +73,44 @@ pub async fn serve_node(
 ) -> Result<(), NetError> {
     let identity = MeshIdentity::load(&config.mesh, &config.domain)?;
     let (health, health_service) = tonic_health::server::health_reporter();
-    let service = DomainNodeServer::new(DomainNodeService::new(
-        config.governance.clone(),
-        config.product(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    let audit_path = config.audit.clone().expect("set by NodeConfig::load");
+    let audit = fedmesh_audit::AuditLog::open(&audit_path).map_err(|e| NetError::Config {
+        path: audit_path.clone(),
+        message: e.to_string(),
+    })?;
+    let mut node = DomainNodeService::new(config.governance.clone(), config.product())
+        .with_audit(std::sync::Arc::new(audit));
+    if let Some(url) = &config.governance_url {
+        let catalog = crate::catalog::spawn_registrar(
+            identity.clone(),
+            crate::NodeEndpoint {
+                name: config.governance.clone(),
+                url: url.clone(),
+            },
+        );
+        // Read after the server starts answering, so that a large product does not delay it.
+        let product = config.product();
+        let first = catalog.clone();
+        tokio::spawn(async move {
+            match tokio::task::spawn_blocking(move || {
+                crate::catalog::startup_registration(&product)
+            })
+            .await
+            {
+                Ok(Ok(registration)) => {
+                    let _ = first.send(registration);
+                }
+                Ok(Err(e)) => {
+                    tracing::error!("catalog: cannot read the product to register it: {e}")
+                }
+                Err(e) => tracing::error!("catalog: registration failed: {e}"),
+            }
+        });
+        node = node.with_catalog(catalog);
+    }
+    let service = DomainNodeServer::new(node)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
     health
         .set_serving::<DomainNodeServer<DomainNodeService>>()
         .await;
@@ -99,47 +130,5 @@ pub async fn serve_node(
         _ = stopping.grace_over() => {}
     }
     tracing::info!("domain node `{}` stopped", config.domain);
-    Ok(())
-}
-
-/// Serves governance until `shutdown` resolves. Jobs run on their own threads, each reaching
-/// the nodes through its own transport.
-pub async fn serve_governance(
-    config: &GovernanceConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), NetError> {
-    let identity = MeshIdentity::load(&config.mesh, &config.name)?;
-    let mesh = Mesh {
-        identity: identity.clone(),
-        nodes: config.endpoints(),
-        deadline: config.deadline(),
-    };
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let governance = GovernanceService::new(mesh, config.operators.clone(), config.runs.clone());
-    let jobs = governance.running_jobs();
-    let service = GovernanceServer::new(governance);
-    health
-        .set_serving::<GovernanceServer<GovernanceService>>()
-        .await;
-    tracing::info!(
-        "governance `{}` listening on {} (jobs from {:?}; domains {:?})",
-        config.name,
-        config.listen,
-        config.operators,
-        config.domains.iter().map(|d| &d.name).collect::<Vec<_>>()
-    );
-    let server = builder()
-        .tls_config(identity.server_config())?
-        .add_service(health_service)
-        .add_service(service);
-    let stopping = Stopping::after(async move {
-        shutdown.await;
-        jobs.stop_all();
-    });
-    tokio::select! {
-        served = server.serve_with_shutdown(config.listen, stopping.signal()) => served?,
-        _ = stopping.grace_over() => {}
-    }
-    tracing::info!("governance `{}` stopped", config.name);
     Ok(())
 }

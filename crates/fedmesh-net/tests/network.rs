@@ -60,6 +60,7 @@ fn start_mesh(job: &Job, presented: &[&str]) -> TestMesh {
                 contract: job.dir().join(&domain.contract),
                 data: None,
                 models: models.path().join(&domain.name),
+                policy: None,
             },
         );
         streams.push(service.accepted_streams());
@@ -117,6 +118,7 @@ fn run_on(
     mesh.run(
         job,
         &format!("test/{}", config.name()),
+        "operator",
         config,
         1,
         observer,
@@ -278,7 +280,9 @@ fn a_label_owner_that_forbids_sharing_refuses_configuration_1() {
     .expect_err("refused")
     .to_string();
     assert!(
-        error.contains("domain node `fraud-prevention`") && error.contains("forbids label sharing"),
+        error.contains("domain node `fraud-prevention`")
+            && error.contains("fraud-prevention refuses")
+            && error.contains("flLabelSharing"),
         "{error}"
     );
 }

@@ -38,6 +38,17 @@ pub struct JobSpec {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// Why the model is trained: checked against governance's policies and each product's
+    /// `flAllowedPurposes`. A mesh admits no job without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// How: checked against each product's `flAllowedTechniques`.
+    #[serde(default = "default_technique")]
+    pub technique: String,
+    /// What a mesh does when the label owner's contract forbids label sharing and the job asks
+    /// for `split-label-sharing`: run `split-label-owner` instead, or fail.
+    #[serde(default, skip_serializing_if = "LabelSharingFallback::is_default")]
+    pub on_label_sharing_forbidden: LabelSharingFallback,
     /// A known dataset whose generator stands in when the data file is absent, and whose shape
     /// is checked when a file is given (`fraud`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +77,27 @@ pub struct JobSpec {
     /// How cut-layer tensors travel between nodes (runs over the network only).
     #[serde(default, skip_serializing_if = "WireSpec::is_default")]
     pub wire: WireSpec,
+}
+
+fn default_technique() -> String {
+    "split-learning".into()
+}
+
+/// See [`JobSpec::on_label_sharing_forbidden`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelSharingFallback {
+    /// Keep the labels at their owner: configuration 2 runs in place of configuration 1.
+    #[default]
+    SplitLabelOwner,
+    /// The job fails at admission.
+    Fail,
+}
+
+impl LabelSharingFallback {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// How tensors are encoded on the wire.

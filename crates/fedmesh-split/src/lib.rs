@@ -45,6 +45,9 @@ pub enum SplitError {
     Node { node: String, message: String },
     #[error("governance `{name}`: {message}")]
     Governance { name: String, message: String },
+    /// Governance's or a domain's policy refuses the job: every reason, one per line.
+    #[error("the job is denied:\n  {}", .0.join("\n  "))]
+    Denied(Vec<String>),
     /// Governance's account of why a submitted job failed.
     #[error("the job failed: {0}")]
     JobFailed(String),

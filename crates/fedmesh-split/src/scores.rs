@@ -19,6 +19,15 @@ pub enum Metrics {
 
 impl Metrics {
     /// The headline number: ROC-AUC, accuracy, or R².
+    /// What [`Metrics::headline`] measures.
+    pub fn headline_name(&self) -> &'static str {
+        match self {
+            Metrics::Binary(_) => "ROC-AUC",
+            Metrics::MultiClass(_) => "accuracy",
+            Metrics::Regression(_) => "R²",
+        }
+    }
+
     pub fn headline(&self) -> f64 {
         match self {
             Metrics::Binary(m) => m.roc_auc,

@@ -402,6 +402,10 @@ pub struct EpochRecord {
 
 /// Follows a training run (progress bars, logs).
 pub trait Observer {
+    /// The first batch is about to be trained (the rows are aligned and partitioned).
+    fn training_started(&self) {}
+    /// Training is over; the final evaluation on the validation and test rows begins.
+    fn evaluation_started(&self) {}
     fn epoch_started(&self, _epoch: usize, _batches: usize) {}
     fn batch_done(&self, _loss: f32) {}
     fn epoch_done(&self, _record: &EpochRecord) {}
@@ -441,6 +445,7 @@ pub fn fit(
         .count();
     let total_steps = steps_per_epoch * spec.epochs;
     let mut step = 0;
+    observer.training_started();
     for epoch in 1..=spec.epochs {
         order.shuffle(&mut rng);
         // A last batch of one row would give BatchNorm no variance to normalize by.
@@ -479,6 +484,7 @@ pub fn fit(
         history.push(record);
     }
     let train_seconds = started.elapsed().as_secs_f64();
+    observer.evaluation_started();
     evaluate(trainer, &partition.valid, Part::Valid, spec)?;
     evaluate(trainer, &partition.test, Part::Test, spec)?;
     let report = trainer.report()?;

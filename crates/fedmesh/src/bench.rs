@@ -145,7 +145,13 @@ fn psi_network(parties: usize, size: usize, overlap: f64) -> Result<()> {
             shared,
         )?)?;
         let (mut nodes, mesh) = node_mesh(&job, &dir.join("mesh"), Duration::from_secs(120))?;
-        let (mut trainer, _) = mesh.open(&job, "bench-psi", &RunConfig::SplitLabelOwner, 1)?;
+        let (mut trainer, _) = mesh.open(
+            &job,
+            "bench-psi",
+            "operator",
+            &RunConfig::SplitLabelOwner,
+            1,
+        )?;
         let transport = trainer.transport();
         let intersection = transport.alignment().intersection;
         let seconds = transport.alignment_seconds();
@@ -215,7 +221,7 @@ fn write_psi_example(
         std::fs::write(
             dir.join(format!("contracts/{name}.odcs.yaml")),
             format!(
-                "apiVersion: v3.1.0\nkind: DataContract\nid: urn:fedmesh:bench:{name}\nname: {name}\nversion: 1.0.0\nstatus: active\ndomain: {name}\ndataProduct: {name}\nservers:\n  - {{ server: local, type: local, format: csv, path: ../{name}.csv }}\nschema:\n  - name: {name}\n    physicalType: table\n    properties:\n      - {{ name: key, logicalType: string, required: true, unique: true, primaryKey: true, classification: restricted }}\n      - {{ name: x, logicalType: number, required: true }}\n{label}"
+                "apiVersion: v3.1.0\nkind: DataContract\nid: urn:fedmesh:bench:{name}\nname: {name}\nversion: 1.0.0\nstatus: active\ndomain: {name}\ndataProduct: {name}\nservers:\n  - {{ server: local, type: local, format: csv, path: ../{name}.csv }}\nschema:\n  - name: {name}\n    physicalType: table\n    properties:\n      - {{ name: key, logicalType: string, required: true, unique: true, primaryKey: true, classification: restricted }}\n      - {{ name: x, logicalType: number, required: true }}\n{label}customProperties:\n  - {{ property: flAllowedPurposes, value: [benchmark] }}\n  - {{ property: flAllowedTechniques, value: [split-learning] }}\n"
             ),
         )?;
         domains.push_str(&format!(
@@ -225,7 +231,7 @@ fn write_psi_example(
     std::fs::write(
         dir.join("job.yaml"),
         format!(
-            "name: psi-bench\nobjective: {{ kind: cross-entropy, classes: 2 }}\nlabel: {{ domain: party0, column: y }}\nsplit: {{ test_fraction: 0.3, valid_fraction: 0.1, seed: 42 }}\ndomains:\n{domains}model:\n  bottom: {{ layers: [4] }}\n  tower: {{ layers: [4] }}\n  head: []\ntraining:\n  epochs: 1\n  batch_size: 256\n  optimizer: {{ learning_rate: 0.001 }}\nseeds: [1]\n"
+            "name: psi-bench\npurpose: benchmark\nobjective: {{ kind: cross-entropy, classes: 2 }}\nlabel: {{ domain: party0, column: y }}\nsplit: {{ test_fraction: 0.3, valid_fraction: 0.1, seed: 42 }}\ndomains:\n{domains}model:\n  bottom: {{ layers: [4] }}\n  tower: {{ layers: [4] }}\n  head: []\ntraining:\n  epochs: 1\n  batch_size: 256\n  optimizer: {{ learning_rate: 0.001 }}\nseeds: [1]\n"
         ),
     )?;
     Ok(dir.to_path_buf())
@@ -257,7 +263,8 @@ fn split_network(bench: &SplitBench) -> Result<()> {
         for encoding in [WireEncoding::F32, WireEncoding::F16] {
             job.spec.wire.encoding = encoding;
             let name = format!("{encoding:?}").to_lowercase();
-            let (mut trainer, partition) = mesh.open(&job, &format!("bench-{name}"), &config, 1)?;
+            let (mut trainer, partition) =
+                mesh.open(&job, &format!("bench-{name}"), "operator", &config, 1)?;
             let (sent, received) = trainer.transport().bytes();
             let rate = samples_per_second(&mut trainer, &partition.train, bench, learning_rate)?;
             let (sent_after, received_after) = trainer.transport().bytes();

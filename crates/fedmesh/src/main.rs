@@ -5,6 +5,7 @@
 
 mod bench;
 mod mesh;
+mod ops;
 mod progress;
 mod report;
 mod run;
@@ -73,7 +74,7 @@ enum Command {
         #[arg(long, hide = true)]
         exit_with_parent: bool,
     },
-    /// Serve the mesh's governance: runs jobs over the domain nodes (gRPC, mutual TLS).
+    /// Serve the mesh's governance: catalog, policy, jobs, audit log (gRPC, mutual TLS).
     Governance {
         #[arg(long)]
         config: PathBuf,
@@ -89,6 +90,16 @@ enum Command {
     Job {
         #[command(subcommand)]
         what: JobCommand,
+    },
+    /// The data products registered with a running mesh's governance.
+    Catalog {
+        #[command(subcommand)]
+        what: CatalogCommand,
+    },
+    /// Audit logs: verify their hash chains, or show their records.
+    Audit {
+        #[command(subcommand)]
+        what: AuditCommand,
     },
     /// Make the mesh's development CA and node certificates (mutual TLS identities).
     Certs {
@@ -142,6 +153,80 @@ enum JobCommand {
         /// Where results.json and the report go (default: runs/<job>-<time>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Return once the job is admitted (or denied) instead of following it.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// A job's state and why it is in it.
+    Status {
+        id: String,
+        #[arg(long, default_value = "mesh")]
+        mesh: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every job, newest first.
+    List {
+        #[arg(long, default_value = "mesh")]
+        mesh: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a job after its current batch; its record and finished runs stay.
+    Cancel {
+        id: String,
+        #[arg(long, default_value = "mesh")]
+        mesh: PathBuf,
+    },
+    /// A job's log: states, runs, epochs, admission notes.
+    Logs {
+        id: String,
+        #[arg(long, default_value = "mesh")]
+        mesh: PathBuf,
+        /// Keep following until the job ends.
+        #[arg(long, short)]
+        follow: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Every product: domain, version, key, rows, last quality check.
+    List {
+        #[arg(long, default_value = "mesh")]
+        mesh: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One product (NAME or DOMAIN/NAME), with its contract.
+    Show {
+        product: String,
+        #[arg(long, default_value = "mesh")]
+        mesh: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check audit logs' hash chains: the mesh's (governance's and every node's), or the files
+    /// given. Fails naming the first record that does not hold.
+    Verify {
+        /// Audit log files (default: every log of the mesh in --mesh).
+        files: Vec<PathBuf>,
+        #[arg(long, default_value = "mesh")]
+        mesh: PathBuf,
+        /// A head (record hash) noted earlier: also check that no record up to it was cut off.
+        #[arg(long)]
+        head: Option<String>,
+    },
+    /// Print an audit log's records, oldest first.
+    Show {
+        file: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -246,17 +331,41 @@ fn run() -> Result<()> {
                     data,
                 },
         } => mesh::up(&example, &dir, port, data.as_deref(), &stop),
-        Command::Job {
-            what:
-                JobCommand::Submit {
-                    job,
-                    mesh,
-                    configs,
-                    seeds,
-                    epochs,
-                    out,
-                },
-        } => run::submit(&job, &mesh, configs, seeds, epochs, out, &stop).map(|_| ()),
+        Command::Job { what } => match what {
+            JobCommand::Submit {
+                job,
+                mesh,
+                configs,
+                seeds,
+                epochs,
+                out,
+                detach,
+            } => {
+                if detach {
+                    run::submit_detached(&job, &mesh, configs, seeds, epochs)
+                } else {
+                    run::submit(&job, &mesh, configs, seeds, epochs, out, &stop).map(|_| ())
+                }
+            }
+            JobCommand::Status { id, mesh, json } => ops::status(&mesh, &id, json),
+            JobCommand::List { mesh, json } => ops::list(&mesh, json),
+            JobCommand::Cancel { id, mesh } => ops::cancel(&mesh, &id),
+            JobCommand::Logs { id, mesh, follow } => ops::logs(&mesh, &id, follow, &stop),
+        },
+        Command::Catalog { what } => match what {
+            CatalogCommand::List { mesh, json } => ops::catalog_list(&mesh, json),
+            CatalogCommand::Show {
+                product,
+                mesh,
+                json,
+            } => ops::catalog_show(&mesh, &product, json),
+        },
+        Command::Audit { what } => match what {
+            AuditCommand::Verify { files, mesh, head } => {
+                ops::verify(&files, &mesh, head.as_deref())
+            }
+            AuditCommand::Show { file, json } => ops::show(&file, json),
+        },
         Command::Certs { what } => {
             let issued = match what {
                 CertsCommand::Init { dir } => fedmesh_tls::init_ca(&dir)?,

@@ -19,6 +19,9 @@ use tokio::runtime::Runtime;
 /// The certificate name `fedmesh job submit` presents.
 pub const OPERATOR: &str = "operator";
 
+/// The example policy set, written to a new mesh's `policies/` for the operator to edit.
+pub const EXAMPLE_POLICIES: &str = include_str!("../../../examples/policies/governance.cedar");
+
 /// Where a mesh folder keeps its parts.
 pub struct MeshLayout {
     pub dir: PathBuf,
@@ -31,7 +34,7 @@ impl MeshLayout {
     pub fn governance_config(&self) -> PathBuf {
         self.dir.join("governance.yaml")
     }
-    fn node_config(&self, domain: &str) -> PathBuf {
+    pub fn node_config(&self, domain: &str) -> PathBuf {
         self.dir.join(format!("{domain}.yaml"))
     }
     fn log(&self, name: &str) -> PathBuf {
@@ -113,6 +116,11 @@ impl LocalMesh {
             }
         };
         let address = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let policies = layout.dir.join("policies");
+        if !policies.exists() {
+            std::fs::create_dir_all(&policies)?;
+            std::fs::write(policies.join("governance.cedar"), EXAMPLE_POLICIES)?;
+        }
         let governance = GovernanceConfig {
             name: "governance".into(),
             listen: address(port(0)?),
@@ -120,6 +128,8 @@ impl LocalMesh {
             operators: vec![OPERATOR.into()],
             domains: Vec::new(),
             runs: layout.dir.join("runs"),
+            state: layout.dir.join("governance"),
+            policies,
             deadline_seconds: 30.0,
         };
         let mut domains = Vec::new();
@@ -132,9 +142,13 @@ impl LocalMesh {
                     listen: address(port(1 + i as u16)?),
                     mesh: certs.clone(),
                     governance: governance.name.clone(),
+                    governance_url: with_governance
+                        .then(|| format!("https://{}", governance.listen)),
                     contract: std::path::absolute(job.dir().join(&domain.contract))?,
                     data: data.map(std::path::absolute).transpose()?,
                     models: layout.dir.join(&domain.name).join("models"),
+                    audit: Some(layout.dir.join(&domain.name).join("audit.sqlite")),
+                    policy: None,
                 };
                 let path = layout.node_config(&domain.name);
                 std::fs::write(&path, serde_norway::to_string(&config)?)?;
@@ -317,10 +331,7 @@ pub fn node(config: &Path, stop: Arc<AtomicBool>) -> Result<()> {
 pub fn governance(config: &Path, stop: Arc<AtomicBool>) -> Result<()> {
     let config = GovernanceConfig::load(config)?;
     let runtime = Runtime::new()?;
-    runtime.block_on(fedmesh_net::server::serve_governance(
-        &config,
-        stopped(stop),
-    ))?;
+    runtime.block_on(fedmesh_governance::serve(&config, stopped(stop)))?;
     Ok(())
 }
 

@@ -41,6 +41,18 @@ impl RunProgress {
         self.epoch_done(record);
     }
 
+    /// The run's job changed state on the mesh (aligning, training, evaluating).
+    pub fn state(&self, state: &str) {
+        if state != "training" {
+            self.bar.set_message(format!("{state}…"));
+        }
+    }
+
+    /// Prints a line above the bar.
+    pub fn println(&self, line: &str) {
+        self.bar.println(line);
+    }
+
     pub fn abandon(&self) {
         self.bar.abandon_with_message("interrupted");
     }

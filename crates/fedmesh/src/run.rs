@@ -9,8 +9,8 @@ use fedmesh_net::client::JobProgress;
 use fedmesh_net::governance::MESH_CONFIGS;
 use fedmesh_net::{MeshIdentity, NodeEndpoint};
 use fedmesh_proto::v1::JobRequest;
+use fedmesh_split::SplitError;
 use fedmesh_split::job::{AlignmentMethod, Job, RunConfig, RunResult};
-use fedmesh_split::{Metrics, SplitError};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
@@ -64,19 +64,34 @@ impl MeshClient {
         })
     }
 
-    /// Submits a job and follows it to its end; `stop` cancels it.
+    /// Submits a job and follows it to its end; `stop` cancels it (the job's record and its
+    /// finished runs stay at governance).
     pub fn submit(
         &self,
         request: JobRequest,
         mut progress: impl FnMut(JobProgress),
         stop: &AtomicBool,
     ) -> Result<Vec<RunResult>, SplitError> {
-        self.runtime.block_on(async {
+        let mut job_id = None;
+        let outcome = self.runtime.block_on(async {
             tokio::select! {
-                results = fedmesh_net::client::submit(&self.identity, &self.governance, request, &mut progress) => results,
+                results = fedmesh_net::client::submit(&self.identity, &self.governance, request, &mut progress, &mut job_id) => results,
                 _ = crate::mesh::stopped(stop) => Err(SplitError::Interrupted),
             }
-        })
+        });
+        if let (Err(SplitError::Interrupted), Some(id)) = (&outcome, &job_id) {
+            let cancelled = self.runtime.block_on(async {
+                fedmesh_net::client::Operator::connect(&self.identity, &self.governance)
+                    .await?
+                    .cancel(id)
+                    .await
+            });
+            match cancelled {
+                Ok(_) => eprintln!("job `{id}` cancelled"),
+                Err(e) => eprintln!("could not cancel job `{id}`: {e}"),
+            }
+        }
+        outcome
     }
 
     /// One configuration and seed of `job` on the mesh.
@@ -96,10 +111,11 @@ impl MeshClient {
         };
         let results = self.submit(
             request,
-            |event| {
-                if let JobProgress::Epoch(record) = event {
-                    progress.remote_epoch_done(&record);
-                }
+            |event| match event {
+                JobProgress::Epoch(record) => progress.remote_epoch_done(&record),
+                JobProgress::State { state, .. } => progress.state(&state),
+                JobProgress::Log(line) => progress.println(&format!("  {line}")),
+                _ => {}
             },
             stop,
         )?;
@@ -289,7 +305,7 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
                 Ok(result) => {
                     progress.finish(format!(
                         "{} {:.4} in {:.1} s",
-                        headline_name(&result.metrics),
+                        result.metrics.headline_name(),
                         result.metrics.headline(),
                         result.train_seconds
                     ));
@@ -330,14 +346,6 @@ fn finish(out: &Path, results: &Results) -> Result<()> {
 fn write_outputs(out: &Path, results: &Results) -> Result<()> {
     write_json(&out.join("results.json"), results)?;
     report::write(out, results)
-}
-
-fn headline_name(metrics: &Metrics) -> &'static str {
-    match metrics {
-        Metrics::Binary(_) => "ROC-AUC",
-        Metrics::MultiClass(_) => "accuracy",
-        Metrics::Regression(_) => "R²",
-    }
 }
 
 /// Writes JSON to a temporary file and renames it into place, so a reader never sees half a
@@ -404,13 +412,21 @@ pub fn submit(
                 if let Some(progress) = current.take() {
                     progress.finish(format!(
                         "{} {:.4} in {:.1} s",
-                        headline_name(&result.metrics),
+                        result.metrics.headline_name(),
                         result.metrics.headline(),
                         result.train_seconds
                     ));
                 }
                 finished.push(*result);
             }
+            JobProgress::State { state, reason } => match &current {
+                Some(progress) => progress.state(&state),
+                None => println!("{state}: {reason}"),
+            },
+            JobProgress::Log(line) => match &current {
+                Some(progress) => progress.println(&line),
+                None => println!("{line}"),
+            },
         },
         stop,
     );
@@ -444,4 +460,41 @@ pub fn submit(
     }
     finish(&out, &results)?;
     Ok(results)
+}
+
+/// `fedmesh job submit --detach`: submits a job and returns once governance has admitted or
+/// denied it.
+pub fn submit_detached(
+    job: &Path,
+    mesh: &Path,
+    configs: Vec<String>,
+    seeds: Vec<u64>,
+    epochs: Option<u32>,
+) -> Result<()> {
+    let job = Job::load(job)?;
+    let client = MeshClient::of(mesh)?;
+    let request = JobRequest {
+        spec_yaml: job.to_portable_yaml()?,
+        configs,
+        seeds,
+        epochs: epochs.unwrap_or(0),
+    };
+    let record = client.runtime.block_on(async {
+        fedmesh_net::client::Operator::connect(&client.identity, &client.governance)
+            .await?
+            .submit(request)
+            .await
+    })?;
+    let id = record["id"].as_str().unwrap_or_default();
+    let state = record["state"].as_str().unwrap_or_default();
+    let reason = record["reason"].as_str().unwrap_or_default();
+    println!("job `{id}` {state}: {reason}");
+    if state == "denied" {
+        bail!("job `{id}` was denied");
+    }
+    println!(
+        "follow it with `fedmesh job logs {id} --follow --mesh {}`",
+        mesh.display()
+    );
+    Ok(())
 }

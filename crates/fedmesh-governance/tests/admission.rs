@@ -1,0 +1,477 @@
+//! Governance over a real mesh on loopback (mutual TLS): a job runs only when every domain and
+//! governance's policies admit it, each denial names its rule, label sharing falls back or fails
+//! as the spec says, a product that breaks its contract keeps its domain out, and every decision
+//! is in the audit logs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use fedmesh_audit::AuditLog;
+use fedmesh_governance::{GovernanceService, GovernanceState, Store};
+use fedmesh_net::client::Operator;
+use fedmesh_net::{DomainNodeService, DomainProduct, Mesh, MeshIdentity, NodeEndpoint};
+use fedmesh_proto::v1::JobRequest;
+use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
+use fedmesh_proto::v1::governance_server::GovernanceServer;
+use fedmesh_split::job::Job;
+use serde_json::Value;
+use tokio::runtime::Runtime;
+use tonic::transport::Server;
+
+const DOMAINS: [&str; 3] = ["digital", "retail", "fraud-prevention"];
+
+/// Governance's policies in these tests: anything by split learning, except marketing.
+const POLICIES: &str = r#"
+@id("split-learning")
+permit (principal, action, resource) when { context.technique == "split-learning" };
+
+@id("no-marketing")
+@reason("no domain's data may train models for marketing")
+forbid (principal, action, resource) when { context.purpose == "marketing" };
+"#;
+
+/// The fraud example copied to a folder of its own (so that a test can edit its contracts),
+/// on 4,000 synthetic rows and one epoch.
+struct Example {
+    dir: tempfile::TempDir,
+}
+
+impl Example {
+    fn new() -> Self {
+        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("contracts")).unwrap();
+        for file in [
+            "job.yaml",
+            "contracts/digital.odcs.yaml",
+            "contracts/retail.odcs.yaml",
+            "contracts/fraud-prevention.odcs.yaml",
+        ] {
+            std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+        }
+        let example = Self { dir };
+        example.edit("job.yaml", |t| {
+            t.replace("synthetic_rows: 284807", "synthetic_rows: 4000")
+                .replace("epochs: 5", "epochs: 1")
+        });
+        example
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    fn edit(&self, file: &str, change: impl Fn(&str) -> String) {
+        let path = self.path(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let changed = change(&text);
+        assert_ne!(changed, text, "the edit of {file} must change it");
+        std::fs::write(path, changed).unwrap();
+    }
+
+    fn contract(&self, domain: &str) -> String {
+        format!("contracts/{domain}.odcs.yaml")
+    }
+
+    fn job(&self) -> Job {
+        Job::load(self.dir.path()).unwrap()
+    }
+}
+
+struct TestMesh {
+    _runtimes: Vec<Runtime>,
+    runtime: Runtime,
+    state: tempfile::TempDir,
+    operator: MeshIdentity,
+    governance: NodeEndpoint,
+}
+
+fn serve_on(runtime: &Runtime) -> (tokio::net::TcpListener, u16) {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+/// Starts one node per domain of `example` and governance, on loopback with mutual TLS.
+fn start(example: &Example) -> TestMesh {
+    let job = example.job();
+    let state = tempfile::tempdir().unwrap();
+    let certs = state.path().join("certs");
+    fedmesh_tls::init_ca(&certs).unwrap();
+    for name in ["governance", "operator"].iter().chain(DOMAINS.iter()) {
+        fedmesh_tls::issue(&certs, name).unwrap();
+    }
+    let policies = state.path().join("policies.cedar");
+    std::fs::write(&policies, POLICIES).unwrap();
+    let governance_runtime = Runtime::new().unwrap();
+    let (governance_listener, governance_port) = serve_on(&governance_runtime);
+    let governance = NodeEndpoint {
+        name: "governance".into(),
+        url: format!("https://127.0.0.1:{governance_port}"),
+    };
+    let mut runtimes = Vec::new();
+    let mut endpoints = Vec::new();
+    for domain in &job.spec.domains {
+        let runtime = Runtime::new().unwrap();
+        let identity = MeshIdentity::load(&certs, &domain.name).unwrap();
+        let audit = AuditLog::open(&state.path().join(&domain.name).join("audit.sqlite")).unwrap();
+        let catalog = runtime.block_on(async {
+            fedmesh_net::catalog::spawn_registrar(identity.clone(), governance.clone())
+        });
+        let service = DomainNodeService::new(
+            "governance",
+            DomainProduct {
+                domain: domain.name.clone(),
+                contract: job.dir().join(&domain.contract),
+                data: None,
+                models: state.path().join(&domain.name).join("models"),
+                policy: None,
+            },
+        )
+        .with_audit(Arc::new(audit))
+        .with_catalog(catalog);
+        let (listener, port) = serve_on(&runtime);
+        runtime.spawn(
+            Server::builder()
+                .tls_config(identity.server_config())
+                .unwrap()
+                .add_service(DomainNodeServer::new(service))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        endpoints.push(NodeEndpoint {
+            name: domain.name.clone(),
+            url: format!("https://127.0.0.1:{port}"),
+        });
+        runtimes.push(runtime);
+    }
+    let identity = MeshIdentity::load(&certs, "governance").unwrap();
+    let (store, _) = Store::open(&state.path().join("governance.sqlite")).unwrap();
+    let audit = AuditLog::open(&state.path().join("audit.sqlite")).unwrap();
+    let shared = Arc::new(GovernanceState::new(
+        "governance".into(),
+        Mesh {
+            identity: identity.clone(),
+            nodes: endpoints,
+            deadline: Duration::from_secs(20),
+        },
+        vec!["operator".into()],
+        state.path().join("runs"),
+        policies,
+        store,
+        audit,
+    ));
+    governance_runtime.spawn(
+        Server::builder()
+            .tls_config(identity.server_config())
+            .unwrap()
+            .add_service(GovernanceServer::new(GovernanceService::new(shared)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
+                governance_listener,
+            )),
+    );
+    runtimes.push(governance_runtime);
+    TestMesh {
+        _runtimes: runtimes,
+        runtime: Runtime::new().unwrap(),
+        operator: MeshIdentity::load(&certs, "operator").unwrap(),
+        state,
+        governance,
+    }
+}
+
+impl TestMesh {
+    fn operator(&self) -> Operator {
+        self.runtime
+            .block_on(Operator::connect(&self.operator, &self.governance))
+            .unwrap()
+    }
+
+    /// Submits `job` for `configs` and seed 1; returns the job's record at admission.
+    fn submit(&self, job: &Job, configs: &[&str]) -> Value {
+        let request = JobRequest {
+            spec_yaml: job.to_portable_yaml().unwrap(),
+            configs: configs.iter().map(|c| c.to_string()).collect(),
+            seeds: vec![1],
+            epochs: 0,
+        };
+        self.runtime
+            .block_on(self.operator().submit(request))
+            .unwrap()
+    }
+
+    /// Waits for a job to reach a final state; returns its record.
+    fn wait(&self, id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let job = self.runtime.block_on(self.operator().job(id)).unwrap();
+            if ["done", "failed", "denied", "cancelled"].contains(&job["state"].as_str().unwrap()) {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job {id} did not end: {job}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn audit(&self, who: &str) -> Vec<fedmesh_audit::Record> {
+        let path = if who == "governance" {
+            self.state.path().join("audit.sqlite")
+        } else {
+            self.state.path().join(who).join("audit.sqlite")
+        };
+        let log = AuditLog::open_existing(&path).unwrap();
+        log.verify().unwrap();
+        log.records(0).unwrap()
+    }
+}
+
+fn reason(job: &Value) -> &str {
+    job["reason"].as_str().unwrap()
+}
+
+#[test]
+fn a_purpose_one_product_does_not_allow_is_denied_by_its_domain_though_governance_permits_it() {
+    let example = Example::new();
+    example.edit(&example.contract("retail"), |t| {
+        t.replace("value: [fraud-detection]", "value: [chargeback-analytics]")
+    });
+    let mesh = start(&example);
+    let job = mesh.submit(&example.job(), &["split-label-owner"]);
+    assert_eq!(job["state"], "denied", "{job}");
+    let reason = reason(&job);
+    assert!(reason.contains("retail refuses"), "{reason}");
+    assert!(reason.contains("flAllowedPurposes"), "{reason}");
+    assert!(reason.contains("`fraud-detection`"), "{reason}");
+    assert!(
+        !reason.contains("digital refuses"),
+        "only retail refuses: {reason}"
+    );
+    assert!(
+        !reason.contains("governance refuses"),
+        "governance permits it: {reason}"
+    );
+    // Both sides keep the refusal on record, and nothing ran.
+    let retail = mesh.audit("retail");
+    assert!(
+        retail
+            .iter()
+            .any(|r| r.action == "job.denied" && r.details.contains("flAllowedPurposes"))
+    );
+    let governance = mesh.audit("governance");
+    assert!(governance.iter().any(|r| r.action == "job.denied"));
+    assert!(!governance.iter().any(|r| r.action == "training.run"));
+}
+
+#[test]
+fn a_restricted_column_requested_as_a_feature_is_denied() {
+    let example = Example::new();
+    example.edit("job.yaml", |t| {
+        t.replace(
+            "      - { column: V1 }\n",
+            "      - { column: V1 }\n      - { column: transaction_id }\n",
+        )
+    });
+    let mesh = start(&example);
+    let job = mesh.submit(&example.job(), &["split-label-owner"]);
+    assert_eq!(job["state"], "denied", "{job}");
+    let reason = reason(&job);
+    assert!(reason.contains("digital refuses"), "{reason}");
+    assert!(
+        reason.contains("`transaction_id` is classified `restricted`"),
+        "{reason}"
+    );
+    assert!(reason.contains("rule `classification`"), "{reason}");
+}
+
+#[test]
+fn governance_policy_denials_name_the_policy_and_its_reason() {
+    let example = Example::new();
+    // Every domain allows marketing; governance forbids it.
+    for domain in DOMAINS {
+        example.edit(&example.contract(domain), |t| {
+            t.replace(
+                "value: [fraud-detection]",
+                "value: [fraud-detection, marketing]",
+            )
+        });
+    }
+    example.edit("job.yaml", |t| {
+        t.replace("purpose: fraud-detection", "purpose: marketing")
+    });
+    let mesh = start(&example);
+    let job = mesh.submit(&example.job(), &["split-label-owner"]);
+    assert_eq!(job["state"], "denied", "{job}");
+    let reason = reason(&job);
+    assert!(reason.contains("governance refuses"), "{reason}");
+    assert!(reason.contains("rule `no-marketing`"), "{reason}");
+    assert!(
+        reason.contains("no domain's data may train models for marketing"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_label_owner_that_forbids_sharing_gets_configuration_2_or_fails_as_the_spec_says() {
+    let example = Example::new();
+    example.edit(&example.contract("fraud-prevention"), |t| {
+        t.replace("value: allowed", "value: forbidden")
+    });
+    let mesh = start(&example);
+
+    // Default (on_label_sharing_forbidden: split-label-owner): the labels stay home.
+    let job = mesh.submit(&example.job(), &["split-label-sharing"]);
+    assert_eq!(job["state"], "admitted", "{job}");
+    assert!(
+        reason(&job).starts_with("split-label-owner × seeds [1]"),
+        "{job}"
+    );
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = mesh.wait(&id);
+    assert_eq!(done["state"], "done", "{done}");
+    let mut operator = mesh.operator();
+    let mut logs = Vec::new();
+    let results = mesh
+        .runtime
+        .block_on(operator.watch(&id, false, |e| {
+            if let fedmesh_net::client::JobProgress::Log(line) = e {
+                logs.push(line);
+            }
+        }))
+        .unwrap();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].config, "split-label-owner");
+    assert!(
+        logs.iter().any(
+            |l| l.contains("split-label-sharing is replaced by split-label-owner")
+                && l.contains("flLabelSharing")
+        ),
+        "{logs:?}"
+    );
+
+    // With on_label_sharing_forbidden: fail, the same request is denied.
+    example.edit("job.yaml", |t| {
+        t.replace(
+            "purpose: fraud-detection",
+            "purpose: fraud-detection\non_label_sharing_forbidden: fail",
+        )
+    });
+    let job = mesh.submit(&example.job(), &["split-label-sharing"]);
+    assert_eq!(job["state"], "denied", "{job}");
+    assert!(reason(&job).contains("fraud-prevention refuses"), "{job}");
+    assert!(reason(&job).contains("rule `flLabelSharing`"), "{job}");
+}
+
+#[test]
+fn an_admitted_job_walks_its_states_and_leaves_a_verifiable_record() {
+    let example = Example::new();
+    let mesh = start(&example);
+    let job = mesh.submit(&example.job(), &["split-label-owner"]);
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = mesh.wait(&id);
+    assert_eq!(done["state"], "done", "{done}");
+    let mut states = Vec::new();
+    mesh.runtime
+        .block_on(mesh.operator().watch(&id, false, |e| {
+            if let fedmesh_net::client::JobProgress::State { state, .. } = e {
+                states.push(state);
+            }
+        }))
+        .unwrap();
+    assert_eq!(
+        states,
+        [
+            "submitted",
+            "admitted",
+            "aligning",
+            "training",
+            "evaluating",
+            "done"
+        ]
+    );
+    let listed = mesh.runtime.block_on(mesh.operator().jobs()).unwrap();
+    assert_eq!(listed[0]["id"], id.as_str());
+    // The catalog has every domain's product, with the rows the job's check found.
+    let products = mesh.runtime.block_on(mesh.operator().products()).unwrap();
+    let products = products.as_array().unwrap();
+    assert_eq!(products.len(), 3, "{products:?}");
+    for p in products {
+        assert!(p["rows"].as_u64().unwrap() > 3_000, "{p}");
+        assert_eq!(p["quality"]["blocking"], false, "{p}");
+        assert_eq!(p["key_column"], "transaction_id");
+    }
+    let governance: Vec<String> = mesh
+        .audit("governance")
+        .into_iter()
+        .filter(|r| r.subject == id)
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(
+        governance,
+        [
+            "job.submitted",
+            "job.admitted",
+            "alignment.run",
+            "training.run",
+            "job.done"
+        ]
+    );
+    for domain in DOMAINS {
+        let actions: Vec<String> = mesh
+            .audit(domain)
+            .into_iter()
+            .filter(|r| r.subject.starts_with(&id))
+            .map(|r| r.action)
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                "job.admitted",
+                "job.admitted",
+                "alignment.run",
+                "training.run"
+            ],
+            "{domain}: admission, the check at job start, alignment, training"
+        );
+    }
+}
+
+#[test]
+fn a_product_that_breaks_a_blocking_rule_keeps_its_domain_out() {
+    let example = Example::new();
+    // A row count no 4,000-row product meets, as a severity-error rule.
+    example.edit(&example.contract("retail"), |t| {
+        t.replace(
+            "mustBeGreaterThan: 1000, severity: error",
+            "mustBeGreaterThan: 100000, severity: error",
+        )
+    });
+    let mesh = start(&example);
+    let job = mesh.submit(&example.job(), &["split-label-owner"]);
+    assert_eq!(
+        job["state"], "admitted",
+        "the contract's terms allow it: {job}"
+    );
+    let ended = mesh.wait(job["id"].as_str().unwrap());
+    assert_eq!(ended["state"], "failed", "{ended}");
+    let reason = reason(&ended);
+    assert!(reason.contains("retail refuses"), "{reason}");
+    assert!(reason.contains("rowCount"), "{reason}");
+    assert!(reason.contains("stays out of the job"), "{reason}");
+    // The catalog shows the product as blocked (the node's report arrives on its own).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let retail = loop {
+        let retail = mesh
+            .runtime
+            .block_on(mesh.operator().product("retail/card-purchases"))
+            .unwrap();
+        if retail["quality"]["blocking"] == true || Instant::now() > deadline {
+            break retail;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(retail["quality"]["blocking"], true, "{retail}");
+    let violation = retail["quality"]["violations"][0].as_str().unwrap();
+    assert!(violation.contains("rowCount"), "{retail}");
+}

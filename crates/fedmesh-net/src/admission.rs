@@ -1,0 +1,79 @@
+//! What a job asks of a domain's product, and the domain's answer.
+//!
+//! Governance asks each domain before a job runs ([`DomainNodeService`](crate::DomainNodeService)'s
+//! `Admit`), and the domain checks again when the job starts, because a domain never relies on
+//! governance having asked. Both checks are [`domain_denials`]: the product's contract, then the
+//! node's own Cedar policy when it has one.
+
+use std::path::Path;
+
+use fedmesh_data::DataContract;
+use fedmesh_policy::{Action, Denial, Policies, Usage};
+use fedmesh_split::SplitError;
+use fedmesh_split::job::Job;
+
+/// The usage of `domain`'s product (described by `contract`) that `job` asks for.
+pub fn usage(
+    job: &Job,
+    job_id: &str,
+    domain: &str,
+    contract: &DataContract,
+    requester: &str,
+    share_labels: bool,
+    action: Action,
+) -> Result<Usage, SplitError> {
+    let spec = &job.spec;
+    let purpose = spec.purpose.clone().ok_or_else(|| SplitError::Spec {
+        path: job.file.clone(),
+        message: "the job declares no `purpose`: a mesh admits no job without one (e.g. `purpose: fraud-detection`; each product's contract lists the purposes it allows in flAllowedPurposes)".into(),
+    })?;
+    let entry = spec
+        .domains
+        .iter()
+        .find(|d| d.name == domain)
+        .ok_or_else(|| SplitError::Protocol(format!("job `{job_id}` has no domain `{domain}`")))?;
+    let owns_labels = spec.label.domain == domain;
+    Ok(Usage {
+        action,
+        job: job_id.to_string(),
+        requester: requester.to_string(),
+        purpose,
+        technique: spec.technique.clone(),
+        share_labels,
+        label_domain: spec.label.domain.clone(),
+        domain: domain.to_string(),
+        product: contract.product_name().to_string(),
+        product_version: contract.version.clone(),
+        columns: entry.features.iter().map(|f| f.column.clone()).collect(),
+        label_column: owns_labels.then(|| spec.label.column.clone()),
+    })
+}
+
+/// Why the domain refuses `usage`: its contract's terms, then its own policy (when it has
+/// one). `rows` is the number of rows the job would use, when known.
+pub fn domain_denials(
+    contract: &DataContract,
+    policy: Option<&Path>,
+    usage: &Usage,
+    rows: Option<usize>,
+) -> Vec<Denial> {
+    let mut denials = fedmesh_policy::check_contract(contract, usage, rows);
+    if let Some(path) = policy {
+        // An unreadable policy refuses: a domain's rules fail closed.
+        match Policies::load(path) {
+            Ok(policies) => denials.extend(policies.applied_by(usage.domain.clone()).check(usage)),
+            Err(e) => denials.push(Denial {
+                by: usage.domain.clone(),
+                rule: "policy".into(),
+                source: path.display().to_string(),
+                reason: format!("the domain's own policy cannot be read ({e}); it admits nothing until it is fixed"),
+            }),
+        }
+    }
+    denials
+}
+
+/// The refusal as an error whose message lists every reason.
+pub fn denied(denials: &[Denial]) -> SplitError {
+    SplitError::Denied(denials.iter().map(Denial::to_string).collect())
+}
