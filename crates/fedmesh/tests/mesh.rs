@@ -66,6 +66,24 @@ fn make_certs(certs: &Path, names: &[&str]) {
     }
 }
 
+/// Starts `fedmesh ROLE --config CONFIG`, its output appended to `dir/NAME.log`.
+fn spawn(dir: &Path, role: &str, config: &Path, name: &str) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(format!("{name}.log")))
+        .unwrap();
+    fedmesh()
+        .arg(role)
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 /// Governance and one node per domain, each its own `fedmesh` process.
 struct Processes {
     dir: PathBuf,
@@ -89,21 +107,17 @@ impl Processes {
             &certs,
             &[&["governance", "operator"][..], &DOMAINS].concat(),
         );
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies/governance.cedar"),
+            policies.join("governance.cedar"),
+        )
+        .unwrap();
+        let governance_port = free_port();
         let mut domains = String::new();
         let mut children = Vec::new();
-        let log = |name: &str| std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-        let spawn = |role: &str, config: &Path, name: &str| {
-            let log = log(name);
-            fedmesh()
-                .arg(role)
-                .arg("--config")
-                .arg(config)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .unwrap()
-        };
+        let spawn = |role: &str, config: &Path, name: &str| spawn(dir, role, config, name);
         for domain in DOMAINS {
             let port = free_port();
             let config = dir.join(format!("{domain}.yaml"));
@@ -111,6 +125,7 @@ impl Processes {
                 &config,
                 format!(
                     "domain: {domain}\nlisten: 127.0.0.1:{port}\nmesh: certs\n\
+                     governance_url: https://127.0.0.1:{governance_port}\n\
                      contract: {}\nmodels: {domain}-models\n",
                     job.join(format!("contracts/{domain}.odcs.yaml")).display()
                 ),
@@ -125,9 +140,8 @@ impl Processes {
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{}\nmesh: certs\noperators: [operator]\n\
-                 runs: runs\ndeadline_seconds: 10\ndomains:\n{domains}",
-                free_port()
+                "listen: 127.0.0.1:{governance_port}\nmesh: certs\noperators: [operator]\n\
+                 runs: runs\ndeadline_seconds: 10\ndomains:\n{domains}"
             ),
         )
         .unwrap();
@@ -174,6 +188,44 @@ impl Processes {
             .arg(out);
         command
     }
+}
+
+impl Processes {
+    /// `fedmesh ARGS… --mesh DIR`.
+    fn fedmesh(&self, args: &[&str]) -> Output {
+        fedmesh()
+            .args(args)
+            .arg("--mesh")
+            .arg(&self.dir)
+            .output()
+            .unwrap()
+    }
+
+    fn job_json(&self, id: &str) -> serde_json::Value {
+        serde_json::from_str(&check(&self.fedmesh(&["job", "status", id, "--json"]))).unwrap()
+    }
+
+    /// Waits until job `id` is in `state`.
+    fn wait_for_state(&self, id: &str, state: &str) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let job = self.job_json(id);
+            if job["state"] == state {
+                return job;
+            }
+            assert!(Instant::now() < deadline, "job never became {state}: {job}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// The id in `fedmesh job submit --detach`'s answer: "job `ID` admitted: …".
+fn submitted_id(stdout: &str) -> String {
+    stdout
+        .split('`')
+        .nth(1)
+        .unwrap_or_else(|| panic!("no job id in {stdout:?}"))
+        .to_string()
 }
 
 fn results(out: &Path) -> serde_json::Value {
@@ -424,4 +476,149 @@ fn quickstart_interrupted_leaves_no_process_behind() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn jobs_catalog_and_audit_logs_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = small_fraud(dir.path(), 1);
+    let mesh = Processes::start(&dir.path().join("mesh"), &job);
+    let job_arg = job.to_str().unwrap();
+    // Submitted detached, followed through its log to the end.
+    let submitted = check(&mesh.fedmesh(&[
+        "job",
+        "submit",
+        job_arg,
+        "--detach",
+        "--configs",
+        "split-label-owner",
+        "--seeds",
+        "1",
+    ]));
+    assert!(submitted.contains("admitted"), "{submitted}");
+    let id = submitted_id(&submitted);
+    let logs = check(&mesh.fedmesh(&["job", "logs", &id, "--follow"]));
+    for state in [
+        "[submitted]",
+        "[admitted]",
+        "[aligning]",
+        "[training]",
+        "[evaluating]",
+        "[done]",
+    ] {
+        assert!(logs.contains(state), "{state} missing from:\n{logs}");
+    }
+    assert!(logs.contains("split-label-owner seed 1: ROC-AUC"), "{logs}");
+    let list = check(&mesh.fedmesh(&["job", "list"]));
+    assert!(list.contains(&id) && list.contains("done"), "{list}");
+    // Every domain registered its product; the job's check filled in rows and quality.
+    let catalog = check(&mesh.fedmesh(&["catalog", "list"]));
+    for product in ["card-sessions", "card-purchases", "card-cases"] {
+        assert!(catalog.contains(product), "{catalog}");
+    }
+    let shown = check(&mesh.fedmesh(&["catalog", "show", "card-cases"]));
+    assert!(
+        shown.contains("transaction_id") && shown.contains("flAllowedPurposes"),
+        "{shown}"
+    );
+    // A job whose purpose no product allows is denied, and says by whom.
+    let marketing = dir.path().join("marketing");
+    std::fs::create_dir_all(marketing.join("contracts")).unwrap();
+    for file in [
+        "contracts/digital.odcs.yaml",
+        "contracts/retail.odcs.yaml",
+        "contracts/fraud-prevention.odcs.yaml",
+    ] {
+        std::fs::copy(job.join(file), marketing.join(file)).unwrap();
+    }
+    let spec = std::fs::read_to_string(job.join("job.yaml")).unwrap();
+    std::fs::write(
+        marketing.join("job.yaml"),
+        spec.replace("purpose: fraud-detection", "purpose: marketing"),
+    )
+    .unwrap();
+    let denied = mesh.fedmesh(&["job", "submit", marketing.to_str().unwrap(), "--detach"]);
+    assert!(!denied.status.success());
+    let said = String::from_utf8_lossy(&denied.stdout);
+    assert!(
+        said.contains("denied") && said.contains("digital refuses"),
+        "{said}"
+    );
+
+    // Every audit log of the mesh verifies untouched.
+    let verified = check(&mesh.fedmesh(&["audit", "verify"]));
+    assert_eq!(verified.matches("intact").count(), 4, "{verified}");
+    // One record of governance's log edited by someone with the file: verify names it.
+    let log = mesh.dir.join("state").join("audit.sqlite");
+    let conn = rusqlite::Connection::open(&log).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER audit_append_only_update;
+         UPDATE audit SET details = replace(details, 'marketing', 'fraud-detection') WHERE action = 'job.submitted' AND details LIKE '%marketing%';",
+    )
+    .unwrap();
+    let edited: u64 = conn
+        .query_row(
+            "SELECT seq FROM audit WHERE action = 'job.submitted' ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    drop(conn);
+    let output = mesh.fedmesh(&["audit", "verify"]);
+    assert!(!output.status.success());
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        said.contains(&format!("record {edited} was altered")),
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("intact").count(),
+        3,
+        "the nodes' logs still hold: {said}"
+    );
+}
+
+#[test]
+fn a_job_in_flight_when_governance_dies_is_marked_failed_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = small_fraud(dir.path(), 200);
+    let mut mesh = Processes::start(&dir.path().join("mesh"), &job);
+    let submitted = check(&mesh.fedmesh(&[
+        "job",
+        "submit",
+        job.to_str().unwrap(),
+        "--detach",
+        "--configs",
+        "split-label-owner",
+        "--seeds",
+        "1",
+    ]));
+    let id = submitted_id(&submitted);
+    mesh.wait_for_state(&id, "training");
+    // Governance dies without a chance to record anything.
+    let (_, governance) = mesh
+        .children
+        .iter_mut()
+        .find(|(name, _)| name == "governance")
+        .unwrap();
+    governance.kill().unwrap();
+    governance.wait().unwrap();
+    *governance = spawn(
+        &mesh.dir,
+        "governance",
+        &mesh.dir.join("governance.yaml"),
+        "governance",
+    );
+    let job = mesh.job_json(&id);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(
+        job["reason"]
+            .as_str()
+            .unwrap()
+            .contains("governance stopped while the job was training"),
+        "{job}"
+    );
+    // And the mesh takes new jobs.
+    let list = check(&mesh.fedmesh(&["job", "list"]));
+    assert!(list.contains(&id), "{list}");
 }
