@@ -301,6 +301,10 @@ pub struct RunResult {
     /// How the domains' rows were aligned before the partition was drawn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alignment: Option<AlignmentSummary>,
+    /// Each test row's scores, when this process held the head (in-process runs, and label
+    /// sharing); never written to `results.json`.
+    #[serde(skip)]
+    pub test_scores: Vec<(u32, Vec<f32>)>,
 }
 
 /// What a run over the network sent, counted as encoded protobuf messages.
@@ -1185,6 +1189,7 @@ impl JobSpec {
             curves: outcome.report.curves,
             wire: None,
             alignment: None,
+            test_scores: outcome.report.test_scores,
         })
     }
 }

@@ -13,6 +13,7 @@
 //! centralized baseline, and the computation the split one is tested against.
 
 pub mod bench;
+pub mod inference;
 pub mod job;
 pub mod party;
 pub mod scores;

@@ -183,6 +183,12 @@ impl DomainParty {
         &self.model
     }
 
+    /// Replaces the bottom's parameters with those saved at `path` (`bottom-<domain>.bpk`).
+    pub fn load(mut self, path: &Path) -> Result<Self, SplitError> {
+        self.model = load_part(self.model, path)?;
+        Ok(self)
+    }
+
     /// Writes the bottom model to `dir/bottom-<domain>.bpk`.
     pub fn save(&self, dir: &Path) -> Result<PathBuf, SplitError> {
         save_part(&self.model, dir, &format!("bottom-{}", self.name))
@@ -318,6 +324,18 @@ pub fn save_part<M: Module>(module: &M, dir: &Path, name: &str) -> Result<PathBu
             message: e.to_string(),
         })?;
     Ok(path)
+}
+
+/// Reads a part written by [`save_part`] into `module` (which must have the part's shape).
+pub fn load_part<M: Module>(module: M, path: &Path) -> Result<M, SplitError> {
+    let failed = |message: String| SplitError::Record {
+        path: path.to_path_buf(),
+        message,
+    };
+    let record = burn::store::ModuleRecord::load(path).map_err(|e| failed(e.to_string()))?;
+    module
+        .try_load_record(record)
+        .map_err(|e| failed(e.to_string()))
 }
 
 /// Records an evaluation batch's scores and summed loss.

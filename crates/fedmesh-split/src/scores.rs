@@ -55,6 +55,11 @@ pub struct EvaluationReport {
     pub test_loss: Option<f64>,
     pub metrics: Option<Metrics>,
     pub curves: Option<Curves>,
+    /// Each test row's scores (aligned row, row-major scores), for whoever holds the head.
+    /// Never serialized: a label owner's report crosses to governance without them, so that
+    /// governance learns the metrics, not the predictions.
+    #[serde(skip)]
+    pub test_scores: Vec<(u32, Vec<f32>)>,
 }
 
 /// Scores of the evaluation batches seen since the last report.
@@ -100,6 +105,12 @@ impl ScoreBook {
             );
             report.metrics = Some(metrics);
             report.curves = curves;
+            let width = scores.len() / rows.len().max(1);
+            report.test_scores = rows
+                .iter()
+                .zip(scores.chunks(width.max(1)))
+                .map(|(&row, s)| (row, s.to_vec()))
+                .collect();
         }
         report
     }

@@ -1,0 +1,90 @@
+//! A saved split model, loaded part by part as a mesh holds it, scores each test entity exactly
+//! as the run's evaluation pass did.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use fedmesh_data::SourceCache;
+use fedmesh_split::inference::{HeadScorer, TopScorer};
+use fedmesh_split::job::{Job, RunConfig, align_products};
+use fedmesh_split::{BatchPlan, Part};
+
+fn check_inference_equals_evaluation(config: RunConfig) {
+    let mut job =
+        Job::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud")).unwrap();
+    job.spec.synthetic_rows = Some(3_000);
+    job.spec.training.epochs = 2;
+    let dir = tempfile::tempdir().unwrap();
+    let prepared = job.prepare(None).unwrap();
+    let result = prepared
+        .run(
+            &config,
+            1,
+            &fedmesh_split::Silent,
+            &AtomicBool::new(false),
+            Some(dir.path()),
+        )
+        .unwrap();
+    assert_eq!(result.test_scores.len(), result.test_rows);
+
+    // Each domain's product, aligned as the run aligned it; the test rows' activations from
+    // each domain's saved pipeline and bottom.
+    let mut cache = SourceCache::default();
+    let products = job
+        .spec
+        .domains
+        .iter()
+        .map(|d| job.load_product(d, None, &mut cache).map(|(p, _)| p))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let (products, _) = align_products(&job.spec.domains, products).unwrap();
+    let rows: Vec<u32> = result.test_scores.iter().map(|(row, _)| *row).collect();
+    let mut cut = Vec::new();
+    for (domain, product) in job.spec.domains.iter().zip(&products) {
+        let mut bottom = job
+            .spec
+            .inference_bottom(domain, product, dir.path())
+            .unwrap();
+        cut.push(
+            bottom
+                .forward(&BatchPlan::eval(Part::Test, rows.clone()))
+                .unwrap(),
+        );
+    }
+    let width = cut.iter().map(|a| a.cols).sum();
+    let label_sharing = config == RunConfig::SplitLabelSharing;
+    let top = TopScorer::load(&job.spec, width, dir.path(), label_sharing).unwrap();
+    let z = top.tower_output(&cut);
+    let scores = match top.head() {
+        Some(head) => head.scores(&z),
+        None => HeadScorer::load(
+            &job.spec,
+            z.cols,
+            &dir.path().join("head-fraud-prevention.bpk"),
+        )
+        .unwrap()
+        .scores(&z),
+    };
+    let expected: Vec<f32> = result
+        .test_scores
+        .iter()
+        .flat_map(|(_, s)| s.clone())
+        .collect();
+    assert_eq!(scores.len(), expected.len());
+    let worst = scores
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "largest difference {worst}");
+}
+
+#[test]
+fn a_loaded_split_model_scores_as_the_evaluation_did_with_label_sharing() {
+    check_inference_equals_evaluation(RunConfig::SplitLabelSharing);
+}
+
+#[test]
+fn a_loaded_split_model_scores_as_the_evaluation_did_without_label_sharing() {
+    check_inference_equals_evaluation(RunConfig::SplitLabelOwner);
+}
