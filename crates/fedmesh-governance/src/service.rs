@@ -30,7 +30,8 @@ use tonic::{Request, Response, Status};
 
 use crate::admission::{Admission, admit};
 use crate::store::{
-    EventKind, JobEventRecord, JobRecord, JobState, ProductEntry, Store, StoreError, now_ms,
+    EventKind, JobEventRecord, JobRecord, JobState, ModelEntry, ModelInput, ModelPart,
+    ProductEntry, Store, StoreError, now_ms,
 };
 
 /// Everything the service's handlers and job threads share.
@@ -343,6 +344,9 @@ fn run_job(
                     .detail("bytes", result.wire)
                     .detail("metrics_sha256", metrics_digest(&result)),
             );
+            register_model(
+                state, plan, &run_name, config, seed, admission, &result, &observer,
+            );
             results.push(result);
             // Written after every run, replacing the file whole, so that an interrupted job
             // keeps what it finished.
@@ -356,6 +360,69 @@ fn run_job(
         }
     }
     Ok(())
+}
+
+/// Registers a trained run as the next version of the model named after the job.
+#[allow(clippy::too_many_arguments)]
+fn register_model(
+    state: &GovernanceState,
+    plan: &Plan,
+    run_name: &str,
+    config: &RunConfig,
+    seed: u64,
+    admission: &Admission,
+    result: &RunResult,
+    observer: &JobObserver<'_>,
+) {
+    let entry = ModelEntry {
+        name: plan.job.spec.name.clone(),
+        version: 0,
+        job: plan.id.clone(),
+        run: format!("{}/{run_name}", plan.id),
+        config: config.name(),
+        seed,
+        parts: result
+            .model_files
+            .iter()
+            .filter_map(|f| ModelPart::from_file(f))
+            .collect(),
+        inputs: admission
+            .usages
+            .iter()
+            .map(|u| ModelInput {
+                domain: u.domain.clone(),
+                product: u.product.clone(),
+                version: u.product_version.clone(),
+            })
+            .collect(),
+        metrics_json: serde_json::to_string(&result.metrics).expect("metrics serialize"),
+        created_ms: now_ms(),
+    };
+    match state.store.register_model(&entry) {
+        Ok(version) => {
+            observer.log(&format!(
+                "registered model `{}@{version}` ({} {run_name}); score with `fedmesh predict --model {}@{version} --keys FILE`",
+                entry.name, entry.config, entry.name
+            ));
+            state.audit(
+                state
+                    .entry("model.registered", &format!("{}@{version}", entry.name))
+                    .detail("job", &entry.job)
+                    .detail("run", &entry.run)
+                    .detail(
+                        "parts",
+                        entry
+                            .parts
+                            .iter()
+                            .map(|p| format!("{} {} at {}", p.holder, p.layers, p.location))
+                            .collect::<Vec<_>>(),
+                    )
+                    .detail("inputs", &entry.inputs)
+                    .detail("metrics_sha256", metrics_digest(result)),
+            );
+        }
+        Err(e) => observer.log(&format!("the model could not be registered: {e}")),
+    }
 }
 
 /// Runs an admitted job to its end on the calling thread, recording how it ended.
@@ -765,6 +832,37 @@ impl Governance for GovernanceService {
         Ok(json(&products))
     }
 
+    async fn list_models(&self, request: Request<v1::Empty>) -> Result<Response<v1::Json>, Status> {
+        authorize(&request, &self.state.operators)?;
+        Ok(json(&self.state.store.models().map_err(internal)?))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<v1::ModelRef>,
+    ) -> Result<Response<v1::Json>, Status> {
+        authorize(&request, &self.state.operators)?;
+        let model = self
+            .state
+            .store
+            .model(&request.into_inner().name)
+            .map_err(internal)?;
+        Ok(json(&model))
+    }
+
+    async fn predict(
+        &self,
+        request: Request<v1::PredictRequest>,
+    ) -> Result<Response<v1::Json>, Status> {
+        let caller = authorize(&request, &self.state.operators)?;
+        let request = request.into_inner();
+        let state = self.state.clone();
+        let answer = tokio::task::spawn_blocking(move || predict(&state, &caller, request))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(v1::Json { json: answer }))
+    }
+
     async fn get_product(
         &self,
         request: Request<v1::ProductRef>,
@@ -777,6 +875,114 @@ impl Governance for GovernanceService {
             .map_err(internal)?;
         Ok(json(&product))
     }
+}
+
+/// Scores `request.keys` with a registered model: governance's policies first (each domain
+/// applies its own when its node is asked), then split inference over the nodes.
+fn predict(
+    state: &GovernanceState,
+    requester: &str,
+    request: v1::PredictRequest,
+) -> Result<String, Status> {
+    let model = state.store.model(&request.model).map_err(internal)?;
+    let record = state.store.job(&model.job).map_err(internal)?;
+    let origin = PathBuf::from(format!("the spec of job `{}`", model.job));
+    let job = Job::from_yaml(&record.spec_yaml, &origin)
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    let share_labels = model.config == RunConfig::SplitLabelSharing.name();
+    let reference = format!("{}@{}", model.name, model.version);
+    let policies = Policies::load(&state.policies).map_err(|e| {
+        Status::failed_precondition(format!("governance's policies do not load: {e}"))
+    })?;
+    let mut denials = Vec::new();
+    for input in &model.inputs {
+        let Some(domain) = job.spec.domains.iter().find(|d| d.name == input.domain) else {
+            continue;
+        };
+        let usage = fedmesh_policy::Usage {
+            action: fedmesh_policy::Action::Predict,
+            job: reference.clone(),
+            requester: requester.to_string(),
+            purpose: job.spec.purpose.clone().unwrap_or_default(),
+            technique: job.spec.technique.clone(),
+            share_labels,
+            label_domain: job.spec.label.domain.clone(),
+            domain: input.domain.clone(),
+            product: input.product.clone(),
+            product_version: input.version.clone(),
+            columns: domain.features.iter().map(|f| f.column.clone()).collect(),
+            label_column: (job.spec.label.domain == input.domain)
+                .then(|| job.spec.label.column.clone()),
+        };
+        denials.extend(policies.check(&usage));
+    }
+    if !denials.is_empty() {
+        let reasons: Vec<String> = denials.iter().map(Denial::to_string).collect();
+        state.audit(
+            state
+                .entry("predictions.denied", &reference)
+                .detail("requester", requester)
+                .detail("denials", &reasons),
+        );
+        return Err(Status::permission_denied(reasons.join("\n")));
+    }
+    let start = v1::PredictStart {
+        run_id: model.run.clone(),
+        spec_yaml: record.spec_yaml.clone(),
+        domain: String::new(),
+        keys: request.keys.clone(),
+        requester: requester.to_string(),
+        share_labels,
+    };
+    let parts = state.runs.join(&model.run);
+    let prediction = fedmesh_net::transport::predict(
+        &state.mesh.identity,
+        &job.spec
+            .domains
+            .iter()
+            .map(|d| {
+                state
+                    .mesh
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == d.name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Status::failed_precondition(format!(
+                            "the mesh has no node for domain `{}`",
+                            d.name
+                        ))
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        &job.spec.label.domain,
+        start,
+        state.mesh.deadline,
+        |cut_width| {
+            fedmesh_split::inference::TopScorer::load(&job.spec, cut_width, &parts, share_labels)
+        },
+    )
+    .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    state.audit(
+        state
+            .entry("predictions.served", &reference)
+            .detail("requester", requester)
+            .detail("keys_requested", request.keys.len())
+            .detail("scored", prediction.scores.len())
+            .detail("missing", prediction.missing.len()),
+    );
+    tracing::info!(
+        "`{requester}` scored {} entities with `{reference}` ({} keys missing)",
+        prediction.scores.len(),
+        prediction.missing.len()
+    );
+    Ok(serde_json::json!({
+        "model": reference,
+        "config": model.config,
+        "scores": prediction.scores.iter().map(|(key, scores)| serde_json::json!({"key": key, "scores": scores})).collect::<Vec<_>>(),
+        "missing": prediction.missing.iter().map(|(key, at)| serde_json::json!({"key": key, "missing_at": at})).collect::<Vec<_>>(),
+    })
+    .to_string())
 }
 
 /// Opens governance's store and audit log in `state_dir`, noting jobs a previous process left

@@ -212,6 +212,9 @@ pub struct ModelEntry {
     pub name: String,
     pub version: u32,
     pub job: String,
+    /// The run that trained it (`<job id>/<config>-seed<seed>`): where each holder keeps its
+    /// parts.
+    pub run: String,
     pub config: String,
     pub seed: u64,
     /// Who holds which layers: domain → part files on that domain's node.
@@ -221,6 +224,21 @@ pub struct ModelEntry {
     /// The evaluation metrics, as JSON.
     pub metrics_json: String,
     pub created_ms: i64,
+}
+
+impl ModelPart {
+    /// A saved part, named as the trainers name their files: `bottom-<domain>.bpk`,
+    /// `pipeline-<domain>.json`, `head-<holder>.bpk`, `tower-governance.bpk`.
+    pub fn from_file(file: &str) -> Option<Self> {
+        let name = Path::new(file).file_name()?.to_str()?;
+        let (stem, _) = name.rsplit_once('.')?;
+        let (layers, holder) = stem.split_once('-')?;
+        Some(Self {
+            holder: holder.to_string(),
+            layers: layers.to_string(),
+            location: file.to_string(),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -278,6 +296,7 @@ CREATE TABLE IF NOT EXISTS models (
     name        TEXT NOT NULL,
     version     INTEGER NOT NULL,
     job         TEXT NOT NULL,
+    run         TEXT NOT NULL,
     config      TEXT NOT NULL,
     seed        INTEGER NOT NULL,
     parts_json  TEXT NOT NULL,
@@ -638,13 +657,14 @@ impl Store {
                 .map_err(&err)?;
             let version = last.unwrap_or(0) + 1;
             tx.execute(
-                "INSERT INTO models (name, version, job, config, seed, parts_json, inputs_json,
+                "INSERT INTO models (name, version, job, run, config, seed, parts_json, inputs_json,
                      metrics_json, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     entry.name,
                     version,
                     entry.job,
+                    entry.run,
                     entry.config,
                     entry.seed,
                     serde_json::to_string(&entry.parts).expect("serializes"),
@@ -693,25 +713,26 @@ impl Store {
         self.with(|c| {
             let mut stmt = c
                 .prepare(&format!(
-                    "SELECT name, version, job, config, seed, parts_json, inputs_json,
+                    "SELECT name, version, job, run, config, seed, parts_json, inputs_json,
                          metrics_json, created_ms
                      FROM models WHERE {filter} ORDER BY name, version"
                 ))
                 .map_err(&err)?;
             let rows = stmt
                 .query_map(args, |r| {
-                    let parts: String = r.get(5)?;
-                    let inputs: String = r.get(6)?;
+                    let parts: String = r.get(6)?;
+                    let inputs: String = r.get(7)?;
                     Ok(ModelEntry {
                         name: r.get(0)?,
                         version: r.get(1)?,
                         job: r.get(2)?,
-                        config: r.get(3)?,
-                        seed: r.get(4)?,
+                        run: r.get(3)?,
+                        config: r.get(4)?,
+                        seed: r.get(5)?,
                         parts: serde_json::from_str(&parts).unwrap_or_default(),
                         inputs: serde_json::from_str(&inputs).unwrap_or_default(),
-                        metrics_json: r.get(7)?,
-                        created_ms: r.get(8)?,
+                        metrics_json: r.get(8)?,
+                        created_ms: r.get(9)?,
                     })
                 })
                 .map_err(&err)?;
@@ -899,6 +920,7 @@ mod tests {
             name: "fraud".into(),
             version: 0,
             job: "fraud-1".into(),
+            run: "fraud-1/split-label-owner-seed1".into(),
             config: "split-label-owner".into(),
             seed: 1,
             parts: vec![ModelPart {

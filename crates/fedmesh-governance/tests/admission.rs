@@ -475,3 +475,130 @@ fn a_product_that_breaks_a_blocking_rule_keeps_its_domain_out() {
     let violation = retail["quality"]["violations"][0].as_str().unwrap();
     assert!(violation.contains("rowCount"), "{retail}");
 }
+
+/// The keys of each aligned row, as the run's alignment ordered them, and a key only some
+/// domains hold.
+fn aligned_keys(job: &Job) -> (Vec<String>, String) {
+    let mut cache = fedmesh_data::SourceCache::default();
+    let products = job
+        .spec
+        .domains
+        .iter()
+        .map(|d| job.load_product(d, None, &mut cache).map(|(p, _)| p))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let partial = {
+        let digital = products[0].keys().unwrap().unwrap();
+        let retail: std::collections::HashSet<String> =
+            products[1].keys().unwrap().unwrap().into_iter().collect();
+        digital.into_iter().find(|k| !retail.contains(k)).unwrap()
+    };
+    let (aligned, _) = fedmesh_split::job::align_products(&job.spec.domains, products).unwrap();
+    (aligned[0].keys().unwrap().unwrap(), partial)
+}
+
+#[test]
+fn predict_scores_the_test_entities_as_the_evaluation_did_and_reports_missing_keys() {
+    let example = Example::new();
+    let mesh = start(&example);
+    let job = example.job();
+    let submitted = mesh.submit(&job, &["split-label-sharing", "split-label-owner"]);
+    let done = mesh.wait(submitted["id"].as_str().unwrap());
+    assert_eq!(done["state"], "done", "{done}");
+    let models = mesh.runtime.block_on(mesh.operator().models()).unwrap();
+    assert_eq!(models.as_array().unwrap().len(), 2, "{models}");
+    let (keys, partial) = aligned_keys(&job);
+    let prepared = job.prepare(None).unwrap();
+    for (version, config) in [
+        (1, fedmesh_split::job::RunConfig::SplitLabelSharing),
+        (2, fedmesh_split::job::RunConfig::SplitLabelOwner),
+    ] {
+        let model = mesh
+            .runtime
+            .block_on(mesh.operator().model(&format!("fraud@{version}")))
+            .unwrap();
+        assert_eq!(model["config"], config.name().as_str(), "{model}");
+        let holders: Vec<&str> = model["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["holder"].as_str().unwrap())
+            .collect();
+        assert!(
+            holders.contains(&"digital") && holders.contains(&"governance"),
+            "{holders:?}"
+        );
+        // The evaluation pass of the same run, in this process (a mesh run equals it exactly).
+        let local = prepared
+            .run(
+                &config,
+                1,
+                &fedmesh_split::Silent,
+                &std::sync::atomic::AtomicBool::new(false),
+                None,
+            )
+            .unwrap();
+        let mut request: Vec<String> = local
+            .test_scores
+            .iter()
+            .map(|(row, _)| keys[*row as usize].clone())
+            .collect();
+        request.push("no-such-transaction".into());
+        request.push(partial.clone());
+        let answer = mesh
+            .runtime
+            .block_on(
+                mesh.operator()
+                    .predict(&format!("fraud@{version}"), request),
+            )
+            .unwrap();
+        let scores = answer["scores"].as_array().unwrap();
+        assert_eq!(
+            scores.len(),
+            local.test_scores.len(),
+            "every test entity is scored"
+        );
+        let mut worst = 0.0f64;
+        for ((row, expected), got) in local.test_scores.iter().zip(scores) {
+            assert_eq!(got["key"], keys[*row as usize].as_str());
+            let got: Vec<f64> = got["scores"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            assert_eq!(got.len(), expected.len());
+            for (g, e) in got.iter().zip(expected) {
+                worst = worst.max((g - *e as f64).abs());
+            }
+        }
+        assert!(
+            worst < 1e-5,
+            "{}: largest difference {worst}",
+            config.name()
+        );
+        let missing = answer["missing"].as_array().unwrap();
+        assert_eq!(missing.len(), 2, "{missing:?}");
+        assert_eq!(missing[0]["key"], "no-such-transaction");
+        assert_eq!(missing[0]["missing_at"].as_array().unwrap().len(), 3);
+        assert_eq!(missing[1]["key"], partial.as_str());
+        assert!(
+            missing[1]["missing_at"]
+                .as_array()
+                .unwrap()
+                .contains(&Value::from("retail")),
+            "{missing:?}"
+        );
+    }
+    let served = mesh
+        .audit("governance")
+        .into_iter()
+        .filter(|r| r.action == "predictions.served")
+        .count();
+    assert_eq!(served, 2);
+    assert!(
+        mesh.audit("retail")
+            .iter()
+            .any(|r| r.action == "predictions.served")
+    );
+}

@@ -152,6 +152,36 @@ impl Operator {
         json(&self.governance, reply)
     }
 
+    pub async fn models(&mut self) -> Result<serde_json::Value, SplitError> {
+        let reply = self.client.list_models(v1::Empty {}).await;
+        json(&self.governance, reply)
+    }
+
+    pub async fn model(&mut self, name: &str) -> Result<serde_json::Value, SplitError> {
+        let reply = self
+            .client
+            .get_model(v1::ModelRef { name: name.into() })
+            .await;
+        json(&self.governance, reply)
+    }
+
+    /// Scores entities (by key) with a registered model: `{model, config, scores: [{key,
+    /// scores}], missing: [{key, missing_at}]}`.
+    pub async fn predict(
+        &mut self,
+        model: &str,
+        keys: Vec<String>,
+    ) -> Result<serde_json::Value, SplitError> {
+        let reply = self
+            .client
+            .predict(v1::PredictRequest {
+                model: model.into(),
+                keys,
+            })
+            .await;
+        json(&self.governance, reply)
+    }
+
     /// Follows a job's events from the start (or only those stored so far, without `follow`),
     /// calling `progress` with each. Returns the results of the runs it saw finish; a job that
     /// ends failed, denied or cancelled is an error with governance's reason.

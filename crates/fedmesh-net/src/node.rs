@@ -235,6 +235,7 @@ async fn serve(
         opened: None,
         party: NodeParty::default(),
         traffic: Traffic::default(),
+        predicting: None,
     };
     loop {
         let message = match inbound.message().await {
@@ -278,6 +279,21 @@ async fn serve(
     }
     if let Some(opened) = &job.opened {
         tracing::info!("job `{}` closed", opened.id);
+    }
+    if let Some(predicting) = &job.predicting {
+        job.context.audit(
+            Entry::new(
+                job.product.domain.clone(),
+                "predictions.served",
+                predicting.run_id.clone(),
+            )
+            .detail("requester", &predicting.usage.requester)
+            .detail("purpose", &predicting.usage.purpose)
+            .detail("keys_requested", predicting.requested)
+            .detail("keys_found", predicting.rows.len())
+            .detail("rows_scored", predicting.scored)
+            .detail("bytes_sent", job.traffic.sent),
+        );
     }
 }
 
@@ -357,6 +373,23 @@ struct NodeJob {
     opened: Option<OpenedJob>,
     party: NodeParty,
     traffic: Traffic,
+    /// A stream that scores entities with a trained model instead of training one.
+    predicting: Option<Predicting>,
+}
+
+/// A domain's share of split inference: its rows of the requested entities, its trained bottom
+/// and, for a label owner that kept its labels, its head.
+struct Predicting {
+    run_id: String,
+    job: Job,
+    usage: Usage,
+    /// The product row scored for each requested key this domain holds, by request position.
+    rows: std::collections::HashMap<u32, u32>,
+    requested: usize,
+    scored: usize,
+    bottom: Option<DomainParty>,
+    head: Option<fedmesh_split::inference::HeadScorer>,
+    encoding: Encoding,
 }
 
 /// What crossed the job's stream, for the audit log.
@@ -678,9 +711,160 @@ impl NodeJob {
         );
     }
 
+    /// Opens split inference: checks the usage against the domain's rules, finds the requested
+    /// keys in the product, and loads the run's pipeline, bottom and (lazily) head.
+    fn start_prediction(&mut self, start: v1::PredictStart) -> Result<v1::Found, SplitError> {
+        if start.domain != self.product.domain {
+            return Err(SplitError::Protocol(format!(
+                "this node serves domain `{}`, not `{}`",
+                self.product.domain, start.domain
+            )));
+        }
+        check_job_id(&start.run_id)?;
+        let origin = PathBuf::from(format!("model run `{}`", start.run_id));
+        let job = Job::from_yaml(&start.spec_yaml, &origin)?;
+        let mut domain = job
+            .spec
+            .domains
+            .iter()
+            .find(|d| d.name == start.domain)
+            .cloned()
+            .ok_or_else(|| {
+                SplitError::Protocol(format!("the model has no domain `{}`", start.domain))
+            })?;
+        domain.contract = std::path::absolute(&self.product.contract)?;
+        let contract = DataContract::from_path(&domain.contract)?;
+        let usage = crate::admission::usage(
+            &job,
+            &start.run_id,
+            &domain.name,
+            &contract,
+            &start.requester,
+            start.share_labels,
+            Action::Predict,
+        )?;
+        let denials = self.context.check(&contract, &usage, None);
+        self.context.audit_decision(&usage, &denials, "prediction");
+        if !denials.is_empty() {
+            return Err(crate::admission::denied(&denials));
+        }
+        let (product, _) = job.load_product(
+            &domain,
+            self.product.data.as_deref(),
+            &mut SourceCache::default(),
+        )?;
+        let keys = product_keys(&product)?.ok_or_else(|| {
+            protocol("the product has no key column: its entities cannot be looked up by key")
+        })?;
+        let index: std::collections::HashMap<&str, u32> = keys
+            .iter()
+            .enumerate()
+            .map(|(row, key)| (key.as_str(), row as u32))
+            .collect();
+        let found: Vec<(u32, u32)> = start
+            .keys
+            .iter()
+            .enumerate()
+            .filter_map(|(position, key)| {
+                index.get(key.as_str()).map(|&row| (position as u32, row))
+            })
+            .collect();
+        // The bottom sees only the requested rows, in request order.
+        let product = product.take_rows(&found.iter().map(|&(_, row)| row).collect::<Vec<_>>())?;
+        let run_dir = self.product.models.join(&start.run_id);
+        let bottom = if domain.features.is_empty() {
+            None
+        } else {
+            Some(job.spec.inference_bottom(&domain, &product, &run_dir)?)
+        };
+        let cut_width = bottom.as_ref().map_or(0, |b| b.cut_width() as u32);
+        tracing::info!(
+            "model run `{}`: {} of {} requested keys found in `{}`",
+            start.run_id,
+            found.len(),
+            start.keys.len(),
+            product.name()
+        );
+        let positions = found.iter().map(|&(position, _)| position).collect();
+        self.predicting = Some(Predicting {
+            run_id: start.run_id,
+            job,
+            usage,
+            rows: found
+                .iter()
+                .enumerate()
+                .map(|(i, &(position, _))| (position, i as u32))
+                .collect(),
+            requested: start.keys.len(),
+            scored: 0,
+            bottom,
+            head: None,
+            encoding: Encoding::F32,
+        });
+        Ok(v1::Found {
+            positions,
+            cut_width,
+        })
+    }
+
+    fn predicting(&mut self) -> Result<&mut Predicting, SplitError> {
+        self.predicting
+            .as_mut()
+            .ok_or_else(|| protocol("no prediction was started on this stream"))
+    }
+
     /// Answers one message; `None` for a gradient, which has no answer unless it fails.
     fn handle(&mut self, command: Command) -> Result<Option<Reply>, SplitError> {
         let reply = match command {
+            Command::Predict(start) => Reply::Found(self.start_prediction(start)?),
+            Command::PredictRows(request) => {
+                let predicting = self.predicting()?;
+                let rows = request
+                    .positions
+                    .iter()
+                    .map(|p| {
+                        predicting.rows.get(p).copied().ok_or_else(|| {
+                            protocol(&format!(
+                                "asked for request position {p}, which this domain does not hold"
+                            ))
+                        })
+                    })
+                    .collect::<Result<Vec<u32>, _>>()?;
+                predicting.scored += rows.len();
+                let encoding = predicting.encoding;
+                let bottom = predicting
+                    .bottom
+                    .as_mut()
+                    .ok_or_else(|| protocol("this domain contributes no features to the model"))?;
+                let activation = bottom.forward(&fedmesh_split::BatchPlan::eval(
+                    fedmesh_split::Part::Test,
+                    rows,
+                ))?;
+                Reply::Activation(tensor_to_wire(&activation, encoding))
+            }
+            Command::PredictHead(tensor) => {
+                let z = tensor_from_wire(Some(&tensor))?;
+                let models = self.product.models.clone();
+                let domain = self.product.domain.clone();
+                let predicting = self.predicting()?;
+                if predicting.job.spec.label.domain != domain || predicting.usage.share_labels {
+                    return Err(protocol("this domain holds no head in this model"));
+                }
+                if predicting.head.is_none() {
+                    let path = models
+                        .join(&predicting.run_id)
+                        .join(format!("head-{domain}.bpk"));
+                    predicting.head = Some(fedmesh_split::inference::HeadScorer::load(
+                        &predicting.job.spec,
+                        z.cols,
+                        &path,
+                    )?);
+                }
+                let head = predicting.head.as_ref().expect("loaded above");
+                let values = head.scores(&z);
+                let cols = (values.len() / z.rows.max(1)) as u32;
+                Reply::Scores(v1::Scores { values, cols })
+            }
             Command::Start(start) => {
                 let opened = self.open(start)?;
                 let rows = opened.product.rows() as u64;

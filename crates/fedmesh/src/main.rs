@@ -96,6 +96,31 @@ enum Command {
         #[command(subcommand)]
         what: CatalogCommand,
     },
+    /// The model registry of a running mesh.
+    Model {
+        #[command(subcommand)]
+        what: ModelCommand,
+    },
+    /// Score entities with a registered model (split inference: each domain computes its part).
+    Predict {
+        /// NAME (its latest version) or NAME@VERSION (see `fedmesh model list`).
+        #[arg(long)]
+        model: String,
+        /// A CSV with a header row and the entities' keys in its first column.
+        #[arg(long)]
+        keys: PathBuf,
+        /// The keys' column, when not the first.
+        #[arg(long)]
+        column: Option<String>,
+        #[arg(long, default_value = "mesh")]
+        mesh: PathBuf,
+        /// Write the scores here instead of to stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The whole answer as JSON, missing keys included.
+        #[arg(long)]
+        json: bool,
+    },
     /// Audit logs: verify their hash chains, or show their records.
     Audit {
         #[command(subcommand)]
@@ -201,6 +226,26 @@ enum CatalogCommand {
     /// One product (NAME or DOMAIN/NAME), with its contract.
     Show {
         product: String,
+        #[arg(long, default_value = "mesh")]
+        mesh: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Every registered model version.
+    List {
+        #[arg(long, default_value = "mesh")]
+        mesh: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One model: its parts and who holds them, its inputs, its metrics.
+    Show {
+        /// NAME or NAME@VERSION.
+        model: String,
         #[arg(long, default_value = "mesh")]
         mesh: PathBuf,
         #[arg(long)]
@@ -360,6 +405,25 @@ fn run() -> Result<()> {
                 json,
             } => ops::catalog_show(&mesh, &product, json),
         },
+        Command::Model { what } => match what {
+            ModelCommand::List { mesh, json } => ops::models(&mesh, json),
+            ModelCommand::Show { model, mesh, json } => ops::model(&mesh, &model, json),
+        },
+        Command::Predict {
+            model,
+            keys,
+            column,
+            mesh,
+            out,
+            json,
+        } => ops::predict(
+            &mesh,
+            &model,
+            &keys,
+            column.as_deref(),
+            out.as_deref(),
+            json,
+        ),
         Command::Audit { what } => match what {
             AuditCommand::Verify { files, mesh, head } => {
                 ops::verify(&files, &mesh, head.as_deref())

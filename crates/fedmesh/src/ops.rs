@@ -326,3 +326,203 @@ pub fn show(file: &Path, json: bool) -> Result<()> {
     }
     Ok(())
 }
+
+/// `fedmesh model list`.
+pub fn models(mesh: &Path, json: bool) -> Result<()> {
+    let client = MeshClient::of(mesh)?;
+    let models = client.runtime.block_on(operator(&client)?.models())?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&models)?);
+        return Ok(());
+    }
+    let models = models.as_array().cloned().unwrap_or_default();
+    if models.is_empty() {
+        println!("no models yet: every run of a job that finishes registers one");
+        return Ok(());
+    }
+    println!(
+        "{:<20} {:<20} {:<5} {:<32} created",
+        "model", "configuration", "seed", "job"
+    );
+    for m in models {
+        println!(
+            "{:<20} {:<20} {:<5} {:<32} {}",
+            format!("{}@{}", text(&m["name"]), m["version"]),
+            text(&m["config"]),
+            m["seed"],
+            text(&m["job"]),
+            time(&m["created_ms"])
+        );
+    }
+    Ok(())
+}
+
+/// `fedmesh model show NAME[@VERSION]`.
+pub fn model(mesh: &Path, name: &str, json: bool) -> Result<()> {
+    let client = MeshClient::of(mesh)?;
+    let m = client.runtime.block_on(operator(&client)?.model(name))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+        return Ok(());
+    }
+    println!("model   {}@{}", text(&m["name"]), m["version"]);
+    println!(
+        "trained by job {} ({} seed {}), {}",
+        text(&m["job"]),
+        text(&m["config"]),
+        m["seed"],
+        time(&m["created_ms"])
+    );
+    println!("inputs:");
+    for i in m["inputs"].as_array().into_iter().flatten() {
+        println!(
+            "  {}/{} {}",
+            text(&i["domain"]),
+            text(&i["product"]),
+            text(&i["version"])
+        );
+    }
+    println!("parts (each kept by its holder):");
+    for p in m["parts"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<18} {:<9} {}",
+            text(&p["holder"]),
+            text(&p["layers"]),
+            text(&p["location"])
+        );
+    }
+    let metrics: Value = serde_json::from_str(text(&m["metrics_json"])).unwrap_or_default();
+    println!("metrics {}", serde_json::to_string(&metrics)?);
+    Ok(())
+}
+
+/// The keys of a CSV with a header row: its `column`, or its first column.
+fn read_keys(path: &Path, column: Option<&str>) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header = lines.next().with_context(|| {
+        format!(
+            "{} is empty: it needs a header row and one key per row",
+            path.display()
+        )
+    })?;
+    let index = match column {
+        None => 0,
+        Some(name) => header
+            .split(',')
+            .position(|h| h.trim().trim_matches('"') == name)
+            .with_context(|| {
+                format!(
+                    "{} has no column `{name}` (its header: {header})",
+                    path.display()
+                )
+            })?,
+    };
+    lines
+        .enumerate()
+        .map(|(i, line)| {
+            line.split(',')
+                .nth(index)
+                .map(|k| k.trim().trim_matches('"').to_string())
+                .filter(|k| !k.is_empty())
+                .with_context(|| {
+                    format!(
+                        "{}, row {}: no key in column {}",
+                        path.display(),
+                        i + 1,
+                        index + 1
+                    )
+                })
+        })
+        .collect()
+}
+
+/// `fedmesh predict --model NAME --keys keys.csv`: scores as CSV (`key,score` for two
+/// classes, one column per output otherwise); keys no domain can score are reported on stderr.
+pub fn predict(
+    mesh: &Path,
+    model: &str,
+    keys: &Path,
+    column: Option<&str>,
+    out: Option<&Path>,
+    json: bool,
+) -> Result<()> {
+    let keys = read_keys(keys, column)?;
+    let requested = keys.len();
+    let client = MeshClient::of(mesh)?;
+    let answer = client
+        .runtime
+        .block_on(operator(&client)?.predict(model, keys))?;
+    let mut text = String::new();
+    if json {
+        text = serde_json::to_string_pretty(&answer)?;
+        text.push('\n');
+    } else {
+        let scores = answer["scores"].as_array().cloned().unwrap_or_default();
+        let width = scores
+            .first()
+            .and_then(|s| s["scores"].as_array())
+            .map_or(1, Vec::len);
+        text.push_str(if width == 2 { "key,score\n" } else { "key" });
+        if width != 2 {
+            for i in 0..width {
+                text.push_str(&format!(",score_{i}"));
+            }
+            text.push('\n');
+        }
+        for s in &scores {
+            let values: Vec<f64> = s["scores"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_f64)
+                .collect();
+            let shown: Vec<String> = if width == 2 {
+                vec![format!("{:.6}", values.get(1).copied().unwrap_or(f64::NAN))]
+            } else {
+                values.iter().map(|v| format!("{v:.6}")).collect()
+            };
+            text.push_str(&format!("{},{}\n", text_of(&s["key"]), shown.join(",")));
+        }
+    }
+    match out {
+        Some(path) => {
+            std::fs::write(path, &text).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{text}"),
+    }
+    let missing = answer["missing"].as_array().cloned().unwrap_or_default();
+    eprintln!(
+        "{}: {} of {requested} entities scored{}",
+        text_of(&answer["model"]),
+        answer["scores"].as_array().map_or(0, Vec::len),
+        out.map_or(String::new(), |p| format!(" ({})", p.display()))
+    );
+    if !missing.is_empty() {
+        eprintln!(
+            "{} keys were not scored (not guessed): a domain does not hold them",
+            missing.len()
+        );
+        for m in missing.iter().take(10) {
+            let at: Vec<&str> = m["missing_at"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            eprintln!("  {}: not held by {}", text_of(&m["key"]), at.join(", "));
+        }
+        if missing.len() > 10 {
+            eprintln!(
+                "  … and {} more (--json lists them all)",
+                missing.len() - 10
+            );
+        }
+    }
+    Ok(())
+}
+
+fn text_of(v: &Value) -> String {
+    v.as_str().map_or_else(|| v.to_string(), str::to_string)
+}
