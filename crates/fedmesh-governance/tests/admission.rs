@@ -97,6 +97,11 @@ fn serve_on(runtime: &Runtime) -> (tokio::net::TcpListener, u16) {
 
 /// Starts one node per domain of `example` and governance, on loopback with mutual TLS.
 fn start(example: &Example) -> TestMesh {
+    start_with(example, None)
+}
+
+/// As [`start`], with one domain's node applying a Cedar policy of its own.
+fn start_with(example: &Example, node_policy: Option<(&str, &str)>) -> TestMesh {
     let job = example.job();
     let state = tempfile::tempdir().unwrap();
     let certs = state.path().join("certs");
@@ -121,6 +126,13 @@ fn start(example: &Example) -> TestMesh {
         let catalog = runtime.block_on(async {
             fedmesh_net::catalog::spawn_registrar(identity.clone(), governance.clone())
         });
+        let policy = node_policy
+            .filter(|(d, _)| *d == domain.name)
+            .map(|(_, text)| {
+                let path = state.path().join(format!("{}.cedar", domain.name));
+                std::fs::write(&path, text).unwrap();
+                path
+            });
         let service = DomainNodeService::new(
             "governance",
             DomainProduct {
@@ -128,7 +140,7 @@ fn start(example: &Example) -> TestMesh {
                 contract: job.dir().join(&domain.contract),
                 data: None,
                 models: state.path().join(&domain.name).join("models"),
-                policy: None,
+                policy,
             },
         )
         .with_audit(Arc::new(audit))
@@ -600,5 +612,65 @@ fn predict_scores_the_test_entities_as_the_evaluation_did_and_reports_missing_ke
         mesh.audit("retail")
             .iter()
             .any(|r| r.action == "predictions.served")
+    );
+}
+
+#[test]
+fn a_domains_own_policy_can_refuse_what_its_contract_and_governance_allow() {
+    let example = Example::new();
+    let policy = r#"
+@id("labels-stay-home")
+@reason("fraud-prevention trains only models whose labels stay with it")
+forbid (principal, action, resource) when { context.shareLabels };
+permit (principal, action, resource);
+"#;
+    let mesh = start_with(&example, Some(("fraud-prevention", policy)));
+    let job = mesh.submit(&example.job(), &["split-label-owner"]);
+    assert_eq!(job["state"], "admitted", "{job}");
+    example.edit("job.yaml", |t| {
+        t.replace(
+            "purpose: fraud-detection",
+            "purpose: fraud-detection\non_label_sharing_forbidden: fail",
+        )
+    });
+    let job = mesh.submit(&example.job(), &["split-label-sharing"]);
+    assert_eq!(job["state"], "denied", "{job}");
+    let reason = reason(&job);
+    assert!(reason.contains("fraud-prevention refuses"), "{reason}");
+    assert!(reason.contains("rule `labels-stay-home`"), "{reason}");
+    assert!(reason.contains("labels stay with it"), "{reason}");
+    assert!(reason.contains("fraud-prevention.cedar"), "{reason}");
+}
+
+#[test]
+fn a_cancelled_job_stops_and_keeps_its_record() {
+    let example = Example::new();
+    example.edit("job.yaml", |t| t.replace("epochs: 1", "epochs: 500"));
+    let mesh = start(&example);
+    let job = mesh.submit(&example.job(), &["split-label-owner"]);
+    let id = job["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mesh.runtime.block_on(mesh.operator().job(&id)).unwrap()["state"] != "training" {
+        assert!(Instant::now() < deadline, "the job never trained");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    mesh.runtime.block_on(mesh.operator().cancel(&id)).unwrap();
+    let ended = mesh.wait(&id);
+    assert_eq!(ended["state"], "cancelled", "{ended}");
+    assert!(
+        reason(&ended).contains("cancelled by an operator"),
+        "{ended}"
+    );
+    let again = mesh.runtime.block_on(mesh.operator().cancel(&id));
+    assert!(
+        again
+            .unwrap_err()
+            .to_string()
+            .contains("is cancelled already")
+    );
+    assert!(
+        mesh.audit("governance")
+            .iter()
+            .any(|r| r.action == "job.cancelled" && r.subject == id)
     );
 }
