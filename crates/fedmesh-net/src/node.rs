@@ -317,10 +317,16 @@ async fn send_blinded_list(
         }
     };
     for (positions, last) in fedmesh_psi::chunks(len, fedmesh_psi::CHUNK_POINTS) {
-        let chunk = v1::PointChunk {
-            points: job.blind(positions),
-            last,
-        };
+        // Blinded a slice at a time, yielding in between: the job shares its thread with the
+        // node's connections, which must keep answering HTTP/2 pings (a peer that hears
+        // nothing for 20 s drops the connection, and a loaded machine blinds a whole chunk
+        // slowly).
+        let mut points = Vec::with_capacity(positions.len() * fedmesh_psi::POINT_BYTES);
+        for (slice, _) in fedmesh_psi::chunks(positions.len(), BLIND_SLICE) {
+            points.extend(job.blind(positions.start + slice.start..positions.start + slice.end));
+            tokio::task::yield_now().await;
+        }
+        let chunk = v1::PointChunk { points, last };
         job.traffic.sent += chunk.encoded_len() as u64;
         if send(Reply::Points(chunk)).await.is_err() {
             return false;
@@ -975,6 +981,9 @@ impl NodeJob {
         Ok(Some(reply))
     }
 }
+
+/// Points blinded between two yields to the node's runtime (~0.1 s of work).
+const BLIND_SLICE: usize = 4096;
 
 /// A job id names the folder its parts are saved in: plain names and `/` only.
 fn check_job_id(id: &str) -> Result<(), SplitError> {

@@ -292,51 +292,51 @@ impl Policies {
             }
         };
         let response = Authorizer::new().is_authorized(&request, &self.set, &entities);
-        let errors: Vec<String> = response
-            .diagnostics()
-            .errors()
-            .map(|e| e.to_string())
-            .collect();
-        if response.decision() == Decision::Allow {
-            return Vec::new();
-        }
+        // A policy that fails to evaluate (a misspelled attribute, a type error) is skipped by
+        // Cedar, and a skipped `forbid` would let through what it was written to stop: any
+        // error refuses.
         let mut denials: Vec<Denial> = response
             .diagnostics()
-            .reason()
-            .map(|id| {
-                let reason = self
-                    .set
-                    .annotation(id, "reason")
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("policy `{id}` forbids it"));
-                denial(id.to_string(), self.file_of(id), reason)
+            .errors()
+            .map(|e| {
+                let cedar_policy::AuthorizationError::PolicyEvaluationError(e) = e;
+                let id = e.policy_id().clone();
+                denial(
+                    id.to_string(),
+                    self.file_of(&id),
+                    format!("policy `{id}` cannot be evaluated ({e}); fix it, as nothing passes it until then"),
+                )
             })
             .collect();
+        if response.decision() == Decision::Allow {
+            return denials;
+        }
+        denials.extend(response.diagnostics().reason().map(|id| {
+            let reason = self
+                .set
+                .annotation(id, "reason")
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("policy `{id}` forbids it"));
+            denial(id.to_string(), self.file_of(id), reason)
+        }));
         if denials.is_empty() {
-            let mut reason = format!(
-                "no {} policy permits `{}` of data product `{}` for purpose `{}` by {} ({}) for `{}`",
-                self.by,
-                usage.action.name(),
-                usage.product,
-                usage.purpose,
-                usage.technique,
-                if usage.share_labels {
-                    "labels shared with governance"
-                } else {
-                    "labels kept by their owner"
-                },
-                usage.requester
-            );
-            if !errors.is_empty() {
-                reason.push_str(&format!(
-                    "; policies that failed to evaluate: {}",
-                    errors.join("; ")
-                ));
-            }
             denials.push(denial(
                 "default-deny".into(),
                 self.origin.display().to_string(),
-                reason,
+                format!(
+                    "no {} policy permits `{}` of data product `{}` for purpose `{}` by {} ({}) for `{}`",
+                    self.by,
+                    usage.action.name(),
+                    usage.product,
+                    usage.purpose,
+                    usage.technique,
+                    if usage.share_labels {
+                        "labels shared with governance"
+                    } else {
+                        "labels kept by their owner"
+                    },
+                    usage.requester
+                ),
             ));
         }
         denials
@@ -474,6 +474,27 @@ when { context.columns.contains("Amount") && context.purpose != "fraud-detection
         assert!(denials[0].reason.contains("horizontal"), "{}", denials[0]);
         let empty = Policies::from_text("none.cedar", "").unwrap();
         assert_eq!(empty.check(&Usage::example())[0].rule, "default-deny");
+    }
+
+    #[test]
+    fn a_policy_that_cannot_be_evaluated_refuses() {
+        // `resource.owner` does not exist: the forbid cannot be evaluated, and must not be
+        // skipped silently.
+        let policies = Policies::from_text(
+            "p.cedar",
+            r#"permit (principal, action, resource);
+               @id("owner-only")
+               forbid (principal, action, resource) unless { resource.owner == principal };"#,
+        )
+        .unwrap();
+        let denials = policies.check(&Usage::example());
+        assert_eq!(denials.len(), 1, "{denials:?}");
+        assert_eq!(denials[0].rule, "owner-only");
+        assert!(
+            denials[0].reason.contains("cannot be evaluated"),
+            "{}",
+            denials[0]
+        );
     }
 
     #[test]

@@ -352,10 +352,11 @@ pub fn up(
         println!("  {:<20} {}", endpoint.name, endpoint.url);
     }
     println!(
-        "submit a job from another terminal:\n  fedmesh job submit {} --mesh {}\nlogs: {}\nCtrl-C stops the mesh.",
+        "from another terminal:\n  fedmesh catalog list --mesh {dir}\n  fedmesh job submit {} --mesh {dir}\n  fedmesh job list --mesh {dir}\n  fedmesh model list --mesh {dir}\n  fedmesh audit verify --mesh {dir}\npolicies: {}\nlogs: {}\nCtrl-C stops the mesh.",
         example.display(),
-        dir.display(),
-        mesh.layout.dir.join("logs").display()
+        mesh.layout.dir.join("policies").display(),
+        mesh.layout.dir.join("logs").display(),
+        dir = dir.display(),
     );
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));

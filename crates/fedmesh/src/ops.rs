@@ -247,7 +247,7 @@ pub fn catalog_show(mesh: &Path, name: &str, json: bool) -> Result<()> {
 }
 
 /// The audit logs of a mesh folder: governance's and each node's.
-fn mesh_logs(mesh: &Path) -> Result<Vec<(String, PathBuf)>> {
+pub fn mesh_logs(mesh: &Path) -> Result<Vec<(String, PathBuf)>> {
     let layout = MeshLayout {
         dir: mesh.to_path_buf(),
     };
@@ -349,7 +349,7 @@ pub fn models(mesh: &Path, json: bool) -> Result<()> {
             "{:<20} {:<20} {:<5} {:<32} {}",
             format!("{}@{}", text(&m["name"]), m["version"]),
             text(&m["config"]),
-            m["seed"],
+            m["seed"].to_string(),
             text(&m["job"]),
             time(&m["created_ms"])
         );

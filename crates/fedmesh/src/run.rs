@@ -193,6 +193,16 @@ pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Resu
         },
         stop,
     )?;
+    let mut logs = Vec::new();
+    for (name, path) in crate::ops::mesh_logs(&mesh.layout.dir)? {
+        let intact = fedmesh_audit::AuditLog::open_existing(&path)?.verify()?;
+        logs.push(format!("{name} {}", intact.records));
+    }
+    println!(
+        "audit logs intact (records: {}); `fedmesh audit verify --mesh {}` checks them again",
+        logs.join(", "),
+        mesh.layout.dir.display()
+    );
     mesh.stop();
     println!(
         "mesh stopped; quickstart took {:.1} s",
