@@ -14,6 +14,7 @@ pub mod contract;
 pub mod datasets;
 pub mod pipeline;
 pub mod product;
+pub mod recommend;
 pub mod resample;
 pub mod split;
 pub mod validate;
