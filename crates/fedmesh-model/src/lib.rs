@@ -11,6 +11,7 @@
 
 pub mod metrics;
 pub mod mlp;
+pub mod ncf;
 pub mod objective;
 pub mod parts;
 

@@ -16,6 +16,7 @@ pub mod bench;
 pub mod inference;
 pub mod job;
 pub mod party;
+pub mod recommend;
 pub mod scores;
 pub mod trainer;
 pub mod transport;
