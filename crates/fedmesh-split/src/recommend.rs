@@ -225,6 +225,267 @@ pub fn evaluate_neumf(net: &NeuMf, split: &LeaveOneOut) -> Result<RankingMetrics
     })
 }
 
+/// Where a recommendation job's data comes from: a public dataset the readers turn into the
+/// sales, customer and product tables.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetailSource {
+    /// `movielens` (MovieLens 100K) or `hm` (the H&M format).
+    pub format: String,
+    /// The dataset's folder, relative to the job spec.
+    pub path: std::path::PathBuf,
+    /// H&M: the fewest distinct items a kept user has.
+    #[serde(default = "default_min_interactions")]
+    pub min_interactions: usize,
+}
+
+fn default_min_interactions() -> usize {
+    5
+}
+
+/// One domain of the retail mesh and its product's contract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetailDomain {
+    pub name: String,
+    pub contract: std::path::PathBuf,
+}
+
+/// NeuMF's shape in a job spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NcfModelSpec {
+    #[serde(default = "default_factors")]
+    pub factors: usize,
+    #[serde(default = "default_layers")]
+    pub layers: Vec<usize>,
+}
+
+fn default_factors() -> usize {
+    8
+}
+fn default_layers() -> Vec<usize> {
+    vec![64, 32, 16, 8]
+}
+
+/// A recommendation job (`task: recommendation` in `job.yaml`): the retail mesh's three
+/// domains, the NCF protocol, the models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecommendationSpec {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Always `recommendation`.
+    pub task: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    pub data: RetailSource,
+    /// Owns the interactions (and the labels).
+    pub sales: RetailDomain,
+    /// Owns one row per customer.
+    pub customer: RetailDomain,
+    /// Owns one row per item.
+    pub product: RetailDomain,
+    /// Seeds the test negatives when the data has no standard split.
+    #[serde(default = "default_split_seed")]
+    pub split_seed: u64,
+    #[serde(default)]
+    pub model: Option<NcfModelSpec>,
+    #[serde(default)]
+    pub training: NcfTraining,
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+}
+
+fn default_split_seed() -> u64 {
+    42
+}
+fn default_seeds() -> Vec<u64> {
+    vec![1, 2, 3]
+}
+
+/// Whether a job spec's text is a recommendation job.
+pub fn is_recommendation(text: &str) -> bool {
+    serde_norway::from_str::<serde_norway::Value>(text)
+        .ok()
+        .and_then(|v| {
+            v.get("task")
+                .and_then(|t| t.as_str())
+                .map(|t| t == "recommendation")
+        })
+        .unwrap_or(false)
+}
+
+/// The configurations a recommendation job runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RankingConfig {
+    Popularity,
+    /// NeuMF over all three domains' data in one place.
+    Centralized,
+}
+
+impl RankingConfig {
+    pub fn name(self) -> &'static str {
+        match self {
+            RankingConfig::Popularity => "popularity",
+            RankingConfig::Centralized => "centralized",
+        }
+    }
+
+    pub fn parse(name: &str) -> Result<Self, String> {
+        match name {
+            "popularity" => Ok(Self::Popularity),
+            "centralized" => Ok(Self::Centralized),
+            "split-label-sharing" | "split-label-owner" => Err(format!(
+                "`{name}` is not available for recommendation jobs yet: the split NCF across the sales, customer and product domains is being built (run `popularity` and `centralized`)"
+            )),
+            other => Err(format!(
+                "unknown configuration `{other}` for a recommendation job: use popularity or centralized"
+            )),
+        }
+    }
+}
+
+/// A recommendation run's result, as `results.json` records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RankingResult {
+    pub config: String,
+    pub seed: u64,
+    #[serde(flatten)]
+    pub metrics: RankingMetrics,
+    pub train_seconds: f64,
+    pub samples_per_second: f64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<RankingEpoch>,
+}
+
+/// A loaded recommendation job: the products read and checked against their contracts, and
+/// the split.
+pub struct PreparedRecommendation {
+    pub spec: RecommendationSpec,
+    pub data: fedmesh_data::recommend::RetailData,
+    pub split: LeaveOneOut,
+}
+
+impl RecommendationSpec {
+    /// Reads `job.yaml` (or the folder holding it).
+    pub fn load(path: &std::path::Path) -> Result<(Self, std::path::PathBuf), SplitError> {
+        let file = if path.is_dir() {
+            path.join("job.yaml")
+        } else {
+            path.to_path_buf()
+        };
+        let spec_error = |message: String| SplitError::Spec {
+            path: file.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&file).map_err(|e| spec_error(e.to_string()))?;
+        let spec: Self = serde_norway::from_str(&text).map_err(|e| spec_error(e.to_string()))?;
+        if spec.task != "recommendation" {
+            return Err(spec_error(format!(
+                "`task: {}` is not `recommendation`",
+                spec.task
+            )));
+        }
+        if !["movielens", "hm"].contains(&spec.data.format.as_str()) {
+            return Err(spec_error(format!(
+                "data format `{}` is not one fedmesh reads: use movielens or hm",
+                spec.data.format
+            )));
+        }
+        Ok((spec, file))
+    }
+
+    /// Reads the data, checks each product against its contract, and fixes the split: the
+    /// data's standard one when it has one, else one derived from `split_seed`.
+    pub fn prepare(self, file: &std::path::Path) -> Result<PreparedRecommendation, SplitError> {
+        let dir = file.parent().unwrap_or(std::path::Path::new("."));
+        let source = dir.join(&self.data.path);
+        if !source.exists() {
+            return Err(SplitError::Spec {
+                path: file.to_path_buf(),
+                message: format!(
+                    "the data folder {} does not exist (see ../shared/data/README.md for where the datasets come from)",
+                    source.display()
+                ),
+            });
+        }
+        let data = match self.data.format.as_str() {
+            "movielens" => fedmesh_data::recommend::movielens(&source)?,
+            _ => fedmesh_data::recommend::hm(&source, self.data.min_interactions)?,
+        };
+        for (domain, table) in [
+            (&self.sales, &data.sales),
+            (&self.customer, &data.customers),
+            (&self.product, &data.products),
+        ] {
+            let contract = fedmesh_data::DataContract::from_path(dir.join(&domain.contract))?;
+            fedmesh_data::DataProduct::from_source(contract, table)?;
+        }
+        let split = match &data.standard_split {
+            Some(path) => LeaveOneOut::from_file(path, &data.interactions)?,
+            None => LeaveOneOut::derive(&data.interactions, self.split_seed),
+        };
+        Ok(PreparedRecommendation {
+            spec: self,
+            data,
+            split,
+        })
+    }
+}
+
+impl PreparedRecommendation {
+    /// Trains and evaluates one configuration for one seed.
+    pub fn run(
+        &self,
+        config: RankingConfig,
+        seed: u64,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+    ) -> Result<RankingResult, SplitError> {
+        let interactions = &self.data.interactions;
+        match config {
+            RankingConfig::Popularity => Ok(RankingResult {
+                config: config.name().into(),
+                seed,
+                metrics: popularity(&self.split, interactions.items.len()),
+                train_seconds: 0.0,
+                samples_per_second: 0.0,
+                history: Vec::new(),
+            }),
+            RankingConfig::Centralized => {
+                let model = self.spec.model.clone().unwrap_or(NcfModelSpec {
+                    factors: default_factors(),
+                    layers: default_layers(),
+                });
+                let run = train_neumf(
+                    &self.split,
+                    &NegativeSampler::new(interactions, self.spec.training.negatives),
+                    &NeuMfConfig {
+                        users: interactions.users.len(),
+                        items: interactions.items.len(),
+                        factors: model.factors,
+                        layers: model.layers,
+                    },
+                    &self.spec.training,
+                    seed,
+                    observer,
+                    stop,
+                )?;
+                Ok(RankingResult {
+                    config: config.name().into(),
+                    seed,
+                    metrics: run.metrics,
+                    train_seconds: run.train_seconds,
+                    samples_per_second: run.samples_per_second,
+                    history: run.history,
+                })
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

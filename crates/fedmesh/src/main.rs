@@ -7,6 +7,7 @@ mod bench;
 mod mesh;
 mod ops;
 mod progress;
+mod recommend;
 mod report;
 mod run;
 

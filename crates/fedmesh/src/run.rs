@@ -211,7 +211,22 @@ pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Resu
     Ok(())
 }
 
-pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Results> {
+pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Option<Results>> {
+    let file = if example.is_dir() {
+        example.join("job.yaml")
+    } else {
+        example.to_path_buf()
+    };
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    if fedmesh_split::recommend::is_recommendation(&text) {
+        crate::recommend::run(&file, options, stop)?;
+        return Ok(None);
+    }
+    run_classification(example, options, stop).map(Some)
+}
+
+fn run_classification(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Results> {
     let mut job = Job::load(example)?;
     if let Some(epochs) = options.epochs {
         job.spec.training.epochs = epochs;

@@ -190,3 +190,51 @@ fn certs_make_a_ca_and_name_each_node() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_recommendation_job_reports_hr_and_ndcg_per_configuration_and_seed() {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/ml-100k");
+    if !data.exists() {
+        eprintln!("skipped: {} is not on this machine", data.display());
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/movielens");
+    let output = fedmesh()
+        .arg("run")
+        .arg(&example)
+        .args(["--epochs", "1", "--seeds", "2", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results = results(out.path());
+    assert_eq!(results["test_users"], 943);
+    let runs = results["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 4, "popularity and centralized, 2 seeds each");
+    for run in runs {
+        let hr = run["hr@10"].as_f64().unwrap();
+        let ndcg = run["ndcg@10"].as_f64().unwrap();
+        assert!(ndcg > 0.0 && ndcg < hr && hr < 1.0, "{run}");
+    }
+    assert!(
+        (runs[0]["hr@10"].as_f64().unwrap() - 0.4062).abs() < 1e-4,
+        "popularity"
+    );
+    // The split configurations are not built yet, and say so rather than run something else.
+    let split = fedmesh()
+        .arg("run")
+        .arg(&example)
+        .args(["--configs", "split-label-owner"])
+        .output()
+        .unwrap();
+    assert!(!split.status.success());
+    assert!(
+        String::from_utf8_lossy(&split.stderr)
+            .contains("not available for recommendation jobs yet")
+    );
+}
