@@ -206,6 +206,13 @@ fn plan(request: &JobRequest) -> Result<Plan, String> {
     })
 }
 
+/// The millisecond stamp of a job id (`<name>-<ms>` or `<name>-<ms>-<n>`).
+fn record_stamp(id: &str) -> &str {
+    id.rsplit('-')
+        .find(|part| part.len() >= 10 && part.chars().all(|c| c.is_ascii_digit()))
+        .unwrap_or("0")
+}
+
 /// Writes a job's progress to the store, and moves it through its states.
 struct JobObserver<'a> {
     state: &'a GovernanceState,
@@ -526,6 +533,12 @@ impl GovernanceService {
     async fn submit(&self, caller: String, request: JobRequest) -> Result<JobRecord, Status> {
         let state = &self.state;
         let mut plan = plan(&request).map_err(Status::invalid_argument)?;
+        // Two submissions of one job in the same millisecond get distinct ids.
+        let mut suffix = 1;
+        while state.store.job(&plan.id).is_ok() {
+            suffix += 1;
+            plan.id = format!("{}-{}-{suffix}", plan.job.spec.name, record_stamp(&plan.id));
+        }
         let record = JobRecord {
             id: plan.id.clone(),
             name: plan.job.spec.name.clone(),
