@@ -6,7 +6,7 @@
 //!   head:         z ──▶ hidden ──▶ linear ──▶ logits ──▶ loss      (governance or label owner)
 //! ```
 
-use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,14 @@ pub struct BottomConfig {
     pub batch_norm: bool,
     #[serde(default)]
     pub dropout: f64,
+    /// Recommenders: the element-wise product of the first two embeddings (user ⊙ item, the
+    /// GMF of neural collaborative filtering) joins the MLP's output in the activation.
+    #[serde(default)]
+    pub interaction: bool,
+    /// The embeddings' initial standard deviation (burn's default N(0, 1) when unset;
+    /// recommenders start near zero, N(0, 0.01²)).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding_std: Option<f64>,
 }
 
 impl BottomConfig {
@@ -34,7 +42,15 @@ impl BottomConfig {
 
     /// Width of the cut-layer activation.
     pub fn output(&self) -> usize {
-        self.mlp().output()
+        self.mlp().output() + self.interaction_width()
+    }
+
+    fn interaction_width(&self) -> usize {
+        if self.interaction {
+            self.embeddings.first().map_or(0, |e| e.1)
+        } else {
+            0
+        }
     }
 
     fn mlp(&self) -> MlpConfig {
@@ -48,9 +64,19 @@ impl BottomConfig {
             embeddings: self
                 .embeddings
                 .iter()
-                .map(|&(n, d)| EmbeddingConfig::new(n, d).init(device))
+                .map(|&(n, d)| {
+                    let config = EmbeddingConfig::new(n, d);
+                    match self.embedding_std {
+                        Some(std) => {
+                            config.with_initializer(Initializer::Normal { mean: 0.0, std })
+                        }
+                        None => config,
+                    }
+                    .init(device)
+                })
                 .collect(),
             mlp: self.mlp().init(device),
+            interaction: self.interaction,
         }
     }
 }
@@ -59,6 +85,7 @@ impl BottomConfig {
 pub struct BottomModel {
     pub embeddings: Vec<Embedding>,
     pub mlp: Mlp,
+    pub interaction: bool,
 }
 
 impl BottomModel {
@@ -70,7 +97,11 @@ impl BottomModel {
             .last()
             .expect("a bottom model has at least one layer");
         // burn stores a linear layer's weight as [inputs, outputs].
-        last.linear.weight.dims()[1]
+        let interaction = match self.embeddings.first() {
+            Some(e) if self.interaction => e.weight.dims()[1],
+            _ => 0,
+        };
+        last.linear.weight.dims()[1] + interaction
     }
 
     /// `numeric`: `[batch, numeric]`; `categorical`: `[batch, embeddings]` indices (ignored when
@@ -83,12 +114,20 @@ impl BottomModel {
                 if numeric.dims()[1] > 0 {
                     inputs.push(numeric);
                 }
+                let mut embedded = Vec::with_capacity(self.embeddings.len());
                 for (c, embedding) in self.embeddings.iter().enumerate() {
                     let column = indices.clone().narrow(1, c, 1);
                     let [_, width] = embedding.weight.dims();
-                    inputs.push(embedding.forward(column).reshape([batch, width]));
+                    embedded.push(embedding.forward(column).reshape([batch, width]));
                 }
-                Tensor::cat(inputs, 1)
+                inputs.extend(embedded.iter().cloned());
+                let h = self.mlp.forward(Tensor::cat(inputs, 1));
+                return match &embedded[..] {
+                    [user, item, ..] if self.interaction => {
+                        Tensor::cat(vec![user.clone() * item.clone(), h], 1)
+                    }
+                    _ => h,
+                };
             }
             _ => numeric,
         };

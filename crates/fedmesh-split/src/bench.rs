@@ -63,6 +63,8 @@ fn throughput(bench: &SplitBench, joint: bool) -> f64 {
                 layers: vec![32, 16],
                 batch_norm: true,
                 dropout: 0.0,
+                interaction: false,
+                embedding_std: None,
             }
             .init(&device);
             DomainParty::new(

@@ -897,6 +897,8 @@ fn bottom_config(features: &FeatureMatrix, layers: &LayersSpec) -> BottomConfig 
         layers: layers.layers.clone(),
         batch_norm: layers.batch_norm,
         dropout: layers.dropout,
+        interaction: false,
+        embedding_std: None,
     }
 }
 

@@ -198,6 +198,19 @@ impl DomainParty {
         &self.features
     }
 
+    /// Replaces the rows the plans refer to (a recommender's examples change every epoch);
+    /// the model and its optimizer carry on.
+    pub fn set_features(&mut self, features: FeatureMatrix) -> Result<(), SplitError> {
+        if self.pending.is_some() {
+            return Err(SplitError::Protocol(format!(
+                "domain `{}` was given new rows with a training batch in flight",
+                self.name
+            )));
+        }
+        self.features = features;
+        Ok(())
+    }
+
     /// Width of this domain's cut-layer activation.
     pub fn cut_width(&self) -> usize {
         self.model.output_width()
@@ -299,6 +312,11 @@ impl LabelOwner {
     /// Labels of all aligned rows, for configuration 1 (labels shared with governance).
     pub fn targets(&self) -> &Targets {
         &self.targets
+    }
+
+    /// Replaces the labels the plans refer to (a recommender's examples change every epoch).
+    pub fn set_targets(&mut self, targets: Targets) {
+        self.targets = targets;
     }
 
     pub fn head(&self) -> &Head {

@@ -104,6 +104,15 @@ impl<T: Transport> SplitTrainer<T> {
         &self.tower
     }
 
+    /// With label sharing, fetches the label owner's labels again (a recommender's examples,
+    /// and so their labels, change every epoch).
+    pub fn reload_labels(&mut self) -> Result<(), SplitError> {
+        if let Some(shared) = &mut self.labels {
+            shared.targets = self.transport.shared_labels()?;
+        }
+        Ok(())
+    }
+
     /// The head, when governance holds it (label sharing).
     pub fn head(&self) -> Option<&Head> {
         self.labels.as_ref().map(|l| &l.head)

@@ -46,6 +46,8 @@ fn train(objective: Objective, targets: Targets, features: Vec<FeatureMatrix>) -
                 layers: vec![16, 8],
                 batch_norm: false,
                 dropout: 0.0,
+                interaction: false,
+                embedding_std: None,
             };
             let bottom = seeded(&device, 3 + i as u64, || config.init(&device));
             DomainParty::new(format!("d{i}"), f, bottom, &optimizer, device.clone())

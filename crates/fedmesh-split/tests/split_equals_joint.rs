@@ -103,6 +103,8 @@ fn fixture() -> Fixture {
                 layers: vec![8, 4],
                 batch_norm: true,
                 dropout: 0.0,
+                interaction: false,
+                embedding_std: None,
             };
             seeded(&device, 11 + d as u64, || config.init(&device))
         })

@@ -95,7 +95,12 @@ pub fn run(file: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Rankin
         spec.training.epochs = epochs;
     }
     let configs: Vec<RankingConfig> = if options.configs.is_empty() {
-        vec![RankingConfig::Popularity, RankingConfig::Centralized]
+        vec![
+            RankingConfig::Popularity,
+            RankingConfig::Centralized,
+            RankingConfig::SplitLabelSharing,
+            RankingConfig::SplitLabelOwner,
+        ]
     } else {
         options
             .configs
