@@ -447,13 +447,27 @@ impl NodeJob {
         Ok(self.party.head.as_mut().expect("built above"))
     }
 
-    fn open(&self, start: v1::JobStart) -> Result<OpenedJob, SplitError> {
-        if start.domain != self.product.domain {
+    /// This domain's entry in a job's spec, its contract pointed at the node's own product
+    /// (whatever path the submitter's spec names).
+    fn own_domain(&self, job: &Job, domain: &str, id: &str) -> Result<DomainSpec, SplitError> {
+        if domain != self.product.domain {
             return Err(SplitError::Protocol(format!(
-                "this node serves domain `{}`, not `{}`",
-                self.product.domain, start.domain
+                "this node serves domain `{}`, not `{domain}`",
+                self.product.domain
             )));
         }
+        let mut entry = job
+            .spec
+            .domains
+            .iter()
+            .find(|d| d.name == domain)
+            .cloned()
+            .ok_or_else(|| SplitError::Protocol(format!("{id} has no domain `{domain}`")))?;
+        entry.contract = std::path::absolute(&self.product.contract)?;
+        Ok(entry)
+    }
+
+    fn open(&self, start: v1::JobStart) -> Result<OpenedJob, SplitError> {
         check_job_id(&start.job_id)?;
         let origin = PathBuf::from(format!("job `{}`", start.job_id));
         let mut job = Job::from_yaml(&start.spec_yaml, &origin)?;
@@ -463,20 +477,7 @@ impl NodeJob {
                 start.job_id
             )));
         }
-        let mut domain = job
-            .spec
-            .domains
-            .iter()
-            .find(|d| d.name == start.domain)
-            .cloned()
-            .ok_or_else(|| {
-                SplitError::Protocol(format!(
-                    "job `{}` has no domain `{}`",
-                    start.job_id, start.domain
-                ))
-            })?;
-        // The node's own product, whatever path the submitter's spec names.
-        domain.contract = std::path::absolute(&self.product.contract)?;
+        let domain = self.own_domain(&job, &start.domain, &format!("job `{}`", start.job_id))?;
         job.file = origin;
         // The domain's own admission, before any data is read: it never relies on governance
         // having asked.
@@ -720,25 +721,14 @@ impl NodeJob {
     /// Opens split inference: checks the usage against the domain's rules, finds the requested
     /// keys in the product, and loads the run's pipeline, bottom and (lazily) head.
     fn start_prediction(&mut self, start: v1::PredictStart) -> Result<v1::Found, SplitError> {
-        if start.domain != self.product.domain {
-            return Err(SplitError::Protocol(format!(
-                "this node serves domain `{}`, not `{}`",
-                self.product.domain, start.domain
-            )));
-        }
         check_job_id(&start.run_id)?;
         let origin = PathBuf::from(format!("model run `{}`", start.run_id));
         let job = Job::from_yaml(&start.spec_yaml, &origin)?;
-        let mut domain = job
-            .spec
-            .domains
-            .iter()
-            .find(|d| d.name == start.domain)
-            .cloned()
-            .ok_or_else(|| {
-                SplitError::Protocol(format!("the model has no domain `{}`", start.domain))
-            })?;
-        domain.contract = std::path::absolute(&self.product.contract)?;
+        let domain = self.own_domain(
+            &job,
+            &start.domain,
+            &format!("model run `{}`", start.run_id),
+        )?;
         let contract = DataContract::from_path(&domain.contract)?;
         let usage = crate::admission::usage(
             &job,

@@ -369,6 +369,19 @@ pub struct RankingResult {
     pub history: Vec<RankingEpoch>,
 }
 
+impl RankingResult {
+    pub fn of(config: RankingConfig, seed: u64, run: RankingRun) -> Self {
+        Self {
+            config: config.name().into(),
+            seed,
+            metrics: run.metrics,
+            train_seconds: run.train_seconds,
+            samples_per_second: run.samples_per_second,
+            history: run.history,
+        }
+    }
+}
+
 /// A loaded recommendation job: the products read and checked against their contracts, and
 /// the split.
 pub struct PreparedRecommendation {
@@ -516,14 +529,7 @@ impl PreparedRecommendation {
                     observer,
                     stop,
                 )?;
-                Ok(RankingResult {
-                    config: config.name().into(),
-                    seed,
-                    metrics: run.metrics,
-                    train_seconds: run.train_seconds,
-                    samples_per_second: run.samples_per_second,
-                    history: run.history,
-                })
+                Ok(RankingResult::of(config, seed, run))
             }
             RankingConfig::Centralized => {
                 let model = self.spec.model.clone().unwrap_or(NcfModelSpec {
@@ -544,14 +550,7 @@ impl PreparedRecommendation {
                     observer,
                     stop,
                 )?;
-                Ok(RankingResult {
-                    config: config.name().into(),
-                    seed,
-                    metrics: run.metrics,
-                    train_seconds: run.train_seconds,
-                    samples_per_second: run.samples_per_second,
-                    history: run.history,
-                })
+                Ok(RankingResult::of(config, seed, run))
             }
         }
     }
