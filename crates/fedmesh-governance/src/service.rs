@@ -646,10 +646,11 @@ impl GovernanceService {
             .lock()
             .expect("not poisoned")
             .insert(plan.id.clone(), stop);
-        let id = plan.id.clone();
+        // The record as admitted: the job's thread may move it on before the answer is sent.
+        let admitted = state.store.job(&plan.id).map_err(internal)?;
         let shared = self.state.clone();
         std::thread::spawn(move || drive(&shared, plan, caller, admission));
-        state.store.job(&id).map_err(internal)
+        Ok(admitted)
     }
 }
 
