@@ -6,6 +6,7 @@
 
 use std::time::Duration;
 
+use fedmesh_net::admission::requested;
 use fedmesh_net::{MeshIdentity, NodeEndpoint};
 use fedmesh_policy::{Action, Denial, LABEL_SHARING_RULE, Policies, Usage};
 use fedmesh_proto::v1::{self, domain_node_client::DomainNodeClient};
@@ -41,33 +42,30 @@ pub async fn admit(
         reason,
     };
     let spec = &job.spec;
-    let Some(purpose) = spec.purpose.clone() else {
+    if spec.purpose.is_none() {
         return Err(vec![governance(
             "purpose",
             "the job spec",
             "the job declares no `purpose`: a mesh admits no job without one (e.g. `purpose: fraud-detection`)".into(),
         )]);
-    };
+    }
     let mut configs = configs.to_vec();
     let mut notes = Vec::new();
     let share_labels = configs.contains(&RunConfig::SplitLabelSharing);
     let mut denials = Vec::new();
     let mut usages = Vec::new();
     for domain in &spec.domains {
-        let usage = Usage {
-            action: Action::Train,
-            job: job_id.to_string(),
-            requester: requester.to_string(),
-            purpose: purpose.clone(),
-            technique: spec.technique.clone(),
-            share_labels,
-            label_domain: spec.label.domain.clone(),
-            domain: domain.name.clone(),
-            // The domain fills in the product it serves.
-            product: String::new(),
-            product_version: String::new(),
-            columns: domain.features.iter().map(|f| f.column.clone()).collect(),
-            label_column: (spec.label.domain == domain.name).then(|| spec.label.column.clone()),
+        // The domain fills in the product it serves.
+        let usage = match requested(job, &domain.name, Action::Train, share_labels) {
+            Ok(usage) => Usage {
+                job: job_id.to_string(),
+                requester: requester.to_string(),
+                ..usage
+            },
+            Err(e) => {
+                denials.push(governance("spec", "the job spec", e.to_string()));
+                continue;
+            }
         };
         let Some(node) = nodes.iter().find(|n| n.name == domain.name) else {
             denials.push(governance(

@@ -910,23 +910,18 @@ fn predict(
     })?;
     let mut denials = Vec::new();
     for input in &model.inputs {
-        let Some(domain) = job.spec.domains.iter().find(|d| d.name == input.domain) else {
-            continue;
-        };
         let usage = fedmesh_policy::Usage {
-            action: fedmesh_policy::Action::Predict,
             job: reference.clone(),
             requester: requester.to_string(),
-            purpose: job.spec.purpose.clone().unwrap_or_default(),
-            technique: job.spec.technique.clone(),
-            share_labels,
-            label_domain: job.spec.label.domain.clone(),
-            domain: input.domain.clone(),
             product: input.product.clone(),
             product_version: input.version.clone(),
-            columns: domain.features.iter().map(|f| f.column.clone()).collect(),
-            label_column: (job.spec.label.domain == input.domain)
-                .then(|| job.spec.label.column.clone()),
+            ..fedmesh_net::admission::requested(
+                &job,
+                &input.domain,
+                fedmesh_policy::Action::Predict,
+                share_labels,
+            )
+            .map_err(|e| Status::failed_precondition(e.to_string()))?
         };
         denials.extend(policies.check(&usage));
     }

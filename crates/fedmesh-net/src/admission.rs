@@ -12,15 +12,13 @@ use fedmesh_policy::{Action, Denial, Policies, Usage};
 use fedmesh_split::SplitError;
 use fedmesh_split::job::Job;
 
-/// The usage of `domain`'s product (described by `contract`) that `job` asks for.
-pub fn usage(
+/// What `job` asks of `domain`'s product for `action`: purpose, technique, where the labels
+/// go, the columns. The job id, the requester and the product are the caller's to fill in.
+pub fn requested(
     job: &Job,
-    job_id: &str,
     domain: &str,
-    contract: &DataContract,
-    requester: &str,
-    share_labels: bool,
     action: Action,
+    share_labels: bool,
 ) -> Result<Usage, SplitError> {
     let spec = &job.spec;
     let purpose = spec.purpose.clone().ok_or_else(|| SplitError::Spec {
@@ -31,21 +29,39 @@ pub fn usage(
         .domains
         .iter()
         .find(|d| d.name == domain)
-        .ok_or_else(|| SplitError::Protocol(format!("job `{job_id}` has no domain `{domain}`")))?;
-    let owns_labels = spec.label.domain == domain;
+        .ok_or_else(|| SplitError::Protocol(format!("the job has no domain `{domain}`")))?;
     Ok(Usage {
         action,
-        job: job_id.to_string(),
-        requester: requester.to_string(),
+        job: String::new(),
+        requester: String::new(),
         purpose,
         technique: spec.technique.clone(),
         share_labels,
         label_domain: spec.label.domain.clone(),
         domain: domain.to_string(),
+        product: String::new(),
+        product_version: String::new(),
+        columns: entry.features.iter().map(|f| f.column.clone()).collect(),
+        label_column: (spec.label.domain == domain).then(|| spec.label.column.clone()),
+    })
+}
+
+/// The usage of `domain`'s product (described by `contract`) that `job` asks for.
+pub fn usage(
+    job: &Job,
+    job_id: &str,
+    domain: &str,
+    contract: &DataContract,
+    requester: &str,
+    share_labels: bool,
+    action: Action,
+) -> Result<Usage, SplitError> {
+    Ok(Usage {
+        job: job_id.to_string(),
+        requester: requester.to_string(),
         product: contract.product_name().to_string(),
         product_version: contract.version.clone(),
-        columns: entry.features.iter().map(|f| f.column.clone()).collect(),
-        label_column: owns_labels.then(|| spec.label.column.clone()),
+        ..requested(job, domain, action, share_labels)?
     })
 }
 

@@ -14,7 +14,7 @@ use fedmesh_data::{DataProduct, FeaturePipeline};
 use fedmesh_model::{Head, Objective, Tower};
 
 use crate::SplitError;
-use crate::job::{DomainSpec, JobSpec, PreparedDomain, pipeline_file};
+use crate::job::{DomainSpec, JobSpec, pipeline_file};
 use crate::party::{DomainParty, load_part};
 use crate::wire::{CutActivation, WireTensor};
 use fedmesh_model::training_device;
@@ -34,17 +34,7 @@ impl JobSpec {
             message: format!("the run's feature pipeline cannot be read: {e}"),
         })?;
         let pipeline = FeaturePipeline::from_json(&text)?;
-        let features = pipeline.transform(product)?;
-        let prepared = PreparedDomain {
-            name: domain.name.clone(),
-            product: product.name().to_string(),
-            pipeline,
-            features,
-            bottom: domain
-                .bottom
-                .clone()
-                .unwrap_or_else(|| self.model.bottom.clone()),
-        };
+        let prepared = self.prepared_domain(domain, product, pipeline)?;
         self.domain_party(&prepared, 0)?
             .load(&run_dir.join(format!("bottom-{}.bpk", domain.name)))
     }

@@ -682,17 +682,7 @@ impl Job {
             });
         }
         let pipeline = FeaturePipeline::fit(product, &domain.features, train)?;
-        let features = pipeline.transform(product)?;
-        Ok(Some(PreparedDomain {
-            name: domain.name.clone(),
-            product: product.name().to_string(),
-            pipeline,
-            features,
-            bottom: domain
-                .bottom
-                .clone()
-                .unwrap_or_else(|| spec.model.bottom.clone()),
-        }))
+        spec.prepared_domain(domain, product, pipeline).map(Some)
     }
 }
 
@@ -923,6 +913,26 @@ impl JobSpec {
             layers: self.model.head.clone(),
             outputs: self.objective.outputs(),
         }
+    }
+
+    /// A domain's product turned into features by `pipeline`, with the bottom it trains.
+    pub fn prepared_domain(
+        &self,
+        domain: &DomainSpec,
+        product: &DataProduct,
+        pipeline: FeaturePipeline,
+    ) -> Result<PreparedDomain, SplitError> {
+        let features = pipeline.transform(product)?;
+        Ok(PreparedDomain {
+            name: domain.name.clone(),
+            product: product.name().to_string(),
+            pipeline,
+            features,
+            bottom: domain
+                .bottom
+                .clone()
+                .unwrap_or_else(|| self.model.bottom.clone()),
+        })
     }
 
     /// A feature domain's party: its features and its bottom, initialized from `seed`.

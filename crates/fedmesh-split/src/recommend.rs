@@ -137,6 +137,116 @@ fn ids(values: &[u32], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(values, [len]), device)
 }
 
+/// A recommender that trains an epoch at a time on given examples and ranks the test cases:
+/// centralized NeuMF and the split NCF train through the same loop ([`fit_ranking`]).
+pub trait Recommender {
+    /// One epoch over `examples` ((user, item, label), in order); returns the mean loss.
+    fn train_epoch(
+        &mut self,
+        examples: &[(u32, u32, f32)],
+        training: &NcfTraining,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+    ) -> Result<f64, SplitError>;
+
+    fn evaluate(&mut self, split: &LeaveOneOut) -> Result<RankingMetrics, SplitError>;
+}
+
+/// Trains `model` on the split's training interactions (fresh negatives every epoch, shuffled)
+/// and ranks the test cases after every epoch; the result is the last epoch's ranking.
+pub fn fit_ranking(
+    model: &mut dyn Recommender,
+    split: &LeaveOneOut,
+    sampler: &NegativeSampler,
+    training: &NcfTraining,
+    seed: u64,
+    observer: &dyn Observer,
+    stop: &AtomicBool,
+) -> Result<RankingRun, SplitError> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut trained = Duration::ZERO;
+    let mut samples = 0usize;
+    let mut history = Vec::new();
+    observer.training_started();
+    for epoch in 1..=training.epochs {
+        let started = Instant::now();
+        let mut examples = sampler.epoch(&split.train, &mut rng);
+        examples.shuffle(&mut rng);
+        observer.epoch_started(epoch, examples.len().div_ceil(training.batch_size));
+        let train_loss = model.train_epoch(&examples, training, observer, stop)?;
+        trained += started.elapsed();
+        samples += examples.len();
+        let metrics = model.evaluate(split)?;
+        observer.epoch_done(&crate::trainer::EpochRecord {
+            epoch,
+            train_loss,
+            valid_loss: None,
+            valid_headline: Some(metrics.hit_ratio),
+        });
+        history.push(RankingEpoch {
+            epoch,
+            train_loss,
+            metrics,
+        });
+    }
+    observer.evaluation_started();
+    let metrics = history
+        .last()
+        .map(|e| e.metrics)
+        .map_or_else(|| model.evaluate(split), Ok)?;
+    Ok(RankingRun {
+        metrics,
+        history,
+        train_seconds: trained.as_secs_f64(),
+        samples_per_second: samples as f64 / trained.as_secs_f64().max(1e-9),
+    })
+}
+
+/// NeuMF with its optimizer, as a [`Recommender`].
+struct NeuMfTrainer {
+    net: NeuMf,
+    optimizer: burn::optim::ModuleOptimizer,
+    device: Device,
+}
+
+impl Recommender for NeuMfTrainer {
+    fn train_epoch(
+        &mut self,
+        examples: &[(u32, u32, f32)],
+        training: &NcfTraining,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+    ) -> Result<f64, SplitError> {
+        let device = &self.device;
+        let mut loss_sum = 0.0;
+        for batch in examples.chunks(training.batch_size) {
+            if stop.load(Ordering::Relaxed) {
+                return Err(SplitError::Interrupted);
+            }
+            let users: Vec<u32> = batch.iter().map(|e| e.0).collect();
+            let items: Vec<u32> = batch.iter().map(|e| e.1).collect();
+            let labels: Vec<f32> = batch.iter().map(|e| e.2).collect();
+            let labels = Tensor::<1>::from_data(TensorData::new(labels, [batch.len()]), device);
+            let loss = binary_cross_entropy(
+                self.net.forward(ids(&users, device), ids(&items, device)),
+                labels,
+            );
+            let value = scalar(&loss);
+            loss_sum += value as f64 * batch.len() as f64;
+            let grads = GradientsParams::from_grads(loss.backward(), &self.net);
+            self.net =
+                self.optimizer
+                    .step(training.optimizer.learning_rate, self.net.clone(), grads);
+            observer.batch_done(value);
+        }
+        Ok(loss_sum / examples.len().max(1) as f64)
+    }
+
+    fn evaluate(&mut self, split: &LeaveOneOut) -> Result<RankingMetrics, SplitError> {
+        evaluate_neumf(&self.net, split)
+    }
+}
+
 /// Trains NeuMF on the split's training interactions (4 fresh negatives per positive each
 /// epoch) and ranks the test cases after every epoch; the result is the last epoch's ranking.
 pub fn train_neumf(
@@ -149,67 +259,12 @@ pub fn train_neumf(
     stop: &AtomicBool,
 ) -> Result<RankingRun, SplitError> {
     let device = training_device();
-    let mut net: NeuMf = seeded(&device, seed, || model.init(&device));
-    let mut optimizer = training.optimizer.init();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let started = Instant::now();
-    let mut trained = Duration::ZERO;
-    let mut samples = 0usize;
-    let mut history = Vec::new();
-    observer.training_started();
-    for epoch in 1..=training.epochs {
-        let epoch_started = Instant::now();
-        let mut examples = sampler.epoch(&split.train, &mut rng);
-        examples.shuffle(&mut rng);
-        let batches: Vec<_> = examples.chunks(training.batch_size).collect();
-        observer.epoch_started(epoch, batches.len());
-        let mut loss_sum = 0.0;
-        for batch in batches {
-            if stop.load(Ordering::Relaxed) {
-                return Err(SplitError::Interrupted);
-            }
-            let users: Vec<u32> = batch.iter().map(|e| e.0).collect();
-            let items: Vec<u32> = batch.iter().map(|e| e.1).collect();
-            let labels: Vec<f32> = batch.iter().map(|e| e.2).collect();
-            let labels = Tensor::<1>::from_data(TensorData::new(labels, [batch.len()]), &device);
-            let loss = binary_cross_entropy(
-                net.forward(ids(&users, &device), ids(&items, &device)),
-                labels,
-            );
-            let value = scalar(&loss);
-            loss_sum += value as f64 * batch.len() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &net);
-            net = optimizer.step(training.optimizer.learning_rate, net, grads);
-            observer.batch_done(value);
-        }
-        samples += examples.len();
-        trained += epoch_started.elapsed();
-        let metrics = evaluate_neumf(&net, split)?;
-        let record = RankingEpoch {
-            epoch,
-            train_loss: loss_sum / examples.len().max(1) as f64,
-            metrics,
-        };
-        observer.epoch_done(&crate::trainer::EpochRecord {
-            epoch,
-            train_loss: record.train_loss,
-            valid_loss: None,
-            valid_headline: Some(metrics.hit_ratio),
-        });
-        history.push(record);
-    }
-    observer.evaluation_started();
-    let metrics = evaluate_neumf(&net, split)?;
-    tracing::debug!(
-        "NeuMF trained and evaluated in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(RankingRun {
-        metrics,
-        history,
-        train_seconds: trained.as_secs_f64(),
-        samples_per_second: samples as f64 / trained.as_secs_f64().max(1e-9),
-    })
+    let mut trainer = NeuMfTrainer {
+        net: seeded(&device, seed, || model.init(&device)),
+        optimizer: training.optimizer.init(),
+        device,
+    };
+    fit_ranking(&mut trainer, split, sampler, training, seed, observer, stop)
 }
 
 /// Ranks the test cases with NeuMF in inference mode.
@@ -805,9 +860,11 @@ impl SplitNcf {
     pub fn domain_features(&self, domain: usize) -> &fedmesh_data::FeatureMatrix {
         self.trainer.transport().domains[domain].features()
     }
+}
 
+impl Recommender for SplitNcf {
     /// One epoch over `examples` in batches; returns the mean loss.
-    pub fn train_epoch(
+    fn train_epoch(
         &mut self,
         examples: &[(u32, u32, f32)],
         training: &NcfTraining,
@@ -834,7 +891,7 @@ impl SplitNcf {
 
     /// Ranks the test cases: every candidate scored with its own user's and item's attributes,
     /// the scores read where the head is.
-    pub fn evaluate(&mut self, split: &LeaveOneOut) -> Result<RankingMetrics, SplitError> {
+    fn evaluate(&mut self, split: &LeaveOneOut) -> Result<RankingMetrics, SplitError> {
         use crate::trainer::Trainer;
         evaluate(split, |users, items| {
             let examples: Vec<(u32, u32, f32)> = users
@@ -866,7 +923,6 @@ impl SplitNcf {
 const TEST_CANDIDATES: usize = fedmesh_data::recommend::TEST_NEGATIVES + 1;
 
 /// Trains the split NCF and ranks the test cases after every epoch.
-#[allow(clippy::too_many_arguments)]
 pub fn train_split_ncf(
     model: &mut SplitNcf,
     split: &LeaveOneOut,
@@ -876,43 +932,7 @@ pub fn train_split_ncf(
     observer: &dyn Observer,
     stop: &AtomicBool,
 ) -> Result<RankingRun, SplitError> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut trained = Duration::ZERO;
-    let mut samples = 0usize;
-    let mut history = Vec::new();
-    observer.training_started();
-    for epoch in 1..=training.epochs {
-        let started = Instant::now();
-        let mut examples = sampler.epoch(&split.train, &mut rng);
-        examples.shuffle(&mut rng);
-        observer.epoch_started(epoch, examples.len().div_ceil(training.batch_size));
-        let train_loss = model.train_epoch(&examples, training, observer, stop)?;
-        trained += started.elapsed();
-        samples += examples.len();
-        let metrics = model.evaluate(split)?;
-        observer.epoch_done(&crate::trainer::EpochRecord {
-            epoch,
-            train_loss,
-            valid_loss: None,
-            valid_headline: Some(metrics.hit_ratio),
-        });
-        history.push(RankingEpoch {
-            epoch,
-            train_loss,
-            metrics,
-        });
-    }
-    observer.evaluation_started();
-    let metrics = history
-        .last()
-        .map(|e| e.metrics)
-        .map_or_else(|| model.evaluate(split), Ok)?;
-    Ok(RankingRun {
-        metrics,
-        history,
-        train_seconds: trained.as_secs_f64(),
-        samples_per_second: samples as f64 / trained.as_secs_f64().max(1e-9),
-    })
+    fit_ranking(model, split, sampler, training, seed, observer, stop)
 }
 
 #[cfg(test)]
