@@ -595,6 +595,66 @@ pub fn hm(dir: &Path, min_interactions: usize) -> Result<RetailData, DataError> 
     })
 }
 
+/// Writes a small MovieLens-format dataset (`u.data`, `u.user`, `u.item`) with two taste groups,
+/// for tests and examples without the real data: a user's gender marks its group, an item's
+/// genre (action or romance) marks its group, and users interact with items of their group
+/// only. A recommender that learns anything ranks held-out items far above popularity.
+pub fn write_synthetic_movielens(
+    dir: &Path,
+    users: usize,
+    items: usize,
+    per_user: usize,
+) -> Result<(), DataError> {
+    let write = |name: &str, text: String| {
+        std::fs::write(dir.join(name), text).map_err(|error| DataError::Io {
+            path: dir.join(name),
+            error,
+        })
+    };
+    std::fs::create_dir_all(dir).map_err(|error| DataError::Io {
+        path: dir.to_path_buf(),
+        error,
+    })?;
+    let group_items = items / 2;
+    let mut ratings = String::new();
+    let mut time = 880_000_000i64;
+    for u in 0..users {
+        let group = u % 2;
+        for k in 0..per_user.min(group_items) {
+            let item = group * group_items + (u * 7 + k * 13) % group_items;
+            time += 1;
+            ratings.push_str(&format!("{}\t{}\t4\t{time}\n", u + 1, item + 1));
+        }
+    }
+    let occupations = ["student", "engineer", "writer", "educator"];
+    let viewers: String = (0..users)
+        .map(|u| {
+            let gender = if u % 2 == 0 { "M" } else { "F" };
+            let age = 18 + (u * 5) % 50;
+            let occupation = occupations[u % occupations.len()];
+            format!("{}|{age}|{gender}|{occupation}|00000\n", u + 1)
+        })
+        .collect();
+    let films: String = (0..items)
+        .map(|i| {
+            // The 19 genre flags: action (index 1) for group 0, romance (index 14) for group 1.
+            let genre = if i < group_items { 1 } else { 14 };
+            let flags: Vec<&str> = (0..19)
+                .map(|g| if g == genre { "1" } else { "0" })
+                .collect();
+            format!(
+                "{}|Film {}|01-Jan-1995||http://example.org|{}\n",
+                i + 1,
+                i + 1,
+                flags.join("|")
+            )
+        })
+        .collect();
+    write("u.data", ratings)?;
+    write("u.user", viewers)?;
+    write("u.item", films)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,6 +11,8 @@ use fedmesh_data::DataContract;
 use fedmesh_policy::{Action, Denial, Policies, Usage};
 use fedmesh_split::SplitError;
 use fedmesh_split::job::Job;
+use fedmesh_split::recommend::RecommendationSpec;
+use fedmesh_split::split_ncf::{EntityBottomSpec, NcfRole};
 
 /// What `job` asks of `domain`'s product for `action`: purpose, technique, where the labels
 /// go, the columns. The job id, the requester and the product are the caller's to fill in.
@@ -43,6 +45,46 @@ pub fn requested(
         product_version: String::new(),
         columns: entry.features.iter().map(|f| f.column.clone()).collect(),
         label_column: (spec.label.domain == domain).then(|| spec.label.column.clone()),
+    })
+}
+
+/// What a recommendation job asks of the product `role` serves, for `action`: the purpose,
+/// split learning, whether the labels (sales's interactions) go to governance, and the columns
+/// the domain's bottom reads. Sales's `user_id` keys the user embedding; it is not a feature.
+/// The job id, the requester and the product are the caller's to fill in.
+pub fn recommendation_usage(
+    spec: &RecommendationSpec,
+    role: NcfRole,
+    action: Action,
+    share_labels: bool,
+) -> Result<Usage, SplitError> {
+    let purpose = spec.purpose.clone().ok_or_else(|| {
+        SplitError::Protocol(format!(
+            "job `{}` declares no `purpose`: a mesh admits no job without one (e.g. `purpose: recommendation`)",
+            spec.name
+        ))
+    })?;
+    let features =
+        |entity: &EntityBottomSpec| entity.features.iter().map(|f| f.column.clone()).collect();
+    let columns = match (role, &spec.split_model) {
+        (NcfRole::Sales, _) => vec!["item_id".to_string()],
+        (NcfRole::Customer, Some(model)) => features(&model.customer),
+        (NcfRole::Product, Some(model)) => features(&model.product),
+        (_, None) => Vec::new(),
+    };
+    Ok(Usage {
+        action,
+        job: String::new(),
+        requester: String::new(),
+        purpose,
+        technique: fedmesh_policy::SPLIT_LEARNING.into(),
+        share_labels,
+        label_domain: spec.sales.name.clone(),
+        domain: spec.domain(role).name.clone(),
+        product: String::new(),
+        product_version: String::new(),
+        columns,
+        label_column: None,
     })
 }
 

@@ -13,6 +13,8 @@ use fedmesh_data::Partition;
 use fedmesh_proto::Encoding;
 use fedmesh_proto::v1;
 use fedmesh_split::job::{Job, RunConfig, RunResult, WireBytes, WireEncoding};
+use fedmesh_split::recommend::{RankingConfig, RankingResult, RecommendationSpec, fit_ranking};
+use fedmesh_split::split_ncf::SplitNcf;
 use fedmesh_split::{Observer, SplitError, SplitTrainer};
 
 use crate::{GrpcTransport, MeshIdentity, NodeEndpoint};
@@ -30,6 +32,86 @@ pub struct Mesh {
 pub const MESH_CONFIGS: [RunConfig; 2] = [RunConfig::SplitLabelSharing, RunConfig::SplitLabelOwner];
 
 impl Mesh {
+    /// The node that serves domain `name`.
+    fn node(&self, name: &str) -> Result<NodeEndpoint, SplitError> {
+        self.nodes
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                SplitError::Protocol(format!(
+                    "the mesh has no node for domain `{name}` (known: {})",
+                    self.nodes
+                        .iter()
+                        .map(|n| n.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })
+    }
+
+    /// Trains and evaluates one split configuration of a recommendation job for one seed on
+    /// its sales, customer and product nodes: the split NCF of an in-process run, with every
+    /// domain's share on its own node.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_recommendation(
+        &self,
+        spec: &RecommendationSpec,
+        run_id: &str,
+        requester: &str,
+        config: RankingConfig,
+        seed: u64,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+    ) -> Result<RankingResult, SplitError> {
+        let share_labels = match config {
+            RankingConfig::SplitLabelSharing => true,
+            RankingConfig::SplitLabelOwner => false,
+            other => {
+                return Err(SplitError::Protocol(format!(
+                    "`{}` cannot run over the mesh: it needs every domain's data in one place",
+                    other.name()
+                )));
+            }
+        };
+        let model = spec.split_model()?;
+        let nodes = [
+            self.node(&spec.sales.name)?,
+            self.node(&spec.customer.name)?,
+            self.node(&spec.product.name)?,
+        ];
+        let start = v1::JobStart {
+            job_id: run_id.to_string(),
+            spec_yaml: spec.to_yaml(),
+            domain: String::new(),
+            seed,
+            encoding: Encoding::F32 as i32,
+            share_labels,
+            requester: requester.to_string(),
+        };
+        let transport =
+            GrpcTransport::connect_recommendation(&self.identity, &nodes, start, self.deadline)?;
+        let mut ncf = SplitNcf::new(
+            transport,
+            model,
+            &spec.training.optimizer,
+            share_labels,
+            seed,
+        )?;
+        let run = fit_ranking(&mut ncf, &spec.training, observer, stop)?;
+        let (to_domains, from_domains) = ncf.transport().bytes();
+        let mut result = RankingResult::of(config, seed, run);
+        result.wire = Some(WireBytes {
+            encoding: WireEncoding::F32,
+            to_domains,
+            from_domains,
+        });
+        if let Err(e) = ncf.transport_mut().finish() {
+            tracing::warn!("run `{run_id}` finished, but {e}");
+        }
+        Ok(result)
+    }
+
     /// Trains and evaluates one configuration of `job` for one seed on the domain nodes.
     /// `run_id` names the run on the nodes (their parts are saved under it); with `save_to`,
     /// governance saves its own parts there and every node saves its own.
@@ -62,7 +144,7 @@ impl Mesh {
             to_domains,
             from_domains,
         });
-        result.alignment = Some(trainer.transport().alignment().clone());
+        result.alignment = trainer.transport().alignment().cloned();
         // The run is trained, evaluated and saved: a node that does not acknowledge the end
         // costs a warning, not the run.
         if let Err(e) = trainer.transport_mut().finish() {
@@ -98,23 +180,7 @@ impl Mesh {
         let nodes = spec
             .domains
             .iter()
-            .map(|d| {
-                self.nodes
-                    .iter()
-                    .find(|n| n.name == d.name)
-                    .cloned()
-                    .ok_or_else(|| {
-                        SplitError::Protocol(format!(
-                            "the mesh has no node for domain `{}` (known: {})",
-                            d.name,
-                            self.nodes
-                                .iter()
-                                .map(|n| n.name.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        ))
-                    })
-            })
+            .map(|d| self.node(&d.name))
             .collect::<Result<Vec<_>, _>>()?;
         let share_labels = *config == RunConfig::SplitLabelSharing;
         let encoding = match spec.wire.encoding {

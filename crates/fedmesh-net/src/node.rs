@@ -21,6 +21,8 @@ use fedmesh_proto::v1::domain_node_server::DomainNode;
 use fedmesh_proto::v1::governance_message::Body as Command;
 use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
 use fedmesh_split::job::{DomainSpec, Job, PreparedDomain, pipeline_file, product_keys};
+use fedmesh_split::recommend::{RecommendationSpec, is_recommendation};
+use fedmesh_split::split_ncf::{ExamplePass, NcfParty, NcfRole};
 use fedmesh_split::{DomainParty, LabelOwner, SplitError};
 use prost::Message as _;
 use tokio::sync::mpsc;
@@ -236,6 +238,7 @@ async fn serve(
         party: NodeParty::default(),
         traffic: Traffic::default(),
         predicting: None,
+        ncf: None,
     };
     loop {
         let message = match inbound.message().await {
@@ -381,6 +384,21 @@ struct NodeJob {
     traffic: Traffic,
     /// A stream that scores entities with a trained model instead of training one.
     predicting: Option<Predicting>,
+    /// A recommendation job (the split NCF) instead of a classification one.
+    ncf: Option<NcfJob>,
+}
+
+/// A recommendation job the node has opened: its domain's share of the split NCF.
+struct NcfJob {
+    id: String,
+    spec: RecommendationSpec,
+    party: NcfParty,
+    usage: Usage,
+    rows: usize,
+    share_labels: bool,
+    encoding: Encoding,
+    /// Example passes drawn (sales) or taken (customer, product).
+    passes: u64,
 }
 
 /// A domain's share of split inference: its rows of the requested entities, its trained bottom
@@ -419,7 +437,24 @@ impl NodeJob {
             .ok_or_else(|| protocol("no job was started on this stream"))
     }
 
+    fn ncf(&mut self) -> Result<&mut NcfJob, SplitError> {
+        self.ncf
+            .as_mut()
+            .ok_or_else(|| protocol("no recommendation job was started on this stream"))
+    }
+
+    /// The encoding of the tensors the job sends.
+    fn encoding(&mut self) -> Result<Encoding, SplitError> {
+        match &self.ncf {
+            Some(ncf) => Ok(ncf.encoding),
+            None => Ok(self.opened()?.encoding),
+        }
+    }
+
     fn bottom(&mut self) -> Result<&mut DomainParty, SplitError> {
+        if let Some(ncf) = &mut self.ncf {
+            return ncf.party.bottom_mut();
+        }
         self.party
             .bottom
             .as_mut()
@@ -429,6 +464,9 @@ impl NodeJob {
 
     /// The head, built from the first tower output it is given.
     fn head(&mut self, tower_output: usize) -> Result<&mut LabelOwner, SplitError> {
+        if self.ncf.is_some() {
+            return self.ncf()?.party.head(tower_output);
+        }
         if self.party.head.is_none() {
             let opened = self.opened()?;
             if !opened.owns_labels() || opened.share_labels {
@@ -465,6 +503,197 @@ impl NodeJob {
             .ok_or_else(|| SplitError::Protocol(format!("{id} has no domain `{domain}`")))?;
         entry.contract = std::path::absolute(&self.product.contract)?;
         Ok(entry)
+    }
+
+    /// A product that breaks its contract keeps its domain out; the catalog and the job's
+    /// status both say why.
+    fn refuse_blocked(
+        &self,
+        contract: &DataContract,
+        violation: &fedmesh_data::Violation,
+        job_id: &str,
+    ) -> SplitError {
+        let domain = &self.product.domain;
+        self.context.register(registration(
+            contract,
+            None,
+            &crate::catalog::QualityReport::blocked(violation.to_string()),
+        ));
+        let reason = format!(
+            "{violation} (severity error): `{domain}` stays out of the job until the data is fixed"
+        );
+        self.context.audit(
+            Entry::new(domain.clone(), "job.denied", job_id.to_string())
+                .detail("at", "contract check")
+                .detail("denials", [&reason]),
+        );
+        SplitError::Denied(vec![format!("{domain} refuses: {reason}")])
+    }
+
+    /// Opens a recommendation job: checks the usage against the domain's rules, reads its
+    /// product from its own copy of the dataset, and builds its share of the split NCF.
+    fn open_recommendation(&self, start: v1::JobStart) -> Result<NcfJob, SplitError> {
+        check_job_id(&start.job_id)?;
+        let origin = PathBuf::from(format!("job `{}`", start.job_id));
+        let spec = RecommendationSpec::from_yaml(&start.spec_yaml, &origin)?;
+        if start.domain != self.product.domain {
+            return Err(SplitError::Protocol(format!(
+                "this node serves domain `{}`, not `{}`",
+                self.product.domain, start.domain
+            )));
+        }
+        let role = spec.role_of(&start.domain).ok_or_else(|| {
+            SplitError::Protocol(format!(
+                "job `{}` has no domain `{}`",
+                start.job_id, start.domain
+            ))
+        })?;
+        let contract = DataContract::from_path(&self.product.contract)?;
+        let usage = Usage {
+            job: start.job_id.clone(),
+            requester: start.requester.clone(),
+            product: contract.product_name().to_string(),
+            product_version: contract.version.clone(),
+            ..crate::admission::recommendation_usage(
+                &spec,
+                role,
+                Action::Train,
+                start.share_labels,
+            )?
+        };
+        let denials = self.context.check(&contract, &usage, None);
+        if !denials.is_empty() {
+            self.context.audit_decision(&usage, &denials, "job start");
+            return Err(crate::admission::denied(&denials));
+        }
+        let (retail, product) =
+            match spec.read_product(role, &self.product.contract, self.product.data.as_deref()) {
+                Ok(read) => read,
+                Err(SplitError::Data(DataError::Violation(violation))) => {
+                    return Err(self.refuse_blocked(&contract, &violation, &start.job_id));
+                }
+                Err(e) => return Err(e),
+            };
+        let rows = product.rows();
+        self.context.register(registration(
+            &product.contract,
+            Some(rows),
+            &crate::catalog::QualityReport::of(&product),
+        ));
+        let denials = self.context.check(&contract, &usage, Some(rows));
+        self.context.audit_decision(&usage, &denials, "job start");
+        if !denials.is_empty() {
+            return Err(crate::admission::denied(&denials));
+        }
+        let model = spec.split_model()?;
+        let party = match role {
+            NcfRole::Sales => NcfParty::sales(
+                &self.product.domain,
+                model,
+                &retail.interactions,
+                spec.split(&retail)?,
+                &spec.training,
+                !start.share_labels,
+                start.seed,
+            ),
+            _ => NcfParty::entity(
+                role,
+                &self.product.domain,
+                model,
+                product,
+                &spec.training.optimizer,
+                start.seed,
+            )?,
+        };
+        tracing::info!(
+            "job `{}`: {rows} rows of `{}` as the {} domain of a recommendation job",
+            start.job_id,
+            contract.product_name(),
+            role.name()
+        );
+        Ok(NcfJob {
+            id: start.job_id,
+            spec,
+            party,
+            usage,
+            rows,
+            share_labels: start.share_labels,
+            encoding: Encoding::try_from(start.encoding).unwrap_or(Encoding::F32),
+            passes: 0,
+        })
+    }
+
+    /// Answers a recommendation job's own messages.
+    fn handle_ncf(&mut self, command: Command) -> Result<Reply, SplitError> {
+        let models = self.product.models.clone();
+        let ncf = self.ncf()?;
+        Ok(match command {
+            Command::EntitiesRequest(_) => {
+                let (users, items) = ncf.party.entities()?;
+                Reply::Entities(v1::Entities {
+                    users,
+                    items,
+                    cut_width: ncf.party.cut_width() as u32,
+                })
+            }
+            Command::Entities(entities) => {
+                let ids = match ncf.party.role {
+                    NcfRole::Customer => entities.users,
+                    NcfRole::Product => entities.items,
+                    NcfRole::Sales => return Err(protocol("sales names the entities itself")),
+                };
+                let width = ncf.party.set_entities(&ids)?;
+                Reply::Ready(v1::Ready {
+                    rows: ids.len() as u64,
+                    cut_width: width as u32,
+                    keyed: false,
+                })
+            }
+            Command::ExamplesRequest(request) => {
+                let pass = match request.pass() {
+                    v1::examples_request::Pass::Train => ExamplePass::Training,
+                    v1::examples_request::Pass::Test => ExamplePass::Test,
+                };
+                let (users, items) = ncf.party.draw(pass)?;
+                ncf.passes += 1;
+                Reply::Examples(v1::Examples { users, items })
+            }
+            Command::ExampleEntities(rows) => {
+                ncf.party.set_examples(&rows.entities)?;
+                ncf.passes += 1;
+                Reply::Ready(v1::Ready {
+                    rows: rows.entities.len() as u64,
+                    cut_width: ncf.party.cut_width() as u32,
+                    keyed: false,
+                })
+            }
+            Command::Rank(_) => {
+                if ncf.share_labels {
+                    return Err(protocol(
+                        "labels are shared in this job: governance ranks the test cases",
+                    ));
+                }
+                let metrics = ncf.party.rank()?;
+                Reply::ReportJson(serde_json::to_string(&metrics).expect("metrics serialize"))
+            }
+            Command::Labels(_) => {
+                if !ncf.share_labels {
+                    return Err(protocol(
+                        "the job keeps labels at the label owner; they are not shared",
+                    ));
+                }
+                Reply::Labels(labels_to_wire(&ncf.party.labels()?))
+            }
+            Command::Save(_) => {
+                let dir = models.join(&ncf.id);
+                std::fs::create_dir_all(&dir)?;
+                let parts = ncf.party.save(&dir)?;
+                Reply::Saved(v1::Saved {
+                    parts: parts.iter().map(|p| p.display().to_string()).collect(),
+                })
+            }
+            _ => return Err(protocol("not a message of a recommendation job")),
+        })
     }
 
     fn open(&self, start: v1::JobStart) -> Result<OpenedJob, SplitError> {
@@ -504,30 +733,7 @@ impl NodeJob {
         let (product, origin) = match loaded {
             Ok(loaded) => loaded,
             Err(SplitError::Data(DataError::Violation(violation))) => {
-                // A product that breaks its contract keeps its domain out; the catalog and the
-                // job's status both say why.
-                self.context.register(registration(
-                    &contract,
-                    None,
-                    &crate::catalog::QualityReport::blocked(violation.to_string()),
-                ));
-                let reason = format!(
-                    "{violation} (severity error): `{}` stays out of the job until the data is fixed",
-                    domain.name
-                );
-                self.context.audit(
-                    Entry::new(
-                        self.product.domain.clone(),
-                        "job.denied",
-                        start.job_id.clone(),
-                    )
-                    .detail("at", "contract check")
-                    .detail("denials", [&reason]),
-                );
-                return Err(SplitError::Denied(vec![format!(
-                    "{} refuses: {reason}",
-                    domain.name
-                )]));
+                return Err(self.refuse_blocked(&contract, &violation, &start.job_id));
             }
             Err(e) => return Err(e),
         };
@@ -693,6 +899,28 @@ impl NodeJob {
 
     /// Records what the finished run used and sent.
     fn audit_run(&self) {
+        if let Some(ncf) = &self.ncf {
+            self.context.audit(
+                Entry::new(self.product.domain.clone(), "training.run", ncf.id.clone())
+                    .detail(
+                        "product",
+                        format!("{} {}", ncf.usage.product, ncf.usage.product_version),
+                    )
+                    .detail("role", ncf.party.role.name())
+                    .detail("columns", &ncf.usage.columns)
+                    .detail(
+                        "labels_shared",
+                        ncf.share_labels && ncf.party.role == NcfRole::Sales,
+                    )
+                    .detail("rows", ncf.rows)
+                    .detail("epochs", ncf.spec.training.epochs)
+                    .detail("example_passes", ncf.passes)
+                    .detail("batches", self.traffic.plans)
+                    .detail("bytes_sent", self.traffic.sent)
+                    .detail("bytes_received", self.traffic.received),
+            );
+            return;
+        }
         let Some(opened) = &self.opened else {
             return;
         };
@@ -811,7 +1039,16 @@ impl NodeJob {
 
     /// Answers one message; `None` for a gradient, which has no answer unless it fails.
     fn handle(&mut self, command: Command) -> Result<Option<Reply>, SplitError> {
+        // A recommendation job's labels and parts are its own.
+        if self.ncf.is_some() && matches!(command, Command::Labels(_) | Command::Save(_)) {
+            return self.handle_ncf(command).map(Some);
+        }
         let reply = match command {
+            command @ (Command::EntitiesRequest(_)
+            | Command::Entities(_)
+            | Command::ExamplesRequest(_)
+            | Command::ExampleEntities(_)
+            | Command::Rank(_)) => self.handle_ncf(command)?,
             Command::Predict(start) => Reply::Found(self.start_prediction(start)?),
             Command::PredictRows(request) => {
                 let predicting = self.predicting()?;
@@ -861,6 +1098,16 @@ impl NodeJob {
                 let cols = (values.len() / z.rows.max(1)) as u32;
                 Reply::Scores(v1::Scores { values, cols })
             }
+            Command::Start(start) if is_recommendation(&start.spec_yaml) => {
+                let ncf = self.open_recommendation(start)?;
+                let rows = ncf.rows as u64;
+                self.ncf = Some(ncf);
+                Reply::Ready(v1::Ready {
+                    rows,
+                    cut_width: 0,
+                    keyed: false,
+                })
+            }
             Command::Start(start) => {
                 let opened = self.open(start)?;
                 let rows = opened.product.rows() as u64;
@@ -906,7 +1153,7 @@ impl NodeJob {
             })?),
             Command::Plan(plan) => {
                 let plan = plan_from_wire(&plan)?;
-                let encoding = self.opened()?.encoding;
+                let encoding = self.encoding()?;
                 let activation = self.bottom()?.forward(&plan)?;
                 Reply::Activation(tensor_to_wire(&activation, encoding))
             }
@@ -918,7 +1165,7 @@ impl NodeJob {
             Command::Step(step) => {
                 let gradient = tensor_from_wire(step.gradient.as_ref())?;
                 let plan = plan_from_wire(&step.plan.unwrap_or_default())?;
-                let encoding = self.opened()?.encoding;
+                let encoding = self.encoding()?;
                 let bottom = self.bottom()?;
                 bottom.backward(&gradient)?;
                 Reply::Activation(tensor_to_wire(&bottom.forward(&plan)?, encoding))
@@ -926,7 +1173,7 @@ impl NodeJob {
             Command::HeadTrain(input) => {
                 let plan = plan_from_wire(&input.plan.unwrap_or_default())?;
                 let z = tensor_from_wire(input.tower_output.as_ref())?;
-                let encoding = self.opened()?.encoding;
+                let encoding = self.encoding()?;
                 let step = self.head(z.cols)?.train(&plan, &z)?;
                 Reply::HeadStep(v1::HeadStep {
                     loss: step.loss,

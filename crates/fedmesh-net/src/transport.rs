@@ -13,6 +13,8 @@ use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
 use fedmesh_split::job::{
     AlignmentMethod, AlignmentSummary, ProductRows, alignment_method, check_intersection,
 };
+use fedmesh_split::recommend::RankingMetrics;
+use fedmesh_split::split_ncf::{ExamplePass, NcfTransport};
 use fedmesh_split::transport::check_one_per_domain;
 use fedmesh_split::{
     BatchPlan, CutActivation, CutLayerGradient, EvaluationReport, HeadStep, SplitError, Transport,
@@ -166,7 +168,9 @@ pub struct GrpcTransport {
     encoding: Encoding,
     deadline: Duration,
     partition: Partition,
-    alignment: AlignmentSummary,
+    /// How the rows were aligned (none for a recommendation job, whose examples name entities
+    /// by id).
+    alignment: Option<AlignmentSummary>,
     alignment_seconds: f64,
 }
 
@@ -214,14 +218,72 @@ impl GrpcTransport {
             encoding,
             deadline,
             partition,
-            alignment,
+            alignment: Some(alignment),
             alignment_seconds,
         })
     }
 
+    /// Connects to a recommendation job's nodes (sales, customer, product, in that order) and
+    /// opens the job on each: each loads and checks its product; sales names the users and
+    /// items its examples will use, and customer and product look them up in their own tables
+    /// and build their bottoms.
+    pub fn connect_recommendation(
+        identity: &MeshIdentity,
+        nodes: &[NodeEndpoint; 3],
+        start: v1::JobStart,
+        deadline: Duration,
+    ) -> Result<Self, SplitError> {
+        let encoding = Encoding::try_from(start.encoding).unwrap_or(Encoding::F32);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut links = runtime.block_on(try_join_all(nodes.iter().map(|node| {
+            let mut start = start.clone();
+            start.domain = node.name.clone();
+            open(identity, node, start, deadline)
+        })))?;
+        runtime.block_on(async {
+            let [sales, customer, product] = &mut links[..] else {
+                unreachable!("three nodes")
+            };
+            let entities = match sales
+                .call(Command::EntitiesRequest(v1::Empty {}), deadline)
+                .await?
+            {
+                Reply::Entities(entities) => entities,
+                other => return Err(unexpected(&sales.name, &other)),
+            };
+            sales.cut_width = entities.cut_width;
+            let users = v1::Entities {
+                users: entities.users,
+                ..Default::default()
+            };
+            let items = v1::Entities {
+                items: entities.items,
+                ..Default::default()
+            };
+            tokio::try_join!(
+                customer.look_up(users, deadline),
+                product.look_up(items, deadline)
+            )?;
+            Ok(())
+        })?;
+        Ok(Self {
+            runtime,
+            links,
+            bottoms: vec![0, 1, 2],
+            owner: 0,
+            encoding,
+            deadline,
+            partition: Partition::default(),
+            alignment: None,
+            alignment_seconds: 0.0,
+        })
+    }
+
     /// How the domains' rows were aligned (all that governance learns of their keys).
-    pub fn alignment(&self) -> &AlignmentSummary {
-        &self.alignment
+    pub fn alignment(&self) -> Option<&AlignmentSummary> {
+        self.alignment.as_ref()
     }
 
     /// Wall time of the alignment phase (private set intersection), from the first message to
@@ -692,6 +754,52 @@ impl Link {
     }
 }
 
+impl Link {
+    /// Recommendation jobs: sends customer or product the entities the examples will name,
+    /// and waits for its bottom.
+    async fn look_up(
+        &mut self,
+        entities: v1::Entities,
+        deadline: Duration,
+    ) -> Result<(), SplitError> {
+        let named = entities.users.len() + entities.items.len();
+        match self.call(Command::Entities(entities), deadline).await? {
+            Reply::Ready(ready) if ready.rows as usize == named => {
+                self.cut_width = ready.cut_width;
+                Ok(())
+            }
+            Reply::Ready(ready) => Err(self.error(format!(
+                "looked up {} of the {named} entities sales named",
+                ready.rows
+            ))),
+            other => Err(unexpected(&self.name, &other)),
+        }
+    }
+
+    /// Recommendation jobs: sends customer or product each current example's entity, and
+    /// waits until it holds their rows.
+    async fn take_examples(
+        &mut self,
+        entities: Vec<u32>,
+        deadline: Duration,
+    ) -> Result<(), SplitError> {
+        let count = entities.len();
+        match self
+            .call(
+                Command::ExampleEntities(v1::EntityRows { entities }),
+                deadline,
+            )
+            .await?
+        {
+            Reply::Ready(ready) if ready.rows as usize == count => Ok(()),
+            Reply::Ready(ready) => {
+                Err(self.error(format!("holds {} rows for {count} examples", ready.rows)))
+            }
+            other => Err(unexpected(&self.name, &other)),
+        }
+    }
+}
+
 /// The links of domains that contribute a bottom, in domain order.
 fn bottom_links<'a>(
     links: &'a mut [Link],
@@ -862,5 +970,56 @@ impl Transport for GrpcTransport {
             })
             .map(PathBuf::from)
             .collect())
+    }
+}
+
+impl NcfTransport for GrpcTransport {
+    fn cut_width(&self) -> usize {
+        GrpcTransport::cut_width(self)
+    }
+
+    /// Sales draws the examples and sends each one's user and item by position; governance
+    /// forwards the users to customer and the items to product.
+    fn examples(&mut self, pass: ExamplePass) -> Result<usize, SplitError> {
+        let deadline = self.deadline;
+        let pass = match pass {
+            ExamplePass::Training => v1::examples_request::Pass::Train,
+            ExamplePass::Test => v1::examples_request::Pass::Test,
+        };
+        let request = Command::ExamplesRequest(v1::ExamplesRequest { pass: pass as i32 });
+        let [sales, customer, product] = &mut self.links[..] else {
+            return Err(SplitError::Protocol(
+                "a recommendation job has three domains: sales, customer, product".into(),
+            ));
+        };
+        self.runtime.block_on(async {
+            let examples = match sales.call(request, deadline).await? {
+                Reply::Examples(examples) if examples.users.len() == examples.items.len() => {
+                    examples
+                }
+                Reply::Examples(examples) => {
+                    return Err(sales.error(format!(
+                        "sent {} users for {} items",
+                        examples.users.len(),
+                        examples.items.len()
+                    )));
+                }
+                other => return Err(unexpected(&sales.name, &other)),
+            };
+            let count = examples.users.len();
+            tokio::try_join!(
+                customer.take_examples(examples.users, deadline),
+                product.take_examples(examples.items, deadline)
+            )?;
+            Ok(count)
+        })
+    }
+
+    fn head_ranking(&mut self) -> Result<RankingMetrics, SplitError> {
+        match self.call_owner(Command::Rank(v1::Empty {}))? {
+            Reply::ReportJson(json) => serde_json::from_str(&json)
+                .map_err(|e| SplitError::Protocol(format!("a malformed ranking: {e}"))),
+            other => Err(unexpected(&self.links[self.owner].name, &other)),
+        }
     }
 }

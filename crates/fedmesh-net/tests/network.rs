@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use fedmesh_net::{DomainNodeService, DomainProduct, Mesh, MeshIdentity, NodeEndpoint};
 use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
 use fedmesh_split::job::{Job, RunConfig, RunResult, WireEncoding};
+use fedmesh_split::recommend::{
+    PreparedRecommendation, RankingConfig, RecommendationSpec, popularity,
+    write_synthetic_movielens_job,
+};
 use fedmesh_split::{Observer, Silent, SplitError};
 use tokio::runtime::Runtime;
 use tonic::transport::Server;
@@ -36,7 +40,17 @@ struct TestMesh {
 
 fn issue_all(dir: &Path) {
     fedmesh_tls::init_ca(dir).unwrap();
-    for name in ["governance", "guest", "host"].iter().chain(DOMAINS.iter()) {
+    for name in [
+        "governance",
+        "guest",
+        "host",
+        "sales",
+        "customer",
+        "product",
+    ]
+    .iter()
+    .chain(DOMAINS.iter())
+    {
         fedmesh_tls::issue(dir, name).unwrap();
     }
 }
@@ -44,22 +58,33 @@ fn issue_all(dir: &Path) {
 /// Starts the job's domain nodes on loopback; `presented[d]` is the certificate name node d
 /// presents (its own unless a test swaps it).
 fn start_mesh(job: &Job, presented: &[&str]) -> TestMesh {
+    let domains: Vec<(String, PathBuf)> = job
+        .spec
+        .domains
+        .iter()
+        .map(|d| (d.name.clone(), job.dir().join(&d.contract)))
+        .collect();
+    start_nodes(&domains, presented)
+}
+
+/// Starts a node for each (domain, contract) on loopback.
+fn start_nodes(domains: &[(String, PathBuf)], presented: &[&str]) -> TestMesh {
     let certs = tempfile::tempdir().unwrap();
     let models = tempfile::tempdir().unwrap();
     issue_all(certs.path());
     let mut endpoints = Vec::new();
     let mut nodes = Vec::new();
     let mut streams = Vec::new();
-    for (d, domain) in job.spec.domains.iter().enumerate() {
+    for (d, (name, contract)) in domains.iter().enumerate() {
         let runtime = Runtime::new().unwrap();
         let identity = MeshIdentity::load(certs.path(), presented[d]).unwrap();
         let service = DomainNodeService::new(
             "governance",
             DomainProduct {
-                domain: domain.name.clone(),
-                contract: job.dir().join(&domain.contract),
+                domain: name.clone(),
+                contract: contract.clone(),
                 data: None,
-                models: models.path().join(&domain.name),
+                models: models.path().join(name),
                 policy: None,
             },
         );
@@ -76,7 +101,7 @@ fn start_mesh(job: &Job, presented: &[&str]) -> TestMesh {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         endpoints.push(NodeEndpoint {
-            name: domain.name.clone(),
+            name: name.clone(),
             url: format!("https://127.0.0.1:{port}"),
         });
         nodes.push(Some(runtime));
@@ -436,4 +461,109 @@ fn unaligned_products_are_aligned_over_the_network_as_in_process() {
     assert_eq!(remote.metrics, local.metrics);
     let losses = |r: &RunResult| r.history.iter().map(|e| e.train_loss).collect::<Vec<_>>();
     assert_eq!(losses(&remote), losses(&local));
+}
+
+/// The MovieLens example's job over a synthetic dataset of its format (60 users of two taste
+/// groups, 200 films), written to `dir`, with 6 epochs.
+fn recommendation_job(dir: &Path) -> (RecommendationSpec, PreparedRecommendation) {
+    let file = write_synthetic_movielens_job(dir, 60, 200, 12).unwrap();
+    let (mut spec, file) = RecommendationSpec::load(&file).unwrap();
+    spec.training.epochs = 6;
+    spec.training.batch_size = 64;
+    spec.training.optimizer.learning_rate = 0.01;
+    (spec.clone(), spec.prepare(&file).unwrap())
+}
+
+fn recommendation_nodes(spec: &RecommendationSpec, dir: &Path) -> TestMesh {
+    let domains: Vec<(String, PathBuf)> = [&spec.sales, &spec.customer, &spec.product]
+        .into_iter()
+        .map(|d| (d.name.clone(), dir.join(&d.contract)))
+        .collect();
+    start_nodes(&domains, &["sales", "customer", "product"])
+}
+
+/// The split NCF over three nodes, each reading its own product, computes what the in-process
+/// split NCF computes: the same losses every epoch and the same rankings.
+fn check_split_ncf_over_the_network(config: RankingConfig) {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, prepared) = recommendation_job(dir.path());
+    let stop = AtomicBool::new(false);
+    let local = prepared.run(config, 1, &Silent, &stop).unwrap();
+    let nodes = recommendation_nodes(&spec, dir.path());
+    let remote = nodes
+        .own_governance()
+        .run_recommendation(&spec, "test/ncf", "operator", config, 1, &Silent, &stop)
+        .unwrap();
+    assert_eq!(remote.history.len(), 6);
+    for (l, r) in local.history.iter().zip(&remote.history) {
+        assert!(
+            (l.train_loss - r.train_loss).abs() < 1e-5,
+            "epoch {}: loss {} in process, {} over the network",
+            l.epoch,
+            l.train_loss,
+            r.train_loss
+        );
+    }
+    assert_eq!(local.metrics, remote.metrics);
+    let popularity = popularity(&prepared.split, prepared.data.interactions.items.len());
+    assert!(
+        remote.metrics.hit_ratio > popularity.hit_ratio + 0.2,
+        "{:?} vs popularity {popularity:?}",
+        remote.metrics
+    );
+    let wire = remote.wire.expect("a network run counts its bytes");
+    assert!(wire.to_domains > 0 && wire.from_domains > 0);
+}
+
+#[test]
+fn the_split_ncf_over_the_network_equals_in_process_with_label_sharing() {
+    check_split_ncf_over_the_network(RankingConfig::SplitLabelSharing);
+}
+
+#[test]
+fn the_split_ncf_over_the_network_equals_in_process_with_labels_at_sales() {
+    check_split_ncf_over_the_network(RankingConfig::SplitLabelOwner);
+}
+
+#[test]
+fn a_product_that_lacks_an_entity_sales_names_fails_the_job_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, _) = recommendation_job(dir.path());
+    // Customer's table loses user 7: sales still names it.
+    let users = dir.path().join("data/u.user");
+    let text = std::fs::read_to_string(&users).unwrap();
+    let kept: String = text
+        .lines()
+        .filter(|l| !l.starts_with("7|"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let customer_data = dir.path().join("customer-data");
+    std::fs::create_dir_all(&customer_data).unwrap();
+    for file in ["u.data", "u.item"] {
+        std::fs::copy(dir.path().join("data").join(file), customer_data.join(file)).unwrap();
+    }
+    std::fs::write(customer_data.join("u.user"), kept).unwrap();
+    let contract = dir.path().join("contracts/customer.odcs.yaml");
+    let text = std::fs::read_to_string(&contract).unwrap();
+    std::fs::write(
+        &contract,
+        text.replace("path: ../data", "path: ../customer-data"),
+    )
+    .unwrap();
+    let nodes = recommendation_nodes(&spec, dir.path());
+    let error = nodes
+        .own_governance()
+        .run_recommendation(
+            &spec,
+            "test/ncf-missing",
+            "operator",
+            RankingConfig::SplitLabelOwner,
+            1,
+            &Silent,
+            &AtomicBool::new(false),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("customer"), "{error}");
+    assert!(error.contains("no row for user_id `7`"), "{error}");
 }

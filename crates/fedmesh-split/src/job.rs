@@ -308,7 +308,7 @@ pub struct RunResult {
 }
 
 /// What a run over the network sent, counted as encoded protobuf messages.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct WireBytes {
     pub encoding: WireEncoding,
     /// Governance to the domain nodes (batch plans, gradients, tower outputs).

@@ -18,6 +18,7 @@ pub mod job;
 pub mod party;
 pub mod recommend;
 pub mod scores;
+pub mod split_ncf;
 pub mod trainer;
 pub mod transport;
 pub mod wire;

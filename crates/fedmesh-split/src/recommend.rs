@@ -2,12 +2,16 @@
 //! the ranking evaluation every recommender here is judged by (HR@10 and NDCG@10 of each held-out
 //! item among its 99 negatives, see `fedmesh_data::recommend`).
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use burn::optim::GradientsParams;
 use burn::prelude::*;
-use fedmesh_data::recommend::{LeaveOneOut, NegativeSampler, rank_metrics};
+use fedmesh_data::recommend::{
+    Interactions, LeaveOneOut, NegativeSampler, RetailData, rank_metrics,
+};
+use fedmesh_data::{DataContract, DataProduct};
 use fedmesh_model::ncf::{NeuMf, NeuMfConfig, binary_cross_entropy};
 use fedmesh_model::{seeded, training_device};
 use rand::SeedableRng;
@@ -17,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
 use crate::party::{OptimizerSpec, scalar};
+use crate::split_ncf::{NcfInProcess, NcfParty, NcfRole, SplitNcf, SplitNcfSpec, entity_features};
 use crate::trainer::Observer;
 
 /// The cut-off of the ranking metrics.
@@ -137,46 +142,108 @@ fn ids(values: &[u32], device: &Device) -> Tensor<1, Int> {
     Tensor::from_data(TensorData::new(values, [len]), device)
 }
 
-/// A recommender that trains an epoch at a time on given examples and ranks the test cases:
-/// centralized NeuMF and the split NCF train through the same loop ([`fit_ranking`]).
+/// What sales draws from its interactions: each epoch's training examples and the test
+/// cases' candidates.
+pub struct SalesExamples {
+    split: LeaveOneOut,
+    sampler: NegativeSampler,
+    rng: ChaCha8Rng,
+    /// Every test case's candidates (user, item, label), case after case, each case's in an
+    /// order of their own: whoever scores them cannot tell the held-out item by its place.
+    test: Vec<(u32, u32, f32)>,
+}
+
+/// The part number of the stream that orders each test case's candidates.
+const TEST_ORDER_PART: u64 = 102;
+
+impl SalesExamples {
+    /// `negatives` per positive each epoch; the draws (and the training order) from `seed`.
+    pub fn new(
+        interactions: &Interactions,
+        split: LeaveOneOut,
+        negatives: usize,
+        seed: u64,
+    ) -> Self {
+        let mut order = ChaCha8Rng::seed_from_u64(crate::job::part_seed(seed, TEST_ORDER_PART));
+        let test = split
+            .test
+            .iter()
+            .flat_map(|case| {
+                let mut candidates: Vec<(u32, u32, f32)> = case
+                    .candidates()
+                    .enumerate()
+                    .map(|(k, item)| (case.user, item, if k == 0 { 1.0 } else { 0.0 }))
+                    .collect();
+                candidates.shuffle(&mut order);
+                candidates
+            })
+            .collect();
+        Self {
+            sampler: NegativeSampler::new(interactions, negatives),
+            split,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            test,
+        }
+    }
+
+    /// The next epoch's examples (user, item, label): every training positive and fresh
+    /// negatives, shuffled.
+    pub fn training(&mut self) -> Vec<(u32, u32, f32)> {
+        let mut examples = self.sampler.epoch(&self.split.train, &mut self.rng);
+        examples.shuffle(&mut self.rng);
+        examples
+    }
+
+    /// Every test case's 100 candidates, case after case.
+    pub fn test(&self) -> &[(u32, u32, f32)] {
+        &self.test
+    }
+
+    pub fn split(&self) -> &LeaveOneOut {
+        &self.split
+    }
+}
+
+/// A recommender that trains an epoch at a time and ranks the test cases: centralized NeuMF and
+/// the split NCF train through the same loop ([`fit_ranking`]).
 pub trait Recommender {
-    /// One epoch over `examples` ((user, item, label), in order); returns the mean loss.
+    /// Draws the next epoch's training examples where the interactions are, and hands them to
+    /// whoever trains on them; returns how many there are.
+    fn next_epoch(&mut self) -> Result<usize, SplitError>;
+
+    /// One epoch over the examples drawn last, in batches; returns the mean loss.
     fn train_epoch(
         &mut self,
-        examples: &[(u32, u32, f32)],
         training: &NcfTraining,
         observer: &dyn Observer,
         stop: &AtomicBool,
     ) -> Result<f64, SplitError>;
 
-    fn evaluate(&mut self, split: &LeaveOneOut) -> Result<RankingMetrics, SplitError>;
+    /// HR@10 and NDCG@10 over the test cases.
+    fn evaluate(&mut self) -> Result<RankingMetrics, SplitError>;
 }
 
-/// Trains `model` on the split's training interactions (fresh negatives every epoch, shuffled)
-/// and ranks the test cases after every epoch; the result is the last epoch's ranking.
+/// Trains `model` for `training.epochs` epochs (fresh negatives every epoch) and ranks the test
+/// cases after every epoch; the result is the last epoch's ranking. The training time includes
+/// drawing and handing out each epoch's examples.
 pub fn fit_ranking(
     model: &mut dyn Recommender,
-    split: &LeaveOneOut,
-    sampler: &NegativeSampler,
     training: &NcfTraining,
-    seed: u64,
     observer: &dyn Observer,
     stop: &AtomicBool,
 ) -> Result<RankingRun, SplitError> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut trained = Duration::ZERO;
     let mut samples = 0usize;
     let mut history = Vec::new();
     observer.training_started();
     for epoch in 1..=training.epochs {
         let started = Instant::now();
-        let mut examples = sampler.epoch(&split.train, &mut rng);
-        examples.shuffle(&mut rng);
-        observer.epoch_started(epoch, examples.len().div_ceil(training.batch_size));
-        let train_loss = model.train_epoch(&examples, training, observer, stop)?;
+        let examples = model.next_epoch()?;
+        observer.epoch_started(epoch, examples.div_ceil(training.batch_size));
+        let train_loss = model.train_epoch(training, observer, stop)?;
         trained += started.elapsed();
-        samples += examples.len();
-        let metrics = model.evaluate(split)?;
+        samples += examples;
+        let metrics = model.evaluate()?;
         observer.epoch_done(&crate::trainer::EpochRecord {
             epoch,
             train_loss,
@@ -193,7 +260,7 @@ pub fn fit_ranking(
     let metrics = history
         .last()
         .map(|e| e.metrics)
-        .map_or_else(|| model.evaluate(split), Ok)?;
+        .map_or_else(|| model.evaluate(), Ok)?;
     Ok(RankingRun {
         metrics,
         history,
@@ -202,24 +269,30 @@ pub fn fit_ranking(
     })
 }
 
-/// NeuMF with its optimizer, as a [`Recommender`].
+/// NeuMF with its optimizer and the interactions, as a [`Recommender`].
 struct NeuMfTrainer {
     net: NeuMf,
     optimizer: burn::optim::ModuleOptimizer,
     device: Device,
+    examples: SalesExamples,
+    epoch: Vec<(u32, u32, f32)>,
 }
 
 impl Recommender for NeuMfTrainer {
+    fn next_epoch(&mut self) -> Result<usize, SplitError> {
+        self.epoch = self.examples.training();
+        Ok(self.epoch.len())
+    }
+
     fn train_epoch(
         &mut self,
-        examples: &[(u32, u32, f32)],
         training: &NcfTraining,
         observer: &dyn Observer,
         stop: &AtomicBool,
     ) -> Result<f64, SplitError> {
         let device = &self.device;
         let mut loss_sum = 0.0;
-        for batch in examples.chunks(training.batch_size) {
+        for batch in self.epoch.chunks(training.batch_size) {
             if stop.load(Ordering::Relaxed) {
                 return Err(SplitError::Interrupted);
             }
@@ -239,19 +312,20 @@ impl Recommender for NeuMfTrainer {
                     .step(training.optimizer.learning_rate, self.net.clone(), grads);
             observer.batch_done(value);
         }
-        Ok(loss_sum / examples.len().max(1) as f64)
+        Ok(loss_sum / self.epoch.len().max(1) as f64)
     }
 
-    fn evaluate(&mut self, split: &LeaveOneOut) -> Result<RankingMetrics, SplitError> {
-        evaluate_neumf(&self.net, split)
+    fn evaluate(&mut self) -> Result<RankingMetrics, SplitError> {
+        evaluate_neumf(&self.net, self.examples.split())
     }
 }
 
-/// Trains NeuMF on the split's training interactions (4 fresh negatives per positive each
-/// epoch) and ranks the test cases after every epoch; the result is the last epoch's ranking.
+/// Trains NeuMF on the interactions' training positives (`training.negatives` fresh negatives
+/// per positive each epoch) and ranks the test cases after every epoch; the result is the last
+/// epoch's ranking.
 pub fn train_neumf(
+    interactions: &Interactions,
     split: &LeaveOneOut,
-    sampler: &NegativeSampler,
     model: &NeuMfConfig,
     training: &NcfTraining,
     seed: u64,
@@ -263,8 +337,10 @@ pub fn train_neumf(
         net: seeded(&device, seed, || model.init(&device)),
         optimizer: training.optimizer.init(),
         device,
+        examples: SalesExamples::new(interactions, split.clone(), training.negatives, seed),
+        epoch: Vec::new(),
     };
-    fit_ranking(&mut trainer, split, sampler, training, seed, observer, stop)
+    fit_ranking(&mut trainer, training, observer, stop)
 }
 
 /// Ranks the test cases with NeuMF in inference mode.
@@ -422,6 +498,9 @@ pub struct RankingResult {
     pub samples_per_second: f64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<RankingEpoch>,
+    /// Over the mesh: the bytes exchanged with the domain nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire: Option<crate::job::WireBytes>,
 }
 
 impl RankingResult {
@@ -433,6 +512,7 @@ impl RankingResult {
             train_seconds: run.train_seconds,
             samples_per_second: run.samples_per_second,
             history: run.history,
+            wire: None,
         }
     }
 }
@@ -441,27 +521,44 @@ impl RankingResult {
 /// the split.
 pub struct PreparedRecommendation {
     pub spec: RecommendationSpec,
-    pub data: fedmesh_data::recommend::RetailData,
+    pub data: RetailData,
     pub split: LeaveOneOut,
-    /// The customer and product domains' features, one row per user and per item, when the
-    /// spec has a split model.
-    pub entities: Option<(fedmesh_data::FeatureMatrix, fedmesh_data::FeatureMatrix)>,
+    /// The customer and product domains' products, checked against their contracts.
+    pub entity_products: [DataProduct; 2],
+}
+
+impl RetailSource {
+    /// Reads the dataset in `dir` (the folder `path` names, or a domain's own copy).
+    pub fn read(&self, dir: &Path) -> Result<RetailData, SplitError> {
+        Ok(match self.format.as_str() {
+            "movielens" => fedmesh_data::recommend::movielens(dir)?,
+            _ => fedmesh_data::recommend::hm(dir, self.min_interactions)?,
+        })
+    }
 }
 
 impl RecommendationSpec {
     /// Reads `job.yaml` (or the folder holding it).
-    pub fn load(path: &std::path::Path) -> Result<(Self, std::path::PathBuf), SplitError> {
+    pub fn load(path: &Path) -> Result<(Self, PathBuf), SplitError> {
         let file = if path.is_dir() {
             path.join("job.yaml")
         } else {
             path.to_path_buf()
         };
-        let spec_error = |message: String| SplitError::Spec {
+        let text = std::fs::read_to_string(&file).map_err(|e| SplitError::Spec {
             path: file.clone(),
+            message: e.to_string(),
+        })?;
+        Ok((Self::from_yaml(&text, &file)?, file))
+    }
+
+    /// Parses a spec's text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &Path) -> Result<Self, SplitError> {
+        let spec_error = |message: String| SplitError::Spec {
+            path: origin.to_path_buf(),
             message,
         };
-        let text = std::fs::read_to_string(&file).map_err(|e| spec_error(e.to_string()))?;
-        let spec: Self = serde_norway::from_str(&text).map_err(|e| spec_error(e.to_string()))?;
+        let spec: Self = serde_norway::from_str(text).map_err(|e| spec_error(e.to_string()))?;
         if spec.task != "recommendation" {
             return Err(spec_error(format!(
                 "`task: {}` is not `recommendation`",
@@ -474,13 +571,93 @@ impl RecommendationSpec {
                 spec.data.format
             )));
         }
-        Ok((spec, file))
+        Ok(spec)
     }
 
-    /// Reads the data, checks each product against its contract, and fixes the split: the
-    /// data's standard one when it has one, else one derived from `split_seed`.
-    pub fn prepare(self, file: &std::path::Path) -> Result<PreparedRecommendation, SplitError> {
-        let dir = file.parent().unwrap_or(std::path::Path::new("."));
+    /// The spec's text, for the nodes of a mesh.
+    pub fn to_yaml(&self) -> String {
+        serde_norway::to_string(self).expect("a recommendation spec serializes")
+    }
+
+    /// The domain that plays `role`.
+    pub fn domain(&self, role: NcfRole) -> &RetailDomain {
+        match role {
+            NcfRole::Sales => &self.sales,
+            NcfRole::Customer => &self.customer,
+            NcfRole::Product => &self.product,
+        }
+    }
+
+    /// The role of the domain named `name`.
+    pub fn role_of(&self, name: &str) -> Option<NcfRole> {
+        NcfRole::ALL
+            .into_iter()
+            .find(|&role| self.domain(role).name == name)
+    }
+
+    /// The split model, which the split configurations need.
+    pub fn split_model(&self) -> Result<&SplitNcfSpec, SplitError> {
+        self.split_model.as_ref().ok_or_else(|| {
+            SplitError::Protocol(format!(
+                "job `{}` has no `split_model`: the split configurations need one",
+                self.name
+            ))
+        })
+    }
+
+    /// Reads the product `role` serves from the dataset where its contract's server says (or
+    /// in `data`), and checks it against the contract. Also returns the whole dataset, of which
+    /// the caller keeps only its own part.
+    pub fn read_product(
+        &self,
+        role: NcfRole,
+        contract: &Path,
+        data: Option<&Path>,
+    ) -> Result<(RetailData, DataProduct), SplitError> {
+        let document = DataContract::from_path(contract)?;
+        let dir = match data {
+            Some(dir) => dir.to_path_buf(),
+            None => {
+                document
+                    .local_source(contract.parent().unwrap_or(Path::new(".")))
+                    .ok_or_else(|| fedmesh_data::DataError::NoSource {
+                        product: document.product_name().to_string(),
+                    })?
+                    .0
+            }
+        };
+        if !dir.exists() {
+            return Err(SplitError::Spec {
+                path: contract.to_path_buf(),
+                message: format!(
+                    "the data folder {} does not exist (see ../shared/data/README.md for where the datasets come from)",
+                    dir.display()
+                ),
+            });
+        }
+        let retail = self.data.read(&dir)?;
+        let table = match role {
+            NcfRole::Sales => &retail.sales,
+            NcfRole::Customer => &retail.customers,
+            NcfRole::Product => &retail.products,
+        };
+        let product = DataProduct::from_source(document, table)?;
+        Ok((retail, product))
+    }
+
+    /// The leave-one-out split of `data`: its standard one when it has one, else one derived
+    /// from `split_seed`.
+    pub fn split(&self, data: &RetailData) -> Result<LeaveOneOut, SplitError> {
+        Ok(match &data.standard_split {
+            Some(path) => LeaveOneOut::from_file(path, &data.interactions)?,
+            None => LeaveOneOut::derive(&data.interactions, self.split_seed),
+        })
+    }
+
+    /// Reads the data, checks each product against its contract (and the split model's
+    /// features against the entity tables), and fixes the split.
+    pub fn prepare(self, file: &Path) -> Result<PreparedRecommendation, SplitError> {
+        let dir = file.parent().unwrap_or(Path::new("."));
         let source = dir.join(&self.data.path);
         if !source.exists() {
             return Err(SplitError::Spec {
@@ -491,53 +668,86 @@ impl RecommendationSpec {
                 ),
             });
         }
-        let data = match self.data.format.as_str() {
-            "movielens" => fedmesh_data::recommend::movielens(&source)?,
-            _ => fedmesh_data::recommend::hm(&source, self.data.min_interactions)?,
-        };
-        let mut contracts = Vec::new();
-        for (domain, table) in [
-            (&self.sales, &data.sales),
-            (&self.customer, &data.customers),
-            (&self.product, &data.products),
+        let data = self.data.read(&source)?;
+        let mut products = Vec::new();
+        for (role, table) in [
+            (NcfRole::Sales, &data.sales),
+            (NcfRole::Customer, &data.customers),
+            (NcfRole::Product, &data.products),
         ] {
-            let contract = fedmesh_data::DataContract::from_path(dir.join(&domain.contract))?;
-            fedmesh_data::DataProduct::from_source(contract.clone(), table)?;
-            contracts.push(contract);
+            let contract = DataContract::from_path(dir.join(&self.domain(role).contract))?;
+            products.push(DataProduct::from_source(contract, table)?);
         }
-        let split = match &data.standard_split {
-            Some(path) => LeaveOneOut::from_file(path, &data.interactions)?,
-            None => LeaveOneOut::derive(&data.interactions, self.split_seed),
-        };
-        let entities = match &self.split_model {
-            Some(model) => Some((
-                entity_features(
-                    contracts[1].clone(),
-                    &data.customers,
-                    "user_id",
-                    &data.interactions.users,
-                    &model.customer.features,
-                )?,
-                entity_features(
-                    contracts[2].clone(),
-                    &data.products,
-                    "item_id",
-                    &data.interactions.items,
-                    &model.product.features,
-                )?,
-            )),
-            None => None,
-        };
+        if let Some(model) = &self.split_model {
+            entity_features(
+                &products[1],
+                "user_id",
+                &data.interactions.users,
+                &model.customer.features,
+            )?;
+            entity_features(
+                &products[2],
+                "item_id",
+                &data.interactions.items,
+                &model.product.features,
+            )?;
+        }
+        let split = self.split(&data)?;
+        let product = products.pop().expect("three products");
+        let customer = products.pop().expect("three products");
         Ok(PreparedRecommendation {
             spec: self,
             data,
             split,
-            entities,
+            entity_products: [customer, product],
         })
     }
 }
 
 impl PreparedRecommendation {
+    /// The split NCF's three domains in this process, for one seed.
+    pub fn in_process_ncf(
+        &self,
+        share_labels: bool,
+        seed: u64,
+    ) -> Result<SplitNcf<NcfInProcess>, SplitError> {
+        let spec = self.spec.split_model()?;
+        let training = &self.spec.training;
+        let sales = NcfParty::sales(
+            &self.spec.sales.name,
+            spec,
+            &self.data.interactions,
+            self.split.clone(),
+            training,
+            !share_labels,
+            seed,
+        );
+        let [customer, product] = self.entity_products.clone();
+        let customer = NcfParty::entity(
+            NcfRole::Customer,
+            &self.spec.customer.name,
+            spec,
+            customer,
+            &training.optimizer,
+            seed,
+        )?;
+        let product = NcfParty::entity(
+            NcfRole::Product,
+            &self.spec.product.name,
+            spec,
+            product,
+            &training.optimizer,
+            seed,
+        )?;
+        SplitNcf::new(
+            NcfInProcess::new(sales, customer, product)?,
+            spec,
+            &training.optimizer,
+            share_labels,
+            seed,
+        )
+    }
+
     /// Trains and evaluates one configuration for one seed.
     pub fn run(
         &self,
@@ -555,35 +765,12 @@ impl PreparedRecommendation {
                 train_seconds: 0.0,
                 samples_per_second: 0.0,
                 history: Vec::new(),
+                wire: None,
             }),
             RankingConfig::SplitLabelSharing | RankingConfig::SplitLabelOwner => {
-                let (Some(spec), Some((customers, products))) =
-                    (&self.spec.split_model, &self.entities)
-                else {
-                    return Err(SplitError::Protocol(format!(
-                        "job `{}` has no `split_model`: the split configurations need one",
-                        self.spec.name
-                    )));
-                };
-                let mut model = SplitNcf::new(
-                    spec,
-                    customers.clone(),
-                    products.clone(),
-                    interactions.users.len(),
-                    interactions.items.len(),
-                    &self.spec.training.optimizer,
-                    config == RankingConfig::SplitLabelSharing,
-                    seed,
-                )?;
-                let run = train_split_ncf(
-                    &mut model,
-                    &self.split,
-                    &NegativeSampler::new(interactions, self.spec.training.negatives),
-                    &self.spec.training,
-                    seed,
-                    observer,
-                    stop,
-                )?;
+                let mut model =
+                    self.in_process_ncf(config == RankingConfig::SplitLabelSharing, seed)?;
+                let run = fit_ranking(&mut model, &self.spec.training, observer, stop)?;
                 Ok(RankingResult::of(config, seed, run))
             }
             RankingConfig::Centralized => {
@@ -592,8 +779,8 @@ impl PreparedRecommendation {
                     layers: default_layers(),
                 });
                 let run = train_neumf(
+                    interactions,
                     &self.split,
-                    &NegativeSampler::new(interactions, self.spec.training.negatives),
                     &NeuMfConfig {
                         users: interactions.users.len(),
                         items: interactions.items.len(),
@@ -611,328 +798,43 @@ impl PreparedRecommendation {
     }
 }
 
-/// The split NCF's shape: what each domain's bottom reads and how wide the parts are.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SplitNcfSpec {
-    /// Width of the sales domain's user and item embeddings.
-    #[serde(default = "default_embedding")]
-    pub embedding: usize,
-    /// The sales bottom's layers over [user ‖ item] embeddings.
-    #[serde(default = "default_sales_layers")]
-    pub sales: Vec<usize>,
-    /// The customer domain's features (its entity table's columns) and bottom layers.
-    pub customer: EntityBottomSpec,
-    pub product: EntityBottomSpec,
-    /// Governance's tower over the three activations; a linear head follows.
-    #[serde(default = "default_tower")]
-    pub tower: Vec<usize>,
-}
-
-fn default_embedding() -> usize {
-    16
-}
-fn default_sales_layers() -> Vec<usize> {
-    vec![32]
-}
-fn default_tower() -> Vec<usize> {
-    vec![32, 16]
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EntityBottomSpec {
-    pub features: Vec<fedmesh_data::FeatureSpec>,
-    #[serde(default = "default_entity_layers")]
-    pub layers: Vec<usize>,
-}
-
-fn default_entity_layers() -> Vec<usize> {
-    vec![8]
-}
-
-/// An entity table's features, one row per user (or item) in the interactions' index order.
-pub fn entity_features(
-    contract: fedmesh_data::DataContract,
-    table: &fedmesh_data::SourceTable,
-    key: &str,
-    ids: &[String],
-    features: &[fedmesh_data::FeatureSpec],
-) -> Result<fedmesh_data::FeatureMatrix, SplitError> {
-    let product = fedmesh_data::DataProduct::from_source(contract, table)?;
-    let keys = product.column_strings(key)?;
-    let row_of: std::collections::HashMap<&str, u32> = keys
-        .iter()
-        .enumerate()
-        .filter_map(|(r, k)| k.as_deref().map(|k| (k, r as u32)))
-        .collect();
-    let rows = ids
-        .iter()
-        .map(|id| {
-            row_of.get(id.as_str()).copied().ok_or_else(|| {
-                SplitError::Protocol(format!(
-                    "data product `{}` has no row for `{id}`, which the interactions name",
-                    product.name()
-                ))
-            })
-        })
-        .collect::<Result<Vec<u32>, _>>()?;
-    let all: Vec<u32> = (0..product.rows() as u32).collect();
-    // Entity attributes hold no labels: the pipeline is fitted on every entity.
-    let pipeline = fedmesh_data::FeaturePipeline::fit(&product, features, &all)?;
-    Ok(pipeline.transform(&product)?.gather(&rows))
-}
-
-/// The sales domain's rows for a list of examples: the user and the item, as embedding indices.
-pub fn sales_features(
-    examples: &[(u32, u32)],
+/// The MovieLens example's job over a synthetic dataset of MovieLens's format
+/// ([`fedmesh_data::recommend::write_synthetic_movielens`]), written to `dir`: `data/`, the
+/// example's contracts (pointing at `data/`) and `job.yaml`. Returns the job file.
+pub fn write_synthetic_movielens_job(
+    dir: &Path,
     users: usize,
     items: usize,
-    width: usize,
-) -> fedmesh_data::FeatureMatrix {
-    fedmesh_data::FeatureMatrix {
-        rows: examples.len(),
-        numeric: Vec::new(),
-        numeric_width: 0,
-        categorical: examples
-            .iter()
-            .flat_map(|&(u, i)| [u as i64, i as i64])
-            .collect(),
-        embeddings: vec![(users, width), (items, width)],
-    }
-}
-
-/// The split NCF in one process: sales (user and item embeddings; the labels), customer (its
-/// attributes of each example's user) and product (its attributes of each example's item)
-/// bottoms, governance's tower, and the head at governance (`share_labels`) or at sales.
-pub struct SplitNcf {
-    trainer: crate::trainer::SplitTrainer<crate::transport::InProcess>,
-    customers: fedmesh_data::FeatureMatrix,
-    products: fedmesh_data::FeatureMatrix,
-    users: usize,
-    items: usize,
-    embedding: usize,
-    share_labels: bool,
-}
-
-/// The order of the split NCF's domains: sales, customer, product.
-pub const NCF_DOMAINS: [&str; 3] = ["sales", "customer", "product"];
-
-impl SplitNcf {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        spec: &SplitNcfSpec,
-        customers: fedmesh_data::FeatureMatrix,
-        products: fedmesh_data::FeatureMatrix,
-        users: usize,
-        items: usize,
-        optimizer: &OptimizerSpec,
-        share_labels: bool,
-        seed: u64,
-    ) -> Result<Self, SplitError> {
-        use fedmesh_model::{BottomConfig, HeadConfig, TowerConfig};
-        let device = training_device();
-        let objective = fedmesh_model::Objective::CrossEntropy {
-            classes: 2,
-            class_weights: None,
-        };
-        let bottom = |features: &fedmesh_data::FeatureMatrix, layers: &[usize], part: u64| {
-            let config = BottomConfig {
-                numeric: features.numeric_width,
-                embeddings: features.embeddings.clone(),
-                layers: layers.to_vec(),
-                batch_norm: false,
-                dropout: 0.0,
-                // Sales holds user and item: it computes their GMF interaction itself.
-                interaction: part == 1,
-                embedding_std: Some(0.01),
-            };
-            seeded(&device, crate::job::part_seed(seed, part), || {
-                config.init(&device)
-            })
-        };
-        let sales_rows = sales_features(&[], users, items, spec.embedding);
-        let parties = [
-            (NCF_DOMAINS[0], sales_rows, spec.sales.as_slice()),
-            (
-                NCF_DOMAINS[1],
-                customers.gather(&[]),
-                spec.customer.layers.as_slice(),
-            ),
-            (
-                NCF_DOMAINS[2],
-                products.gather(&[]),
-                spec.product.layers.as_slice(),
-            ),
-        ];
-        let mut domains = Vec::new();
-        for (part, (name, features, layers)) in parties.into_iter().enumerate() {
-            let model = bottom(&features, layers, 1 + part as u64);
-            domains.push(crate::party::DomainParty::new(
-                name,
-                features,
-                model,
-                optimizer,
-                device.clone(),
-            ));
-        }
-        let cut: usize = domains.iter().map(|d| d.cut_width()).sum();
-        let tower = TowerConfig {
-            input: cut,
-            layers: spec.tower.clone(),
-            batch_norm: false,
-            dropout: 0.0,
-        };
-        let head = HeadConfig {
-            input: tower.output(),
-            layers: Vec::new(),
-            outputs: 2,
-        };
-        let head = seeded(
-            &device,
-            crate::job::part_seed(seed, crate::job::HEAD_PART),
-            || head.init(&device),
-        );
-        let empty = fedmesh_model::Targets::Classes(Vec::new());
-        let transport = crate::transport::InProcess {
-            domains,
-            label_owner: (!share_labels).then(|| {
-                crate::party::LabelOwner::new(
-                    NCF_DOMAINS[0],
-                    empty.clone(),
-                    objective.clone(),
-                    head.clone(),
-                    optimizer,
-                    device.clone(),
-                )
-            }),
-            labels: share_labels.then(|| empty.clone()),
-        };
-        let tower = seeded(
-            &device,
-            crate::job::part_seed(seed, crate::job::TOWER_PART),
-            || tower.init(&device),
-        );
-        let placement = if share_labels {
-            crate::trainer::LabelPlacement::Governance { head }
-        } else {
-            crate::trainer::LabelPlacement::LabelOwner
-        };
-        let trainer = crate::trainer::SplitTrainer::new(
-            transport, tower, placement, objective, optimizer, device,
+    per_user: usize,
+) -> Result<PathBuf, SplitError> {
+    const REAL: &str = "shared/data/ml-100k";
+    fedmesh_data::recommend::write_synthetic_movielens(&dir.join("data"), users, items, per_user)?;
+    std::fs::create_dir_all(dir.join("contracts"))?;
+    for (name, text) in [
+        (
+            "sales",
+            include_str!("../../../examples/movielens/contracts/sales.odcs.yaml"),
+        ),
+        (
+            "customer",
+            include_str!("../../../examples/movielens/contracts/customer.odcs.yaml"),
+        ),
+        (
+            "product",
+            include_str!("../../../examples/movielens/contracts/product.odcs.yaml"),
+        ),
+    ] {
+        let text = text.replace(&format!("../../../../{REAL}"), "../data");
+        std::fs::write(
+            dir.join("contracts").join(format!("{name}.odcs.yaml")),
+            text,
         )?;
-        Ok(Self {
-            trainer,
-            customers,
-            products,
-            users,
-            items,
-            embedding: spec.embedding,
-            share_labels,
-        })
     }
-
-    /// Gives each domain its rows of `examples`: sales the (user, item) pairs and the labels,
-    /// customer each example's user's attributes, product each example's item's attributes.
-    pub fn set_examples(&mut self, examples: &[(u32, u32, f32)]) -> Result<(), SplitError> {
-        let pairs: Vec<(u32, u32)> = examples.iter().map(|e| (e.0, e.1)).collect();
-        let users: Vec<u32> = examples.iter().map(|e| e.0).collect();
-        let items: Vec<u32> = examples.iter().map(|e| e.1).collect();
-        let labels = fedmesh_model::Targets::Classes(examples.iter().map(|e| e.2 as i64).collect());
-        let transport = self.trainer.transport_mut();
-        transport.domains[0].set_features(sales_features(
-            &pairs,
-            self.users,
-            self.items,
-            self.embedding,
-        ))?;
-        transport.domains[1].set_features(self.customers.gather(&users))?;
-        transport.domains[2].set_features(self.products.gather(&items))?;
-        if self.share_labels {
-            transport.labels = Some(labels);
-        } else if let Some(owner) = &mut transport.label_owner {
-            owner.set_targets(labels);
-        }
-        self.trainer.reload_labels()
-    }
-
-    /// The domains' current rows (for tests: each example's attributes).
-    pub fn domain_features(&self, domain: usize) -> &fedmesh_data::FeatureMatrix {
-        self.trainer.transport().domains[domain].features()
-    }
-}
-
-impl Recommender for SplitNcf {
-    /// One epoch over `examples` in batches; returns the mean loss.
-    fn train_epoch(
-        &mut self,
-        examples: &[(u32, u32, f32)],
-        training: &NcfTraining,
-        observer: &dyn Observer,
-        stop: &AtomicBool,
-    ) -> Result<f64, SplitError> {
-        use crate::trainer::Trainer;
-        self.set_examples(examples)?;
-        let rows: Vec<u32> = (0..examples.len() as u32).collect();
-        let batches: Vec<&[u32]> = rows.chunks(training.batch_size).collect();
-        let mut loss_sum = 0.0;
-        for batch in batches {
-            if stop.load(Ordering::Relaxed) {
-                return Err(SplitError::Interrupted);
-            }
-            let plan =
-                crate::wire::BatchPlan::train(batch.to_vec(), training.optimizer.learning_rate);
-            let loss = self.trainer.train_step(&plan)?;
-            loss_sum += loss as f64 * batch.len() as f64;
-            observer.batch_done(loss);
-        }
-        Ok(loss_sum / examples.len().max(1) as f64)
-    }
-
-    /// Ranks the test cases: every candidate scored with its own user's and item's attributes,
-    /// the scores read where the head is.
-    fn evaluate(&mut self, split: &LeaveOneOut) -> Result<RankingMetrics, SplitError> {
-        use crate::trainer::Trainer;
-        evaluate(split, |users, items| {
-            let examples: Vec<(u32, u32, f32)> = users
-                .iter()
-                .zip(items)
-                .enumerate()
-                .map(|(k, (&u, &i))| (u, i, if k % (TEST_CANDIDATES) == 0 { 1.0 } else { 0.0 }))
-                .collect();
-            self.set_examples(&examples)?;
-            let rows: Vec<u32> = (0..examples.len() as u32).collect();
-            for chunk in rows.chunks(4096) {
-                self.trainer.eval_batch(&crate::wire::BatchPlan::eval(
-                    crate::wire::Part::Test,
-                    chunk.to_vec(),
-                ))?;
-            }
-            let mut report = self.trainer.report()?;
-            report.test_scores.sort_by_key(|(row, _)| *row);
-            Ok(report
-                .test_scores
-                .iter()
-                .map(|(_, scores)| scores[1])
-                .collect())
-        })
-    }
-}
-
-/// A test case's candidates: the held-out item and its negatives.
-const TEST_CANDIDATES: usize = fedmesh_data::recommend::TEST_NEGATIVES + 1;
-
-/// Trains the split NCF and ranks the test cases after every epoch.
-pub fn train_split_ncf(
-    model: &mut SplitNcf,
-    split: &LeaveOneOut,
-    sampler: &NegativeSampler,
-    training: &NcfTraining,
-    seed: u64,
-    observer: &dyn Observer,
-    stop: &AtomicBool,
-) -> Result<RankingRun, SplitError> {
-    fit_ranking(model, split, sampler, training, seed, observer, stop)
+    let job = include_str!("../../../examples/movielens/job.yaml")
+        .replace(&format!("../../../{REAL}"), "data");
+    let file = dir.join("job.yaml");
+    std::fs::write(&file, job)?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -965,7 +867,6 @@ mod tests {
     #[test]
     fn neumf_learns_tastes_that_popularity_cannot_see() {
         let (interactions, split) = two_groups();
-        let sampler = NegativeSampler::new(&interactions, 4);
         let model = NeuMfConfig {
             users: interactions.users.len(),
             items: interactions.items.len(),
@@ -982,8 +883,8 @@ mod tests {
             ..NcfTraining::default()
         };
         let run = train_neumf(
+            &interactions,
             &split,
-            &sampler,
             &model,
             &training,
             1,
@@ -1026,136 +927,5 @@ mod tests {
         })
         .unwrap();
         assert_eq!((best.hit_ratio, best.ndcg), (1.0, 1.0));
-    }
-
-    /// Each entity's taste group as its one attribute.
-    fn group_attributes(ids: &[String]) -> fedmesh_data::FeatureMatrix {
-        let numeric: Vec<f32> = ids
-            .iter()
-            .map(|id| {
-                let n: u32 = id[1..].parse().unwrap();
-                if id.starts_with('i') {
-                    (n / 100) as f32
-                } else {
-                    (n % 2) as f32
-                }
-            })
-            .collect();
-        fedmesh_data::FeatureMatrix {
-            rows: ids.len(),
-            numeric,
-            numeric_width: 1,
-            categorical: Vec::new(),
-            embeddings: Vec::new(),
-        }
-    }
-
-    fn split_ncf(interactions: &Interactions, share_labels: bool) -> SplitNcf {
-        let spec = SplitNcfSpec {
-            embedding: 8,
-            sales: vec![16],
-            customer: EntityBottomSpec {
-                features: Vec::new(),
-                layers: vec![4],
-            },
-            product: EntityBottomSpec {
-                features: Vec::new(),
-                layers: vec![4],
-            },
-            tower: vec![16],
-        };
-        SplitNcf::new(
-            &spec,
-            group_attributes(&interactions.users),
-            group_attributes(&interactions.items),
-            interactions.users.len(),
-            interactions.items.len(),
-            &OptimizerSpec {
-                learning_rate: 0.01,
-                ..OptimizerSpec::default()
-            },
-            share_labels,
-            3,
-        )
-        .unwrap()
-    }
-
-    #[test]
-    fn the_split_ncf_learns_tastes_in_both_configurations_with_the_same_numbers() {
-        let (interactions, split) = two_groups();
-        let sampler = NegativeSampler::new(&interactions, 4);
-        let training = NcfTraining {
-            epochs: 8,
-            batch_size: 64,
-            optimizer: OptimizerSpec {
-                learning_rate: 0.01,
-                ..OptimizerSpec::default()
-            },
-            ..NcfTraining::default()
-        };
-        let mut runs = Vec::new();
-        for share_labels in [true, false] {
-            let mut model = split_ncf(&interactions, share_labels);
-            runs.push(
-                train_split_ncf(
-                    &mut model,
-                    &split,
-                    &sampler,
-                    &training,
-                    1,
-                    &crate::Silent,
-                    &AtomicBool::new(false),
-                )
-                .unwrap(),
-            );
-        }
-        let baseline = popularity(&split, interactions.items.len());
-        eprintln!("split {:?}, popularity {baseline:?}", runs[0].metrics);
-        assert!(
-            runs[0].metrics.hit_ratio > baseline.hit_ratio + 0.2,
-            "split {:?} vs popularity {baseline:?}",
-            runs[0].metrics
-        );
-        // Where the head runs changes who sees what, not the arithmetic.
-        assert_eq!(runs[0].metrics, runs[1].metrics);
-        assert_eq!(
-            runs[0]
-                .history
-                .iter()
-                .map(|e| e.train_loss)
-                .collect::<Vec<_>>(),
-            runs[1]
-                .history
-                .iter()
-                .map(|e| e.train_loss)
-                .collect::<Vec<_>>()
-        );
-    }
-
-    #[test]
-    fn every_candidate_is_scored_with_its_own_attributes() {
-        let (interactions, split) = two_groups();
-        let mut model = split_ncf(&interactions, false);
-        let case = &split.test[0];
-        let candidates: Vec<(u32, u32, f32)> = case
-            .candidates()
-            .enumerate()
-            .map(|(k, i)| (case.user, i, if k == 0 { 1.0 } else { 0.0 }))
-            .collect();
-        assert_eq!(candidates.len(), 100);
-        model.set_examples(&candidates).unwrap();
-        let items = group_attributes(&interactions.items);
-        let users = group_attributes(&interactions.users);
-        let sales = model.domain_features(0);
-        let product = model.domain_features(2);
-        let customer = model.domain_features(1);
-        for (k, &(u, i, _)) in candidates.iter().enumerate() {
-            // Sales sees the pair; product the candidate's own attributes; customer the user's.
-            assert_eq!(sales.categorical[2 * k..2 * k + 2], [u as i64, i as i64]);
-            assert_eq!(product.numeric[k], items.numeric[i as usize]);
-            assert_eq!(customer.numeric[k], users.numeric[u as usize]);
-        }
-        // Negatives are of the other group as often as not: attributes differ across candidates.
-        assert!(product.numeric.iter().any(|&g| g != product.numeric[0]));
     }
 }

@@ -113,6 +113,11 @@ impl<T: Transport> SplitTrainer<T> {
         Ok(())
     }
 
+    /// The labels governance holds (label sharing): the current rows'.
+    pub fn shared_targets(&self) -> Option<&Targets> {
+        self.labels.as_ref().map(|l| &l.targets)
+    }
+
     /// The head, when governance holds it (label sharing).
     pub fn head(&self) -> Option<&Head> {
         self.labels.as_ref().map(|l| &l.head)

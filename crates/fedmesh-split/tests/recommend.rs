@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use fedmesh_data::recommend::{self, LeaveOneOut, NegativeSampler};
+use fedmesh_data::recommend::{self, LeaveOneOut};
 use fedmesh_model::ncf::NeuMfConfig;
 use fedmesh_split::recommend::{NcfTraining, popularity, train_neumf};
 
@@ -19,7 +19,6 @@ fn neumf_on_movielens_beats_popularity_far() {
     let data = recommend::movielens(&dir).unwrap();
     let split =
         LeaveOneOut::from_file(data.standard_split.as_ref().unwrap(), &data.interactions).unwrap();
-    let sampler = NegativeSampler::new(&data.interactions, 4);
     let model = NeuMfConfig {
         users: data.interactions.users.len(),
         items: data.interactions.items.len(),
@@ -29,8 +28,8 @@ fn neumf_on_movielens_beats_popularity_far() {
     let baseline = popularity(&split, data.interactions.items.len());
     for seed in [1, 2, 3] {
         let run = train_neumf(
+            &data.interactions,
             &split,
-            &sampler,
             &model,
             &NcfTraining::default(),
             seed,

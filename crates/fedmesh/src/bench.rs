@@ -153,7 +153,7 @@ fn psi_network(parties: usize, size: usize, overlap: f64) -> Result<()> {
             1,
         )?;
         let transport = trainer.transport();
-        let intersection = transport.alignment().intersection;
+        let intersection = transport.alignment().map_or(0, |a| a.intersection);
         let seconds = transport.alignment_seconds();
         let (sent, received) = transport.bytes();
         trainer.transport_mut().finish()?;

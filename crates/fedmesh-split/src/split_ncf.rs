@@ -1,0 +1,911 @@
+//! The split NCF: neural collaborative filtering across the retail mesh's sales, customer and
+//! product domains.
+//!
+//! Sales owns the interactions: it draws each epoch's examples (every positive and fresh
+//! negatives), embeds their users and items, and holds the labels. Customer and product own
+//! entity tables, not interaction rows: for each example they get only the position of the
+//! entity they own in a list of ids sales sent once, and look its attributes up themselves, so a
+//! sampled negative item carries its own attributes. Governance trains the tower, and the head
+//! with the labels (`split-label-sharing`) or leaves both at sales (`split-label-owner`), which
+//! then ranks the test cases itself and returns HR@10 and NDCG@10 only.
+//!
+//! Each domain's share is an [`NcfParty`]; governance drives them through an [`NcfTransport`]:
+//! [`NcfInProcess`] here, the gRPC transport of `fedmesh-net` over the mesh. Both run the same
+//! [`SplitNcf`], so a mesh run computes what an in-process run computes.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use fedmesh_data::recommend::{Interactions, LeaveOneOut, TEST_NEGATIVES, rank_metrics};
+use fedmesh_data::{DataProduct, FeatureMatrix, FeatureSpec};
+use fedmesh_model::{
+    BottomConfig, HeadConfig, Objective, Targets, TowerConfig, seeded, training_device,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::SplitError;
+use crate::job::{HEAD_PART, TOWER_PART, part_seed};
+use crate::party::{DomainParty, HeadStep, LabelOwner, OptimizerSpec};
+use crate::recommend::{NcfTraining, RankingMetrics, Recommender, SalesExamples, TOP_K};
+use crate::scores::EvaluationReport;
+use crate::trainer::{LabelPlacement, Observer, SplitTrainer, Trainer};
+use crate::transport::{Transport, check_one_per_domain};
+use crate::wire::{BatchPlan, CutActivation, CutLayerGradient, Part};
+
+/// The split NCF's shape: what each domain's bottom reads and how wide the parts are.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SplitNcfSpec {
+    /// Width of the sales domain's user and item embeddings.
+    #[serde(default = "default_embedding")]
+    pub embedding: usize,
+    /// The sales bottom's layers over [user ‖ item] embeddings.
+    #[serde(default = "default_sales_layers")]
+    pub sales: Vec<usize>,
+    /// The customer domain's features (its entity table's columns) and bottom layers.
+    pub customer: EntityBottomSpec,
+    pub product: EntityBottomSpec,
+    /// Governance's tower over the three activations; a linear head follows.
+    #[serde(default = "default_tower")]
+    pub tower: Vec<usize>,
+}
+
+fn default_embedding() -> usize {
+    16
+}
+fn default_sales_layers() -> Vec<usize> {
+    vec![32]
+}
+fn default_tower() -> Vec<usize> {
+    vec![32, 16]
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityBottomSpec {
+    pub features: Vec<FeatureSpec>,
+    #[serde(default = "default_entity_layers")]
+    pub layers: Vec<usize>,
+}
+
+fn default_entity_layers() -> Vec<usize> {
+    vec![8]
+}
+
+/// The three domains of the retail mesh, in the order their activations meet at the cut layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NcfRole {
+    /// Owns the interactions, and so the labels.
+    Sales,
+    /// Owns one row per customer (user).
+    Customer,
+    /// Owns one row per product (item).
+    Product,
+}
+
+impl NcfRole {
+    pub const ALL: [NcfRole; 3] = [NcfRole::Sales, NcfRole::Customer, NcfRole::Product];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            NcfRole::Sales => "sales",
+            NcfRole::Customer => "customer",
+            NcfRole::Product => "product",
+        }
+    }
+
+    /// The part number its bottom's initial weights are drawn under.
+    fn part(self) -> u64 {
+        match self {
+            NcfRole::Sales => 1,
+            NcfRole::Customer => 2,
+            NcfRole::Product => 3,
+        }
+    }
+
+    /// The key column of the entity table customer and product own.
+    pub fn entity_key(self) -> Option<&'static str> {
+        match self {
+            NcfRole::Sales => None,
+            NcfRole::Customer => Some("user_id"),
+            NcfRole::Product => Some("item_id"),
+        }
+    }
+}
+
+/// Which examples sales draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExamplePass {
+    /// An epoch's training examples: every positive and fresh negatives, shuffled.
+    Training,
+    /// Every test case's 100 candidates, case after case.
+    Test,
+}
+
+/// An entity table's features, one row per id of `ids` (in that order).
+pub fn entity_features(
+    product: &DataProduct,
+    key: &str,
+    ids: &[String],
+    features: &[FeatureSpec],
+) -> Result<FeatureMatrix, SplitError> {
+    let keys = product.column_strings(key)?;
+    let row_of: std::collections::HashMap<&str, u32> = keys
+        .iter()
+        .enumerate()
+        .filter_map(|(r, k)| k.as_deref().map(|k| (k, r as u32)))
+        .collect();
+    let rows = ids
+        .iter()
+        .map(|id| {
+            row_of.get(id.as_str()).copied().ok_or_else(|| {
+                SplitError::Protocol(format!(
+                    "data product `{}` has no row for {key} `{id}`, which the interactions name",
+                    product.name()
+                ))
+            })
+        })
+        .collect::<Result<Vec<u32>, _>>()?;
+    let all: Vec<u32> = (0..product.rows() as u32).collect();
+    // Entity attributes hold no labels: the pipeline is fitted on every entity.
+    let pipeline = fedmesh_data::FeaturePipeline::fit(product, features, &all)?;
+    Ok(pipeline.transform(product)?.gather(&rows))
+}
+
+/// The sales domain's rows for a list of examples: the user and the item, as embedding indices.
+pub fn sales_features(
+    users: &[u32],
+    items: &[u32],
+    user_count: usize,
+    item_count: usize,
+    width: usize,
+) -> FeatureMatrix {
+    FeatureMatrix {
+        rows: users.len(),
+        numeric: Vec::new(),
+        numeric_width: 0,
+        categorical: users
+            .iter()
+            .zip(items)
+            .flat_map(|(&u, &i)| [u as i64, i as i64])
+            .collect(),
+        embeddings: vec![(user_count, width), (item_count, width)],
+    }
+}
+
+/// The cross-entropy over {no interaction, interaction} every split NCF head is trained with.
+fn objective() -> Objective {
+    Objective::CrossEntropy {
+        classes: 2,
+        class_weights: None,
+    }
+}
+
+/// A test case's candidates: the held-out item and its negatives.
+pub const TEST_CANDIDATES: usize = TEST_NEGATIVES + 1;
+
+/// HR@10 and NDCG@10 of test cases given as consecutive groups of [`TEST_CANDIDATES`] scores,
+/// each group's held-out item marked by label 1 wherever it stands in the group.
+pub fn rank_cases(scores: &[f32], labels: &[i64]) -> Result<RankingMetrics, SplitError> {
+    if scores.len() != labels.len() || !scores.len().is_multiple_of(TEST_CANDIDATES) {
+        return Err(SplitError::Protocol(format!(
+            "{} scores and {} labels are not whole test cases of {TEST_CANDIDATES} candidates",
+            scores.len(),
+            labels.len()
+        )));
+    }
+    let (mut hits, mut ndcg) = (0.0, 0.0);
+    let mut ordered = Vec::with_capacity(TEST_CANDIDATES);
+    for (case, (scores, labels)) in scores
+        .chunks(TEST_CANDIDATES)
+        .zip(labels.chunks(TEST_CANDIDATES))
+        .enumerate()
+    {
+        let held_out: Vec<usize> = (0..labels.len()).filter(|&k| labels[k] == 1).collect();
+        let [positive] = held_out[..] else {
+            return Err(SplitError::Protocol(format!(
+                "test case {case} has {} held-out items, not one",
+                held_out.len()
+            )));
+        };
+        ordered.clear();
+        ordered.push(scores[positive]);
+        ordered.extend(
+            (0..scores.len())
+                .filter(|&k| k != positive)
+                .map(|k| scores[k]),
+        );
+        let (h, n) = rank_metrics(&ordered, TOP_K);
+        hits += h;
+        ndcg += n;
+    }
+    let users = scores.len() / TEST_CANDIDATES;
+    Ok(RankingMetrics {
+        hit_ratio: hits / users.max(1) as f64,
+        ndcg: ndcg / users.max(1) as f64,
+        users,
+    })
+}
+
+/// The positive-class score of every row of an evaluation report's test rows, in row order.
+fn positive_scores(report: &mut EvaluationReport) -> Vec<f32> {
+    report.test_scores.sort_by_key(|(row, _)| *row);
+    report.test_scores.iter().map(|(_, s)| s[1]).collect()
+}
+
+/// What sales holds of a run besides its bottom.
+struct SalesShare {
+    examples: SalesExamples,
+    users: Vec<String>,
+    items: Vec<String>,
+    /// The current examples' labels.
+    labels: Vec<i64>,
+    /// The head, when sales keeps the labels; built with the first tower output, whose width
+    /// is its input.
+    head: Option<LabelOwner>,
+    keeps_labels: bool,
+}
+
+/// What customer or product holds of a run besides its bottom.
+struct EntityShare {
+    product: DataProduct,
+    /// Its features of each entity sales named, in sales's order.
+    table: Option<FeatureMatrix>,
+}
+
+enum Share {
+    Sales(Box<SalesShare>),
+    Entity(Box<EntityShare>),
+}
+
+/// One domain's share of a split NCF run: its bottom and what it keeps for itself.
+pub struct NcfParty {
+    pub role: NcfRole,
+    /// The domain's name in the mesh.
+    pub name: String,
+    spec: SplitNcfSpec,
+    optimizer: OptimizerSpec,
+    seed: u64,
+    bottom: Option<DomainParty>,
+    share: Share,
+}
+
+impl NcfParty {
+    /// Sales: its interactions and the split; `keeps_labels` without label sharing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sales(
+        name: impl Into<String>,
+        spec: &SplitNcfSpec,
+        interactions: &Interactions,
+        split: LeaveOneOut,
+        training: &NcfTraining,
+        keeps_labels: bool,
+        seed: u64,
+    ) -> Self {
+        let mut party = Self {
+            role: NcfRole::Sales,
+            name: name.into(),
+            spec: spec.clone(),
+            optimizer: training.optimizer.clone(),
+            seed,
+            bottom: None,
+            share: Share::Sales(Box::new(SalesShare {
+                examples: SalesExamples::new(interactions, split, training.negatives, seed),
+                users: interactions.users.clone(),
+                items: interactions.items.clone(),
+                labels: Vec::new(),
+                head: None,
+                keeps_labels,
+            })),
+        };
+        let features = sales_features(
+            &[],
+            &[],
+            interactions.users.len(),
+            interactions.items.len(),
+            spec.embedding,
+        );
+        party.bottom = Some(party.build_bottom(features));
+        party
+    }
+
+    /// Customer or product: its entity table (validated against its contract). The bottom is
+    /// built once sales's entities arrive ([`NcfParty::set_entities`]).
+    pub fn entity(
+        role: NcfRole,
+        name: impl Into<String>,
+        spec: &SplitNcfSpec,
+        product: DataProduct,
+        optimizer: &OptimizerSpec,
+        seed: u64,
+    ) -> Result<Self, SplitError> {
+        if role == NcfRole::Sales {
+            return Err(SplitError::Protocol(
+                "sales holds interactions, not an entity table".into(),
+            ));
+        }
+        Ok(Self {
+            role,
+            name: name.into(),
+            spec: spec.clone(),
+            optimizer: optimizer.clone(),
+            seed,
+            bottom: None,
+            share: Share::Entity(Box::new(EntityShare {
+                product,
+                table: None,
+            })),
+        })
+    }
+
+    fn build_bottom(&self, features: FeatureMatrix) -> DomainParty {
+        let layers = match self.role {
+            NcfRole::Sales => &self.spec.sales,
+            NcfRole::Customer => &self.spec.customer.layers,
+            NcfRole::Product => &self.spec.product.layers,
+        };
+        let config = BottomConfig {
+            numeric: features.numeric_width,
+            embeddings: features.embeddings.clone(),
+            layers: layers.clone(),
+            batch_norm: false,
+            dropout: 0.0,
+            // Sales holds user and item: it computes their GMF interaction itself.
+            interaction: self.role == NcfRole::Sales,
+            embedding_std: Some(0.01),
+        };
+        let device = training_device();
+        let model = seeded(&device, part_seed(self.seed, self.role.part()), || {
+            config.init(&device)
+        });
+        DomainParty::new(self.name.clone(), features, model, &self.optimizer, device)
+    }
+
+    fn sales_share(&mut self) -> Result<&mut SalesShare, SplitError> {
+        match &mut self.share {
+            Share::Sales(share) => Ok(share),
+            Share::Entity(_) => Err(SplitError::Protocol(format!(
+                "`{}` is the {} domain: it holds no interactions",
+                self.name,
+                self.role.name()
+            ))),
+        }
+    }
+
+    /// Sales: the ids of the users and items its examples name, by position.
+    pub fn entities(&mut self) -> Result<(Vec<String>, Vec<String>), SplitError> {
+        let share = self.sales_share()?;
+        Ok((share.users.clone(), share.items.clone()))
+    }
+
+    /// Customer or product: looks up every entity sales named (an id it does not hold fails,
+    /// naming the id) and builds the bottom over their attributes. Returns the cut width.
+    pub fn set_entities(&mut self, ids: &[String]) -> Result<usize, SplitError> {
+        let key = self.role.entity_key().ok_or_else(|| {
+            SplitError::Protocol("sales names the entities; it is not sent them".into())
+        })?;
+        let features = match self.role {
+            NcfRole::Customer => &self.spec.customer.features,
+            _ => &self.spec.product.features,
+        };
+        let Share::Entity(share) = &self.share else {
+            unreachable!("customer and product hold entity shares")
+        };
+        let table = entity_features(&share.product, key, ids, features)?;
+        let bottom = self.build_bottom(table.gather(&[]));
+        let width = bottom.cut_width();
+        self.bottom = Some(bottom);
+        if let Share::Entity(share) = &mut self.share {
+            share.table = Some(table);
+        }
+        Ok(width)
+    }
+
+    /// Sales: draws the pass's examples, takes their rows and labels, and returns each
+    /// example's user and item by position (never the label).
+    pub fn draw(&mut self, pass: ExamplePass) -> Result<(Vec<u32>, Vec<u32>), SplitError> {
+        let share = self.sales_share()?;
+        let drawn = match pass {
+            ExamplePass::Training => share.examples.training(),
+            ExamplePass::Test => share.examples.test().to_vec(),
+        };
+        let users: Vec<u32> = drawn.iter().map(|e| e.0).collect();
+        let items: Vec<u32> = drawn.iter().map(|e| e.1).collect();
+        share.labels = drawn.iter().map(|e| e.2 as i64).collect();
+        if let Some(head) = &mut share.head {
+            head.set_targets(Targets::Classes(share.labels.clone()));
+        }
+        let features = sales_features(
+            &users,
+            &items,
+            share.users.len(),
+            share.items.len(),
+            self.spec.embedding,
+        );
+        self.bottom_mut()?.set_features(features)?;
+        Ok((users, items))
+    }
+
+    /// Customer or product: the rows of the current examples, each the attributes of the
+    /// entity at that position of sales's list.
+    pub fn set_examples(&mut self, entities: &[u32]) -> Result<(), SplitError> {
+        let Share::Entity(share) = &self.share else {
+            return Err(SplitError::Protocol(
+                "sales draws the examples; it is not sent them".into(),
+            ));
+        };
+        let table = share.table.as_ref().ok_or_else(|| {
+            SplitError::Protocol("examples arrived before the entities they name".into())
+        })?;
+        if let Some(&bad) = entities.iter().find(|&&e| e as usize >= table.rows) {
+            return Err(SplitError::Protocol(format!(
+                "an example names entity {bad}, but sales named {} entities",
+                table.rows
+            )));
+        }
+        let rows = table.gather(entities);
+        self.bottom_mut()?.set_features(rows)
+    }
+
+    /// Sales: the current examples' labels (for governance, with label sharing).
+    pub fn labels(&mut self) -> Result<Targets, SplitError> {
+        Ok(Targets::Classes(self.sales_share()?.labels.clone()))
+    }
+
+    pub fn bottom_mut(&mut self) -> Result<&mut DomainParty, SplitError> {
+        self.bottom.as_mut().ok_or_else(|| {
+            SplitError::Protocol(format!(
+                "`{}` has no bottom yet: it was not sent the entities its examples name",
+                self.name
+            ))
+        })
+    }
+
+    /// The current rows of the domain's bottom (for tests: each example's attributes).
+    pub fn features(&self) -> Option<&FeatureMatrix> {
+        self.bottom.as_ref().map(DomainParty::features)
+    }
+
+    pub fn cut_width(&self) -> usize {
+        self.bottom.as_ref().map_or(0, DomainParty::cut_width)
+    }
+
+    /// Sales without label sharing: the head, built for a tower output `width` wide.
+    pub fn head(&mut self, width: usize) -> Result<&mut LabelOwner, SplitError> {
+        let (name, seed, optimizer) = (self.name.clone(), self.seed, self.optimizer.clone());
+        let share = self.sales_share()?;
+        if !share.keeps_labels {
+            return Err(SplitError::Protocol(
+                "labels are shared in this run: the head is at governance".into(),
+            ));
+        }
+        if share.head.is_none() {
+            let device = training_device();
+            let config = HeadConfig {
+                input: width,
+                layers: Vec::new(),
+                outputs: 2,
+            };
+            let head = seeded(&device, part_seed(seed, HEAD_PART), || config.init(&device));
+            share.head = Some(LabelOwner::new(
+                name,
+                Targets::Classes(share.labels.clone()),
+                objective(),
+                head,
+                &optimizer,
+                device,
+            ));
+        }
+        Ok(share.head.as_mut().expect("built above"))
+    }
+
+    /// Sales without label sharing: HR@10 and NDCG@10 of the test examples its head scored.
+    pub fn rank(&mut self) -> Result<RankingMetrics, SplitError> {
+        let share = self.sales_share()?;
+        let head = share
+            .head
+            .as_mut()
+            .ok_or_else(|| SplitError::Protocol("the head has scored nothing".into()))?;
+        let scores = positive_scores(&mut head.report());
+        rank_cases(&scores, &share.labels)
+    }
+
+    /// Saves the bottom (and the head, when kept here) under `dir`.
+    pub fn save(&self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
+        let mut written = Vec::new();
+        if let Some(bottom) = &self.bottom {
+            written.push(bottom.save(dir)?);
+        }
+        if let Share::Sales(share) = &self.share
+            && let Some(head) = &share.head
+        {
+            written.push(head.save(dir)?);
+        }
+        Ok(written)
+    }
+}
+
+/// Governance's view of a split NCF run's domains: a split job's [`Transport`], plus the routing
+/// of examples.
+pub trait NcfTransport: Transport {
+    /// Total width of the three activations at the cut layer.
+    fn cut_width(&self) -> usize;
+
+    /// Sales draws the pass's examples and sends each example's user and item; customer gets the
+    /// users, product the items, and each takes its rows. Returns how many examples there are.
+    fn examples(&mut self, pass: ExamplePass) -> Result<usize, SplitError>;
+
+    /// Without label sharing: sales ranks the test examples its head scored since the last
+    /// ranking, and returns HR@10 and NDCG@10 only.
+    fn head_ranking(&mut self) -> Result<RankingMetrics, SplitError>;
+}
+
+/// The three domains in this process: sales, customer, product.
+pub struct NcfInProcess {
+    pub parties: [NcfParty; 3],
+}
+
+impl NcfInProcess {
+    /// Hands sales's entity ids to customer and product, as governance does over the mesh.
+    pub fn new(
+        mut sales: NcfParty,
+        mut customer: NcfParty,
+        mut product: NcfParty,
+    ) -> Result<Self, SplitError> {
+        let (users, items) = sales.entities()?;
+        customer.set_entities(&users)?;
+        product.set_entities(&items)?;
+        Ok(Self {
+            parties: [sales, customer, product],
+        })
+    }
+}
+
+impl Transport for NcfInProcess {
+    fn forward(&mut self, plan: &BatchPlan) -> Result<Vec<CutActivation>, SplitError> {
+        self.parties
+            .iter_mut()
+            .map(|p| p.bottom_mut()?.forward(plan))
+            .collect()
+    }
+
+    fn backward(
+        &mut self,
+        gradients: Vec<CutLayerGradient>,
+        _next: Option<&BatchPlan>,
+    ) -> Result<(), SplitError> {
+        check_one_per_domain(gradients.len(), self.parties.len())?;
+        for (party, gradient) in self.parties.iter_mut().zip(&gradients) {
+            party.bottom_mut()?.backward(gradient)?;
+        }
+        Ok(())
+    }
+
+    fn head_train(
+        &mut self,
+        plan: &BatchPlan,
+        tower_output: CutActivation,
+    ) -> Result<HeadStep, SplitError> {
+        self.parties[0]
+            .head(tower_output.cols)?
+            .train(plan, &tower_output)
+    }
+
+    fn head_eval(
+        &mut self,
+        plan: &BatchPlan,
+        tower_output: CutActivation,
+    ) -> Result<(), SplitError> {
+        self.parties[0]
+            .head(tower_output.cols)?
+            .eval(plan, &tower_output)
+    }
+
+    fn head_report(&mut self) -> Result<EvaluationReport, SplitError> {
+        Err(SplitError::Protocol(
+            "sales ranks the test cases itself (`head_ranking`); it reports no scores".into(),
+        ))
+    }
+
+    fn shared_labels(&mut self) -> Result<Targets, SplitError> {
+        self.parties[0].labels()
+    }
+
+    fn save_parts(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
+        let mut written = Vec::new();
+        for party in &self.parties {
+            written.extend(party.save(dir)?);
+        }
+        Ok(written)
+    }
+}
+
+impl NcfTransport for NcfInProcess {
+    fn cut_width(&self) -> usize {
+        self.parties.iter().map(NcfParty::cut_width).sum()
+    }
+
+    fn examples(&mut self, pass: ExamplePass) -> Result<usize, SplitError> {
+        let (users, items) = self.parties[0].draw(pass)?;
+        self.parties[1].set_examples(&users)?;
+        self.parties[2].set_examples(&items)?;
+        Ok(users.len())
+    }
+
+    fn head_ranking(&mut self) -> Result<RankingMetrics, SplitError> {
+        self.parties[0].rank()
+    }
+}
+
+/// Governance's side of the split NCF: the tower (and the head, with label sharing) over the
+/// domains behind `T`.
+pub struct SplitNcf<T: NcfTransport> {
+    trainer: SplitTrainer<T>,
+    share_labels: bool,
+    /// How many examples the domains hold now.
+    examples: usize,
+}
+
+/// Rows scored per evaluation plan.
+const EVAL_BATCH: usize = 4096;
+
+impl<T: NcfTransport> SplitNcf<T> {
+    /// Builds governance's parts for the domains behind `transport` (their bottoms built).
+    pub fn new(
+        transport: T,
+        spec: &SplitNcfSpec,
+        optimizer: &OptimizerSpec,
+        share_labels: bool,
+        seed: u64,
+    ) -> Result<Self, SplitError> {
+        let device = training_device();
+        let tower = TowerConfig {
+            input: transport.cut_width(),
+            layers: spec.tower.clone(),
+            batch_norm: false,
+            dropout: 0.0,
+        };
+        let placement = if share_labels {
+            let head = HeadConfig {
+                input: tower.output(),
+                layers: Vec::new(),
+                outputs: 2,
+            };
+            LabelPlacement::Governance {
+                head: seeded(&device, part_seed(seed, HEAD_PART), || head.init(&device)),
+            }
+        } else {
+            LabelPlacement::LabelOwner
+        };
+        let tower = seeded(&device, part_seed(seed, TOWER_PART), || tower.init(&device));
+        let trainer =
+            SplitTrainer::new(transport, tower, placement, objective(), optimizer, device)?;
+        Ok(Self {
+            trainer,
+            share_labels,
+            examples: 0,
+        })
+    }
+
+    pub fn transport(&self) -> &T {
+        self.trainer.transport()
+    }
+
+    pub fn transport_mut(&mut self) -> &mut T {
+        self.trainer.transport_mut()
+    }
+
+    /// Has the domains take the pass's examples; with label sharing, fetches their labels.
+    fn take_examples(&mut self, pass: ExamplePass) -> Result<usize, SplitError> {
+        self.examples = self.trainer.transport_mut().examples(pass)?;
+        self.trainer.reload_labels()?;
+        Ok(self.examples)
+    }
+
+    /// Bytes that crossed the cut layer so far (activations, gradients, tower outputs).
+    pub fn cut_layer_bytes(&self) -> u64 {
+        self.trainer.cut_layer_bytes()
+    }
+
+    /// Saves every part where its holder keeps it.
+    pub fn save(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
+        self.trainer.save(dir)
+    }
+}
+
+impl<T: NcfTransport> Recommender for SplitNcf<T> {
+    fn next_epoch(&mut self) -> Result<usize, SplitError> {
+        self.take_examples(ExamplePass::Training)
+    }
+
+    fn train_epoch(
+        &mut self,
+        training: &NcfTraining,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+    ) -> Result<f64, SplitError> {
+        let rows: Vec<u32> = (0..self.examples as u32).collect();
+        let plans: Vec<BatchPlan> = rows
+            .chunks(training.batch_size)
+            .map(|batch| BatchPlan::train(batch.to_vec(), training.optimizer.learning_rate))
+            .collect();
+        let mut loss_sum = 0.0;
+        for (i, plan) in plans.iter().enumerate() {
+            if stop.load(Ordering::Relaxed) {
+                return Err(SplitError::Interrupted);
+            }
+            self.trainer.announce(plans.get(i + 1));
+            let loss = self.trainer.train_step(plan)?;
+            loss_sum += loss as f64 * plan.rows.len() as f64;
+            observer.batch_done(loss);
+        }
+        Ok(loss_sum / self.examples.max(1) as f64)
+    }
+
+    /// Ranks the test cases: every candidate scored with its own user's and item's attributes;
+    /// the label holder ranks them.
+    fn evaluate(&mut self) -> Result<RankingMetrics, SplitError> {
+        let n = self.take_examples(ExamplePass::Test)?;
+        let rows: Vec<u32> = (0..n as u32).collect();
+        for chunk in rows.chunks(EVAL_BATCH) {
+            self.trainer
+                .eval_batch(&BatchPlan::eval(Part::Test, chunk.to_vec()))?;
+        }
+        if !self.share_labels {
+            return self.trainer.transport_mut().head_ranking();
+        }
+        let scores = positive_scores(&mut self.trainer.report()?);
+        let Some(Targets::Classes(labels)) = self.trainer.shared_targets() else {
+            return Err(SplitError::Protocol(
+                "sales shared no class labels for the test cases".into(),
+            ));
+        };
+        rank_cases(&scores, labels)
+    }
+}
+
+/// The in-process split NCF of a prepared recommendation job.
+pub type InProcessNcf = SplitNcf<NcfInProcess>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recommend::{
+        PreparedRecommendation, RankingConfig, RecommendationSpec, popularity,
+        write_synthetic_movielens_job,
+    };
+
+    /// The MovieLens example's job over 60 synthetic users of two taste groups, 200 films.
+    fn synthetic(dir: &Path, epochs: usize) -> PreparedRecommendation {
+        let file = write_synthetic_movielens_job(dir, 60, 200, 12).unwrap();
+        let (mut spec, file) = RecommendationSpec::load(&file).unwrap();
+        spec.training = NcfTraining {
+            epochs,
+            batch_size: 64,
+            optimizer: OptimizerSpec {
+                learning_rate: 0.01,
+                ..OptimizerSpec::default()
+            },
+            ..NcfTraining::default()
+        };
+        spec.prepare(&file).unwrap()
+    }
+
+    #[test]
+    fn the_split_ncf_learns_tastes_in_both_configurations_with_the_same_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = synthetic(dir.path(), 6);
+        let stop = AtomicBool::new(false);
+        let runs: Vec<_> = [
+            RankingConfig::SplitLabelSharing,
+            RankingConfig::SplitLabelOwner,
+        ]
+        .into_iter()
+        .map(|config| job.run(config, 1, &crate::Silent, &stop).unwrap())
+        .collect();
+        let baseline = popularity(&job.split, job.data.interactions.items.len());
+        assert_eq!(runs[0].metrics.users, 60);
+        assert!(
+            runs[0].metrics.hit_ratio > baseline.hit_ratio + 0.2,
+            "split {:?} vs popularity {baseline:?}",
+            runs[0].metrics
+        );
+        // Where the head runs changes who sees what, not the arithmetic.
+        assert_eq!(runs[0].metrics, runs[1].metrics);
+        assert_eq!(runs[0].history, runs[1].history);
+    }
+
+    #[test]
+    fn every_candidate_is_scored_with_its_own_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = synthetic(dir.path(), 1);
+        let mut model = job.in_process_ncf(false, 1).unwrap();
+        let n = model.transport_mut().examples(ExamplePass::Test).unwrap();
+        assert_eq!(n, job.split.test.len() * TEST_CANDIDATES);
+        let parties = &model.transport().parties;
+        let [sales, customer, product] =
+            [0, 1, 2].map(|d| parties[d].features().expect("bottoms are built"));
+        let interactions = &job.data.interactions;
+        // The synthetic films' genres: action (column 1) for one group, romance for the other.
+        let action = |item: u32| interactions.items[item as usize].parse::<usize>().unwrap() <= 100;
+        let pairs: Vec<(u32, u32)> = sales
+            .categorical
+            .chunks(2)
+            .map(|c| (c[0] as u32, c[1] as u32))
+            .collect();
+        for (k, &(user, item)) in pairs.iter().enumerate() {
+            // Product holds the candidate's own genres, customer the user's own attributes.
+            let genres = &product.numeric[k * 19..(k + 1) * 19];
+            assert_eq!(genres[1] > genres[14], action(item), "example {k}");
+            let gender = customer.categorical[k * 2];
+            let user_number: usize = interactions.users[user as usize].parse().unwrap();
+            let first_of_gender = pairs
+                .iter()
+                .position(|&(u, _)| {
+                    interactions.users[u as usize].parse::<usize>().unwrap() % 2 == user_number % 2
+                })
+                .unwrap();
+            assert_eq!(gender, customer.categorical[first_of_gender * 2]);
+        }
+        // Every test case: its user's 100 candidates, the held-out item among them once.
+        for (case, candidates) in job.split.test.iter().zip(pairs.chunks(TEST_CANDIDATES)) {
+            assert!(candidates.iter().all(|&(u, _)| u == case.user));
+            let mut items: Vec<u32> = candidates.iter().map(|&(_, i)| i).collect();
+            items.sort_unstable();
+            let mut expected: Vec<u32> = case.candidates().collect();
+            expected.sort_unstable();
+            assert_eq!(items, expected);
+        }
+        // Negatives come from both groups: candidates' attributes differ within a case.
+        assert!(
+            pairs[..TEST_CANDIDATES].iter().any(|&(_, i)| action(i))
+                && pairs[..TEST_CANDIDATES].iter().any(|&(_, i)| !action(i))
+        );
+    }
+
+    #[test]
+    fn ranking_finds_the_held_out_item_wherever_it_stands() {
+        let mut scores = vec![0.0; 2 * TEST_CANDIDATES];
+        let mut labels = vec![0; 2 * TEST_CANDIDATES];
+        // Case 0: held out at 37, scored highest; case 1: held out at 0, scored below 20.
+        labels[37] = 1;
+        scores[37] = 1.0;
+        labels[TEST_CANDIDATES] = 1;
+        scores[TEST_CANDIDATES] = 0.5;
+        for k in 1..=20 {
+            scores[TEST_CANDIDATES + k] = 0.9;
+        }
+        let metrics = rank_cases(&scores, &labels).unwrap();
+        assert_eq!(metrics.users, 2);
+        assert_eq!(metrics.hit_ratio, 0.5);
+        assert_eq!(metrics.ndcg, 0.5);
+        labels[38] = 1;
+        let error = rank_cases(&scores, &labels).unwrap_err().to_string();
+        assert!(
+            error.contains("test case 0 has 2 held-out items"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_entity_sales_names_but_the_domain_lacks_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = synthetic(dir.path(), 1);
+        let spec = job.spec.split_model().unwrap();
+        let [customers, _] = job.entity_products.clone();
+        let mut customer = NcfParty::entity(
+            NcfRole::Customer,
+            "customer",
+            spec,
+            customers,
+            &OptimizerSpec::default(),
+            1,
+        )
+        .unwrap();
+        let error = customer
+            .set_entities(&["1".into(), "9999".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no row for user_id `9999`"), "{error}");
+    }
+}
