@@ -29,6 +29,21 @@ pub enum BenchCommand {
         #[arg(long)]
         network: bool,
     },
+    /// Training throughput of the split NCF (a recommendation example, MovieLens 100K by
+    /// default): in this process, then over the network with the sales, customer and product
+    /// domains as separate node processes (mutual TLS on 127.0.0.1) and this process as
+    /// governance. Examples are positives and their sampled negatives; each epoch's examples
+    /// are drawn by sales and routed to customer and product within the timed training.
+    Ncf {
+        /// The recommendation example (its `job.yaml` or folder).
+        #[arg(default_value = "examples/movielens")]
+        example: std::path::PathBuf,
+        #[arg(long, default_value_t = 2)]
+        epochs: usize,
+        /// Only over the network.
+        #[arg(long)]
+        network_only: bool,
+    },
     /// Wall time of private set intersection (ECDH on ristretto255) between PARTIES domains of
     /// SIZE keys each, OVERLAP of them shared by all: the whole protocol over the network, this
     /// process as governance and one domain node process per party (mutual TLS on 127.0.0.1),
@@ -74,6 +89,11 @@ pub fn bench(what: BenchCommand) -> Result<()> {
                 );
             }
         }
+        BenchCommand::Ncf {
+            example,
+            epochs,
+            network_only,
+        } => ncf(&example, epochs, network_only)?,
         BenchCommand::Psi {
             parties,
             size,
@@ -144,7 +164,11 @@ fn psi_network(parties: usize, size: usize, overlap: f64) -> Result<()> {
             size,
             shared,
         )?)?;
-        let (mut nodes, mesh) = node_mesh(&job, &dir.join("mesh"), Duration::from_secs(120))?;
+        let (mut nodes, mesh) = node_mesh(
+            &crate::mesh::job_domains(&job),
+            &dir.join("mesh"),
+            Duration::from_secs(120),
+        )?;
         let (mut trainer, _) = mesh.open(
             &job,
             "bench-psi",
@@ -176,9 +200,13 @@ fn psi_network(parties: usize, size: usize, overlap: f64) -> Result<()> {
 
 /// One `fedmesh node` process per domain of `job`, started in `dir` and ready, and this process
 /// as their governance, with `deadline` for every call.
-fn node_mesh(job: &Job, dir: &std::path::Path, deadline: Duration) -> Result<(LocalMesh, Mesh)> {
+fn node_mesh(
+    domains: &[(String, std::path::PathBuf)],
+    dir: &std::path::Path,
+    deadline: Duration,
+) -> Result<(LocalMesh, Mesh)> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let mut nodes = LocalMesh::start(job, dir, Ports::Any, None, false)?;
+    let mut nodes = LocalMesh::start(domains, dir, Ports::Any, None, false)?;
     nodes.wait_ready(&runtime, Duration::from_secs(60))?;
     let mesh = Mesh {
         identity: MeshIdentity::load(&nodes.layout.certs(), "governance")?,
@@ -259,7 +287,11 @@ fn split_network(bench: &SplitBench) -> Result<()> {
             "split training, fraud model, batch {batch}, in-process:           {local:>9.0} samples/s"
         );
 
-        let (mut nodes, mesh) = node_mesh(&job, &dir.join("mesh"), Duration::from_secs(30))?;
+        let (mut nodes, mesh) = node_mesh(
+            &crate::mesh::job_domains(&job),
+            &dir.join("mesh"),
+            Duration::from_secs(30),
+        )?;
         for encoding in [WireEncoding::F32, WireEncoding::F16] {
             job.spec.wire.encoding = encoding;
             let name = format!("{encoding:?}").to_lowercase();
@@ -275,6 +307,82 @@ fn split_network(bench: &SplitBench) -> Result<()> {
                 100.0 * rate / local,
                 (sent_after - sent) as f64 / samples,
                 (received_after - received) as f64 / samples,
+            );
+        }
+        nodes.stop();
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// `fedmesh bench ncf`: the split NCF's training throughput in-process and over the network.
+fn ncf(example: &std::path::Path, epochs: usize, network_only: bool) -> Result<()> {
+    use fedmesh_split::recommend::{RankingConfig, RecommendationSpec};
+    use std::sync::atomic::AtomicBool;
+    anyhow::ensure!(epochs >= 1, "--epochs must be at least 1");
+    let (mut spec, file) = RecommendationSpec::load(example)?;
+    spec.training.epochs = epochs;
+    let prepared = spec.clone().prepare(&file)?;
+    let positives = prepared.split.train.len();
+    let per_epoch = positives * (1 + spec.training.negatives);
+    println!(
+        "split NCF, {} ({} training positives, {} examples per epoch with {} negatives each), batch {}, {epochs} epochs, seed 1",
+        spec.name, positives, per_epoch, spec.training.negatives, spec.training.batch_size
+    );
+    let stop = AtomicBool::new(false);
+    let configs = [
+        RankingConfig::SplitLabelOwner,
+        RankingConfig::SplitLabelSharing,
+    ];
+    let mut local = Vec::new();
+    if !network_only {
+        for config in configs {
+            let run = prepared.run(config, 1, &fedmesh_split::Silent, &stop)?;
+            println!(
+                "  {:<20} in-process: {:>9.0} examples/s ({:.0} positives/s), {:.1} s training; HR@10 {:.4}",
+                config.name(),
+                run.samples_per_second,
+                run.samples_per_second / (1 + spec.training.negatives) as f64,
+                run.train_seconds,
+                run.metrics.hit_ratio
+            );
+            local.push(run.samples_per_second);
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("fedmesh-bench-ncf-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let domains = crate::mesh::recommendation_domains(&spec, &file);
+        let (mut nodes, mesh) = node_mesh(&domains, &dir.join("mesh"), Duration::from_secs(120))?;
+        for (k, config) in configs.into_iter().enumerate() {
+            let run = mesh.run_recommendation(
+                &spec,
+                &format!("bench-ncf-{}", config.name()),
+                "operator",
+                config,
+                1,
+                &fedmesh_split::Silent,
+                &stop,
+            )?;
+            let wire = run.wire.expect("network runs count their bytes");
+            let share = local
+                .get(k)
+                .map(|l| {
+                    format!(
+                        " = {:.0} % of in-process",
+                        100.0 * run.samples_per_second / l
+                    )
+                })
+                .unwrap_or_default();
+            println!(
+                "  {:<20} network (4 processes, mTLS): {:>9.0} examples/s ({:.0} positives/s){share}, {:.1} s training; HR@10 {:.4}; {:.1} MB to the domains, {:.1} MB from them (training and ranking, all epochs)",
+                config.name(),
+                run.samples_per_second,
+                run.samples_per_second / (1 + spec.training.negatives) as f64,
+                run.train_seconds,
+                run.metrics.hit_ratio,
+                wire.to_domains as f64 / 1e6,
+                wire.from_domains as f64 / 1e6,
             );
         }
         nodes.stop();

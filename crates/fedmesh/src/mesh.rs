@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use fedmesh_net::config::DomainEndpoint;
 use fedmesh_net::{GovernanceConfig, MeshIdentity, NodeConfig, NodeEndpoint};
 use fedmesh_split::job::Job;
+use fedmesh_split::recommend::{RecommendationSpec, is_recommendation};
 use tokio::runtime::Runtime;
 
 /// The certificate name `fedmesh job submit` presents.
@@ -61,6 +62,41 @@ impl MeshLayout {
     }
 }
 
+/// A job's domains and their contracts.
+pub fn job_domains(job: &Job) -> Vec<(String, PathBuf)> {
+    job.spec
+        .domains
+        .iter()
+        .map(|d| (d.name.clone(), job.dir().join(&d.contract)))
+        .collect()
+}
+
+/// A recommendation job's domains (sales, customer, product) and their contracts.
+pub fn recommendation_domains(spec: &RecommendationSpec, file: &Path) -> Vec<(String, PathBuf)> {
+    let dir = file.parent().unwrap_or(Path::new("."));
+    [&spec.sales, &spec.customer, &spec.product]
+        .into_iter()
+        .map(|d| (d.name.clone(), dir.join(&d.contract)))
+        .collect()
+}
+
+/// The domains of the example (a classification or a recommendation job) in `path`.
+pub fn example_domains(path: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let file = if path.is_dir() {
+        path.join("job.yaml")
+    } else {
+        path.to_path_buf()
+    };
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    if is_recommendation(&text) {
+        let (spec, file) = RecommendationSpec::load(&file)?;
+        Ok(recommendation_domains(&spec, &file))
+    } else {
+        Ok(job_domains(&Job::load(path)?))
+    }
+}
+
 /// How to place the mesh's ports.
 pub enum Ports {
     /// Governance on this port, the domains on the following ones.
@@ -81,11 +117,11 @@ fn free_port() -> Result<u16> {
 }
 
 impl LocalMesh {
-    /// Writes certificates (unless the folder has a CA already) and configs for `job`'s
-    /// domains into `dir`, and starts one node per domain and, with `with_governance`,
+    /// Writes certificates (unless the folder has a CA already) and configs for `domains`
+    /// (name, contract) into `dir`, and starts one node per domain and, with `with_governance`,
     /// governance (without it, the calling process acts as governance).
     pub fn start(
-        job: &Job,
+        domains: &[(String, PathBuf)],
         dir: &Path,
         ports: Ports,
         data: Option<&Path>,
@@ -99,7 +135,7 @@ impl LocalMesh {
         let names: Vec<String> = ["governance", OPERATOR]
             .into_iter()
             .map(String::from)
-            .chain(job.spec.domains.iter().map(|d| d.name.clone()))
+            .chain(domains.iter().map(|(name, _)| name.clone()))
             .collect();
         if !certs.join(fedmesh_tls::CA_CERT).exists() {
             fedmesh_tls::init_ca(&certs)?;
@@ -132,45 +168,42 @@ impl LocalMesh {
             policies,
             deadline_seconds: 30.0,
         };
-        let mut domains = Vec::new();
+        let mut registered = Vec::new();
         let mut children = Vec::new();
         let mut endpoints = Vec::new();
         let started = (|| -> Result<()> {
-            for (i, domain) in job.spec.domains.iter().enumerate() {
+            for (i, (name, contract)) in domains.iter().enumerate() {
                 let config = NodeConfig {
-                    domain: domain.name.clone(),
+                    domain: name.clone(),
                     listen: address(port(1 + i as u16)?),
                     mesh: certs.clone(),
                     governance: governance.name.clone(),
                     governance_url: with_governance
                         .then(|| format!("https://{}", governance.listen)),
-                    contract: std::path::absolute(job.dir().join(&domain.contract))?,
+                    contract: std::path::absolute(contract)?,
                     data: data.map(std::path::absolute).transpose()?,
-                    models: layout.dir.join(&domain.name).join("models"),
-                    audit: Some(layout.dir.join(&domain.name).join("audit.sqlite")),
+                    models: layout.dir.join(name).join("models"),
+                    audit: Some(layout.dir.join(name).join("audit.sqlite")),
                     policy: None,
                 };
-                let path = layout.node_config(&domain.name);
+                let path = layout.node_config(name);
                 std::fs::write(&path, serde_norway::to_string(&config)?)?;
                 let url = format!("https://{}", config.listen);
-                domains.push(DomainEndpoint {
-                    name: domain.name.clone(),
+                registered.push(DomainEndpoint {
+                    name: name.clone(),
                     url: url.clone(),
                 });
                 endpoints.push(NodeEndpoint {
-                    name: domain.name.clone(),
+                    name: name.clone(),
                     url,
                 });
-                children.push((
-                    domain.name.clone(),
-                    spawn("node", &path, &layout.log(&domain.name))?,
-                ));
+                children.push((name.clone(), spawn("node", &path, &layout.log(name))?));
             }
             if !with_governance {
                 return Ok(());
             }
             let governance = GovernanceConfig {
-                domains: domains.clone(),
+                domains: registered.clone(),
                 ..governance.clone()
             };
             let path = layout.governance_config();
@@ -343,9 +376,14 @@ pub fn up(
     data: Option<&Path>,
     stop: &AtomicBool,
 ) -> Result<()> {
-    let job = Job::load(example)?;
     let runtime = Runtime::new()?;
-    let mut mesh = LocalMesh::start(&job, dir, Ports::From(port), data, true)?;
+    let mut mesh = LocalMesh::start(
+        &example_domains(example)?,
+        dir,
+        Ports::From(port),
+        data,
+        true,
+    )?;
     mesh.wait_ready(&runtime, Duration::from_secs(30))?;
     println!("mesh up in {}:", mesh.layout.dir.display());
     for endpoint in mesh.endpoints() {

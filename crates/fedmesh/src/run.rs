@@ -163,7 +163,13 @@ pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Resu
     );
     let job = Job::load(&example)?;
     let runtime = Runtime::new()?;
-    let mut mesh = LocalMesh::start(&job, &out.join("mesh"), Ports::Any, None, true)?;
+    let mut mesh = LocalMesh::start(
+        &crate::mesh::job_domains(&job),
+        &out.join("mesh"),
+        Ports::Any,
+        None,
+        true,
+    )?;
     mesh.wait_ready(&runtime, std::time::Duration::from_secs(30))?;
     println!(
         "mesh up: {} (separate processes, mutual TLS; logs in {})",
