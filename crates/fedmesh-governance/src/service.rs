@@ -160,6 +160,9 @@ struct Plan {
 }
 
 fn plan(request: &JobRequest) -> Result<Plan, String> {
+    if fedmesh_split::recommend::is_recommendation(&request.spec_yaml) {
+        return Err("recommendation jobs (`task: recommendation`) are not run by governance's job service yet: run them with `fedmesh run EXAMPLE` (in one process), or over the mesh's nodes with `fedmesh bench ncf EXAMPLE`".into());
+    }
     let origin = PathBuf::from("the submitted job spec");
     let mut job = Job::from_yaml(&request.spec_yaml, &origin).map_err(|e| e.to_string())?;
     // The name becomes a folder under `runs` here and on every node.

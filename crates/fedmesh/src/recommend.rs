@@ -82,7 +82,8 @@ pub fn table(results: &RankingResults) -> String {
 pub fn run(file: &Path, options: RunOptions, stop: &AtomicBool) -> Result<RankingResults> {
     if options.mesh.is_some() {
         bail!(
-            "recommendation jobs do not run on a mesh yet: the split NCF is being built (run without --mesh)"
+            "governance's job service does not run recommendation jobs yet: run without --mesh, or train the split NCF over node processes with `fedmesh bench ncf {}`",
+            file.display()
         );
     }
     if options.data.is_some() {
