@@ -338,7 +338,10 @@ fn ncf(example: &std::path::Path, epochs: usize, network_only: bool) -> Result<(
     let mut local = Vec::new();
     if !network_only {
         for config in configs {
-            let run = prepared.run(config, 1, &fedmesh_split::Silent, &stop)?;
+            let progress =
+                crate::progress::RunProgress::new(format!("{} in-process", config.name()), epochs);
+            let run = prepared.run(config, 1, &progress, &stop)?;
+            progress.clear();
             println!(
                 "  {:<20} in-process: {:>9.0} examples/s ({:.0} positives/s), {:.1} s training; HR@10 {:.4}",
                 config.name(),
@@ -355,15 +358,18 @@ fn ncf(example: &std::path::Path, epochs: usize, network_only: bool) -> Result<(
         let domains = crate::mesh::recommendation_domains(&spec, &file);
         let (mut nodes, mesh) = node_mesh(&domains, &dir.join("mesh"), Duration::from_secs(120))?;
         for (k, config) in configs.into_iter().enumerate() {
+            let progress =
+                crate::progress::RunProgress::new(format!("{} network", config.name()), epochs);
             let run = mesh.run_recommendation(
                 &spec,
                 &format!("bench-ncf-{}", config.name()),
                 "operator",
                 config,
                 1,
-                &fedmesh_split::Silent,
+                &progress,
                 &stop,
             )?;
+            progress.clear();
             let wire = run.wire.expect("network runs count their bytes");
             let share = local
                 .get(k)

@@ -53,6 +53,11 @@ impl RunProgress {
         self.bar.println(line);
     }
 
+    /// Removes the bar (its run's result is printed instead).
+    pub fn clear(&self) {
+        self.bar.finish_and_clear();
+    }
+
     pub fn abandon(&self) {
         self.bar.abandon_with_message("interrupted");
     }
