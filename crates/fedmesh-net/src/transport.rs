@@ -195,14 +195,7 @@ impl GrpcTransport {
                 ))
             })?;
         let encoding = Encoding::try_from(start.encoding).unwrap_or(Encoding::F32);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let mut links = runtime.block_on(try_join_all(nodes.iter().map(|node| {
-            let mut start = start.clone();
-            start.domain = node.name.clone();
-            open(identity, node, start, deadline)
-        })))?;
+        let (runtime, mut links) = open_all(identity, nodes, &start, deadline)?;
         let started = std::time::Instant::now();
         let alignment = runtime.block_on(align(&mut links, deadline))?;
         let alignment_seconds = started.elapsed().as_secs_f64();
@@ -234,14 +227,7 @@ impl GrpcTransport {
         deadline: Duration,
     ) -> Result<Self, SplitError> {
         let encoding = Encoding::try_from(start.encoding).unwrap_or(Encoding::F32);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let mut links = runtime.block_on(try_join_all(nodes.iter().map(|node| {
-            let mut start = start.clone();
-            start.domain = node.name.clone();
-            open(identity, node, start, deadline)
-        })))?;
+        let (runtime, mut links) = open_all(identity, nodes, &start, deadline)?;
         runtime.block_on(async {
             let [sales, customer, product] = &mut links[..] else {
                 unreachable!("three nodes")
@@ -325,6 +311,25 @@ impl GrpcTransport {
         let link = &mut self.links[self.owner];
         self.runtime.block_on(link.call(body, deadline))
     }
+}
+
+/// The transport's runtime, and a stream to every node with the job opened on it (`start`'s
+/// domain set per node).
+fn open_all(
+    identity: &MeshIdentity,
+    nodes: &[NodeEndpoint],
+    start: &v1::JobStart,
+    deadline: Duration,
+) -> Result<(Runtime, Vec<Link>), SplitError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let links = runtime.block_on(try_join_all(nodes.iter().map(|node| {
+        let mut start = start.clone();
+        start.domain = node.name.clone();
+        open(identity, node, start, deadline)
+    })))?;
+    Ok((runtime, links))
 }
 
 async fn open(
