@@ -344,6 +344,21 @@ pub struct PreparedJob {
     pub source: String,
 }
 
+/// The text of a job spec (classification or recommendation) and its file: `path` may be the
+/// spec file or the folder holding `job.yaml`.
+pub fn read_spec(path: &Path) -> Result<(String, PathBuf), SplitError> {
+    let file = if path.is_dir() {
+        path.join("job.yaml")
+    } else {
+        path.to_path_buf()
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| SplitError::Spec {
+        path: file.clone(),
+        message: e.to_string(),
+    })?;
+    Ok((text, file))
+}
+
 impl Job {
     /// The folder relative paths in the spec start from.
     pub fn dir(&self) -> &Path {
@@ -352,17 +367,8 @@ impl Job {
 
     /// Reads a job spec; `path` may be the spec file or the folder holding `job.yaml`.
     pub fn load(path: &Path) -> Result<Self, SplitError> {
-        let file = if path.is_dir() {
-            path.join("job.yaml")
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file).map_err(|e| SplitError::Spec {
-            path: file.clone(),
-            message: e.to_string(),
-        })?;
-        let spec = Self::parse(&text, &file)?;
-        Ok(Self { spec, file })
+        let (text, file) = read_spec(path)?;
+        Self::from_yaml(&text, &file)
     }
 
     /// Reads a job spec sent as text; `file` names it in errors and anchors relative paths.

@@ -540,15 +540,7 @@ impl RetailSource {
 impl RecommendationSpec {
     /// Reads `job.yaml` (or the folder holding it).
     pub fn load(path: &Path) -> Result<(Self, PathBuf), SplitError> {
-        let file = if path.is_dir() {
-            path.join("job.yaml")
-        } else {
-            path.to_path_buf()
-        };
-        let text = std::fs::read_to_string(&file).map_err(|e| SplitError::Spec {
-            path: file.clone(),
-            message: e.to_string(),
-        })?;
+        let (text, file) = crate::job::read_spec(path)?;
         Ok((Self::from_yaml(&text, &file)?, file))
     }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use fedmesh_net::config::DomainEndpoint;
 use fedmesh_net::{GovernanceConfig, MeshIdentity, NodeConfig, NodeEndpoint};
-use fedmesh_split::job::Job;
+use fedmesh_split::job::{Job, read_spec};
 use fedmesh_split::recommend::{RecommendationSpec, is_recommendation};
 use tokio::runtime::Runtime;
 
@@ -82,18 +82,12 @@ pub fn recommendation_domains(spec: &RecommendationSpec, file: &Path) -> Vec<(St
 
 /// The domains of the example (a classification or a recommendation job) in `path`.
 pub fn example_domains(path: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let file = if path.is_dir() {
-        path.join("job.yaml")
-    } else {
-        path.to_path_buf()
-    };
-    let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let (text, file) = read_spec(path)?;
     if is_recommendation(&text) {
-        let (spec, file) = RecommendationSpec::load(&file)?;
+        let spec = RecommendationSpec::from_yaml(&text, &file)?;
         Ok(recommendation_domains(&spec, &file))
     } else {
-        Ok(job_domains(&Job::load(path)?))
+        Ok(job_domains(&Job::from_yaml(&text, &file)?))
     }
 }
 

@@ -218,13 +218,7 @@ pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Resu
 }
 
 pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Option<Results>> {
-    let file = if example.is_dir() {
-        example.join("job.yaml")
-    } else {
-        example.to_path_buf()
-    };
-    let text =
-        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let (text, file) = fedmesh_split::job::read_spec(example)?;
     if fedmesh_split::recommend::is_recommendation(&text) {
         crate::recommend::run(&file, options, stop)?;
         return Ok(None);
