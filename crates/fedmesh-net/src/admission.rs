@@ -12,7 +12,7 @@ use fedmesh_policy::{Action, Denial, Policies, Usage};
 use fedmesh_split::SplitError;
 use fedmesh_split::job::Job;
 use fedmesh_split::recommend::RecommendationSpec;
-use fedmesh_split::split_ncf::{EntityBottomSpec, NcfRole};
+use fedmesh_split::split_ncf::NcfRole;
 
 /// What `job` asks of `domain`'s product for `action`: purpose, technique, where the labels
 /// go, the columns. The job id, the requester and the product are the caller's to fill in.
@@ -64,12 +64,13 @@ pub fn recommendation_usage(
             spec.name
         ))
     })?;
-    let features =
-        |entity: &EntityBottomSpec| entity.features.iter().map(|f| f.column.clone()).collect();
     let columns = match (role, &spec.split_model) {
         (NcfRole::Sales, _) => vec!["item_id".to_string()],
-        (NcfRole::Customer, Some(model)) => features(&model.customer),
-        (NcfRole::Product, Some(model)) => features(&model.product),
+        (_, Some(model)) => model
+            .features(role)
+            .iter()
+            .map(|f| f.column.clone())
+            .collect(),
         (_, None) => Vec::new(),
     };
     Ok(Usage {

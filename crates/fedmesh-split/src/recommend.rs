@@ -528,8 +528,18 @@ pub struct PreparedRecommendation {
 }
 
 impl RetailSource {
-    /// Reads the dataset in `dir` (the folder `path` names, or a domain's own copy).
-    pub fn read(&self, dir: &Path) -> Result<RetailData, SplitError> {
+    /// Reads the dataset in `dir` (the folder `path` names, or a domain's own copy);
+    /// `named_by` is the file that names the folder, for the error when it is missing.
+    pub fn read(&self, dir: &Path, named_by: &Path) -> Result<RetailData, SplitError> {
+        if !dir.exists() {
+            return Err(SplitError::Spec {
+                path: named_by.to_path_buf(),
+                message: format!(
+                    "the data folder {} does not exist (see ../shared/data/README.md for where the datasets come from)",
+                    dir.display()
+                ),
+            });
+        }
         Ok(match self.format.as_str() {
             "movielens" => fedmesh_data::recommend::movielens(dir)?,
             _ => fedmesh_data::recommend::hm(dir, self.min_interactions)?,
@@ -618,22 +628,8 @@ impl RecommendationSpec {
                     .0
             }
         };
-        if !dir.exists() {
-            return Err(SplitError::Spec {
-                path: contract.to_path_buf(),
-                message: format!(
-                    "the data folder {} does not exist (see ../shared/data/README.md for where the datasets come from)",
-                    dir.display()
-                ),
-            });
-        }
-        let retail = self.data.read(&dir)?;
-        let table = match role {
-            NcfRole::Sales => &retail.sales,
-            NcfRole::Customer => &retail.customers,
-            NcfRole::Product => &retail.products,
-        };
-        let product = DataProduct::from_source(document, table)?;
+        let retail = self.data.read(&dir, contract)?;
+        let product = DataProduct::from_source(document, role.table(&retail))?;
         Ok((retail, product))
     }
 
@@ -650,43 +646,20 @@ impl RecommendationSpec {
     /// features against the entity tables), and fixes the split.
     pub fn prepare(self, file: &Path) -> Result<PreparedRecommendation, SplitError> {
         let dir = file.parent().unwrap_or(Path::new("."));
-        let source = dir.join(&self.data.path);
-        if !source.exists() {
-            return Err(SplitError::Spec {
-                path: file.to_path_buf(),
-                message: format!(
-                    "the data folder {} does not exist (see ../shared/data/README.md for where the datasets come from)",
-                    source.display()
-                ),
-            });
-        }
-        let data = self.data.read(&source)?;
+        let data = self.data.read(&dir.join(&self.data.path), file)?;
         let mut products = Vec::new();
-        for (role, table) in [
-            (NcfRole::Sales, &data.sales),
-            (NcfRole::Customer, &data.customers),
-            (NcfRole::Product, &data.products),
-        ] {
+        for role in NcfRole::ALL {
             let contract = DataContract::from_path(dir.join(&self.domain(role).contract))?;
-            products.push(DataProduct::from_source(contract, table)?);
-        }
-        if let Some(model) = &self.split_model {
-            entity_features(
-                &products[1],
-                "user_id",
-                &data.interactions.users,
-                &model.customer.features,
-            )?;
-            entity_features(
-                &products[2],
-                "item_id",
-                &data.interactions.items,
-                &model.product.features,
-            )?;
+            let product = DataProduct::from_source(contract, role.table(&data))?;
+            if let (Some(model), Some(key)) = (&self.split_model, role.entity_key()) {
+                let ids = role.entity_ids(&data.interactions);
+                entity_features(&product, key, ids, model.features(role))?;
+            }
+            products.push(product);
         }
         let split = self.split(&data)?;
-        let product = products.pop().expect("three products");
-        let customer = products.pop().expect("three products");
+        let [_, customer, product]: [DataProduct; 3] =
+            products.try_into().expect("one product per role");
         Ok(PreparedRecommendation {
             spec: self,
             data,

@@ -16,8 +16,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use fedmesh_data::recommend::{Interactions, LeaveOneOut, TEST_NEGATIVES, rank_metrics};
-use fedmesh_data::{DataProduct, FeatureMatrix, FeatureSpec};
+use fedmesh_data::recommend::{
+    Interactions, LeaveOneOut, RetailData, TEST_NEGATIVES, rank_metrics,
+};
+use fedmesh_data::{DataProduct, FeatureMatrix, FeatureSpec, SourceTable};
 use fedmesh_model::{
     BottomConfig, HeadConfig, Objective, Targets, TowerConfig, seeded, training_device,
 };
@@ -48,6 +50,26 @@ pub struct SplitNcfSpec {
     /// Governance's tower over the three activations; a linear head follows.
     #[serde(default = "default_tower")]
     pub tower: Vec<usize>,
+}
+
+impl SplitNcfSpec {
+    /// The layers of `role`'s bottom.
+    pub fn layers(&self, role: NcfRole) -> &[usize] {
+        match role {
+            NcfRole::Sales => &self.sales,
+            NcfRole::Customer => &self.customer.layers,
+            NcfRole::Product => &self.product.layers,
+        }
+    }
+
+    /// The entity-table columns `role`'s bottom reads (none for sales, which embeds ids).
+    pub fn features(&self, role: NcfRole) -> &[FeatureSpec] {
+        match role {
+            NcfRole::Sales => &[],
+            NcfRole::Customer => &self.customer.features,
+            NcfRole::Product => &self.product.features,
+        }
+    }
 }
 
 fn default_embedding() -> usize {
@@ -109,6 +131,24 @@ impl NcfRole {
             NcfRole::Sales => None,
             NcfRole::Customer => Some("user_id"),
             NcfRole::Product => Some("item_id"),
+        }
+    }
+
+    /// The ids of the entities this role owns, in the interactions' order (none for sales).
+    pub fn entity_ids(self, interactions: &Interactions) -> &[String] {
+        match self {
+            NcfRole::Sales => &[],
+            NcfRole::Customer => &interactions.users,
+            NcfRole::Product => &interactions.items,
+        }
+    }
+
+    /// This role's product in a retail dataset.
+    pub fn table(self, data: &RetailData) -> &SourceTable {
+        match self {
+            NcfRole::Sales => &data.sales,
+            NcfRole::Customer => &data.customers,
+            NcfRole::Product => &data.products,
         }
     }
 }
@@ -339,15 +379,10 @@ impl NcfParty {
     }
 
     fn build_bottom(&self, features: FeatureMatrix) -> DomainParty {
-        let layers = match self.role {
-            NcfRole::Sales => &self.spec.sales,
-            NcfRole::Customer => &self.spec.customer.layers,
-            NcfRole::Product => &self.spec.product.layers,
-        };
         let config = BottomConfig {
             numeric: features.numeric_width,
             embeddings: features.embeddings.clone(),
-            layers: layers.clone(),
+            layers: self.spec.layers(self.role).to_vec(),
             batch_norm: false,
             dropout: 0.0,
             // Sales holds user and item: it computes their GMF interaction itself.
@@ -381,17 +416,12 @@ impl NcfParty {
     /// Customer or product: looks up every entity sales named (an id it does not hold fails,
     /// naming the id) and builds the bottom over their attributes. Returns the cut width.
     pub fn set_entities(&mut self, ids: &[String]) -> Result<usize, SplitError> {
-        let key = self.role.entity_key().ok_or_else(|| {
-            SplitError::Protocol("sales names the entities; it is not sent them".into())
-        })?;
-        let features = match self.role {
-            NcfRole::Customer => &self.spec.customer.features,
-            _ => &self.spec.product.features,
+        let (Share::Entity(share), Some(key)) = (&self.share, self.role.entity_key()) else {
+            return Err(SplitError::Protocol(
+                "sales names the entities; it is not sent them".into(),
+            ));
         };
-        let Share::Entity(share) = &self.share else {
-            unreachable!("customer and product hold entity shares")
-        };
-        let table = entity_features(&share.product, key, ids, features)?;
+        let table = entity_features(&share.product, key, ids, self.spec.features(self.role))?;
         let bottom = self.build_bottom(table.gather(&[]));
         let width = bottom.cut_width();
         self.bottom = Some(bottom);
@@ -405,9 +435,13 @@ impl NcfParty {
     /// example's user and item by position (never the label).
     pub fn draw(&mut self, pass: ExamplePass) -> Result<(Vec<u32>, Vec<u32>), SplitError> {
         let share = self.sales_share()?;
+        let training;
         let drawn = match pass {
-            ExamplePass::Training => share.examples.training(),
-            ExamplePass::Test => share.examples.test().to_vec(),
+            ExamplePass::Training => {
+                training = share.examples.training();
+                &training
+            }
+            ExamplePass::Test => share.examples.test(),
         };
         let users: Vec<u32> = drawn.iter().map(|e| e.0).collect();
         let items: Vec<u32> = drawn.iter().map(|e| e.1).collect();
