@@ -488,12 +488,7 @@ impl NodeJob {
     /// This domain's entry in a job's spec, its contract pointed at the node's own product
     /// (whatever path the submitter's spec names).
     fn own_domain(&self, job: &Job, domain: &str, id: &str) -> Result<DomainSpec, SplitError> {
-        if domain != self.product.domain {
-            return Err(SplitError::Protocol(format!(
-                "this node serves domain `{}`, not `{domain}`",
-                self.product.domain
-            )));
-        }
+        self.check_serves(domain)?;
         let mut entry = job
             .spec
             .domains
@@ -503,6 +498,55 @@ impl NodeJob {
             .ok_or_else(|| SplitError::Protocol(format!("{id} has no domain `{domain}`")))?;
         entry.contract = std::path::absolute(&self.product.contract)?;
         Ok(entry)
+    }
+
+    /// Refuses a stream meant for another domain's node.
+    fn check_serves(&self, domain: &str) -> Result<(), SplitError> {
+        if domain == self.product.domain {
+            Ok(())
+        } else {
+            Err(SplitError::Protocol(format!(
+                "this node serves domain `{}`, not `{domain}`",
+                self.product.domain
+            )))
+        }
+    }
+
+    /// The domain's own admission around reading its product for a job: `usage` is checked
+    /// before any data is read (a domain never relies on governance having asked); `read`
+    /// loads the product, and one that breaks a blocking rule keeps the domain out; the
+    /// catalog learns what was found; the usage is checked again on the product's rows.
+    fn admit_and_read<T>(
+        &self,
+        contract: &DataContract,
+        usage: &Usage,
+        read: impl FnOnce() -> Result<T, SplitError>,
+        product: impl Fn(&T) -> &DataProduct,
+    ) -> Result<T, SplitError> {
+        let denials = self.context.check(contract, usage, None);
+        if !denials.is_empty() {
+            self.context.audit_decision(usage, &denials, "job start");
+            return Err(crate::admission::denied(&denials));
+        }
+        let read = match read() {
+            Ok(read) => read,
+            Err(SplitError::Data(DataError::Violation(violation))) => {
+                return Err(self.refuse_blocked(contract, &violation, &usage.job));
+            }
+            Err(e) => return Err(e),
+        };
+        let rows = product(&read).rows();
+        self.context.register(registration(
+            &product(&read).contract,
+            Some(rows),
+            &crate::catalog::QualityReport::of(product(&read)),
+        ));
+        let denials = self.context.check(contract, usage, Some(rows));
+        self.context.audit_decision(usage, &denials, "job start");
+        if !denials.is_empty() {
+            return Err(crate::admission::denied(&denials));
+        }
+        Ok(read)
     }
 
     /// A product that breaks its contract keeps its domain out; the catalog and the job's
@@ -536,12 +580,7 @@ impl NodeJob {
         check_job_id(&start.job_id)?;
         let origin = PathBuf::from(format!("job `{}`", start.job_id));
         let spec = RecommendationSpec::from_yaml(&start.spec_yaml, &origin)?;
-        if start.domain != self.product.domain {
-            return Err(SplitError::Protocol(format!(
-                "this node serves domain `{}`, not `{}`",
-                self.product.domain, start.domain
-            )));
-        }
+        self.check_serves(&start.domain)?;
         let role = spec.role_of(&start.domain).ok_or_else(|| {
             SplitError::Protocol(format!(
                 "job `{}` has no domain `{}`",
@@ -561,30 +600,13 @@ impl NodeJob {
                 start.share_labels,
             )?
         };
-        let denials = self.context.check(&contract, &usage, None);
-        if !denials.is_empty() {
-            self.context.audit_decision(&usage, &denials, "job start");
-            return Err(crate::admission::denied(&denials));
-        }
-        let (retail, product) =
-            match spec.read_product(role, &self.product.contract, self.product.data.as_deref()) {
-                Ok(read) => read,
-                Err(SplitError::Data(DataError::Violation(violation))) => {
-                    return Err(self.refuse_blocked(&contract, &violation, &start.job_id));
-                }
-                Err(e) => return Err(e),
-            };
+        let (retail, product) = self.admit_and_read(
+            &contract,
+            &usage,
+            || spec.read_product(role, &self.product.contract, self.product.data.as_deref()),
+            |(_, product)| product,
+        )?;
         let rows = product.rows();
-        self.context.register(registration(
-            &product.contract,
-            Some(rows),
-            &crate::catalog::QualityReport::of(&product),
-        ));
-        let denials = self.context.check(&contract, &usage, Some(rows));
-        self.context.audit_decision(&usage, &denials, "job start");
-        if !denials.is_empty() {
-            return Err(crate::admission::denied(&denials));
-        }
         let model = spec.split_model()?;
         let party = match role {
             NcfRole::Sales => NcfParty::sales(
@@ -720,33 +742,18 @@ impl NodeJob {
             start.share_labels,
             Action::Train,
         )?;
-        let denials = self.context.check(&contract, &usage, None);
-        if !denials.is_empty() {
-            self.context.audit_decision(&usage, &denials, "job start");
-            return Err(crate::admission::denied(&denials));
-        }
-        let loaded = job.load_product(
-            &domain,
-            self.product.data.as_deref(),
-            &mut SourceCache::default(),
-        );
-        let (product, origin) = match loaded {
-            Ok(loaded) => loaded,
-            Err(SplitError::Data(DataError::Violation(violation))) => {
-                return Err(self.refuse_blocked(&contract, &violation, &start.job_id));
-            }
-            Err(e) => return Err(e),
-        };
-        self.context.register(registration(
-            &product.contract,
-            Some(product.rows()),
-            &crate::catalog::QualityReport::of(&product),
-        ));
-        let denials = self.context.check(&contract, &usage, Some(product.rows()));
-        self.context.audit_decision(&usage, &denials, "job start");
-        if !denials.is_empty() {
-            return Err(crate::admission::denied(&denials));
-        }
+        let (product, origin) = self.admit_and_read(
+            &contract,
+            &usage,
+            || {
+                job.load_product(
+                    &domain,
+                    self.product.data.as_deref(),
+                    &mut SourceCache::default(),
+                )
+            },
+            |(product, _)| product,
+        )?;
         let keys = product_keys(&product)?;
         tracing::info!(
             "job `{}`: {} rows of `{}` from {origin}",
