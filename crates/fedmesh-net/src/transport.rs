@@ -760,6 +760,24 @@ impl Link {
 }
 
 impl Link {
+    /// Recommendation jobs: sends customer or product `body` (the entities sales named, or each
+    /// example's entity) and waits for a `ready` that holds `rows` rows, `what` naming them.
+    async fn ready_with(
+        &mut self,
+        body: Command,
+        rows: usize,
+        what: &str,
+        deadline: Duration,
+    ) -> Result<v1::Ready, SplitError> {
+        match self.call(body, deadline).await? {
+            Reply::Ready(ready) if ready.rows as usize == rows => Ok(ready),
+            Reply::Ready(ready) => {
+                Err(self.error(format!("holds {} rows for {rows} {what}", ready.rows)))
+            }
+            other => Err(unexpected(&self.name, &other)),
+        }
+    }
+
     /// Recommendation jobs: sends customer or product the entities the examples will name,
     /// and waits for its bottom.
     async fn look_up(
@@ -768,17 +786,12 @@ impl Link {
         deadline: Duration,
     ) -> Result<(), SplitError> {
         let named = entities.users.len() + entities.items.len();
-        match self.call(Command::Entities(entities), deadline).await? {
-            Reply::Ready(ready) if ready.rows as usize == named => {
-                self.cut_width = ready.cut_width;
-                Ok(())
-            }
-            Reply::Ready(ready) => Err(self.error(format!(
-                "looked up {} of the {named} entities sales named",
-                ready.rows
-            ))),
-            other => Err(unexpected(&self.name, &other)),
-        }
+        let body = Command::Entities(entities);
+        let ready = self
+            .ready_with(body, named, "entities sales named", deadline)
+            .await?;
+        self.cut_width = ready.cut_width;
+        Ok(())
     }
 
     /// Recommendation jobs: sends customer or product each current example's entity, and
@@ -789,19 +802,9 @@ impl Link {
         deadline: Duration,
     ) -> Result<(), SplitError> {
         let count = entities.len();
-        match self
-            .call(
-                Command::ExampleEntities(v1::EntityRows { entities }),
-                deadline,
-            )
-            .await?
-        {
-            Reply::Ready(ready) if ready.rows as usize == count => Ok(()),
-            Reply::Ready(ready) => {
-                Err(self.error(format!("holds {} rows for {count} examples", ready.rows)))
-            }
-            other => Err(unexpected(&self.name, &other)),
-        }
+        let body = Command::ExampleEntities(v1::EntityRows { entities });
+        self.ready_with(body, count, "examples", deadline).await?;
+        Ok(())
     }
 }
 
