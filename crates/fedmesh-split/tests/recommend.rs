@@ -1,24 +1,33 @@
-//! Centralized NeuMF under the NCF protocol on MovieLens 100K's standard split, against the
-//! popularity baseline (skipped, saying why, without `../shared/data`; long: `--ignored`).
+//! MovieLens 100K's standard split (skipped, saying why, without `../shared/data`): centralized
+//! NeuMF against the popularity baseline (long: `--ignored`), and what governance learns from
+//! the split NCF's example pairs.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
-use fedmesh_data::recommend::{self, LeaveOneOut};
+use fedmesh_data::recommend::{self, LeaveOneOut, RetailData};
 use fedmesh_model::ncf::NeuMfConfig;
 use fedmesh_split::recommend::{NcfTraining, popularity, train_neumf};
 
-#[test]
-#[ignore = "trains NeuMF for 20 epochs on MovieLens 100K (about a minute)"]
-fn neumf_on_movielens_beats_popularity_far() {
+/// MovieLens 100K and its standard split, or `None` (saying why) when the data is absent.
+fn movielens() -> Option<(RetailData, LeaveOneOut)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/ml-100k");
     if !dir.exists() {
         eprintln!("skipped: {} is not on this machine", dir.display());
-        return;
+        return None;
     }
     let data = recommend::movielens(&dir).unwrap();
     let split =
         LeaveOneOut::from_file(data.standard_split.as_ref().unwrap(), &data.interactions).unwrap();
+    Some((data, split))
+}
+
+#[test]
+#[ignore = "trains NeuMF for 20 epochs on MovieLens 100K (about a minute)"]
+fn neumf_on_movielens_beats_popularity_far() {
+    let Some((data, split)) = movielens() else {
+        return;
+    };
     let model = NeuMfConfig {
         users: data.interactions.users.len(),
         items: data.interactions.items.len(),
@@ -65,14 +74,9 @@ fn neumf_on_movielens_beats_popularity_far() {
 fn what_governance_learns_from_the_example_pairs() {
     use fedmesh_split::recommend::SalesExamples;
     use std::collections::HashSet;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/ml-100k");
-    if !dir.exists() {
-        eprintln!("skipped: {} is not on this machine", dir.display());
+    let Some((data, split)) = movielens() else {
         return;
-    }
-    let data = recommend::movielens(&dir).unwrap();
-    let split =
-        LeaveOneOut::from_file(data.standard_split.as_ref().unwrap(), &data.interactions).unwrap();
+    };
     let positives: HashSet<(u32, u32)> = split.train.iter().copied().collect();
     let mut sales = SalesExamples::new(&data.interactions, split.clone(), 4, 1);
     let mut every_epoch: Option<HashSet<(u32, u32)>> = None;
