@@ -735,16 +735,6 @@ impl<T: NcfTransport> SplitNcf<T> {
         self.trainer.reload_labels()?;
         Ok(self.examples)
     }
-
-    /// Bytes that crossed the cut layer so far (activations, gradients, tower outputs).
-    pub fn cut_layer_bytes(&self) -> u64 {
-        self.trainer.cut_layer_bytes()
-    }
-
-    /// Saves every part where its holder keeps it.
-    pub fn save(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
-        self.trainer.save(dir)
-    }
 }
 
 impl<T: NcfTransport> Recommender for SplitNcf<T> {
