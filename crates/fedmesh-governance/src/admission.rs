@@ -6,11 +6,12 @@
 
 use std::time::Duration;
 
-use fedmesh_net::admission::requested;
+use fedmesh_net::admission::requested_of;
 use fedmesh_net::{MeshIdentity, NodeEndpoint};
 use fedmesh_policy::{Action, Denial, LABEL_SHARING_RULE, Policies, Usage};
 use fedmesh_proto::v1::{self, domain_node_client::DomainNodeClient};
-use fedmesh_split::job::{Job, LabelSharingFallback, RunConfig};
+use fedmesh_split::AnyJob;
+use fedmesh_split::job::{LabelSharingFallback, RunConfig};
 
 /// A job's plan after admission: the configurations it may run, and what changed on the way.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +27,7 @@ pub struct Admission {
 /// `configs`. The error lists every denial.
 #[allow(clippy::too_many_arguments)]
 pub async fn admit(
-    job: &Job,
+    job: &AnyJob,
     job_id: &str,
     requester: &str,
     configs: &[RunConfig],
@@ -41,8 +42,7 @@ pub async fn admit(
         source: source.into(),
         reason,
     };
-    let spec = &job.spec;
-    if spec.purpose.is_none() {
+    if job.purpose().is_none() {
         return Err(vec![governance(
             "purpose",
             "the job spec",
@@ -54,9 +54,9 @@ pub async fn admit(
     let share_labels = configs.contains(&RunConfig::SplitLabelSharing);
     let mut denials = Vec::new();
     let mut usages = Vec::new();
-    for domain in &spec.domains {
+    for domain in job.domains() {
         // The domain fills in the product it serves.
-        let usage = match requested(job, &domain.name, Action::Train, share_labels) {
+        let usage = match requested_of(job, domain, Action::Train, share_labels) {
             Ok(usage) => Usage {
                 job: job_id.to_string(),
                 requester: requester.to_string(),
@@ -67,18 +67,18 @@ pub async fn admit(
                 continue;
             }
         };
-        let Some(node) = nodes.iter().find(|n| n.name == domain.name) else {
+        let Some(node) = nodes.iter().find(|n| n.name == domain) else {
             denials.push(governance(
                 "mesh",
                 "governance's config",
-                format!("the mesh has no node for domain `{}`", domain.name),
+                format!("the mesh has no node for domain `{domain}`"),
             ));
             continue;
         };
         match ask(identity, node, &usage, deadline).await {
             Ok((usage, mut refused)) => {
                 if let Some(i) = refused.iter().position(|d| d.rule == LABEL_SHARING_RULE)
-                    && spec.on_label_sharing_forbidden == LabelSharingFallback::SplitLabelOwner
+                    && job.on_label_sharing_forbidden() == LabelSharingFallback::SplitLabelOwner
                 {
                     let denial = refused.remove(i);
                     configs.retain(|c| *c != RunConfig::SplitLabelSharing);
@@ -93,7 +93,7 @@ pub async fn admit(
                 usages.push(usage);
             }
             Err(reason) => denials.push(Denial {
-                by: domain.name.clone(),
+                by: domain.to_string(),
                 rule: "reachable".into(),
                 source: node.url.clone(),
                 reason: format!("the domain's node did not answer the admission request: {reason}"),

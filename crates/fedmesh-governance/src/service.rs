@@ -15,13 +15,12 @@ use fedmesh_audit::{AuditLog, Entry};
 use fedmesh_data::DataContract;
 use fedmesh_net::Mesh;
 use fedmesh_net::catalog::{QualityReport, schema_hash};
-use fedmesh_net::governance::MESH_CONFIGS;
 use fedmesh_net::identity::authorize;
 use fedmesh_policy::{Denial, Policies};
 use fedmesh_proto::v1::governance_server::Governance;
 use fedmesh_proto::v1::{self, JobEvent, JobRequest, job_event};
-use fedmesh_split::job::{Job, RunConfig, RunResult};
-use fedmesh_split::{EpochRecord, Observer, SplitError};
+use fedmesh_split::job::{RunConfig, RunResult};
+use fedmesh_split::{AnyJob, EpochRecord, MESH_CONFIGS, Observer, SplitError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -153,20 +152,17 @@ impl<'a> From<&'a JobRecord> for JobSummary<'a> {
 /// What a job request asks to run.
 #[derive(Debug, Clone)]
 struct Plan {
-    job: Job,
+    job: AnyJob,
     id: String,
     configs: Vec<RunConfig>,
     seeds: Vec<u64>,
 }
 
 fn plan(request: &JobRequest) -> Result<Plan, String> {
-    if fedmesh_split::recommend::is_recommendation(&request.spec_yaml) {
-        return Err("recommendation jobs (`task: recommendation`) are not run by governance's job service yet: run them with `fedmesh run EXAMPLE` (in one process), or over the mesh's nodes with `fedmesh bench ncf EXAMPLE`".into());
-    }
     let origin = PathBuf::from("the submitted job spec");
-    let mut job = Job::from_yaml(&request.spec_yaml, &origin).map_err(|e| e.to_string())?;
+    let mut job = AnyJob::from_yaml(&request.spec_yaml, &origin).map_err(|e| e.to_string())?;
     // The name becomes a folder under `runs` here and on every node.
-    let name = &job.spec.name;
+    let name = job.name();
     if name.is_empty()
         || !name
             .chars()
@@ -178,7 +174,7 @@ fn plan(request: &JobRequest) -> Result<Plan, String> {
         ));
     }
     if request.epochs > 0 {
-        job.spec.training.epochs = request.epochs as usize;
+        job.set_epochs(request.epochs as usize);
     }
     let configs = if request.configs.is_empty() {
         MESH_CONFIGS.to_vec()
@@ -196,11 +192,11 @@ fn plan(request: &JobRequest) -> Result<Plan, String> {
         ));
     }
     let seeds = if request.seeds.is_empty() {
-        job.spec.seeds.clone()
+        job.seeds().to_vec()
     } else {
         request.seeds.clone()
     };
-    let id = format!("{}-{}", job.spec.name, now_ms());
+    let id = format!("{}-{}", job.name(), now_ms());
     Ok(Plan {
         job,
         id,
@@ -296,7 +292,7 @@ fn run_job(
                 &serde_json::json!({
                     "config": config.name(),
                     "seed": seed,
-                    "epochs": plan.job.spec.training.epochs,
+                    "epochs": plan.job.epochs(),
                 })
                 .to_string(),
             );
@@ -344,7 +340,7 @@ fn run_job(
                             .map(|u| (u.domain.clone(), u.columns.clone()))
                             .collect::<std::collections::BTreeMap<_, _>>(),
                     )
-                    .detail("label", &plan.job.spec.label)
+                    .detail("label_domain", plan.job.label_domain())
                     .detail("labels_shared", *config == RunConfig::SplitLabelSharing)
                     .detail(
                         "rows",
@@ -385,7 +381,7 @@ fn register_model(
     observer: &JobObserver<'_>,
 ) {
     let entry = ModelEntry {
-        name: plan.job.spec.name.clone(),
+        name: plan.job.name().to_string(),
         version: 0,
         job: plan.id.clone(),
         run: format!("{}/{run_name}", plan.id),
@@ -540,11 +536,11 @@ impl GovernanceService {
         let mut suffix = 1;
         while state.store.job(&plan.id).is_ok() {
             suffix += 1;
-            plan.id = format!("{}-{}-{suffix}", plan.job.spec.name, record_stamp(&plan.id));
+            plan.id = format!("{}-{}-{suffix}", plan.job.name(), record_stamp(&plan.id));
         }
         let record = JobRecord {
             id: plan.id.clone(),
-            name: plan.job.spec.name.clone(),
+            name: plan.job.name().to_string(),
             submitted_by: caller.clone(),
             submitted_ms: now_ms(),
             updated_ms: now_ms(),
@@ -554,7 +550,7 @@ impl GovernanceService {
             request_json: serde_json::json!({
                 "configs": plan.configs.iter().map(RunConfig::name).collect::<Vec<_>>(),
                 "seeds": plan.seeds,
-                "epochs": plan.job.spec.training.epochs,
+                "epochs": plan.job.epochs(),
             })
             .to_string(),
         };
@@ -563,8 +559,8 @@ impl GovernanceService {
             state
                 .entry("job.submitted", &plan.id)
                 .detail("by", &caller)
-                .detail("purpose", &plan.job.spec.purpose)
-                .detail("technique", &plan.job.spec.technique)
+                .detail("purpose", plan.job.purpose())
+                .detail("technique", plan.job.technique())
                 .detail(
                     "spec_sha256",
                     format!("{:x}", Sha256::digest(request.spec_yaml.as_bytes())),
@@ -904,8 +900,16 @@ fn predict(
     let model = state.store.model(&request.model).map_err(internal)?;
     let record = state.store.job(&model.job).map_err(internal)?;
     let origin = PathBuf::from(format!("the spec of job `{}`", model.job));
-    let job = Job::from_yaml(&record.spec_yaml, &origin)
-        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    let job = match AnyJob::from_yaml(&record.spec_yaml, &origin) {
+        Ok(AnyJob::Vertical(job)) => job,
+        Ok(AnyJob::Recommendation(_)) => {
+            return Err(Status::unimplemented(format!(
+                "`{}@{}` is a recommender: governance does not serve its rankings yet (its parts are registered and kept by their holders)",
+                model.name, model.version
+            )));
+        }
+        Err(e) => return Err(Status::failed_precondition(e.to_string())),
+    };
     let share_labels = model.config == RunConfig::SplitLabelSharing.name();
     let reference = format!("{}@{}", model.name, model.version);
     let policies = Policies::load(&state.policies).map_err(|e| {

@@ -14,7 +14,8 @@ use fedmesh_net::{DomainNodeService, DomainProduct, Mesh, MeshIdentity, NodeEndp
 use fedmesh_proto::v1::JobRequest;
 use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
 use fedmesh_proto::v1::governance_server::GovernanceServer;
-use fedmesh_split::job::Job;
+use fedmesh_split::job::{Job, RunConfig, RunResult};
+use fedmesh_split::recommend::{RecommendationSpec, write_synthetic_movielens_job};
 use serde_json::Value;
 use tokio::runtime::Runtime;
 use tonic::transport::Server;
@@ -103,10 +104,25 @@ fn start(example: &Example) -> TestMesh {
 /// As [`start`], with one domain's node applying a Cedar policy of its own.
 fn start_with(example: &Example, node_policy: Option<(&str, &str)>) -> TestMesh {
     let job = example.job();
+    let domains: Vec<(String, PathBuf)> = job
+        .spec
+        .domains
+        .iter()
+        .map(|d| (d.name.clone(), job.dir().join(&d.contract)))
+        .collect();
+    start_domains(&domains, node_policy)
+}
+
+/// Governance and one node per `(domain, contract)`, on loopback with mutual TLS; one domain's
+/// node may apply a Cedar policy of its own.
+fn start_domains(domains: &[(String, PathBuf)], node_policy: Option<(&str, &str)>) -> TestMesh {
     let state = tempfile::tempdir().unwrap();
     let certs = state.path().join("certs");
     fedmesh_tls::init_ca(&certs).unwrap();
-    for name in ["governance", "operator"].iter().chain(DOMAINS.iter()) {
+    for name in ["governance", "operator"]
+        .into_iter()
+        .chain(domains.iter().map(|(d, _)| d.as_str()))
+    {
         fedmesh_tls::issue(&certs, name).unwrap();
     }
     let policies = state.path().join("policies.cedar");
@@ -119,27 +135,25 @@ fn start_with(example: &Example, node_policy: Option<(&str, &str)>) -> TestMesh 
     };
     let mut runtimes = Vec::new();
     let mut endpoints = Vec::new();
-    for domain in &job.spec.domains {
+    for (domain, contract) in domains {
         let runtime = Runtime::new().unwrap();
-        let identity = MeshIdentity::load(&certs, &domain.name).unwrap();
-        let audit = AuditLog::open(&state.path().join(&domain.name).join("audit.sqlite")).unwrap();
+        let identity = MeshIdentity::load(&certs, domain).unwrap();
+        let audit = AuditLog::open(&state.path().join(domain).join("audit.sqlite")).unwrap();
         let catalog = runtime.block_on(async {
             fedmesh_net::catalog::spawn_registrar(identity.clone(), governance.clone())
         });
-        let policy = node_policy
-            .filter(|(d, _)| *d == domain.name)
-            .map(|(_, text)| {
-                let path = state.path().join(format!("{}.cedar", domain.name));
-                std::fs::write(&path, text).unwrap();
-                path
-            });
+        let policy = node_policy.filter(|(d, _)| d == domain).map(|(_, text)| {
+            let path = state.path().join(format!("{domain}.cedar"));
+            std::fs::write(&path, text).unwrap();
+            path
+        });
         let service = DomainNodeService::new(
             "governance",
             DomainProduct {
-                domain: domain.name.clone(),
-                contract: job.dir().join(&domain.contract),
+                domain: domain.clone(),
+                contract: contract.clone(),
                 data: None,
-                models: state.path().join(&domain.name).join("models"),
+                models: state.path().join(domain).join("models"),
                 policy,
             },
         )
@@ -154,7 +168,7 @@ fn start_with(example: &Example, node_policy: Option<(&str, &str)>) -> TestMesh 
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         endpoints.push(NodeEndpoint {
-            name: domain.name.clone(),
+            name: domain.clone(),
             url: format!("https://127.0.0.1:{port}"),
         });
         runtimes.push(runtime);
@@ -203,8 +217,14 @@ impl TestMesh {
 
     /// Submits `job` for `configs` and seed 1; returns the job's record at admission.
     fn submit(&self, job: &Job, configs: &[&str]) -> Value {
+        self.submit_spec(&job.to_portable_yaml().unwrap(), configs)
+    }
+
+    /// Submits a job spec's text for `configs` and seed 1; returns the job's record at
+    /// admission.
+    fn submit_spec(&self, spec_yaml: &str, configs: &[&str]) -> Value {
         let request = JobRequest {
-            spec_yaml: job.to_portable_yaml().unwrap(),
+            spec_yaml: spec_yaml.to_string(),
             configs: configs.iter().map(|c| c.to_string()).collect(),
             seeds: vec![1],
             epochs: 0,
@@ -673,4 +693,135 @@ fn a_cancelled_job_stops_and_keeps_its_record() {
             .iter()
             .any(|r| r.action == "job.cancelled" && r.subject == id)
     );
+}
+
+/// The MovieLens example's recommendation job over 60 synthetic users (two epochs), and the
+/// `(domain, contract)` of its sales, customer and product nodes.
+fn recommendation_example(dir: &Path) -> (RecommendationSpec, Vec<(String, PathBuf)>) {
+    let file = write_synthetic_movielens_job(dir, 60, 200, 12).unwrap();
+    let (mut spec, _) = RecommendationSpec::load(&file).unwrap();
+    spec.training.epochs = 2;
+    spec.training.batch_size = 64;
+    spec.training.optimizer.learning_rate = 0.01;
+    let domains = [&spec.sales, &spec.customer, &spec.product]
+        .map(|d| (d.name.clone(), dir.join(&d.contract)))
+        .to_vec();
+    (spec, domains)
+}
+
+#[test]
+fn a_recommendation_job_runs_through_governance_as_it_runs_in_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, domains) = recommendation_example(dir.path());
+    let mesh = start_domains(&domains, None);
+    let job = mesh.submit_spec(&spec.to_yaml(), &["split-label-owner"]);
+    assert_eq!(job["state"], "admitted", "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let done = mesh.wait(&id);
+    assert_eq!(done["state"], "done", "{done}");
+
+    // The run governance recorded is the in-process run, epoch by epoch.
+    let results = mesh
+        .state
+        .path()
+        .join("runs")
+        .join(&id)
+        .join("results.json");
+    let results: Vec<RunResult> = serde_json::from_slice(&std::fs::read(results).unwrap()).unwrap();
+    let local = spec
+        .clone()
+        .prepare(&dir.path().join("job.yaml"))
+        .unwrap()
+        .run(
+            &RunConfig::SplitLabelOwner,
+            1,
+            &fedmesh_split::Silent,
+            &std::sync::atomic::AtomicBool::new(false),
+        )
+        .unwrap();
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0].metrics, local.metrics);
+    assert!(results[0].metrics.ranking().is_some());
+    assert_eq!(results[0].history.len(), 2);
+    for (l, r) in local.history.iter().zip(&results[0].history) {
+        assert!(
+            (l.train_loss - r.train_loss).abs() < 1e-5,
+            "epoch {}: {} in process, {} through governance",
+            l.epoch,
+            l.train_loss,
+            r.train_loss
+        );
+    }
+
+    // A registered model, whose parts stay with their holders: the head with sales.
+    let models = mesh.runtime.block_on(mesh.operator().models()).unwrap();
+    let model = &models.as_array().unwrap()[0];
+    assert_eq!(model["name"], "movielens", "{model}");
+    let mut parts: Vec<String> = model["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| format!("{} {}", p["layers"], p["holder"]).replace('"', ""))
+        .collect();
+    parts.sort();
+    assert_eq!(
+        parts,
+        [
+            "bottom customer",
+            "bottom product",
+            "bottom sales",
+            "head sales",
+            "tower governance"
+        ]
+    );
+
+    // On record at governance and at every domain.
+    let governance: Vec<String> = mesh
+        .audit("governance")
+        .into_iter()
+        .filter(|r| r.subject == id)
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(
+        governance,
+        ["job.submitted", "job.admitted", "training.run", "job.done"]
+    );
+    for (domain, _) in &domains {
+        let actions: Vec<String> = mesh
+            .audit(domain)
+            .into_iter()
+            .filter(|r| r.subject.starts_with(&id))
+            .map(|r| r.action)
+            .collect();
+        assert_eq!(
+            actions,
+            ["job.admitted", "job.admitted", "training.run"],
+            "{domain}"
+        );
+    }
+
+    // Rankings are not served yet: a clear refusal, not a wrong answer.
+    let error = mesh
+        .runtime
+        .block_on(mesh.operator().predict("movielens@1", vec!["1".into()]))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("is a recommender"), "{error}");
+}
+
+#[test]
+fn a_recommendation_job_for_a_purpose_the_domains_do_not_allow_is_denied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut spec, domains) = recommendation_example(dir.path());
+    spec.purpose = Some("marketing".into());
+    let mesh = start_domains(&domains, None);
+    let job = mesh.submit_spec(&spec.to_yaml(), &[]);
+    assert_eq!(job["state"], "denied", "{job}");
+    let reason = reason(&job);
+    for domain in ["sales", "customer", "product"] {
+        assert!(
+            reason.contains(&format!("{domain} refuses")) && reason.contains("flAllowedPurposes"),
+            "{domain}: {reason}"
+        );
+    }
 }

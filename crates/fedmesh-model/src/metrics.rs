@@ -91,7 +91,8 @@ fn cumulative_counts(scores: &[f32], positive: &[bool]) -> Vec<(f32, f64, f64)> 
     let mut i = 0;
     while i < order.len() {
         let threshold = scores[order[i]];
-        while i < order.len() && scores[order[i]] == threshold {
+        // `total_cmp`, not `==`: a NaN equals nothing, and the loop would never move past it.
+        while i < order.len() && scores[order[i]].total_cmp(&threshold).is_eq() {
             if positive[order[i]] {
                 tp += 1.0;
             } else {

@@ -207,4 +207,14 @@ impl Head {
     pub fn forward(&self, z: Tensor<2>) -> Tensor<2> {
         self.output.forward(self.hidden.forward(z))
     }
+
+    /// Width of the tower output the head takes.
+    pub fn input_width(&self) -> usize {
+        // burn stores a linear layer's weight as [inputs, outputs].
+        let first = match self.hidden.blocks.first() {
+            Some(block) => &block.linear,
+            None => &self.output,
+        };
+        first.weight.dims()[0]
+    }
 }

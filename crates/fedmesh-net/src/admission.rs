@@ -9,10 +9,10 @@ use std::path::Path;
 
 use fedmesh_data::DataContract;
 use fedmesh_policy::{Action, Denial, Policies, Usage};
-use fedmesh_split::SplitError;
 use fedmesh_split::job::Job;
 use fedmesh_split::recommend::RecommendationSpec;
 use fedmesh_split::split_ncf::NcfRole;
+use fedmesh_split::{AnyJob, SplitError};
 
 /// What `job` asks of `domain`'s product for `action`: purpose, technique, where the labels
 /// go, the columns. The job id, the requester and the product are the caller's to fill in.
@@ -46,6 +46,25 @@ pub fn requested(
         columns: entry.features.iter().map(|f| f.column.clone()).collect(),
         label_column: (spec.label.domain == domain).then(|| spec.label.column.clone()),
     })
+}
+
+/// What a job of any task asks of `domain`'s product for `action`; see [`requested`] and
+/// [`recommendation_usage`].
+pub fn requested_of(
+    job: &AnyJob,
+    domain: &str,
+    action: Action,
+    share_labels: bool,
+) -> Result<Usage, SplitError> {
+    match job {
+        AnyJob::Vertical(job) => requested(job, domain, action, share_labels),
+        AnyJob::Recommendation(spec) => {
+            let role = spec
+                .role_of(domain)
+                .ok_or_else(|| SplitError::Protocol(format!("the job has no domain `{domain}`")))?;
+            recommendation_usage(spec, role, action, share_labels)
+        }
+    }
 }
 
 /// What a recommendation job asks of the product `role` serves, for `action`: the purpose,

@@ -13,9 +13,9 @@ use fedmesh_data::Partition;
 use fedmesh_proto::Encoding;
 use fedmesh_proto::v1;
 use fedmesh_split::job::{Job, RunConfig, RunResult, WireBytes, WireEncoding};
-use fedmesh_split::recommend::{RankingConfig, RankingResult, RecommendationSpec, fit_ranking};
+use fedmesh_split::recommend::{RecommendationSpec, fit_ranking};
 use fedmesh_split::split_ncf::SplitNcf;
-use fedmesh_split::{Observer, SplitError, SplitTrainer};
+use fedmesh_split::{AnyJob, MESH_CONFIGS, Observer, SplitError, SplitTrainer};
 
 use crate::{GrpcTransport, MeshIdentity, NodeEndpoint};
 
@@ -26,10 +26,6 @@ pub struct Mesh {
     /// The longest any one call to a node may take.
     pub deadline: Duration,
 }
-
-/// The configurations a mesh can run: the split ones (a centralized baseline would need every
-/// domain's rows in one place).
-pub const MESH_CONFIGS: [RunConfig; 2] = [RunConfig::SplitLabelSharing, RunConfig::SplitLabelOwner];
 
 impl Mesh {
     /// The node that serves domain `name`.
@@ -50,30 +46,51 @@ impl Mesh {
             })
     }
 
-    /// Trains and evaluates one split configuration of a recommendation job for one seed on
-    /// its sales, customer and product nodes: the split NCF of an in-process run, with every
-    /// domain's share on its own node.
+    /// Trains and evaluates one configuration of `job` for one seed on the domain nodes.
+    /// `run_id` names the run on the nodes (their parts are saved under it); with `save_to`,
+    /// governance saves its own parts there and every node saves its own.
     #[allow(clippy::too_many_arguments)]
-    pub fn run_recommendation(
+    pub fn run(
+        &self,
+        job: &AnyJob,
+        run_id: &str,
+        requester: &str,
+        config: &RunConfig,
+        seed: u64,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+        save_to: Option<&Path>,
+    ) -> Result<RunResult, SplitError> {
+        if !MESH_CONFIGS.contains(config) {
+            return Err(SplitError::Protocol(format!(
+                "`{}` cannot run over the mesh: it needs every domain's data in one place",
+                config.name()
+            )));
+        }
+        match job {
+            AnyJob::Vertical(job) => self.run_vertical(
+                job, run_id, requester, config, seed, observer, stop, save_to,
+            ),
+            AnyJob::Recommendation(spec) => self.run_ranking(
+                spec, run_id, requester, config, seed, observer, stop, save_to,
+            ),
+        }
+    }
+
+    /// A split NCF run: every domain's share of an in-process run, on its own node.
+    #[allow(clippy::too_many_arguments)]
+    fn run_ranking(
         &self,
         spec: &RecommendationSpec,
         run_id: &str,
         requester: &str,
-        config: RankingConfig,
+        config: &RunConfig,
         seed: u64,
         observer: &dyn Observer,
         stop: &AtomicBool,
-    ) -> Result<RankingResult, SplitError> {
-        let share_labels = match config {
-            RankingConfig::SplitLabelSharing => true,
-            RankingConfig::SplitLabelOwner => false,
-            other => {
-                return Err(SplitError::Protocol(format!(
-                    "`{}` cannot run over the mesh: it needs every domain's data in one place",
-                    other.name()
-                )));
-            }
-        };
+        save_to: Option<&Path>,
+    ) -> Result<RunResult, SplitError> {
+        let share_labels = *config == RunConfig::SplitLabelSharing;
         let model = spec.split_model()?;
         let nodes = [
             self.node(&spec.sales.name)?,
@@ -99,8 +116,15 @@ impl Mesh {
             seed,
         )?;
         let run = fit_ranking(&mut ncf, &spec.training, observer, stop)?;
+        let mut result = RunResult::ranking(config, seed, run);
+        if let Some(dir) = save_to {
+            result.model_files = ncf
+                .save(dir)?
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect();
+        }
         let (to_domains, from_domains) = ncf.transport().bytes();
-        let mut result = RankingResult::of(config, seed, run);
         result.wire = Some(WireBytes {
             encoding: WireEncoding::F32,
             to_domains,
@@ -112,11 +136,9 @@ impl Mesh {
         Ok(result)
     }
 
-    /// Trains and evaluates one configuration of `job` for one seed on the domain nodes.
-    /// `run_id` names the run on the nodes (their parts are saved under it); with `save_to`,
-    /// governance saves its own parts there and every node saves its own.
+    /// A vertical split run over the domains' aligned rows.
     #[allow(clippy::too_many_arguments)]
-    pub fn run(
+    fn run_vertical(
         &self,
         job: &Job,
         run_id: &str,

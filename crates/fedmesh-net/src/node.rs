@@ -23,7 +23,7 @@ use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
 use fedmesh_split::job::{DomainSpec, Job, PreparedDomain, pipeline_file, product_keys};
 use fedmesh_split::recommend::{RecommendationSpec, is_recommendation};
 use fedmesh_split::split_ncf::{ExamplePass, NcfParty, NcfRole};
-use fedmesh_split::{DomainParty, LabelOwner, SplitError};
+use fedmesh_split::{DomainParty, HoldsSession, PartySession, SplitError};
 use prost::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -235,7 +235,8 @@ async fn serve(
         product: context.product.clone(),
         context,
         opened: None,
-        party: NodeParty::default(),
+        session: None,
+        prepared: None,
         traffic: Traffic::default(),
         predicting: None,
         ncf: None,
@@ -367,20 +368,15 @@ impl OpenedJob {
     }
 }
 
-/// What a domain holds for a job once its bottom is built.
-#[derive(Default)]
-struct NodeParty {
-    bottom: Option<(DomainParty, PreparedDomain)>,
-    /// The head, when this domain owns the labels and keeps them (no label sharing); built
-    /// with the first tower output, whose width is the head's input.
-    head: Option<LabelOwner>,
-}
-
 struct NodeJob {
     product: DomainProduct,
     context: NodeContext,
     opened: Option<OpenedJob>,
-    party: NodeParty,
+    /// The domain's share of the run once its partition is known: every cut-layer message of a
+    /// classification job goes through it.
+    session: Option<PartySession>,
+    /// The domain's fitted feature pipeline, saved beside its bottom.
+    prepared: Option<PreparedDomain>,
     traffic: Traffic,
     /// A stream that scores entities with a trained model instead of training one.
     predicting: Option<Predicting>,
@@ -451,38 +447,23 @@ impl NodeJob {
         }
     }
 
-    fn bottom(&mut self) -> Result<&mut DomainParty, SplitError> {
+    /// The domain's share of the running job, whichever its kind: every batch plan, gradient,
+    /// tower output, report and label request is answered (and checked) there.
+    fn session(&mut self) -> Result<&mut PartySession, SplitError> {
         if let Some(ncf) = &mut self.ncf {
-            return ncf.party.bottom_mut();
+            return Ok(ncf.party.session_mut());
         }
-        self.party
-            .bottom
-            .as_mut()
-            .map(|(party, _)| party)
-            .ok_or_else(|| protocol("this domain contributes no features, or has no partition"))
+        self.session.as_mut().ok_or_else(|| {
+            protocol("this domain was sent no partition: it holds nothing of the run yet")
+        })
     }
 
-    /// The head, built from the first tower output it is given.
-    fn head(&mut self, tower_output: usize) -> Result<&mut LabelOwner, SplitError> {
-        if self.ncf.is_some() {
-            return self.ncf()?.party.head(tower_output);
+    /// The id of the job on this stream.
+    fn job_id(&mut self) -> Result<String, SplitError> {
+        match &self.ncf {
+            Some(ncf) => Ok(ncf.id.clone()),
+            None => Ok(self.opened()?.id.clone()),
         }
-        if self.party.head.is_none() {
-            let opened = self.opened()?;
-            if !opened.owns_labels() || opened.share_labels {
-                return Err(protocol("this domain holds no head in this job"));
-            }
-            let targets = opened
-                .targets
-                .clone()
-                .ok_or_else(|| protocol("the partition was not drawn before training"))?;
-            let head = opened
-                .job
-                .spec
-                .label_owner(targets, tower_output, opened.seed);
-            self.party.head = Some(head);
-        }
-        Ok(self.party.head.as_mut().expect("built above"))
     }
 
     /// This domain's entry in a job's spec, its contract pointed at the node's own product
@@ -647,7 +628,6 @@ impl NodeJob {
 
     /// Answers a recommendation job's own messages.
     fn handle_ncf(&mut self, command: Command) -> Result<Reply, SplitError> {
-        let models = self.product.models.clone();
         let ncf = self.ncf()?;
         Ok(match command {
             Command::EntitiesRequest(_) => {
@@ -697,22 +677,6 @@ impl NodeJob {
                 }
                 let metrics = ncf.party.rank()?;
                 Reply::ReportJson(serde_json::to_string(&metrics).expect("metrics serialize"))
-            }
-            Command::Labels(_) => {
-                if !ncf.share_labels {
-                    return Err(protocol(
-                        "the job keeps labels at the label owner; they are not shared",
-                    ));
-                }
-                Reply::Labels(labels_to_wire(&ncf.party.labels()?))
-            }
-            Command::Save(_) => {
-                let dir = models.join(&ncf.id);
-                std::fs::create_dir_all(&dir)?;
-                let parts = ncf.party.save(&dir)?;
-                Reply::Saved(v1::Saved {
-                    parts: parts.iter().map(|p| p.display().to_string()).collect(),
-                })
             }
             _ => return Err(protocol("not a message of a recommendation job")),
         })
@@ -869,16 +833,29 @@ impl NodeJob {
             partition.valid.len(),
             partition.test.len(),
         ]);
-        let bottom = match prepared {
-            Some(prepared) => {
-                let party = opened.job.spec.domain_party(&prepared, opened.seed)?;
-                Some((party, prepared))
-            }
-            None => None,
-        };
+        let mut session = PartySession::new(opened.domain.name.clone());
+        if let Some(prepared) = &prepared {
+            session = session.with_bottom(opened.job.spec.domain_party(prepared, opened.seed)?);
+        }
+        if opened.owns_labels() {
+            let targets = opened
+                .targets
+                .clone()
+                .ok_or_else(|| protocol("the label owner was not asked for the partition"))?;
+            session = if opened.share_labels {
+                session.with_shared_labels(targets)
+            } else {
+                let (spec, seed) = (opened.job.spec.clone(), opened.seed);
+                session.with_head_recipe(
+                    targets,
+                    Box::new(move |targets, width| spec.label_owner(targets, width, seed)),
+                )
+            };
+        }
         fedmesh_split::job::seed_training_randomness(opened.seed);
-        let cut_width = bottom.as_ref().map_or(0, |(b, _)| b.cut_width() as u32);
-        self.party = NodeParty { bottom, head: None };
+        let cut_width = session.cut_width() as u32;
+        self.session = Some(session);
+        self.prepared = prepared;
         Ok(v1::Ready {
             rows,
             cut_width,
@@ -887,21 +864,17 @@ impl NodeJob {
     }
 
     /// Saves the trained parts and the pipeline under `models/<job id>/`.
-    fn save(&mut self) -> Result<Vec<String>, SplitError> {
-        let id = self.opened()?.id.clone();
+    fn save(&mut self) -> Result<Vec<PathBuf>, SplitError> {
+        let id = self.job_id()?;
         let dir = self.product.models.join(id);
         std::fs::create_dir_all(&dir)?;
-        let mut parts = Vec::new();
-        if let Some((bottom, prepared)) = &self.party.bottom {
-            parts.push(bottom.save(&dir)?);
+        let mut parts = self.session()?.save(&dir)?;
+        if let Some(prepared) = &self.prepared {
             let path = dir.join(pipeline_file(&prepared.name));
             std::fs::write(&path, prepared.pipeline.to_json())?;
             parts.push(path);
         }
-        if let Some(head) = &self.party.head {
-            parts.push(head.save(&dir)?);
-        }
-        Ok(parts.iter().map(|p| p.display().to_string()).collect())
+        Ok(parts)
     }
 
     /// Records what the finished run used and sent.
@@ -1046,10 +1019,6 @@ impl NodeJob {
 
     /// Answers one message; `None` for a gradient, which has no answer unless it fails.
     fn handle(&mut self, command: Command) -> Result<Option<Reply>, SplitError> {
-        // A recommendation job's labels and parts are its own.
-        if self.ncf.is_some() && matches!(command, Command::Labels(_) | Command::Save(_)) {
-            return self.handle_ncf(command).map(Some);
-        }
         let reply = match command {
             command @ (Command::EntitiesRequest(_)
             | Command::Entities(_)
@@ -1084,6 +1053,7 @@ impl NodeJob {
             }
             Command::PredictHead(tensor) => {
                 let z = tensor_from_wire(Some(&tensor))?;
+                fedmesh_split::session::check_tensor(&z, "the tower output", "governance")?;
                 let models = self.product.models.clone();
                 let domain = self.product.domain.clone();
                 let predicting = self.predicting()?;
@@ -1161,27 +1131,26 @@ impl NodeJob {
             Command::Plan(plan) => {
                 let plan = plan_from_wire(&plan)?;
                 let encoding = self.encoding()?;
-                let activation = self.bottom()?.forward(&plan)?;
+                let activation = self.session()?.forward(&plan)?;
                 Reply::Activation(tensor_to_wire(&activation, encoding))
             }
             Command::Gradient(gradient) => {
                 let gradient = tensor_from_wire(Some(&gradient))?;
-                self.bottom()?.backward(&gradient)?;
+                self.session()?.backward(&gradient)?;
                 return Ok(None);
             }
             Command::Step(step) => {
                 let gradient = tensor_from_wire(step.gradient.as_ref())?;
                 let plan = plan_from_wire(&step.plan.unwrap_or_default())?;
                 let encoding = self.encoding()?;
-                let bottom = self.bottom()?;
-                bottom.backward(&gradient)?;
-                Reply::Activation(tensor_to_wire(&bottom.forward(&plan)?, encoding))
+                let activation = self.session()?.step(&gradient, &plan)?;
+                Reply::Activation(tensor_to_wire(&activation, encoding))
             }
             Command::HeadTrain(input) => {
                 let plan = plan_from_wire(&input.plan.unwrap_or_default())?;
                 let z = tensor_from_wire(input.tower_output.as_ref())?;
                 let encoding = self.encoding()?;
-                let step = self.head(z.cols)?.train(&plan, &z)?;
+                let step = self.session()?.head_train(&plan, &z)?;
                 Reply::HeadStep(v1::HeadStep {
                     loss: step.loss,
                     gradient: Some(tensor_to_wire(&step.gradient, encoding)),
@@ -1190,32 +1159,20 @@ impl NodeJob {
             Command::HeadEval(input) => {
                 let plan = plan_from_wire(&input.plan.unwrap_or_default())?;
                 let z = tensor_from_wire(input.tower_output.as_ref())?;
-                self.head(z.cols)?.eval(&plan, &z)?;
+                self.session()?.head_eval(&plan, &z)?;
                 Reply::Ack(v1::Empty {})
             }
             Command::Report(_) => {
-                let head = self
-                    .party
-                    .head
-                    .as_mut()
-                    .ok_or_else(|| protocol("this domain holds no head in this job"))?;
-                Reply::ReportJson(serde_json::to_string(&head.report()).expect("reports serialize"))
+                let report = self.session()?.head_report()?;
+                Reply::ReportJson(serde_json::to_string(&report).expect("reports serialize"))
             }
-            Command::Labels(_) => {
-                let opened = self.opened()?;
-                if !opened.share_labels {
-                    return Err(protocol(
-                        "the job keeps labels at the label owner; they are not shared",
-                    ));
-                }
-                let labels = opened
-                    .targets
-                    .as_ref()
-                    .ok_or_else(|| protocol("this domain owns no labels in this job"))?;
-                Reply::Labels(labels_to_wire(labels))
-            }
+            Command::Labels(_) => Reply::Labels(labels_to_wire(self.session()?.shared_labels()?)),
             Command::Save(_) => Reply::Saved(v1::Saved {
-                parts: self.save()?,
+                parts: self
+                    .save()?
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect(),
             }),
             Command::Finish(_) => {
                 self.audit_run();

@@ -133,8 +133,9 @@ fn unexpected(node: &str, reply: &Reply) -> SplitError {
     }
 }
 
-/// Refuses an activation or gradient that does not have the expected shape, before it reaches
-/// a model (where a wrong shape would panic instead of failing the job with the node's name).
+/// Refuses an activation or gradient that does not have the expected shape or holds a value
+/// that is not finite, before it reaches a model (where a wrong shape would panic, and a NaN
+/// spread, instead of failing the job with the node's name).
 fn check_shape(
     node: &str,
     what: &str,
@@ -142,17 +143,18 @@ fn check_shape(
     rows: usize,
     cols: usize,
 ) -> Result<WireTensor, SplitError> {
-    if tensor.rows == rows && tensor.cols == cols {
-        Ok(tensor)
-    } else {
-        Err(SplitError::Node {
+    if tensor.rows != rows || tensor.cols != cols {
+        return Err(SplitError::Node {
             node: node.to_string(),
             message: format!(
                 "sent a {}×{} {what}, expected {rows}×{cols}",
                 tensor.rows, tensor.cols
             ),
-        })
+        });
     }
+    // A NaN from one domain would poison every other party's model.
+    fedmesh_split::session::check_tensor(&tensor, &format!("the {what}"), &format!("`{node}`"))?;
+    Ok(tensor)
 }
 
 /// The training streams of one job, one per domain node.
@@ -919,6 +921,10 @@ impl Transport for GrpcTransport {
             tower_output: Some(tensor_to_wire(&tower_output, self.encoding)),
         });
         match self.call_owner(body)? {
+            Reply::HeadStep(step) if !step.loss.is_finite() => Err(SplitError::Node {
+                node: self.links[self.owner].name.clone(),
+                message: "sent a loss that is not finite: refused".into(),
+            }),
             Reply::HeadStep(step) => Ok(HeadStep {
                 loss: step.loss,
                 gradient: check_shape(

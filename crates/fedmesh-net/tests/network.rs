@@ -11,10 +11,9 @@ use fedmesh_net::{DomainNodeService, DomainProduct, Mesh, MeshIdentity, NodeEndp
 use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
 use fedmesh_split::job::{Job, RunConfig, RunResult, WireEncoding};
 use fedmesh_split::recommend::{
-    PreparedRecommendation, RankingConfig, RecommendationSpec, popularity,
-    write_synthetic_movielens_job,
+    PreparedRecommendation, RecommendationSpec, popularity, write_synthetic_movielens_job,
 };
-use fedmesh_split::{Observer, Silent, SplitError};
+use fedmesh_split::{AnyJob, Observer, Silent, SplitError};
 use tokio::runtime::Runtime;
 use tonic::transport::Server;
 
@@ -141,7 +140,7 @@ fn run_on(
     save_to: Option<&Path>,
 ) -> Result<RunResult, SplitError> {
     mesh.run(
-        job,
+        &AnyJob::Vertical(Box::new(job.clone())),
         &format!("test/{}", config.name()),
         "operator",
         config,
@@ -484,15 +483,18 @@ fn recommendation_nodes(spec: &RecommendationSpec, dir: &Path) -> TestMesh {
 
 /// The split NCF over three nodes, each reading its own product, computes what the in-process
 /// split NCF computes: the same losses every epoch and the same rankings.
-fn check_split_ncf_over_the_network(config: RankingConfig) {
+fn check_split_ncf_over_the_network(config: RunConfig) {
     let dir = tempfile::tempdir().unwrap();
     let (spec, prepared) = recommendation_job(dir.path());
     let stop = AtomicBool::new(false);
-    let local = prepared.run(config, 1, &Silent, &stop).unwrap();
+    let local = prepared.run(&config, 1, &Silent, &stop).unwrap();
     let nodes = recommendation_nodes(&spec, dir.path());
+    let job = AnyJob::Recommendation(Box::new(spec.clone()));
     let remote = nodes
         .own_governance()
-        .run_recommendation(&spec, "test/ncf", "operator", config, 1, &Silent, &stop)
+        .run(
+            &job, "test/ncf", "operator", &config, 1, &Silent, &stop, None,
+        )
         .unwrap();
     assert_eq!(remote.history.len(), 6);
     for (l, r) in local.history.iter().zip(&remote.history) {
@@ -506,10 +508,14 @@ fn check_split_ncf_over_the_network(config: RankingConfig) {
     }
     assert_eq!(local.metrics, remote.metrics);
     let popularity = popularity(&prepared.split, prepared.data.interactions.items.len());
+    let ranking = remote.metrics.ranking().unwrap();
     assert!(
-        remote.metrics.hit_ratio > popularity.hit_ratio + 0.2,
-        "{:?} vs popularity {popularity:?}",
-        remote.metrics
+        ranking.hit_ratio > popularity.hit_ratio + 0.2,
+        "{ranking:?} vs popularity {popularity:?}"
+    );
+    assert_eq!(
+        (local.train_rows, local.test_rows),
+        (remote.train_rows, remote.test_rows)
     );
     let wire = remote.wire.expect("a network run counts its bytes");
     assert!(wire.to_domains > 0 && wire.from_domains > 0);
@@ -517,12 +523,12 @@ fn check_split_ncf_over_the_network(config: RankingConfig) {
 
 #[test]
 fn the_split_ncf_over_the_network_equals_in_process_with_label_sharing() {
-    check_split_ncf_over_the_network(RankingConfig::SplitLabelSharing);
+    check_split_ncf_over_the_network(RunConfig::SplitLabelSharing);
 }
 
 #[test]
 fn the_split_ncf_over_the_network_equals_in_process_with_labels_at_sales() {
-    check_split_ncf_over_the_network(RankingConfig::SplitLabelOwner);
+    check_split_ncf_over_the_network(RunConfig::SplitLabelOwner);
 }
 
 #[test]
@@ -553,14 +559,15 @@ fn a_product_that_lacks_an_entity_sales_names_fails_the_job_naming_it() {
     let nodes = recommendation_nodes(&spec, dir.path());
     let error = nodes
         .own_governance()
-        .run_recommendation(
-            &spec,
+        .run(
+            &AnyJob::Recommendation(Box::new(spec)),
             "test/ncf-missing",
             "operator",
-            RankingConfig::SplitLabelOwner,
+            &RunConfig::SplitLabelOwner,
             1,
             &Silent,
             &AtomicBool::new(false),
+            None,
         )
         .unwrap_err()
         .to_string();

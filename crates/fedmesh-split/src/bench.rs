@@ -114,11 +114,7 @@ fn throughput(bench: &SplitBench, joint: bool) -> f64 {
     } else {
         Box::new(
             SplitTrainer::new(
-                InProcess {
-                    domains,
-                    label_owner: None,
-                    labels: Some(labels),
-                },
+                InProcess::new(domains, None, Some(labels)),
                 tower,
                 LabelPlacement::Governance { head },
                 objective,

@@ -237,6 +237,10 @@ pub struct Job {
 /// A configuration to train.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunConfig {
+    /// A recommendation job's baseline: items ranked by how often they were chosen.
+    Popularity,
+    /// Every column (or, for a recommender, every domain's table) in one place: NeuMF for a
+    /// recommendation job.
     Centralized,
     SplitLabelSharing,
     SplitLabelOwner,
@@ -248,6 +252,7 @@ impl RunConfig {
     /// The name used in `results.json`.
     pub fn name(&self) -> String {
         match self {
+            RunConfig::Popularity => "popularity".into(),
             RunConfig::Centralized => "centralized".into(),
             RunConfig::SplitLabelSharing => "split-label-sharing".into(),
             RunConfig::SplitLabelOwner => "split-label-owner".into(),
@@ -260,13 +265,14 @@ impl std::str::FromStr for RunConfig {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
+            "popularity" => Ok(RunConfig::Popularity),
             "centralized" => Ok(RunConfig::Centralized),
             "split-label-sharing" => Ok(RunConfig::SplitLabelSharing),
             "split-label-owner" => Ok(RunConfig::SplitLabelOwner),
             other => match other.strip_prefix("single-domain:") {
                 Some(d) => Ok(RunConfig::SingleDomain(d.to_string())),
                 None => Err(format!(
-                    "unknown configuration `{other}`: use centralized, split-label-sharing, split-label-owner or single-domain:NAME"
+                    "unknown configuration `{other}`: use centralized, split-label-sharing, split-label-owner, single-domain:NAME, or popularity (recommendation jobs)"
                 )),
             },
         }
@@ -1092,6 +1098,12 @@ impl PreparedJob {
             )) as Box<dyn Trainer>
         };
         Ok(match config {
+            RunConfig::Popularity => {
+                return Err(SplitError::Spec {
+                    path: PathBuf::from(&self.spec.name),
+                    message: "`popularity` ranks items: it is a baseline of recommendation jobs (`task: recommendation`)".into(),
+                });
+            }
             RunConfig::Centralized => {
                 let parts: Vec<&FeatureMatrix> = self.domains.iter().map(|d| &d.features).collect();
                 joint(
@@ -1115,14 +1127,14 @@ impl PreparedJob {
                     .collect::<Result<_, _>>()?;
                 let cut_width = domains.iter().map(DomainParty::cut_width).sum();
                 let share_labels = *config == RunConfig::SplitLabelSharing;
-                let transport = InProcess {
-                    label_owner: (!share_labels).then(|| {
+                let transport = InProcess::new(
+                    domains,
+                    (!share_labels).then(|| {
                         let tower_output = spec.tower_and_head(cut_width).0.output();
                         spec.label_owner(self.targets.clone(), tower_output, seed)
                     }),
-                    labels: share_labels.then(|| self.targets.clone()),
-                    domains,
-                };
+                    share_labels.then(|| self.targets.clone()),
+                );
                 Box::new(spec.split_trainer(transport, share_labels, cut_width, seed)?)
             }
         })

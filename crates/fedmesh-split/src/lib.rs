@@ -18,18 +18,22 @@ pub mod job;
 pub mod party;
 pub mod recommend;
 pub mod scores;
+pub mod session;
 pub mod split_ncf;
+pub mod task;
 pub mod trainer;
 pub mod transport;
 pub mod wire;
 
 pub use party::{DomainParty, HeadStep, LabelOwner, OptimizerSpec};
 pub use scores::{Curves, EvaluationReport, Metrics};
+pub use session::PartySession;
+pub use task::{AnyJob, MESH_CONFIGS};
 pub use trainer::{
     EpochRecord, FitOutcome, JointNetwork, JointTrainer, LabelPlacement, Observer, Schedule,
     Silent, SplitTrainer, Trainer, TrainingSpec, fit,
 };
-pub use transport::{InProcess, Transport};
+pub use transport::{HoldsSession, InProcess, Transport};
 pub use wire::{BatchPlan, CutActivation, CutLayerGradient, Part, Pass, WireTensor};
 
 /// Errors of a split job.
@@ -54,6 +58,11 @@ pub enum SplitError {
     /// Governance's account of why a submitted job failed.
     #[error("the job failed: {0}")]
     JobFailed(String),
+    /// A batch's loss is NaN or infinite: the models would only get worse from here.
+    #[error(
+        "training diverged: the loss of batch {batch} of epoch {epoch} is not finite (lower the learning rate, or check the optimizer's epsilon and betas)"
+    )]
+    Diverged { epoch: usize, batch: usize },
     #[error("interrupted: the run was stopped before it finished; nothing was saved")]
     Interrupted,
     #[error(transparent)]

@@ -20,8 +20,11 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
+use crate::job::{RunConfig, RunResult};
 use crate::party::{OptimizerSpec, scalar};
+use crate::scores::Metrics;
 use crate::split_ncf::{NcfInProcess, NcfParty, NcfRole, SplitNcf, SplitNcfSpec, entity_features};
+use crate::trainer::EpochRecord;
 use crate::trainer::Observer;
 
 /// The cut-off of the ranking metrics.
@@ -134,6 +137,9 @@ pub struct RankingRun {
     pub train_seconds: f64,
     /// Training examples (positives and negatives) per second.
     pub samples_per_second: f64,
+    /// Training examples of the last epoch (positives and negatives).
+    #[serde(default)]
+    pub examples_per_epoch: usize,
 }
 
 fn ids(values: &[u32], device: &Device) -> Tensor<1, Int> {
@@ -234,11 +240,13 @@ pub fn fit_ranking(
 ) -> Result<RankingRun, SplitError> {
     let mut trained = Duration::ZERO;
     let mut samples = 0usize;
+    let mut examples_per_epoch = 0;
     let mut history = Vec::new();
     observer.training_started();
     for epoch in 1..=training.epochs {
         let started = Instant::now();
         let examples = model.next_epoch()?;
+        examples_per_epoch = examples;
         observer.epoch_started(epoch, examples.div_ceil(training.batch_size));
         let train_loss = model.train_epoch(training, observer, stop)?;
         trained += started.elapsed();
@@ -266,6 +274,7 @@ pub fn fit_ranking(
         history,
         train_seconds: trained.as_secs_f64(),
         samples_per_second: samples as f64 / trained.as_secs_f64().max(1e-9),
+        examples_per_epoch,
     })
 }
 
@@ -452,67 +461,45 @@ pub fn is_recommendation(text: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// The configurations a recommendation job runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RankingConfig {
-    Popularity,
-    /// NeuMF over all three domains' data in one place.
-    Centralized,
-    /// The split NCF, labels (and head) at governance.
-    SplitLabelSharing,
-    /// The split NCF, labels and head kept by sales.
-    SplitLabelOwner,
-}
+/// The configurations a recommendation job compares, in order.
+pub const RANKING_CONFIGS: [RunConfig; 4] = [
+    RunConfig::Popularity,
+    RunConfig::Centralized,
+    RunConfig::SplitLabelSharing,
+    RunConfig::SplitLabelOwner,
+];
 
-impl RankingConfig {
-    pub fn name(self) -> &'static str {
-        match self {
-            RankingConfig::Popularity => "popularity",
-            RankingConfig::Centralized => "centralized",
-            RankingConfig::SplitLabelSharing => "split-label-sharing",
-            RankingConfig::SplitLabelOwner => "split-label-owner",
-        }
-    }
-
-    pub fn parse(name: &str) -> Result<Self, String> {
-        match name {
-            "popularity" => Ok(Self::Popularity),
-            "centralized" => Ok(Self::Centralized),
-            "split-label-sharing" => Ok(Self::SplitLabelSharing),
-            "split-label-owner" => Ok(Self::SplitLabelOwner),
-            other => Err(format!(
-                "unknown configuration `{other}` for a recommendation job: use popularity, centralized, split-label-sharing or split-label-owner"
-            )),
-        }
-    }
-}
-
-/// A recommendation run's result, as `results.json` records it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RankingResult {
-    pub config: String,
-    pub seed: u64,
-    #[serde(flatten)]
-    pub metrics: RankingMetrics,
-    pub train_seconds: f64,
-    pub samples_per_second: f64,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub history: Vec<RankingEpoch>,
-    /// Over the mesh: the bytes exchanged with the domain nodes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wire: Option<crate::job::WireBytes>,
-}
-
-impl RankingResult {
-    pub fn of(config: RankingConfig, seed: u64, run: RankingRun) -> Self {
+impl RunResult {
+    /// A recommender's run under the NCF protocol: HR@10 and NDCG@10 on the test users after
+    /// every epoch (the per-epoch headline is the epoch's HR@10); `train_rows` counts an
+    /// epoch's training examples (positives and their sampled negatives), `test_rows` the
+    /// held-out users.
+    pub fn ranking(config: &RunConfig, seed: u64, run: RankingRun) -> Self {
         Self {
-            config: config.name().into(),
+            config: config.name(),
             seed,
-            metrics: run.metrics,
+            metrics: Metrics::Ranking(run.metrics),
+            train_rows: run.examples_per_epoch,
+            valid_rows: 0,
+            test_rows: run.metrics.users,
             train_seconds: run.train_seconds,
+            cut_layer_bytes: 0,
             samples_per_second: run.samples_per_second,
-            history: run.history,
+            history: run
+                .history
+                .iter()
+                .map(|e| EpochRecord {
+                    epoch: e.epoch,
+                    train_loss: e.train_loss,
+                    valid_loss: None,
+                    valid_headline: Some(e.metrics.hit_ratio),
+                })
+                .collect(),
+            curves: None,
+            model_files: Vec::new(),
             wire: None,
+            alignment: None,
+            test_scores: Vec::new(),
         }
     }
 }
@@ -705,7 +692,7 @@ impl PreparedRecommendation {
             seed,
         )?;
         SplitNcf::new(
-            NcfInProcess::new(sales, customer, product)?,
+            NcfInProcess::with_parties(sales, customer, product)?,
             spec,
             &training.optimizer,
             share_labels,
@@ -716,34 +703,40 @@ impl PreparedRecommendation {
     /// Trains and evaluates one configuration for one seed.
     pub fn run(
         &self,
-        config: RankingConfig,
+        config: &RunConfig,
         seed: u64,
         observer: &dyn Observer,
         stop: &AtomicBool,
-    ) -> Result<RankingResult, SplitError> {
+    ) -> Result<RunResult, SplitError> {
         let interactions = &self.data.interactions;
-        match config {
-            RankingConfig::Popularity => Ok(RankingResult {
-                config: config.name().into(),
-                seed,
+        let run = match config {
+            RunConfig::Popularity => RankingRun {
                 metrics: popularity(&self.split, interactions.items.len()),
+                history: Vec::new(),
                 train_seconds: 0.0,
                 samples_per_second: 0.0,
-                history: Vec::new(),
-                wire: None,
-            }),
-            RankingConfig::SplitLabelSharing | RankingConfig::SplitLabelOwner => {
+                examples_per_epoch: 0,
+            },
+            RunConfig::SplitLabelSharing | RunConfig::SplitLabelOwner => {
                 let mut model =
-                    self.in_process_ncf(config == RankingConfig::SplitLabelSharing, seed)?;
-                let run = fit_ranking(&mut model, &self.spec.training, observer, stop)?;
-                Ok(RankingResult::of(config, seed, run))
+                    self.in_process_ncf(*config == RunConfig::SplitLabelSharing, seed)?;
+                fit_ranking(&mut model, &self.spec.training, observer, stop)?
             }
-            RankingConfig::Centralized => {
+            RunConfig::SingleDomain(_) => {
+                return Err(SplitError::Spec {
+                    path: PathBuf::from(&self.spec.name),
+                    message: format!(
+                        "`{}`: a recommendation job compares popularity, centralized, split-label-sharing and split-label-owner",
+                        config.name()
+                    ),
+                });
+            }
+            RunConfig::Centralized => {
                 let model = self.spec.model.clone().unwrap_or(NcfModelSpec {
                     factors: default_factors(),
                     layers: default_layers(),
                 });
-                let run = train_neumf(
+                train_neumf(
                     interactions,
                     &self.split,
                     &NeuMfConfig {
@@ -756,10 +749,10 @@ impl PreparedRecommendation {
                     seed,
                     observer,
                     stop,
-                )?;
-                Ok(RankingResult::of(config, seed, run))
+                )?
             }
-        }
+        };
+        Ok(RunResult::ranking(config, seed, run))
     }
 }
 

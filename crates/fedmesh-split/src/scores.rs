@@ -6,6 +6,7 @@ use fedmesh_model::metrics::{self, BinaryMetrics, MultiClassMetrics, RegressionM
 use fedmesh_model::{Objective, Targets};
 use serde::{Deserialize, Serialize};
 
+use crate::recommend::RankingMetrics;
 use crate::wire::Part;
 
 /// Metrics of one test set, by task.
@@ -15,24 +16,36 @@ pub enum Metrics {
     Binary(Box<BinaryMetrics>),
     MultiClass(MultiClassMetrics),
     Regression(RegressionMetrics),
+    /// A recommender's ranking of held-out items (the NCF protocol).
+    Ranking(RankingMetrics),
 }
 
 impl Metrics {
-    /// The headline number: ROC-AUC, accuracy, or R².
     /// What [`Metrics::headline`] measures.
     pub fn headline_name(&self) -> &'static str {
         match self {
             Metrics::Binary(_) => "ROC-AUC",
             Metrics::MultiClass(_) => "accuracy",
             Metrics::Regression(_) => "R²",
+            Metrics::Ranking(_) => "HR@10",
         }
     }
 
+    /// The headline number: ROC-AUC, accuracy, R², or HR@10.
     pub fn headline(&self) -> f64 {
         match self {
             Metrics::Binary(m) => m.roc_auc,
             Metrics::MultiClass(m) => m.accuracy,
             Metrics::Regression(m) => m.r2,
+            Metrics::Ranking(m) => m.hit_ratio,
+        }
+    }
+
+    /// A recommender's metrics, if these are.
+    pub fn ranking(&self) -> Option<&RankingMetrics> {
+        match self {
+            Metrics::Ranking(m) => Some(m),
+            _ => None,
         }
     }
 }

@@ -27,12 +27,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
 use crate::job::{HEAD_PART, TOWER_PART, part_seed};
-use crate::party::{DomainParty, HeadStep, LabelOwner, OptimizerSpec};
+use crate::party::{DomainParty, LabelOwner, OptimizerSpec};
 use crate::recommend::{NcfTraining, RankingMetrics, Recommender, SalesExamples, TOP_K};
 use crate::scores::EvaluationReport;
+use crate::session::PartySession;
 use crate::trainer::{LabelPlacement, Observer, SplitTrainer, Trainer};
-use crate::transport::{Transport, check_one_per_domain};
-use crate::wire::{BatchPlan, CutActivation, CutLayerGradient, Part};
+use crate::transport::{HoldsSession, InProcess, Transport};
+use crate::wire::{BatchPlan, Part};
 
 /// The split NCF's shape: what each domain's bottom reads and how wide the parts are.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -280,10 +281,6 @@ struct SalesShare {
     items: Vec<String>,
     /// The current examples' labels.
     labels: Vec<i64>,
-    /// The head, when sales keeps the labels; built with the first tower output, whose width
-    /// is its input.
-    head: Option<LabelOwner>,
-    keeps_labels: bool,
 }
 
 /// What customer or product holds of a run besides its bottom.
@@ -306,7 +303,8 @@ pub struct NcfParty {
     spec: SplitNcfSpec,
     optimizer: OptimizerSpec,
     seed: u64,
-    bottom: Option<DomainParty>,
+    /// The bottom, and sales's head or the labels it shares: what governance's messages reach.
+    session: PartySession,
     share: Share,
 }
 
@@ -322,20 +320,33 @@ impl NcfParty {
         keeps_labels: bool,
         seed: u64,
     ) -> Self {
+        let name = name.into();
+        let no_labels = Targets::Classes(Vec::new());
+        let session = if keeps_labels {
+            let (name, optimizer) = (name.clone(), training.optimizer.clone());
+            PartySession::new(name.clone())
+                .with_head_recipe(
+                    no_labels,
+                    Box::new(move |targets, width| {
+                        sales_head(name, targets, width, &optimizer, seed)
+                    }),
+                )
+                .ranking_itself()
+        } else {
+            PartySession::new(name.clone()).with_shared_labels(no_labels)
+        };
         let mut party = Self {
             role: NcfRole::Sales,
-            name: name.into(),
+            name,
             spec: spec.clone(),
             optimizer: training.optimizer.clone(),
             seed,
-            bottom: None,
+            session,
             share: Share::Sales(Box::new(SalesShare {
                 examples: SalesExamples::new(interactions, split, training.negatives, seed),
                 users: interactions.users.clone(),
                 items: interactions.items.clone(),
                 labels: Vec::new(),
-                head: None,
-                keeps_labels,
             })),
         };
         let features = sales_features(
@@ -345,7 +356,8 @@ impl NcfParty {
             interactions.items.len(),
             spec.embedding,
         );
-        party.bottom = Some(party.build_bottom(features));
+        let bottom = party.build_bottom(features);
+        party.session.set_bottom(bottom);
         party
     }
 
@@ -364,13 +376,14 @@ impl NcfParty {
                 "sales holds interactions, not an entity table".into(),
             ));
         }
+        let name = name.into();
         Ok(Self {
             role,
-            name: name.into(),
+            session: PartySession::new(&name),
+            name,
             spec: spec.clone(),
             optimizer: optimizer.clone(),
             seed,
-            bottom: None,
             share: Share::Entity(Box::new(EntityShare {
                 product,
                 table: None,
@@ -424,7 +437,7 @@ impl NcfParty {
         let table = entity_features(&share.product, key, ids, self.spec.features(self.role))?;
         let bottom = self.build_bottom(table.gather(&[]));
         let width = bottom.cut_width();
-        self.bottom = Some(bottom);
+        self.session.set_bottom(bottom);
         if let Share::Entity(share) = &mut self.share {
             share.table = Some(table);
         }
@@ -446,9 +459,7 @@ impl NcfParty {
         let users: Vec<u32> = drawn.iter().map(|e| e.0).collect();
         let items: Vec<u32> = drawn.iter().map(|e| e.1).collect();
         share.labels = drawn.iter().map(|e| e.2 as i64).collect();
-        if let Some(head) = &mut share.head {
-            head.set_targets(Targets::Classes(share.labels.clone()));
-        }
+        let labels = Targets::Classes(share.labels.clone());
         let features = sales_features(
             &users,
             &items,
@@ -457,6 +468,7 @@ impl NcfParty {
             self.spec.embedding,
         );
         self.bottom_mut()?.set_features(features)?;
+        self.session.set_labels(labels);
         Ok((users, items))
     }
 
@@ -481,82 +493,58 @@ impl NcfParty {
         self.bottom_mut()?.set_features(rows)
     }
 
-    /// Sales: the current examples' labels (for governance, with label sharing).
-    pub fn labels(&mut self) -> Result<Targets, SplitError> {
-        Ok(Targets::Classes(self.sales_share()?.labels.clone()))
-    }
-
     pub fn bottom_mut(&mut self) -> Result<&mut DomainParty, SplitError> {
-        self.bottom.as_mut().ok_or_else(|| {
-            SplitError::Protocol(format!(
+        if !self.session.has_bottom() {
+            return Err(SplitError::Protocol(format!(
                 "`{}` has no bottom yet: it was not sent the entities its examples name",
                 self.name
-            ))
-        })
+            )));
+        }
+        self.session.bottom_mut()
     }
 
     /// The current rows of the domain's bottom (for tests: each example's attributes).
     pub fn features(&self) -> Option<&FeatureMatrix> {
-        self.bottom.as_ref().map(DomainParty::features)
+        self.session.bottom().map(DomainParty::features)
     }
 
     pub fn cut_width(&self) -> usize {
-        self.bottom.as_ref().map_or(0, DomainParty::cut_width)
-    }
-
-    /// Sales without label sharing: the head, built for a tower output `width` wide.
-    pub fn head(&mut self, width: usize) -> Result<&mut LabelOwner, SplitError> {
-        let (name, seed, optimizer) = (self.name.clone(), self.seed, self.optimizer.clone());
-        let share = self.sales_share()?;
-        if !share.keeps_labels {
-            return Err(SplitError::Protocol(
-                "labels are shared in this run: the head is at governance".into(),
-            ));
-        }
-        if share.head.is_none() {
-            let device = training_device();
-            let config = HeadConfig {
-                input: width,
-                layers: Vec::new(),
-                outputs: 2,
-            };
-            let head = seeded(&device, part_seed(seed, HEAD_PART), || config.init(&device));
-            share.head = Some(LabelOwner::new(
-                name,
-                Targets::Classes(share.labels.clone()),
-                objective(),
-                head,
-                &optimizer,
-                device,
-            ));
-        }
-        Ok(share.head.as_mut().expect("built above"))
+        self.session.cut_width()
     }
 
     /// Sales without label sharing: HR@10 and NDCG@10 of the test examples its head scored.
     pub fn rank(&mut self) -> Result<RankingMetrics, SplitError> {
-        let share = self.sales_share()?;
-        let head = share
-            .head
-            .as_mut()
-            .ok_or_else(|| SplitError::Protocol("the head has scored nothing".into()))?;
-        let scores = positive_scores(&mut head.report());
-        rank_cases(&scores, &share.labels)
+        let scores = positive_scores(&mut self.session.own_report()?);
+        rank_cases(&scores, &self.sales_share()?.labels)
+    }
+}
+
+impl HoldsSession for NcfParty {
+    fn session(&self) -> &PartySession {
+        &self.session
     }
 
-    /// Saves the bottom (and the head, when kept here) under `dir`.
-    pub fn save(&self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
-        let mut written = Vec::new();
-        if let Some(bottom) = &self.bottom {
-            written.push(bottom.save(dir)?);
-        }
-        if let Share::Sales(share) = &self.share
-            && let Some(head) = &share.head
-        {
-            written.push(head.save(dir)?);
-        }
-        Ok(written)
+    fn session_mut(&mut self) -> &mut PartySession {
+        &mut self.session
     }
+}
+
+/// Sales's head without label sharing, for a tower output `width` wide.
+fn sales_head(
+    name: String,
+    targets: Targets,
+    width: usize,
+    optimizer: &OptimizerSpec,
+    seed: u64,
+) -> LabelOwner {
+    let device = training_device();
+    let config = HeadConfig {
+        input: width,
+        layers: Vec::new(),
+        outputs: 2,
+    };
+    let head = seeded(&device, part_seed(seed, HEAD_PART), || config.init(&device));
+    LabelOwner::new(name, targets, objective(), head, optimizer, device)
 }
 
 /// Governance's view of a split NCF run's domains: a split job's [`Transport`], plus the routing
@@ -575,13 +563,11 @@ pub trait NcfTransport: Transport {
 }
 
 /// The three domains in this process: sales, customer, product.
-pub struct NcfInProcess {
-    pub parties: [NcfParty; 3],
-}
+pub type NcfInProcess = InProcess<NcfParty>;
 
 impl NcfInProcess {
     /// Hands sales's entity ids to customer and product, as governance does over the mesh.
-    pub fn new(
+    pub fn with_parties(
         mut sales: NcfParty,
         mut customer: NcfParty,
         mut product: NcfParty,
@@ -590,67 +576,8 @@ impl NcfInProcess {
         customer.set_entities(&users)?;
         product.set_entities(&items)?;
         Ok(Self {
-            parties: [sales, customer, product],
+            parties: vec![sales, customer, product],
         })
-    }
-}
-
-impl Transport for NcfInProcess {
-    fn forward(&mut self, plan: &BatchPlan) -> Result<Vec<CutActivation>, SplitError> {
-        self.parties
-            .iter_mut()
-            .map(|p| p.bottom_mut()?.forward(plan))
-            .collect()
-    }
-
-    fn backward(
-        &mut self,
-        gradients: Vec<CutLayerGradient>,
-        _next: Option<&BatchPlan>,
-    ) -> Result<(), SplitError> {
-        check_one_per_domain(gradients.len(), self.parties.len())?;
-        for (party, gradient) in self.parties.iter_mut().zip(&gradients) {
-            party.bottom_mut()?.backward(gradient)?;
-        }
-        Ok(())
-    }
-
-    fn head_train(
-        &mut self,
-        plan: &BatchPlan,
-        tower_output: CutActivation,
-    ) -> Result<HeadStep, SplitError> {
-        self.parties[0]
-            .head(tower_output.cols)?
-            .train(plan, &tower_output)
-    }
-
-    fn head_eval(
-        &mut self,
-        plan: &BatchPlan,
-        tower_output: CutActivation,
-    ) -> Result<(), SplitError> {
-        self.parties[0]
-            .head(tower_output.cols)?
-            .eval(plan, &tower_output)
-    }
-
-    fn head_report(&mut self) -> Result<EvaluationReport, SplitError> {
-        Err(SplitError::Protocol(
-            "sales ranks the test cases itself (`head_ranking`); it reports no scores".into(),
-        ))
-    }
-
-    fn shared_labels(&mut self) -> Result<Targets, SplitError> {
-        self.parties[0].labels()
-    }
-
-    fn save_parts(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
-        let mut written = Vec::new();
-        for party in &self.parties {
-            written.extend(party.save(dir)?);
-        }
-        Ok(written)
     }
 }
 
@@ -678,6 +605,8 @@ pub struct SplitNcf<T: NcfTransport> {
     share_labels: bool,
     /// How many examples the domains hold now.
     examples: usize,
+    /// Training epochs begun.
+    epochs: usize,
 }
 
 /// Rows scored per evaluation plan.
@@ -718,11 +647,18 @@ impl<T: NcfTransport> SplitNcf<T> {
             trainer,
             share_labels,
             examples: 0,
+            epochs: 0,
         })
     }
 
     pub fn transport(&self) -> &T {
         self.trainer.transport()
+    }
+
+    /// Every party saves the parts it holds: each domain its bottom (and sales its head) in its
+    /// own storage, governance its tower (and the head, with label sharing) under `dir`.
+    pub fn save(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
+        self.trainer.save(dir)
     }
 
     pub fn transport_mut(&mut self) -> &mut T {
@@ -739,6 +675,7 @@ impl<T: NcfTransport> SplitNcf<T> {
 
 impl<T: NcfTransport> Recommender for SplitNcf<T> {
     fn next_epoch(&mut self) -> Result<usize, SplitError> {
+        self.epochs += 1;
         self.take_examples(ExamplePass::Training)
     }
 
@@ -760,6 +697,12 @@ impl<T: NcfTransport> Recommender for SplitNcf<T> {
             }
             self.trainer.announce(plans.get(i + 1));
             let loss = self.trainer.train_step(plan)?;
+            if !loss.is_finite() {
+                return Err(SplitError::Diverged {
+                    epoch: self.epochs,
+                    batch: i + 1,
+                });
+            }
             loss_sum += loss as f64 * plan.rows.len() as f64;
             observer.batch_done(loss);
         }
@@ -795,8 +738,7 @@ pub type InProcessNcf = SplitNcf<NcfInProcess>;
 mod tests {
     use super::*;
     use crate::recommend::{
-        PreparedRecommendation, RankingConfig, RecommendationSpec, popularity,
-        write_synthetic_movielens_job,
+        PreparedRecommendation, RecommendationSpec, popularity, write_synthetic_movielens_job,
     };
 
     /// The MovieLens example's job over 60 synthetic users of two taste groups, 200 films.
@@ -821,18 +763,18 @@ mod tests {
         let job = synthetic(dir.path(), 6);
         let stop = AtomicBool::new(false);
         let runs: Vec<_> = [
-            RankingConfig::SplitLabelSharing,
-            RankingConfig::SplitLabelOwner,
+            crate::job::RunConfig::SplitLabelSharing,
+            crate::job::RunConfig::SplitLabelOwner,
         ]
-        .into_iter()
+        .iter()
         .map(|config| job.run(config, 1, &crate::Silent, &stop).unwrap())
         .collect();
         let baseline = popularity(&job.split, job.data.interactions.items.len());
-        assert_eq!(runs[0].metrics.users, 60);
+        let split = runs[0].metrics.ranking().unwrap();
+        assert_eq!(split.users, 60);
         assert!(
-            runs[0].metrics.hit_ratio > baseline.hit_ratio + 0.2,
-            "split {:?} vs popularity {baseline:?}",
-            runs[0].metrics
+            split.hit_ratio > baseline.hit_ratio + 0.2,
+            "split {split:?} vs popularity {baseline:?}"
         );
         // Where the head runs changes who sees what, not the arithmetic.
         assert_eq!(runs[0].metrics, runs[1].metrics);

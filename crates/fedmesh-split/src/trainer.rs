@@ -483,6 +483,12 @@ pub fn fit(
             }
             trainer.announce(plans.get(i + 1));
             let loss = trainer.train_step(plan)?;
+            if !loss.is_finite() {
+                return Err(SplitError::Diverged {
+                    epoch,
+                    batch: i + 1,
+                });
+            }
             loss_sum += loss as f64 * plan.rows.len() as f64;
             observer.batch_done(loss);
         }

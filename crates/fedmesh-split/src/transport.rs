@@ -11,6 +11,7 @@ use fedmesh_model::Targets;
 use crate::SplitError;
 use crate::party::{DomainParty, HeadStep, LabelOwner};
 use crate::scores::EvaluationReport;
+use crate::session::PartySession;
 use crate::wire::{BatchPlan, CutActivation, CutLayerGradient};
 
 /// Governance's view of the domains of a split job.
@@ -64,26 +65,97 @@ pub fn check_one_per_domain(gradients: usize, domains: usize) -> Result<(), Spli
     }
 }
 
-/// All parties in this process.
-pub struct InProcess {
-    pub domains: Vec<DomainParty>,
-    /// Present without label sharing.
-    pub label_owner: Option<LabelOwner>,
-    /// Present with label sharing: what the label owner hands governance.
-    pub labels: Option<Targets>,
+/// What the in-process transport holds for each domain: its [`PartySession`], or a domain's
+/// share that wraps one (a recommender's domains keep their examples beside it).
+pub trait HoldsSession {
+    fn session(&self) -> &PartySession;
+    fn session_mut(&mut self) -> &mut PartySession;
 }
 
-impl InProcess {
-    fn label_owner(&mut self) -> Result<&mut LabelOwner, SplitError> {
-        self.label_owner.as_mut().ok_or_else(|| {
-            SplitError::Protocol("this job shares labels: there is no label-owner head".into())
-        })
+impl HoldsSession for PartySession {
+    fn session(&self) -> &PartySession {
+        self
+    }
+
+    fn session_mut(&mut self) -> &mut PartySession {
+        self
     }
 }
 
-impl Transport for InProcess {
+/// All parties in this process, each behind the [`PartySession`] a domain node would drive: the
+/// same checks and arithmetic as over the network.
+pub struct InProcess<P = PartySession> {
+    /// The feature domains (those with a bottom) answer plans and gradients in this order; the
+    /// first party with a head answers the head's messages, the first with shared labels hands
+    /// them over.
+    pub parties: Vec<P>,
+}
+
+impl InProcess {
+    /// The domains' bottoms and, without label sharing, the label owner's head, or, with it,
+    /// the labels it hands governance. A head or labels join the session of the domain of the
+    /// same name, or a session of their own.
+    pub fn new(
+        domains: Vec<DomainParty>,
+        label_owner: Option<LabelOwner>,
+        labels: Option<Targets>,
+    ) -> Self {
+        let mut parties: Vec<PartySession> = domains
+            .into_iter()
+            .map(|d| PartySession::new(d.name.clone()).with_bottom(d))
+            .collect();
+        if let Some(owner) = label_owner {
+            let name = owner.name.clone();
+            attach(&mut parties, &name, |session| session.with_head(owner));
+        }
+        if let Some(labels) = labels {
+            attach(&mut parties, "label owner", |session| {
+                session.with_shared_labels(labels)
+            });
+        }
+        Self { parties }
+    }
+}
+
+/// Adds to the session named `name`, or to a new one.
+fn attach(
+    parties: &mut Vec<PartySession>,
+    name: &str,
+    add: impl FnOnce(PartySession) -> PartySession,
+) {
+    let i = match parties.iter().position(|p| p.name() == name) {
+        Some(i) => i,
+        None => {
+            parties.push(PartySession::new(name));
+            parties.len() - 1
+        }
+    };
+    let session = std::mem::replace(&mut parties[i], PartySession::new(name));
+    parties[i] = add(session);
+}
+
+impl<P: HoldsSession> InProcess<P> {
+    fn bottoms(&mut self) -> impl Iterator<Item = &mut PartySession> {
+        self.parties
+            .iter_mut()
+            .map(HoldsSession::session_mut)
+            .filter(|s| s.has_bottom())
+    }
+
+    fn label_owner(&mut self) -> Result<&mut PartySession, SplitError> {
+        self.parties
+            .iter_mut()
+            .map(HoldsSession::session_mut)
+            .find(|s| s.has_head())
+            .ok_or_else(|| {
+                SplitError::Protocol("this job shares labels: there is no label-owner head".into())
+            })
+    }
+}
+
+impl<P: HoldsSession> Transport for InProcess<P> {
     fn forward(&mut self, plan: &BatchPlan) -> Result<Vec<CutActivation>, SplitError> {
-        self.domains.iter_mut().map(|d| d.forward(plan)).collect()
+        self.bottoms().map(|d| d.forward(plan)).collect()
     }
 
     fn backward(
@@ -91,8 +163,8 @@ impl Transport for InProcess {
         gradients: Vec<CutLayerGradient>,
         _next: Option<&BatchPlan>,
     ) -> Result<(), SplitError> {
-        check_one_per_domain(gradients.len(), self.domains.len())?;
-        for (domain, gradient) in self.domains.iter_mut().zip(&gradients) {
+        check_one_per_domain(gradients.len(), self.bottoms().count())?;
+        for (domain, gradient) in self.bottoms().zip(&gradients) {
             domain.backward(gradient)?;
         }
         Ok(())
@@ -103,7 +175,7 @@ impl Transport for InProcess {
         plan: &BatchPlan,
         tower_output: CutActivation,
     ) -> Result<HeadStep, SplitError> {
-        self.label_owner()?.train(plan, &tower_output)
+        self.label_owner()?.head_train(plan, &tower_output)
     }
 
     fn head_eval(
@@ -111,27 +183,28 @@ impl Transport for InProcess {
         plan: &BatchPlan,
         tower_output: CutActivation,
     ) -> Result<(), SplitError> {
-        self.label_owner()?.eval(plan, &tower_output)
+        self.label_owner()?.head_eval(plan, &tower_output)
     }
 
     fn head_report(&mut self) -> Result<EvaluationReport, SplitError> {
-        Ok(self.label_owner()?.report())
+        self.label_owner()?.head_report()
     }
 
     fn shared_labels(&mut self) -> Result<Targets, SplitError> {
-        self.labels.clone().ok_or_else(|| {
-            SplitError::Protocol("the label owner keeps its labels in this job".into())
-        })
+        self.parties
+            .iter()
+            .map(HoldsSession::session)
+            .find_map(|s| s.shared_labels().ok())
+            .cloned()
+            .ok_or_else(|| {
+                SplitError::Protocol("the label owner keeps its labels in this job".into())
+            })
     }
 
     fn save_parts(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
-        let mut written = self
-            .domains
-            .iter()
-            .map(|d| d.save(dir))
-            .collect::<Result<Vec<_>, _>>()?;
-        if let Some(owner) = &self.label_owner {
-            written.push(owner.save(dir)?);
+        let mut written = Vec::new();
+        for party in &self.parties {
+            written.extend(party.session().save(dir)?);
         }
         Ok(written)
     }

@@ -75,11 +75,7 @@ fn train(objective: Objective, targets: Targets, features: Vec<FeatureMatrix>) -
         device.clone(),
     );
     let mut trainer = SplitTrainer::new(
-        InProcess {
-            domains,
-            label_owner: Some(owner),
-            labels: None,
-        },
+        InProcess::new(domains, Some(owner), None),
         tower,
         LabelPlacement::LabelOwner,
         objective,

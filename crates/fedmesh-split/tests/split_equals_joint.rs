@@ -182,11 +182,7 @@ fn split_trainer(f: &Fixture, share_labels: bool) -> SplitTrainer<Recording> {
         )
     };
     let transport = Recording {
-        inner: InProcess {
-            domains,
-            label_owner,
-            labels,
-        },
+        inner: InProcess::new(domains, label_owner, labels),
         gradients: Vec::new(),
     };
     SplitTrainer::new(
@@ -303,7 +299,8 @@ fn check(share_labels: bool) {
     }
     // Same weights after three optimizer steps, part by part.
     let inner = &split.transport().inner;
-    for (d, (party, bottom)) in inner.domains.iter().zip(&joint.bottoms).enumerate() {
+    let bottoms = inner.parties.iter().filter_map(|p| p.bottom());
+    for (d, (party, bottom)) in bottoms.zip(&joint.bottoms).enumerate() {
         assert_close(
             &format!("bottom {d} weights"),
             &flatten(party.model()),
@@ -320,7 +317,8 @@ fn check(share_labels: bool) {
         &flatten(split.tower()),
         &flatten(&joint.tower),
     );
-    let head = match (&inner.label_owner, split.head()) {
+    let owner = inner.parties.iter().find_map(|p| p.head());
+    let head = match (owner, split.head()) {
         (Some(owner), None) => owner.head().clone(),
         (None, Some(head)) => head.clone(),
         _ => panic!("the head lives in exactly one place"),

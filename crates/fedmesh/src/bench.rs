@@ -318,7 +318,9 @@ fn split_network(bench: &SplitBench) -> Result<()> {
 
 /// `fedmesh bench ncf`: the split NCF's training throughput in-process and over the network.
 fn ncf(example: &std::path::Path, epochs: usize, network_only: bool) -> Result<()> {
-    use fedmesh_split::recommend::{RankingConfig, RecommendationSpec};
+    use fedmesh_split::AnyJob;
+    use fedmesh_split::job::RunConfig;
+    use fedmesh_split::recommend::RecommendationSpec;
     use std::sync::atomic::AtomicBool;
     anyhow::ensure!(epochs >= 1, "--epochs must be at least 1");
     let (mut spec, file) = RecommendationSpec::load(example)?;
@@ -331,13 +333,10 @@ fn ncf(example: &std::path::Path, epochs: usize, network_only: bool) -> Result<(
         spec.name, positives, per_epoch, spec.training.negatives, spec.training.batch_size
     );
     let stop = AtomicBool::new(false);
-    let configs = [
-        RankingConfig::SplitLabelOwner,
-        RankingConfig::SplitLabelSharing,
-    ];
+    let configs = [RunConfig::SplitLabelOwner, RunConfig::SplitLabelSharing];
     let mut local = Vec::new();
     if !network_only {
-        for config in configs {
+        for config in &configs {
             let progress =
                 crate::progress::RunProgress::new(format!("{} in-process", config.name()), epochs);
             let run = prepared.run(config, 1, &progress, &stop)?;
@@ -348,7 +347,7 @@ fn ncf(example: &std::path::Path, epochs: usize, network_only: bool) -> Result<(
                 run.samples_per_second,
                 run.samples_per_second / (1 + spec.training.negatives) as f64,
                 run.train_seconds,
-                run.metrics.hit_ratio
+                run.metrics.headline()
             );
             local.push(run.samples_per_second);
         }
@@ -357,17 +356,19 @@ fn ncf(example: &std::path::Path, epochs: usize, network_only: bool) -> Result<(
     let result = (|| -> Result<()> {
         let domains = crate::mesh::recommendation_domains(&spec, &file);
         let (mut nodes, mesh) = node_mesh(&domains, &dir.join("mesh"), Duration::from_secs(120))?;
-        for (k, config) in configs.into_iter().enumerate() {
+        let job = AnyJob::Recommendation(Box::new(spec.clone()));
+        for (k, config) in configs.iter().enumerate() {
             let progress =
                 crate::progress::RunProgress::new(format!("{} network", config.name()), epochs);
-            let run = mesh.run_recommendation(
-                &spec,
+            let run = mesh.run(
+                &job,
                 &format!("bench-ncf-{}", config.name()),
                 "operator",
                 config,
                 1,
                 &progress,
                 &stop,
+                None,
             )?;
             progress.clear();
             let wire = run.wire.expect("network runs count their bytes");
@@ -386,7 +387,7 @@ fn ncf(example: &std::path::Path, epochs: usize, network_only: bool) -> Result<(
                 run.samples_per_second,
                 run.samples_per_second / (1 + spec.training.negatives) as f64,
                 run.train_seconds,
-                run.metrics.hit_ratio,
+                run.metrics.headline(),
                 wire.to_domains as f64 / 1e6,
                 wire.from_domains as f64 / 1e6,
             );

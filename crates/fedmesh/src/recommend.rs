@@ -6,8 +6,9 @@ use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
-use fedmesh_split::SplitError;
-use fedmesh_split::recommend::{RankingConfig, RankingResult, RecommendationSpec};
+use fedmesh_split::job::{RunConfig, RunResult};
+use fedmesh_split::recommend::{RANKING_CONFIGS, RankingMetrics, RecommendationSpec};
+use fedmesh_split::{AnyJob, MESH_CONFIGS, SplitError};
 use serde::{Deserialize, Serialize};
 
 use crate::progress::RunProgress;
@@ -25,7 +26,7 @@ pub struct RankingResults {
     /// Where the held-out items and their negatives come from.
     pub split: String,
     pub test_users: usize,
-    pub runs: Vec<RankingResult>,
+    pub runs: Vec<RunResult>,
 }
 
 fn mean_std(values: &[f64]) -> (f64, f64) {
@@ -59,10 +60,11 @@ pub fn table(results: &RankingResults) -> String {
         }
     }
     for config in configs {
-        let runs: Vec<&RankingResult> =
-            results.runs.iter().filter(|r| r.config == config).collect();
-        let (hr, hr_sd) = mean_std(&runs.iter().map(|r| r.metrics.hit_ratio).collect::<Vec<_>>());
-        let (ndcg, ndcg_sd) = mean_std(&runs.iter().map(|r| r.metrics.ndcg).collect::<Vec<_>>());
+        let runs: Vec<&RunResult> = results.runs.iter().filter(|r| r.config == config).collect();
+        let ranking: Vec<&RankingMetrics> =
+            runs.iter().filter_map(|r| r.metrics.ranking()).collect();
+        let (hr, hr_sd) = mean_std(&ranking.iter().map(|m| m.hit_ratio).collect::<Vec<_>>());
+        let (ndcg, ndcg_sd) = mean_std(&ranking.iter().map(|m| m.ndcg).collect::<Vec<_>>());
         let (secs, _) = mean_std(&runs.iter().map(|r| r.train_seconds).collect::<Vec<_>>());
         let (rate, _) = mean_std(
             &runs
@@ -80,12 +82,6 @@ pub fn table(results: &RankingResults) -> String {
 }
 
 pub fn run(file: &Path, options: RunOptions, stop: &AtomicBool) -> Result<RankingResults> {
-    if options.mesh.is_some() {
-        bail!(
-            "governance's job service does not run recommendation jobs yet: run without --mesh, or train the split NCF over node processes with `fedmesh bench ncf {}`",
-            file.display()
-        );
-    }
     if options.data.is_some() {
         bail!(
             "--data is for classification jobs; a recommendation job names its dataset in `data:`"
@@ -95,18 +91,13 @@ pub fn run(file: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Rankin
     if let Some(epochs) = options.epochs {
         spec.training.epochs = epochs;
     }
-    let configs: Vec<RankingConfig> = if options.configs.is_empty() {
-        vec![
-            RankingConfig::Popularity,
-            RankingConfig::Centralized,
-            RankingConfig::SplitLabelSharing,
-            RankingConfig::SplitLabelOwner,
-        ]
+    let configs: Vec<RunConfig> = if options.configs.is_empty() {
+        RANKING_CONFIGS.to_vec()
     } else {
         options
             .configs
             .iter()
-            .map(|c| RankingConfig::parse(c).map_err(anyhow::Error::msg))
+            .map(|c| c.parse::<RunConfig>().map_err(anyhow::Error::msg))
             .collect::<Result<_>>()?
     };
     let seeds: Vec<u64> = match options.seeds {
@@ -141,18 +132,24 @@ pub fn run(file: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Rankin
         "{} users, {} items, {} interactions; {} held out ({})",
         results.users, results.items, results.interactions, results.test_users, results.split
     );
-    for &config in &configs {
+    let submitted = AnyJob::Recommendation(Box::new(prepared.spec.clone()));
+    for config in &configs {
         for &seed in &seeds {
             let progress = RunProgress::new(
                 format!("{} seed {seed}", config.name()),
                 prepared.spec.training.epochs,
             );
-            match prepared.run(config, seed, &progress, stop) {
+            let outcome = match &options.mesh {
+                Some(mesh) if MESH_CONFIGS.contains(config) => {
+                    mesh.run(&submitted, config, seed, &progress, stop)
+                }
+                _ => prepared.run(config, seed, &progress, stop),
+            };
+            match outcome {
                 Ok(result) => {
-                    progress.finish(format!(
-                        "HR@10 {:.4}, NDCG@10 {:.4}",
-                        result.metrics.hit_ratio, result.metrics.ndcg
-                    ));
+                    if let Some(m) = result.metrics.ranking() {
+                        progress.finish(format!("HR@10 {:.4}, NDCG@10 {:.4}", m.hit_ratio, m.ndcg));
+                    }
                     results.runs.push(result);
                     write_json(&out.join("results.json"), &results)?;
                 }

@@ -6,9 +6,10 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
 use fedmesh_net::client::JobProgress;
-use fedmesh_net::governance::MESH_CONFIGS;
 use fedmesh_net::{MeshIdentity, NodeEndpoint};
 use fedmesh_proto::v1::JobRequest;
+use fedmesh_split::AnyJob;
+use fedmesh_split::MESH_CONFIGS;
 use fedmesh_split::SplitError;
 use fedmesh_split::job::{AlignmentMethod, Job, RunConfig, RunResult};
 use serde::{Deserialize, Serialize};
@@ -95,9 +96,9 @@ impl MeshClient {
     }
 
     /// One configuration and seed of `job` on the mesh.
-    fn run(
+    pub fn run(
         &self,
-        job: &Job,
+        job: &AnyJob,
         config: &RunConfig,
         seed: u64,
         progress: &RunProgress,
@@ -313,6 +314,7 @@ fn run_classification(example: &Path, options: RunOptions, stop: &AtomicBool) ->
         test_rows: prepared.partition.test.len(),
         runs: Vec::new(),
     };
+    let submitted = AnyJob::Vertical(Box::new(job.clone()));
     for config in &configs {
         for &seed in &seeds {
             let label = format!("{} seed {seed}", config.name());
@@ -322,7 +324,7 @@ fn run_classification(example: &Path, options: RunOptions, stop: &AtomicBool) ->
                 .join(format!("{}-seed{seed}", config.name().replace(':', "-")));
             let outcome = match &options.mesh {
                 Some(mesh) if MESH_CONFIGS.contains(config) => {
-                    mesh.run(&job, config, seed, &progress, stop)
+                    mesh.run(&submitted, config, seed, &progress, stop)
                 }
                 _ => prepared.run(config, seed, &progress, stop, Some(&models)),
             };
@@ -402,11 +404,11 @@ pub fn submit(
     out: Option<PathBuf>,
     stop: &AtomicBool,
 ) -> Result<Results> {
-    let job = Job::load(job)?;
+    let job = AnyJob::load(job)?;
     let client = MeshClient::of(mesh)?;
-    let out = out.unwrap_or_else(|| default_out(&job.spec.name));
+    let out = out.unwrap_or_else(|| default_out(job.name()));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let epochs = epochs.map_or(job.spec.training.epochs, |e| e as usize);
+    let epochs = epochs.map_or(job.epochs(), |e| e as usize);
     let request = JobRequest {
         spec_yaml: job.to_portable_yaml()?,
         configs,
@@ -415,7 +417,9 @@ pub fn submit(
     };
     println!(
         "submitting `{}` to {} at {}",
-        job.spec.name, client.governance.name, client.governance.url
+        job.name(),
+        client.governance.name,
+        client.governance.url
     );
     let mut current: Option<RunProgress> = None;
     let mut finished: Vec<RunResult> = Vec::new();
@@ -462,8 +466,8 @@ pub fn submit(
     let runs = finished;
     let first = runs.first();
     let results = Results {
-        example: job.spec.name.clone(),
-        description: job.spec.description.clone(),
+        example: job.name().to_string(),
+        description: job.description().to_string(),
         source: format!("the domain nodes of {}", mesh.display()),
         rows: first.map_or(0, |r| r.train_rows + r.valid_rows + r.test_rows),
         train_rows: first.map_or(0, |r| r.train_rows),
@@ -496,7 +500,7 @@ pub fn submit_detached(
     seeds: Vec<u64>,
     epochs: Option<u32>,
 ) -> Result<()> {
-    let job = Job::load(job)?;
+    let job = AnyJob::load(job)?;
     let client = MeshClient::of(mesh)?;
     let request = JobRequest {
         spec_yaml: job.to_portable_yaml()?,

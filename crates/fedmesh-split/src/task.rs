@@ -1,0 +1,140 @@
+//! A job of any task, read from one `job.yaml`.
+//!
+//! A vertical split job ([`Job`]: classification or regression over the domains' columns of the
+//! same entities) and a recommendation job ([`RecommendationSpec`]: interactions at sales,
+//! entity tables at customer and product) differ in how their data is joined and ranked, not in
+//! what a mesh does with them: both are admitted by every domain they name, run a list of
+//! configurations × seeds, and register a model per run. [`AnyJob`] is what the CLI, the mesh
+//! driver and governance's job service hold, so each has one path for every task.
+
+use std::path::{Path, PathBuf};
+
+use crate::SplitError;
+use crate::job::{Job, LabelSharingFallback, RunConfig, read_spec};
+use crate::recommend::RecommendationSpec;
+
+/// The split configurations, which run over a mesh: the others need every domain's data in one
+/// place.
+pub const MESH_CONFIGS: [RunConfig; 2] = [RunConfig::SplitLabelSharing, RunConfig::SplitLabelOwner];
+
+/// A job spec of any task. See the module documentation.
+#[derive(Debug, Clone)]
+pub enum AnyJob {
+    /// Classification or regression over the domains' columns of the same entities.
+    Vertical(Box<Job>),
+    /// Ranking items for users (`task: recommendation`).
+    Recommendation(Box<RecommendationSpec>),
+}
+
+impl AnyJob {
+    /// Reads a job spec; `path` may be the spec file or the folder holding `job.yaml`.
+    pub fn load(path: &Path) -> Result<Self, SplitError> {
+        let (text, file) = read_spec(path)?;
+        Self::from_yaml(&text, &file)
+    }
+
+    /// Reads a job spec sent as text; `file` names it in errors and anchors relative paths.
+    pub fn from_yaml(text: &str, file: &Path) -> Result<Self, SplitError> {
+        if crate::recommend::is_recommendation(text) {
+            Ok(Self::Recommendation(Box::new(
+                RecommendationSpec::from_yaml(text, file)?,
+            )))
+        } else {
+            Ok(Self::Vertical(Box::new(Job::from_yaml(text, file)?)))
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Self::Vertical(job) => &job.spec.name,
+            Self::Recommendation(spec) => &spec.name,
+        }
+    }
+
+    pub fn description(&self) -> &str {
+        match self {
+            Self::Vertical(job) => &job.spec.description,
+            Self::Recommendation(spec) => &spec.description,
+        }
+    }
+
+    /// What the job's data is used for, as each contract's `flAllowedPurposes` must allow.
+    pub fn purpose(&self) -> Option<&str> {
+        match self {
+            Self::Vertical(job) => job.spec.purpose.as_deref(),
+            Self::Recommendation(spec) => spec.purpose.as_deref(),
+        }
+    }
+
+    /// How the job learns, as each contract's `flAllowedTechniques` must allow.
+    pub fn technique(&self) -> &str {
+        match self {
+            Self::Vertical(job) => &job.spec.technique,
+            Self::Recommendation(_) => "split-learning",
+        }
+    }
+
+    pub fn seeds(&self) -> &[u64] {
+        match self {
+            Self::Vertical(job) => &job.spec.seeds,
+            Self::Recommendation(spec) => &spec.seeds,
+        }
+    }
+
+    pub fn epochs(&self) -> usize {
+        match self {
+            Self::Vertical(job) => job.spec.training.epochs,
+            Self::Recommendation(spec) => spec.training.epochs,
+        }
+    }
+
+    pub fn set_epochs(&mut self, epochs: usize) {
+        match self {
+            Self::Vertical(job) => job.spec.training.epochs = epochs,
+            Self::Recommendation(spec) => spec.training.epochs = epochs,
+        }
+    }
+
+    /// The domains the job involves, in the order their activations meet at the cut layer.
+    pub fn domains(&self) -> Vec<&str> {
+        match self {
+            Self::Vertical(job) => job.spec.domains.iter().map(|d| d.name.as_str()).collect(),
+            Self::Recommendation(spec) => [&spec.sales, &spec.customer, &spec.product]
+                .map(|d| d.name.as_str())
+                .to_vec(),
+        }
+    }
+
+    /// The domain that owns the labels.
+    pub fn label_domain(&self) -> &str {
+        match self {
+            Self::Vertical(job) => &job.spec.label.domain,
+            Self::Recommendation(spec) => &spec.sales.name,
+        }
+    }
+
+    /// What happens when the label owner forbids label sharing.
+    pub fn on_label_sharing_forbidden(&self) -> LabelSharingFallback {
+        match self {
+            Self::Vertical(job) => job.spec.on_label_sharing_forbidden,
+            Self::Recommendation(_) => LabelSharingFallback::SplitLabelOwner,
+        }
+    }
+
+    /// The spec as text for another process: every path absolute, so that it means the same
+    /// wherever it is read (a node still reads its own data, never a path a spec names).
+    pub fn to_portable_yaml(&self) -> Result<String, SplitError> {
+        match self {
+            Self::Vertical(job) => job.to_portable_yaml(),
+            Self::Recommendation(spec) => Ok(spec.to_yaml()),
+        }
+    }
+
+    /// The file the spec was read from (or what names it, for a spec sent as text).
+    pub fn file(&self) -> PathBuf {
+        match self {
+            Self::Vertical(job) => job.file.clone(),
+            Self::Recommendation(spec) => PathBuf::from(format!("job `{}`", spec.name)),
+        }
+    }
+}
