@@ -220,18 +220,17 @@ fn a_recommendation_job_reports_hr_and_ndcg_per_configuration_and_seed() {
         8,
         "popularity, centralized and both split configurations, 2 seeds each"
     );
-    for run in runs {
-        let hr = run["hr@10"].as_f64().unwrap();
-        let ndcg = run["ndcg@10"].as_f64().unwrap();
+    // Every run reports its metrics as a classification run does: under `metrics`.
+    let metric = |k: usize, name: &str| runs[k]["metrics"][name].as_f64().unwrap();
+    for (k, run) in runs.iter().enumerate() {
+        let (hr, ndcg) = (metric(k, "hr@10"), metric(k, "ndcg@10"));
         assert!(ndcg > 0.0 && ndcg < hr && hr < 1.0, "{run}");
+        assert_eq!(run["metrics"]["users"], 943);
     }
-    assert!(
-        (runs[0]["hr@10"].as_f64().unwrap() - 0.4062).abs() < 1e-4,
-        "popularity"
-    );
+    assert!((metric(0, "hr@10") - 0.4062).abs() < 1e-4, "popularity");
     // Where the split model's head runs changes who sees the labels, not the numbers.
     assert_eq!(runs[4]["config"], "split-label-sharing");
     assert_eq!(runs[6]["config"], "split-label-owner");
-    assert_eq!(runs[4]["hr@10"], runs[6]["hr@10"]);
-    assert_eq!(runs[5]["ndcg@10"], runs[7]["ndcg@10"]);
+    assert_eq!(metric(4, "hr@10"), metric(6, "hr@10"));
+    assert_eq!(metric(5, "ndcg@10"), metric(7, "ndcg@10"));
 }
