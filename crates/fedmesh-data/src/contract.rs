@@ -308,13 +308,61 @@ impl DataContract {
         } else {
             None
         };
-        match problem {
-            Some(message) => Err(DataError::Contract {
+        let problems: Vec<String> = problem
+            .into_iter()
+            .chain(contract.term_problems())
+            .collect();
+        if problems.is_empty() {
+            Ok(contract)
+        } else {
+            Err(DataError::Contract {
                 path: path.to_path_buf(),
-                message,
-            }),
-            None => Ok(contract),
+                message: problems.join("; "),
+            })
         }
+    }
+
+    /// What in the contract fedmesh cannot read for certain: a federated-learning term it does
+    /// not know (`fl…`, in any case), a known one in the wrong case or with a value of the wrong
+    /// kind, a classification outside [`CLASSIFICATIONS`], or a field that looks like a
+    /// misspelling of one fedmesh acts on. A product's rules fail closed: a term that would
+    /// otherwise be skipped (and so allow what its owner meant to forbid) stops the contract.
+    fn term_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for custom in &self.custom_properties {
+            let name = custom.property.as_str();
+            match FL_TERMS.iter().find(|t| t.eq_ignore_ascii_case(name)) {
+                Some(&term) if term != name => problems.push(format!(
+                    "customProperties: `{name}` must be spelled `{term}`"
+                )),
+                Some(_) => problems.extend(fl_value_problem(name, &custom.value)),
+                None if name.len() >= 2 && name[..2].eq_ignore_ascii_case("fl") => {
+                    problems.push(format!(
+                        "customProperties: `{name}` is not a federated-learning term fedmesh knows ({})",
+                        FL_TERMS.join(", ")
+                    ))
+                }
+                None => {}
+            }
+        }
+        problems.extend(misspelt("the contract", &self.extra, CONTRACT_FIELDS));
+        for table in &self.schema {
+            let at = format!("schema `{}`", table.name);
+            problems.extend(misspelt(&at, &table.extra, TABLE_FIELDS));
+            for column in &table.properties {
+                let at = format!("column `{}`", column.name);
+                if let Some(class) = &column.classification
+                    && !CLASSIFICATIONS.contains(&class.as_str())
+                {
+                    problems.push(format!(
+                        "{at}: classification `{class}` is not one fedmesh knows ({}); a column it cannot classify is refused, never taken as public",
+                        CLASSIFICATIONS.join(", ")
+                    ));
+                }
+                problems.extend(misspelt(&at, &column.extra, PROPERTY_FIELDS));
+            }
+        }
+        problems
     }
 
     /// Serializes the contract back to YAML, unknown fields included.
@@ -396,6 +444,114 @@ impl SchemaProperty {
     }
 }
 
+/// The federated-learning terms of a contract's `customProperties`.
+pub const FL_TERMS: [&str; 5] = [
+    "flAllowedPurposes",
+    "flAllowedTechniques",
+    "flLabelColumns",
+    "flLabelSharing",
+    "flMinRecords",
+];
+
+/// The column classifications fedmesh reads; `restricted` and `confidential` columns are never
+/// features.
+pub const CLASSIFICATIONS: [&str; 4] = ["public", "internal", "restricted", "confidential"];
+
+/// Fields fedmesh acts on, per level: an unknown field that differs from one of these only in
+/// case or by a letter or two is a misspelling that would drop a rule.
+const CONTRACT_FIELDS: &[&str] = &[
+    "customProperties",
+    "schema",
+    "servers",
+    "domain",
+    "dataProduct",
+    "version",
+    "status",
+];
+const TABLE_FIELDS: &[&str] = &["properties", "quality", "physicalName"];
+const PROPERTY_FIELDS: &[&str] = &[
+    "classification",
+    "tags",
+    "logicalType",
+    "physicalName",
+    "required",
+    "unique",
+    "primaryKey",
+    "quality",
+];
+
+/// Unknown fields in `extra` that look like a misspelling of one of `fields`.
+fn misspelt(at: &str, extra: &Extra, fields: &[&str]) -> Vec<String> {
+    extra
+        .keys()
+        .filter_map(|key| {
+            let near = fields.iter().find(|f| {
+                f.eq_ignore_ascii_case(key)
+                    || edit_distance(&f.to_ascii_lowercase(), &key.to_ascii_lowercase()) <= 2
+            })?;
+            Some(format!(
+                "{at}: `{key}` is not an ODCS field; did you mean `{near}`?"
+            ))
+        })
+        .collect()
+}
+
+/// Levenshtein distance (the keys compared are short).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut previous = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous + usize::from(ca != *cb);
+            previous = row[j + 1];
+            row[j + 1] = substitution.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
+/// Why a known term's value cannot be read, if it cannot.
+fn fl_value_problem(term: &str, value: &Value) -> Option<String> {
+    let strings = |value: &Value| match value {
+        Value::String(_) => true,
+        Value::Sequence(items) => items.iter().all(|v| matches!(v, Value::String(_))),
+        _ => false,
+    };
+    match term {
+        "flLabelSharing" => match value {
+            Value::String(v) if v == "allowed" || v == "forbidden" => None,
+            _ => Some(format!(
+                "customProperties: flLabelSharing is `{}`; it must be `allowed` or `forbidden`",
+                show(value)
+            )),
+        },
+        "flMinRecords" => match value {
+            Value::Number(n) if n.as_u64().is_some() => None,
+            Value::String(v) if v.parse::<u64>().is_ok() => None,
+            _ => Some(format!(
+                "customProperties: flMinRecords is `{}`; it must be a whole number of rows",
+                show(value)
+            )),
+        },
+        _ if strings(value) => None,
+        _ => Some(format!(
+            "customProperties: {term} must be a name or a list of names"
+        )),
+    }
+}
+
+/// A short rendering of a term's value (the contract's own text, never data).
+fn show(value: &Value) -> String {
+    let text = serde_norway::to_string(value).unwrap_or_default();
+    let text = text.trim();
+    match text.char_indices().nth(60) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}
+
 fn value_as_string(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
@@ -467,6 +623,106 @@ customProperties:
         let text = CONTRACT.replace("kind: DataContract", "kind: Something");
         let err = DataContract::from_yaml(&text).unwrap_err().to_string();
         assert!(err.contains("expected `DataContract`"), "{err}");
+    }
+
+    /// Each change, and the sentence the refusal must hold.
+    const FAIL_OPEN: &[(&str, &str, &str)] = &[
+        (
+            "classification: restricted",
+            "classification: Restricted",
+            "column `id`: classification `Restricted` is not one fedmesh knows",
+        ),
+        (
+            "classification: restricted",
+            "classification: secret",
+            "classification `secret` is not one fedmesh knows",
+        ),
+        (
+            "classification: restricted",
+            "clasification: restricted",
+            "column `id`: `clasification` is not an ODCS field; did you mean `classification`?",
+        ),
+        (
+            "classification: restricted",
+            "Classification: restricted",
+            "did you mean `classification`?",
+        ),
+        (
+            "customProperties:",
+            "customproperties:",
+            "the contract: `customproperties` is not an ODCS field; did you mean `customProperties`?",
+        ),
+        (
+            "property: flLabelColumns",
+            "property: FLLabelColumns",
+            "`FLLabelColumns` must be spelled `flLabelColumns`",
+        ),
+        (
+            "property: flLabelColumns",
+            "property: flLabelColumn",
+            "`flLabelColumn` is not a federated-learning term fedmesh knows",
+        ),
+        (
+            "{ property: flLabelColumns, value: default }",
+            "{ property: flLabelSharing, value: Forbidden }",
+            "flLabelSharing is `Forbidden`; it must be `allowed` or `forbidden`",
+        ),
+        (
+            "{ property: flLabelColumns, value: default }",
+            "{ property: flMinRecords, value: 10.5 }",
+            "flMinRecords is `10.5`; it must be a whole number of rows",
+        ),
+        (
+            "{ property: flLabelColumns, value: default }",
+            "{ property: flMinRecords, value: -3 }",
+            "flMinRecords is `-3`",
+        ),
+        (
+            "{ property: flLabelColumns, value: default }",
+            "{ property: flAllowedPurposes, value: { any: true } }",
+            "flAllowedPurposes must be a name or a list of names",
+        ),
+    ];
+
+    #[test]
+    fn terms_fedmesh_cannot_read_for_certain_stop_the_contract() {
+        for (from, to, expected) in FAIL_OPEN {
+            assert!(CONTRACT.contains(from), "{from}");
+            let text = CONTRACT.replacen(from, to, 1);
+            let error = DataContract::from_yaml(&text)
+                .map(|_| "accepted".to_string())
+                .unwrap_or_else(|e| e.to_string());
+            assert!(error.contains(expected), "{to}: {error}");
+        }
+        // Every problem at once, so that one edit fixes the contract.
+        let text = CONTRACT
+            .replace("classification: restricted", "classification: Restricted")
+            .replace("property: flLabelColumns", "property: flLabelColumn");
+        let error = DataContract::from_yaml(&text).unwrap_err().to_string();
+        assert!(
+            error.contains("`Restricted`") && error.contains("`flLabelColumn`"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_terms_in_their_right_form_and_other_tools_fields_are_read() {
+        let text = CONTRACT
+            .replace(
+                "{ property: flLabelColumns, value: default }",
+                "{ property: flLabelColumns, value: [default] }\n  - { property: flLabelSharing, value: forbidden }\n  - { property: flMinRecords, value: 100 }\n  - { property: flAllowedPurposes, value: [credit-risk, fraud] }\n  - { property: owner-team, value: risk }",
+            )
+            .replace("x-vendor-note: keep me", "x-vendor-note: keep me\n        businessName: Customer id\n        criticalDataElement: true");
+        let contract = DataContract::from_yaml(&text).unwrap();
+        assert_eq!(contract.custom_strings("flMinRecords"), vec!["100"]);
+        assert_eq!(contract.label_columns(), vec!["default"]);
+        for class in CLASSIFICATIONS {
+            let text = CONTRACT.replace(
+                "classification: restricted",
+                &format!("classification: {class}"),
+            );
+            assert!(DataContract::from_yaml(&text).is_ok(), "{class}");
+        }
     }
 
     #[test]

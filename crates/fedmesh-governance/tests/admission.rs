@@ -825,3 +825,26 @@ fn a_recommendation_job_for_a_purpose_the_domains_do_not_allow_is_denied() {
         );
     }
 }
+
+#[test]
+fn a_contract_term_in_the_wrong_case_denies_the_job_instead_of_being_ignored() {
+    let example = Example::new();
+    // `Forbidden` was once read as no rule at all, and the labels were shared.
+    example.edit(&example.contract("fraud-prevention"), |t| {
+        t.replacen(
+            "property: flLabelSharing\n    value: allowed",
+            "property: flLabelSharing\n    value: Forbidden",
+            1,
+        )
+    });
+    let mesh = start(&example);
+    let job = mesh.submit(&example.job(), &["split-label-sharing"]);
+    assert_eq!(job["state"], "denied", "{job}");
+    let reason = reason(&job);
+    assert!(
+        reason.contains("fraud-prevention")
+            && reason
+                .contains("flLabelSharing is `Forbidden`; it must be `allowed` or `forbidden`"),
+        "{reason}"
+    );
+}

@@ -34,7 +34,7 @@ enum Command {
     /// Run the fraud example end to end on embedded defaults: centralized, split with label
     /// sharing, split without label sharing, and a comparison table.
     Quickstart {
-        /// Where results.json and the report go (default: runs/quickstart-<time>).
+        /// Where results.json and the report go (default: runs/quickstart-TIME).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Seeds to run per configuration.
@@ -58,7 +58,7 @@ enum Command {
         /// Override the job's epoch count.
         #[arg(long)]
         epochs: Option<usize>,
-        /// Where results.json and the report go (default: runs/<example>-<time>).
+        /// Where results.json and the report go (default: runs/EXAMPLE-TIME).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Run the split configurations on the mesh in DIR (started with `fedmesh mesh up`);
@@ -176,7 +176,7 @@ enum JobCommand {
         /// Override the job's epoch count.
         #[arg(long)]
         epochs: Option<u32>,
-        /// Where results.json and the report go (default: runs/<job>-<time>).
+        /// Where results.json and the report go (default: runs/JOB-TIME).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Return once the job is admitted (or denied) instead of following it.
