@@ -174,7 +174,8 @@ fn plan(request: &JobRequest) -> Result<Plan, String> {
         ));
     }
     if request.epochs > 0 {
-        job.set_epochs(request.epochs as usize);
+        job.set_epochs(request.epochs as usize)
+            .map_err(|e| e.to_string())?;
     }
     let configs = if request.configs.is_empty() {
         MESH_CONFIGS.to_vec()

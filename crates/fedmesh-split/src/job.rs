@@ -23,6 +23,7 @@ use fedmesh_model::{
 use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
+use crate::limits::{Limits, MAX_BATCH_ROWS, MAX_CLASSES, MAX_EMBEDDING_WIDTH, MAX_SYNTHETIC_ROWS};
 use crate::party::{DomainParty, LabelOwner};
 use crate::scores::{Curves, Metrics};
 use crate::trainer::{
@@ -412,6 +413,13 @@ impl Job {
             path: file.to_path_buf(),
             message: e.to_string(),
         })?;
+        let limits = spec.limit_problems();
+        if !limits.is_empty() {
+            return Err(SplitError::Spec {
+                path: file.to_path_buf(),
+                message: limits.join("; "),
+            });
+        }
         let problem = if !spec.domains.iter().any(|d| d.name == spec.label.domain) {
             Some(format!(
                 "the label's domain `{}` is not one of the job's domains",
@@ -1021,6 +1029,109 @@ impl JobSpec {
             &self.training.optimizer,
             device,
         )
+    }
+}
+
+impl JobSpec {
+    /// Every number of the spec outside its range (see [`crate::limits`]), one sentence each.
+    pub fn limit_problems(&self) -> Vec<String> {
+        let mut limits = Limits::default();
+        let training = &self.training;
+        limits.epochs("training.epochs", training.epochs);
+        limits.count(
+            "training.batch_size",
+            training.batch_size,
+            2,
+            MAX_BATCH_ROWS,
+        );
+        limits.count(
+            "training.eval_batch_size",
+            training.eval_batch_size,
+            1,
+            MAX_BATCH_ROWS,
+        );
+        limits.optimizer("training.optimizer", &training.optimizer);
+        limits.seeds("seeds", &self.seeds);
+        limits.fraction("split.test_fraction", self.split.test_fraction, true, false);
+        limits.fraction(
+            "split.valid_fraction",
+            self.split.valid_fraction,
+            false,
+            false,
+        );
+        let model = &self.model;
+        let mut parts = vec![
+            ("model.bottom", &model.bottom, true),
+            ("model.tower", &model.tower, false),
+        ];
+        if let Some(centralized) = &model.centralized {
+            parts.push(("model.centralized", centralized, true));
+        }
+        let domain_bottoms: Vec<(String, &LayersSpec)> = self
+            .domains
+            .iter()
+            .filter_map(|d| Some((format!("domains.{}.bottom", d.name), d.bottom.as_ref()?)))
+            .collect();
+        for (field, layers, at_least_one) in parts
+            .into_iter()
+            .map(|(f, l, one)| (f.to_string(), l, one))
+            .chain(domain_bottoms.into_iter().map(|(f, l)| (f, l, true)))
+        {
+            limits.layers(&format!("{field}.layers"), &layers.layers, at_least_one);
+            limits.fraction(&format!("{field}.dropout"), layers.dropout, false, false);
+        }
+        limits.layers("model.head", &model.head, false);
+        for domain in &self.domains {
+            for feature in &domain.features {
+                if let Some(dim) = feature.dim {
+                    limits.count(
+                        &format!("domains.{}.features.{}.dim", domain.name, feature.column),
+                        dim,
+                        1,
+                        MAX_EMBEDDING_WIDTH,
+                    );
+                }
+            }
+        }
+        if let Objective::CrossEntropy {
+            classes,
+            class_weights,
+        } = &self.objective
+        {
+            limits.count("objective.classes", *classes, 2, MAX_CLASSES);
+            if let Some(weights) = class_weights {
+                limits.count(
+                    "objective.class_weights (one per class)",
+                    weights.len(),
+                    *classes,
+                    *classes,
+                );
+                for (class, &weight) in weights.iter().enumerate() {
+                    limits.positive(
+                        &format!("objective.class_weights[{class}]"),
+                        weight as f64,
+                        false,
+                        1e6,
+                    );
+                }
+            }
+        }
+        if let Some(rows) = self.synthetic_rows {
+            limits.count("synthetic_rows", rows, 10, MAX_SYNTHETIC_ROWS);
+        }
+        if let Some(example) = &self.example_data {
+            limits.fraction("example_data.shared", example.shared, true, true);
+        }
+        if let Some(resample) = &self.resample {
+            if let Some(smote) = resample.smote {
+                limits.fraction("resample.smote", smote, true, true);
+            }
+            if let Some(undersample) = resample.undersample {
+                limits.fraction("resample.undersample", undersample, true, true);
+            }
+            limits.count("resample.k", resample.k, 1, 100);
+        }
+        limits.problems()
     }
 }
 

@@ -15,6 +15,7 @@
 pub mod bench;
 pub mod inference;
 pub mod job;
+pub mod limits;
 pub mod party;
 pub mod recommend;
 pub mod scores;

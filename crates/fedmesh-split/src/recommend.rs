@@ -560,7 +560,45 @@ impl RecommendationSpec {
                 spec.data.format
             )));
         }
+        let limits = spec.limit_problems();
+        if !limits.is_empty() {
+            return Err(spec_error(limits.join("; ")));
+        }
         Ok(spec)
+    }
+
+    /// Every number of the spec outside its range (see [`crate::limits`]), one sentence each.
+    pub fn limit_problems(&self) -> Vec<String> {
+        use crate::limits::{MAX_BATCH_ROWS, MAX_EMBEDDING_WIDTH, MAX_NEGATIVES};
+        let mut limits = crate::limits::Limits::default();
+        let training = &self.training;
+        limits.epochs("training.epochs", training.epochs);
+        limits.count(
+            "training.batch_size",
+            training.batch_size,
+            1,
+            MAX_BATCH_ROWS,
+        );
+        limits.count("training.negatives", training.negatives, 1, MAX_NEGATIVES);
+        limits.optimizer("training.optimizer", &training.optimizer);
+        limits.seeds("seeds", &self.seeds);
+        if let Some(model) = &self.model {
+            limits.count("model.factors", model.factors, 1, MAX_EMBEDDING_WIDTH);
+            limits.layers("model.layers", &model.layers, true);
+        }
+        if let Some(split) = &self.split_model {
+            limits.count(
+                "split_model.embedding",
+                split.embedding,
+                1,
+                MAX_EMBEDDING_WIDTH,
+            );
+            limits.layers("split_model.sales", &split.sales, true);
+            limits.layers("split_model.customer.layers", &split.customer.layers, true);
+            limits.layers("split_model.product.layers", &split.product.layers, true);
+            limits.layers("split_model.tower", &split.tower, false);
+        }
+        limits.problems()
     }
 
     /// The spec's text, for the nodes of a mesh.

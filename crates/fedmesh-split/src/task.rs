@@ -88,11 +88,19 @@ impl AnyJob {
         }
     }
 
-    pub fn set_epochs(&mut self, epochs: usize) {
+    /// Trains for `epochs` instead of the spec's; refused outside `1..=MAX_EPOCHS`.
+    pub fn set_epochs(&mut self, epochs: usize) -> Result<(), SplitError> {
+        let epochs = crate::limits::checked_epochs("epochs", epochs).map_err(|message| {
+            SplitError::Spec {
+                path: self.file(),
+                message,
+            }
+        })?;
         match self {
             Self::Vertical(job) => job.spec.training.epochs = epochs,
             Self::Recommendation(spec) => spec.training.epochs = epochs,
         }
+        Ok(())
     }
 
     /// The domains the job involves, in the order their activations meet at the cut layer.

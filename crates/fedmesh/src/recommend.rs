@@ -89,6 +89,8 @@ pub fn run(file: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Rankin
     }
     let (mut spec, file) = RecommendationSpec::load(file)?;
     if let Some(epochs) = options.epochs {
+        let epochs = fedmesh_split::limits::checked_epochs("--epochs", epochs)
+            .map_err(anyhow::Error::msg)?;
         spec.training.epochs = epochs;
     }
     let configs: Vec<RunConfig> = if options.configs.is_empty() {

@@ -230,7 +230,8 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Opt
 fn run_classification(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Results> {
     let mut job = Job::load(example)?;
     if let Some(epochs) = options.epochs {
-        job.spec.training.epochs = epochs;
+        job.spec.training.epochs = fedmesh_split::limits::checked_epochs("--epochs", epochs)
+            .map_err(anyhow::Error::msg)?;
     }
     let out = options
         .out
