@@ -27,6 +27,10 @@ pub use product::{DataProduct, SourceCache, SourceTable};
 pub use split::Partition;
 
 /// A broken contract rule, located as precisely as the rule allows.
+///
+/// What it displays names the product, column, row and rule, never a value of the data: a
+/// violation travels to governance's catalog, its job records and audit log. The offending cell
+/// is in [`Violation::cell`], for the domain's own log only.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Violation {
     pub product: String,
@@ -37,6 +41,23 @@ pub struct Violation {
     pub message: String,
     /// `severity: error` (the default): the product may not be used.
     pub blocking: bool,
+    /// The offending cell, shortened, for the domain's own log; never set for a column
+    /// classified `restricted` or `confidential` or tagged `pii`.
+    pub cell: Option<String>,
+}
+
+impl Violation {
+    /// The cell of `property` to keep with a violation (see [`Violation::cell`]).
+    pub fn cell_of(property: &SchemaProperty, value: &str) -> Option<String> {
+        if property.is_sensitive() {
+            return None;
+        }
+        let mut shown: String = value.chars().take(40).collect();
+        if value.chars().nth(40).is_some() {
+            shown.push('…');
+        }
+        Some(shown)
+    }
 }
 
 impl std::fmt::Display for Violation {

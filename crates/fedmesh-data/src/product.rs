@@ -296,8 +296,9 @@ fn parse_text_column(
             column: Some(property.name.clone()),
             row: Some(row + 1),
             rule: "logicalType".into(),
-            message: format!("{value:?} is not a valid {}", property.logical_type),
+            message: format!("the cell is not a valid {}", property.logical_type),
             blocking: true,
+            cell: Violation::cell_of(property, value),
         }))
     };
     let cells = text

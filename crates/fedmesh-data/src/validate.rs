@@ -34,6 +34,7 @@ pub fn validate(product: &DataProduct) -> Vec<Violation> {
             rule: rule.to_string(),
             message,
             blocking: true,
+            cell: None,
         };
         if property.required && column.null_count() > 0 {
             let row = (0..column.len()).find(|&r| column.is_null(r)).unwrap_or(0);
@@ -52,15 +53,15 @@ pub fn validate(product: &DataProduct) -> Vec<Violation> {
         if property.unique
             && let Some((row, first)) = first_duplicate(values.as_deref().unwrap_or_default())
         {
-            found.push(violation(
-                Some(row + 1),
-                "unique",
-                format!(
-                    "value {:?} repeats the one at row {}",
-                    values.as_ref().unwrap()[row].as_deref().unwrap_or(""),
-                    first + 1
-                ),
-            ));
+            let cell = values.as_ref().unwrap()[row].as_deref().unwrap_or("");
+            found.push(Violation {
+                cell: Violation::cell_of(property, cell),
+                ..violation(
+                    Some(row + 1),
+                    "unique",
+                    format!("the value repeats the one at row {}", first + 1),
+                )
+            });
         }
         for rule in &property.quality {
             let measured = match rule.metric_name() {
@@ -112,6 +113,7 @@ fn check_table_rule(product: &str, rule: &QualityRule, rows: usize) -> Option<Vi
         rule: rule.display_name(),
         message: format!("rowCount is {rows}, which breaks {bound}"),
         blocking: rule.is_blocking(),
+        cell: None,
     })
 }
 

@@ -66,14 +66,37 @@ fn a_missing_column_names_product_column_and_rule() {
     assert!(e.contains("rule `schema`"), "{e}");
 }
 
+/// The violation a load fails with.
+fn violation(csv: &str, contract: &str) -> fedmesh_data::Violation {
+    let mut file = tempfile::NamedTempFile::with_suffix(".csv").unwrap();
+    file.write_all(csv.as_bytes()).unwrap();
+    let table = SourceTable::read(file.path(), None).unwrap();
+    match DataProduct::from_source(DataContract::from_yaml(contract).unwrap(), &table) {
+        Err(DataError::Violation(v)) => *v,
+        other => panic!("expected a violation, got {:?}", other.map(|p| p.rows())),
+    }
+}
+
 #[test]
-fn a_wrong_type_names_the_row_and_value() {
-    let e = error("id,age,limit,segment\n1,30,10,retail\n2,forty,20,retail\n3,50,30,retail\n");
+fn a_wrong_type_names_the_row_and_keeps_the_value_for_the_domain_alone() {
+    let csv = "id,age,limit,segment\n1,30,10,retail\n2,forty,20,retail\n3,50,30,retail\n";
+    let e = error(csv);
     assert!(e.contains("column `age`") && e.contains("row 2"), "{e}");
-    assert!(
-        e.contains("rule `logicalType`") && e.contains("\"forty\""),
-        "{e}"
+    assert!(e.contains("rule `logicalType`"), "{e}");
+    // What travels (to governance's catalog, job records and audit) holds no value of the data.
+    assert!(!e.contains("forty"), "{e}");
+    assert_eq!(violation(csv, CONTRACT).cell.as_deref(), Some("forty"));
+    // A long cell is shortened; a restricted column's cell is not kept at all.
+    let long = "x".repeat(5_000_000);
+    let csv = format!("id,age,limit,segment\n1,{long},10,retail\n2,3,20,retail\n3,5,30,retail\n");
+    let cell = violation(&csv, CONTRACT).cell.unwrap();
+    assert_eq!(cell.chars().count(), 41);
+    assert!(error(&csv).len() < 200);
+    let restricted = CONTRACT.replace(
+        "{ name: age, logicalType: integer, required: true }",
+        "{ name: age, logicalType: integer, required: true, classification: restricted }",
     );
+    assert_eq!(violation(&csv, &restricted).cell, None);
 }
 
 #[test]
@@ -88,6 +111,7 @@ fn a_duplicate_in_a_unique_column_is_refused() {
     let e = error("id,age,limit,segment\n1,30,10,retail\n2,41,20,retail\n2,52,30,retail\n");
     assert!(e.contains("column `id`") && e.contains("row 3"), "{e}");
     assert!(e.contains("rule `unique`") && e.contains("row 2"), "{e}");
+    assert!(e.contains("the value repeats the one at row 2"), "{e}");
 }
 
 #[test]

@@ -47,7 +47,7 @@ pub async fn serve(
         nodes: config.endpoints(),
         deadline: config.deadline(),
     };
-    let (store, audit) =
+    let (store, audit, _lock) =
         service::open_state(&config.state, &config.name).map_err(|message| NetError::Config {
             path: config.state.clone(),
             message,

@@ -1003,8 +1003,17 @@ fn predict(
 }
 
 /// Opens governance's store and audit log in `state_dir`, noting jobs a previous process left
-/// in flight.
-pub fn open_state(state_dir: &Path, name: &str) -> Result<(Store, AuditLog), String> {
+/// in flight, and locks the folder for this process (keep the lock as long as the store).
+pub fn open_state(
+    state_dir: &Path,
+    name: &str,
+) -> Result<(Store, AuditLog, fedmesh_net::state_lock::StateLock), String> {
+    // One governance process per state folder: a second would run the same jobs.
+    let lock = fedmesh_net::state_lock::StateLock::acquire(
+        &state_dir.join("governance.lock"),
+        &format!("governance `{name}`"),
+    )
+    .map_err(|e| e.to_string())?;
     let (store, interrupted) =
         Store::open(&state_dir.join("governance.sqlite")).map_err(|e| e.to_string())?;
     let audit = AuditLog::open(&state_dir.join("audit.sqlite")).map_err(|e| e.to_string())?;
@@ -1021,5 +1030,25 @@ pub fn open_state(state_dir: &Path, name: &str) -> Result<(Store, AuditLog), Str
             tracing::error!("cannot write the audit log: {e}");
         }
     }
-    Ok((store, audit))
+    Ok((store, audit, lock))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_governance_on_the_same_state_fails_at_start_naming_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = open_state(dir.path(), "governance").unwrap();
+        let error = open_state(dir.path(), "governance")
+            .map(|_| ())
+            .unwrap_err();
+        assert!(
+            error.contains("in use by governance `governance` (process"),
+            "{error}"
+        );
+        drop(first);
+        assert!(open_state(dir.path(), "governance").is_ok());
+    }
 }

@@ -92,7 +92,12 @@ pub fn authorize<T>(request: &Request<T>, allowed: &[String]) -> Result<String, 
             } else {
                 names.join(", ")
             };
-            tracing::warn!("refused a caller presenting {shown}: only {allowed:?} may call");
+            let at = request
+                .remote_addr()
+                .map_or_else(|| "an unknown address".to_string(), |a| a.to_string());
+            tracing::warn!(
+                "refused a caller at {at} presenting {shown}: only {allowed:?} may call"
+            );
             Err(Status::permission_denied(format!(
                 "this node accepts only {allowed:?}; the caller's certificate names {shown}"
             )))

@@ -21,6 +21,7 @@ pub mod governance;
 pub mod identity;
 pub mod node;
 pub mod server;
+pub mod state_lock;
 pub mod transport;
 
 pub use config::{GovernanceConfig, NodeConfig};

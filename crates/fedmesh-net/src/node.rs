@@ -539,6 +539,10 @@ impl NodeJob {
         job_id: &str,
     ) -> SplitError {
         let domain = &self.product.domain;
+        if let Some(cell) = &violation.cell {
+            // The cell stays here: what goes to governance names the row, not the value.
+            tracing::warn!("{violation}; the cell holds {cell:?} (this node's log only)");
+        }
         self.context.register(registration(
             contract,
             None,

@@ -74,6 +74,11 @@ pub async fn serve_node(
     let identity = MeshIdentity::load(&config.mesh, &config.domain)?;
     let (health, health_service) = tonic_health::server::health_reporter();
     let audit_path = config.audit.clone().expect("set by NodeConfig::load");
+    // One node process per audit log (and so per domain's state): a second one fails here.
+    let _lock = crate::state_lock::StateLock::acquire(
+        &audit_path.with_extension("lock"),
+        &format!("the node of `{}`", config.domain),
+    )?;
     let audit = fedmesh_audit::AuditLog::open(&audit_path).map_err(|e| NetError::Config {
         path: audit_path.clone(),
         message: e.to_string(),

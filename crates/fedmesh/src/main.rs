@@ -297,6 +297,7 @@ enum CertsCommand {
 pub const DEFAULT_LOG: &str = "fedmesh=info,fedmesh_net=info,fedmesh_split=info,tonic::transport::server::io_stream=debug,warn";
 
 fn main() -> std::process::ExitCode {
+    process_defaults();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
@@ -304,6 +305,18 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// What every fedmesh process starts with. Files it creates (models, state, audit logs, keys,
+/// results) are its user's alone: 0600, folders 0700. A closed pipe ends it quietly, as it ends
+/// `cat` (`fedmesh audit show | head`), instead of panicking in `println!`.
+fn process_defaults() {
+    #[cfg(unix)]
+    // SAFETY: both calls only set process-wide attributes, before any thread is started.
+    unsafe {
+        libc::umask(0o077);
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 
