@@ -161,6 +161,15 @@ struct Plan {
 fn plan(request: &JobRequest) -> Result<Plan, String> {
     let origin = PathBuf::from("the submitted job spec");
     let mut job = AnyJob::from_yaml(&request.spec_yaml, &origin).map_err(|e| e.to_string())?;
+    // Governance reads no file a job spec names (it would read its own disk for a stranger).
+    if let AnyJob::Vertical(vertical) = &job
+        && let Some(keys) = &vertical.spec.split.test_keys
+    {
+        return Err(format!(
+            "the job spec names a file of test keys (`split.test_keys: {}`): governance reads no file a job spec names; send the keys themselves (`split.test_key_values`), as `fedmesh job submit` does",
+            keys.display()
+        ));
+    }
     // The name becomes a folder under `runs` here and on every node.
     let name = job.name();
     if name.is_empty()

@@ -153,6 +153,7 @@ fn start_domains(domains: &[(String, PathBuf)], node_policy: Option<(&str, &str)
                 domain: domain.clone(),
                 contract: contract.clone(),
                 data: None,
+                example_source: None,
                 models: state.path().join(domain).join("models"),
                 policy,
             },
@@ -516,7 +517,10 @@ fn aligned_keys(job: &Job) -> (Vec<String>, String) {
         .spec
         .domains
         .iter()
-        .map(|d| job.load_product(d, None, &mut cache).map(|(p, _)| p))
+        .map(|d| {
+            job.load_product(d, None, job.example_path().as_deref(), &mut cache)
+                .map(|(p, _)| p)
+        })
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let partial = {
@@ -847,4 +851,32 @@ fn a_contract_term_in_the_wrong_case_denies_the_job_instead_of_being_ignored() {
                 .contains("flLabelSharing is `Forbidden`; it must be `allowed` or `forbidden`"),
         "{reason}"
     );
+}
+
+#[test]
+fn governance_reads_no_file_a_submitted_spec_names() {
+    let example = Example::new();
+    let mesh = start(&example);
+    let portable = example.job().to_portable_yaml().unwrap();
+    assert!(portable.contains("\nsplit:\n"));
+    let spec = portable.replace("\nsplit:\n", "\nsplit:\n  test_keys: /etc/hostname\n");
+    let request = JobRequest {
+        spec_yaml: spec,
+        configs: vec![],
+        seeds: vec![1],
+        epochs: 0,
+    };
+    let error = mesh
+        .runtime
+        .block_on(mesh.operator().submit(request))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("governance reads no file a job spec names")
+            && error.contains("/etc/hostname"),
+        "{error}"
+    );
+    // Nothing was recorded or run: the spec never got past reading.
+    let jobs = mesh.runtime.block_on(mesh.operator().jobs()).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 0, "{jobs}");
 }

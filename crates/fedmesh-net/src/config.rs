@@ -43,6 +43,11 @@ pub struct NodeConfig {
     /// The product's data, when not where the contract's server says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data: Option<PathBuf>,
+    /// For examples whose products are derived from one public table (`example_data` in a job
+    /// spec): that table on this node, used when the product's own file is absent. A node reads
+    /// no file a job spec names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub example_source: Option<PathBuf>,
     /// Where trained parts are kept.
     pub models: PathBuf,
     /// The node's audit log (default: `<domain>-audit.sqlite` beside this file).
@@ -139,7 +144,14 @@ impl NodeConfig {
         anchor(dir, &mut config.mesh);
         anchor(dir, &mut config.contract);
         anchor(dir, &mut config.models);
-        for path in [&mut config.data, &mut config.policy].into_iter().flatten() {
+        for path in [
+            &mut config.data,
+            &mut config.policy,
+            &mut config.example_source,
+        ]
+        .into_iter()
+        .flatten()
+        {
             anchor(dir, path);
         }
         let mut audit = config
@@ -156,6 +168,7 @@ impl NodeConfig {
             domain: self.domain.clone(),
             contract: self.contract.clone(),
             data: self.data.clone(),
+            example_source: self.example_source.clone(),
             models: self.models.clone(),
             policy: self.policy.clone(),
         }

@@ -42,6 +42,9 @@ pub struct DomainProduct {
     pub contract: PathBuf,
     /// The product's data, when not where the contract's server says.
     pub data: Option<PathBuf>,
+    /// The public table an example's product is derived from, when the product's file is
+    /// absent (see [`crate::NodeConfig::example_source`]).
+    pub example_source: Option<PathBuf>,
     /// Where trained parts and pipelines are saved, one folder per job and run.
     pub models: PathBuf,
     /// The domain's own Cedar policy (a file or folder), applied on top of its contract.
@@ -717,6 +720,7 @@ impl NodeJob {
                 job.load_product(
                     &domain,
                     self.product.data.as_deref(),
+                    self.product.example_source.as_deref(),
                     &mut SourceCache::default(),
                 )
             },
@@ -959,6 +963,7 @@ impl NodeJob {
         let (product, _) = job.load_product(
             &domain,
             self.product.data.as_deref(),
+            self.product.example_source.as_deref(),
             &mut SourceCache::default(),
         )?;
         let keys = product_keys(&product)?.ok_or_else(|| {

@@ -63,11 +63,16 @@ fn start_mesh(job: &Job, presented: &[&str]) -> TestMesh {
         .iter()
         .map(|d| (d.name.clone(), job.dir().join(&d.contract)))
         .collect();
-    start_nodes(&domains, presented)
+    start_nodes(&domains, presented, job.example_path().as_deref())
 }
 
-/// Starts a node for each (domain, contract) on loopback.
-fn start_nodes(domains: &[(String, PathBuf)], presented: &[&str]) -> TestMesh {
+/// Starts a node for each (domain, contract) on loopback, each deriving an example's product
+/// from `example` when its own file is absent.
+fn start_nodes(
+    domains: &[(String, PathBuf)],
+    presented: &[&str],
+    example: Option<&Path>,
+) -> TestMesh {
     let certs = tempfile::tempdir().unwrap();
     let models = tempfile::tempdir().unwrap();
     issue_all(certs.path());
@@ -83,6 +88,7 @@ fn start_nodes(domains: &[(String, PathBuf)], presented: &[&str]) -> TestMesh {
                 domain: name.clone(),
                 contract: contract.clone(),
                 data: None,
+                example_source: example.map(Path::to_path_buf),
                 models: models.path().join(name),
                 policy: None,
             },
@@ -478,7 +484,7 @@ fn recommendation_nodes(spec: &RecommendationSpec, dir: &Path) -> TestMesh {
         .into_iter()
         .map(|d| (d.name.clone(), dir.join(&d.contract)))
         .collect();
-    start_nodes(&domains, &["sales", "customer", "product"])
+    start_nodes(&domains, &["sales", "customer", "product"], None)
 }
 
 /// The split NCF over three nodes, each reading its own product, computes what the in-process
@@ -573,4 +579,38 @@ fn a_product_that_lacks_an_entity_sales_names_fails_the_job_naming_it() {
         .to_string();
     assert!(error.contains("customer"), "{error}");
     assert!(error.contains("no row for user_id `7`"), "{error}");
+}
+
+#[test]
+fn a_node_reads_no_file_a_job_spec_names() {
+    // The spec names an example table the nodes can reach; their configs name none.
+    let dir = tempfile::tempdir().unwrap();
+    let planted = dir.path().join("planted.csv");
+    std::fs::write(&planted, "not,a,transaction\n1,2,3\n").unwrap();
+    let mut job = job();
+    job.spec.example_data.as_mut().unwrap().source = planted.clone();
+    // Its owner reads it (and finds it is not the example's table)...
+    let error = job.prepare(None).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        error.contains("planted.csv") || error.contains("column"),
+        "{error}"
+    );
+    // ...the nodes never do: they derive their products from the generator, as their configs
+    // name no table, and the run trains.
+    let domains: Vec<(String, PathBuf)> = job
+        .spec
+        .domains
+        .iter()
+        .map(|d| (d.name.clone(), job.dir().join(&d.contract)))
+        .collect();
+    let mesh = start_nodes(&domains, &DOMAINS, None);
+    let result = run_on(
+        &mesh.own_governance(),
+        &job,
+        &RunConfig::SplitLabelOwner,
+        &Silent,
+        None,
+    )
+    .unwrap();
+    assert!(result.test_rows > 0);
 }

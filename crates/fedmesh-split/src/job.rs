@@ -450,7 +450,9 @@ impl Job {
         let products = spec
             .domains
             .iter()
-            .map(|domain| self.load_product(domain, data, &mut cache))
+            .map(|domain| {
+                self.load_product(domain, data, self.example_path().as_deref(), &mut cache)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let source = products
             .last()
@@ -534,10 +536,22 @@ impl Job {
     /// One domain's part: reads its product where its contract says (or from `data`; a known
     /// dataset's generator stands in for an absent file) and validates it against the contract.
     /// Returns the product and where its data came from.
+    /// The public table an example's products are derived from, as the spec names it (relative
+    /// to the spec's folder). Only the process that owns the spec reads it: a node derives its
+    /// product from the table its own config names, never from a path in a job spec.
+    pub fn example_path(&self) -> Option<PathBuf> {
+        let example = self.spec.example_data.as_ref()?;
+        Some(self.dir().join(&example.source))
+    }
+
+    /// Reads `domain`'s product: from `data` when given, else where its contract's server
+    /// says; when that file is absent and the spec derives example products, from the public
+    /// table `example` (or a known dataset's generator when there is none).
     pub fn load_product(
         &self,
         domain: &DomainSpec,
         data: Option<&Path>,
+        example: Option<&Path>,
         cache: &mut SourceCache,
     ) -> Result<(DataProduct, String), SplitError> {
         let spec = &self.spec;
@@ -555,9 +569,10 @@ impl Job {
             }
         };
         let table = match (&spec.example_data, data) {
-            (Some(example), None) if !path.exists() => {
+            (Some(_), None) if !path.exists() => {
                 let derived = {
                     let source = self.example_source(example, cache)?;
+                    let example = spec.example_data.as_ref().expect("matched above");
                     let key = contract.key_column().ok_or_else(|| {
                         DataError::Invalid(format!(
                             "data product `{}` declares no key column (primaryKey): an example's products are derived by entity",
@@ -590,35 +605,39 @@ impl Job {
     /// a known dataset when the file is absent.
     fn example_source<'c>(
         &self,
-        example: &ExampleData,
+        example: Option<&Path>,
         cache: &'c mut SourceCache,
     ) -> Result<&'c SourceTable, SplitError> {
         let spec = &self.spec;
-        let path = self.dir().join(&example.source);
-        match (spec.dataset.as_deref(), path.exists()) {
-            (Some("fraud"), false) => {
+        let Some(path) = example.filter(|p| p.exists()).map(Path::to_path_buf) else {
+            // No table: a known dataset's generator stands in for it (code, not a file).
+            if spec.dataset.as_deref() == Some("fraud") {
+                let path = PathBuf::from("generated:fraud");
                 let rows = spec.synthetic_rows.unwrap_or(fraud::FULL_SHAPE.0);
                 if !cache.contains(&path) {
                     tracing::info!(
                         "{} not found: generating {rows} synthetic rows of the same schema",
-                        path.display()
+                        example
+                            .map_or_else(|| "no example table".into(), |p| p.display().to_string())
                     );
                     cache.insert(path.clone(), fraud::generate(rows, spec.split.seed));
                 }
-                Ok(cache.get(&path, None)?)
+                return Ok(cache.get(&path, None)?);
             }
-            (Some("fraud"), true) => {
-                let table = cache.get(&path, None)?;
-                fraud::check_shape(table)?;
-                Ok(table)
-            }
-            (_, true) => Ok(cache.get(&path, None)?),
-            (_, false) => Err(DataError::Invalid(format!(
-                "the example's source table {} is missing (see ../shared/data/README.md for where to get it)",
-                path.display()
-            ))
-            .into()),
+            return Err(DataError::Invalid(match example {
+                Some(path) => format!(
+                    "the example's source table {} is missing (see ../shared/data/README.md for where to get it)",
+                    path.display()
+                ),
+                None => "the job derives its products from an example table, and this node's config names none (`example_source`): a node reads no file a job spec names".into(),
+            })
+            .into());
+        };
+        let table = cache.get(&path, None)?;
+        if spec.dataset.as_deref() == Some("fraud") {
+            fraud::check_shape(table)?;
         }
+        Ok(table)
     }
 
     /// The label owner's part: the labels of its rows, and the partition of the aligned rows

@@ -34,7 +34,10 @@ fn check_inference_equals_evaluation(config: RunConfig) {
         .spec
         .domains
         .iter()
-        .map(|d| job.load_product(d, None, &mut cache).map(|(p, _)| p))
+        .map(|d| {
+            job.load_product(d, None, job.example_path().as_deref(), &mut cache)
+                .map(|(p, _)| p)
+        })
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let (products, _) = align_products(&job.spec.domains, products).unwrap();

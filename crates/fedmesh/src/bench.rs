@@ -206,7 +206,7 @@ fn node_mesh(
     deadline: Duration,
 ) -> Result<(LocalMesh, Mesh)> {
     let runtime = tokio::runtime::Runtime::new()?;
-    let mut nodes = LocalMesh::start(domains, dir, Ports::Any, None, false)?;
+    let mut nodes = LocalMesh::start(domains, dir, Ports::Any, None, None, false)?;
     nodes.wait_ready(&runtime, Duration::from_secs(60))?;
     let mesh = Mesh {
         identity: MeshIdentity::load(&nodes.layout.certs(), "governance")?,

@@ -80,6 +80,14 @@ pub fn recommendation_domains(spec: &RecommendationSpec, file: &Path) -> Vec<(St
         .collect()
 }
 
+/// The public table the example in `path` derives its products from, if it does.
+pub fn example_table(path: &Path) -> Result<Option<PathBuf>> {
+    Ok(match fedmesh_split::AnyJob::load(path)? {
+        fedmesh_split::AnyJob::Vertical(job) => job.example_path(),
+        fedmesh_split::AnyJob::Recommendation(_) => None,
+    })
+}
+
 /// The domains of the example (a classification or a recommendation job) in `path`.
 pub fn example_domains(path: &Path) -> Result<Vec<(String, PathBuf)>> {
     let (text, file) = read_spec(path)?;
@@ -113,12 +121,15 @@ fn free_port() -> Result<u16> {
 impl LocalMesh {
     /// Writes certificates (unless the folder has a CA already) and configs for `domains`
     /// (name, contract) into `dir`, and starts one node per domain and, with `with_governance`,
-    /// governance (without it, the calling process acts as governance).
+    /// governance (without it, the calling process acts as governance). Every node reads
+    /// `data` when given, and derives an example's product from `example_source` (the operator's
+    /// choice, written into each node's config: a node reads no path a job spec names).
     pub fn start(
         domains: &[(String, PathBuf)],
         dir: &Path,
         ports: Ports,
         data: Option<&Path>,
+        example_source: Option<&Path>,
         with_governance: bool,
     ) -> Result<Self> {
         let layout = MeshLayout {
@@ -176,6 +187,7 @@ impl LocalMesh {
                         .then(|| format!("https://{}", governance.listen)),
                     contract: std::path::absolute(contract)?,
                     data: data.map(std::path::absolute).transpose()?,
+                    example_source: example_source.map(std::path::absolute).transpose()?,
                     models: layout.dir.join(name).join("models"),
                     audit: Some(layout.dir.join(name).join("audit.sqlite")),
                     policy: None,
@@ -376,6 +388,7 @@ pub fn up(
         dir,
         Ports::From(port),
         data,
+        example_table(example)?.as_deref(),
         true,
     )?;
     mesh.wait_ready(&runtime, Duration::from_secs(30))?;

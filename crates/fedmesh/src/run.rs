@@ -169,6 +169,7 @@ pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Resu
         &out.join("mesh"),
         Ports::Any,
         None,
+        job.example_path().as_deref(),
         true,
     )?;
     mesh.wait_ready(&runtime, std::time::Duration::from_secs(30))?;
