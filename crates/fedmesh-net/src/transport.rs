@@ -342,6 +342,12 @@ async fn open(
 ) -> Result<Link, SplitError> {
     let mut link = open_stream(identity, node, deadline).await?;
     match link.call(Command::Start(start), deadline).await? {
+        Reply::Ready(ready) if ready.rows > MAX_PRODUCT_ROWS => {
+            return Err(link.error(format!(
+                "announced a product of {} rows; a node may hold at most {MAX_PRODUCT_ROWS}",
+                ready.rows
+            )));
+        }
         Reply::Ready(ready) => {
             link.rows = ready.rows;
             link.keyed = ready.keyed;
@@ -350,6 +356,10 @@ async fn open(
     }
     Ok(link)
 }
+
+/// The most rows a node may announce for its product: governance sizes alignment buffers by
+/// what a node announces, so an absurd count is refused before anything is allocated.
+pub const MAX_PRODUCT_ROWS: u64 = 1 << 31;
 
 /// Opens a stream to `node`, with nothing sent on it yet.
 async fn open_stream(
@@ -668,10 +678,18 @@ impl Link {
     /// Asks the domain for its blinded list and collects it, chunk by chunk.
     async fn blinded_list(&mut self, deadline: Duration) -> Result<Vec<u8>, SplitError> {
         self.send(Command::Align(v1::Empty {})).await?;
-        let mut list = Vec::with_capacity(self.rows as usize * fedmesh_psi::POINT_BYTES);
+        let announced = self.rows as usize * fedmesh_psi::POINT_BYTES;
+        // Grown as points arrive, never past what the node announced.
+        let mut list = Vec::with_capacity(announced.min(64 << 20));
         loop {
             match self.receive(deadline).await? {
                 Reply::Points(chunk) => {
+                    if list.len() + chunk.points.len() > announced {
+                        return Err(self.error(format!(
+                            "sent more blinded keys than the {} rows it announced",
+                            self.rows
+                        )));
+                    }
                     list.extend_from_slice(&chunk.points);
                     if chunk.last {
                         return Ok(list);

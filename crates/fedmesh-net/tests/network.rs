@@ -614,3 +614,147 @@ fn a_node_reads_no_file_a_job_spec_names() {
     .unwrap();
     assert!(result.test_rows > 0);
 }
+
+/// A node that answers each of governance's messages with what `lie` makes of it (`None`: the
+/// honest-looking silence of a peer that keeps the stream open).
+struct LyingNode {
+    lie: fn(
+        &fedmesh_proto::v1::governance_message::Body,
+    ) -> Option<fedmesh_proto::v1::domain_message::Body>,
+}
+
+#[tonic::async_trait]
+impl fedmesh_proto::v1::domain_node_server::DomainNode for LyingNode {
+    type TrainStream = tokio_stream::wrappers::ReceiverStream<
+        Result<fedmesh_proto::v1::DomainMessage, tonic::Status>,
+    >;
+
+    async fn admit(
+        &self,
+        _: tonic::Request<fedmesh_proto::v1::AdmissionRequest>,
+    ) -> Result<tonic::Response<fedmesh_proto::v1::AdmissionReply>, tonic::Status> {
+        Err(tonic::Status::unimplemented("a liar admits nothing"))
+    }
+
+    async fn train(
+        &self,
+        request: tonic::Request<tonic::Streaming<fedmesh_proto::v1::GovernanceMessage>>,
+    ) -> Result<tonic::Response<Self::TrainStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (replies, outbound) = tokio::sync::mpsc::channel(4);
+        let lie = self.lie;
+        tokio::spawn(async move {
+            while let Ok(Some(message)) = inbound.message().await {
+                let Some(body) = message.body else { continue };
+                if let Some(reply) = lie(&body) {
+                    let reply = fedmesh_proto::v1::DomainMessage { body: Some(reply) };
+                    if replies.send(Ok(reply)).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::ReceiverStream::new(outbound),
+        ))
+    }
+}
+
+/// Serves `node` as `name` (with that domain's certificate) on loopback; returns its URL.
+fn serve_liar(runtime: &Runtime, certs: &Path, name: &str, node: LyingNode) -> String {
+    let identity = MeshIdentity::load(certs, name).unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(
+        Server::builder()
+            .tls_config(identity.server_config())
+            .unwrap()
+            .add_service(DomainNodeServer::new(node))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    format!("https://127.0.0.1:{port}")
+}
+
+#[test]
+fn a_node_that_lies_fails_the_run_by_name_and_the_mesh_then_runs_a_good_job() {
+    use fedmesh_proto::v1::domain_message::Body as Reply;
+    use fedmesh_proto::v1::governance_message::Body as Command;
+    use fedmesh_proto::v1::{PointChunk, Ready};
+    let job = job();
+    let mesh = start_mesh(&job, &DOMAINS);
+    let runtime = Runtime::new().unwrap();
+    let lies: [(LyingNode, &str); 3] = [
+        (
+            // A product of 2^40 rows: governance would size its buffers by it.
+            LyingNode {
+                lie: |_| {
+                    Some(Reply::Ready(Ready {
+                        rows: 1 << 40,
+                        cut_width: 0,
+                        keyed: true,
+                    }))
+                },
+            },
+            "announced a product of 1099511627776 rows",
+        ),
+        (
+            // Ten rows announced, then blinded keys without end.
+            LyingNode {
+                lie: |command| match command {
+                    Command::Start(_) => Some(Reply::Ready(Ready {
+                        rows: 10,
+                        cut_width: 0,
+                        keyed: true,
+                    })),
+                    _ => Some(Reply::Points(PointChunk {
+                        points: vec![7; 32 * 64],
+                        last: false,
+                    })),
+                },
+            },
+            "sent more blinded keys than the 10 rows it announced",
+        ),
+        (
+            // An answer of the wrong kind.
+            LyingNode {
+                lie: |_| Some(Reply::Labels(Default::default())),
+            },
+            "unexpected answer `Labels`",
+        ),
+    ];
+    for (liar, expected) in lies {
+        let url = serve_liar(&runtime, mesh.certs.path(), "retail", liar);
+        let mut governance = mesh.own_governance();
+        governance
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == "retail")
+            .unwrap()
+            .url = url;
+        let error = run_on(
+            &governance,
+            &job,
+            &RunConfig::SplitLabelOwner,
+            &Silent,
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.contains("retail") && error.contains(expected),
+            "{expected}: {error}"
+        );
+    }
+    // The honest nodes are unharmed: the same mesh runs a good job.
+    let result = run_on(
+        &mesh.own_governance(),
+        &job,
+        &RunConfig::SplitLabelOwner,
+        &Silent,
+        None,
+    )
+    .unwrap();
+    assert!(result.test_rows > 0);
+}
