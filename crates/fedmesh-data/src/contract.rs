@@ -342,7 +342,18 @@ impl DataContract {
                         FL_TERMS.join(", ")
                     ))
                 }
-                None => {}
+                None => {
+                    // `lfLabelSharing`, `LabelSharing`: a term whose prefix was mistyped.
+                    let lower = name.to_ascii_lowercase();
+                    if let Some(term) = FL_TERMS.iter().find(|t| {
+                        let t = t.to_ascii_lowercase();
+                        edit_distance(&t, &lower) <= 2 || edit_distance(&t[2..], &lower) <= 1
+                    }) {
+                        problems.push(format!(
+                            "customProperties: `{name}` is not a federated-learning term; did you mean `{term}`?"
+                        ));
+                    }
+                }
             }
         }
         problems.extend(misspelt("the contract", &self.extra, CONTRACT_FIELDS));
@@ -661,6 +672,11 @@ customProperties:
             "property: flLabelColumns",
             "property: flLabelColumn",
             "`flLabelColumn` is not a federated-learning term fedmesh knows",
+        ),
+        (
+            "property: flLabelColumns",
+            "property: lfLabelColumns",
+            "`lfLabelColumns` is not a federated-learning term; did you mean `flLabelColumns`?",
         ),
         (
             "{ property: flLabelColumns, value: default }",

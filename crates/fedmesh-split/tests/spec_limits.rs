@@ -183,3 +183,72 @@ fn an_epochs_override_is_checked_too() {
     // The vertical reader is the same check.
     assert!(Job::from_yaml(&FRAUD.replace("epochs: 5", "epochs: 0"), Path::new("j")).is_err());
 }
+
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What a hostile or careless author might write where a number goes.
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("0".to_string()),
+            Just("-1".to_string()),
+            Just("4294967295".to_string()),
+            Just("18446744073709551615".to_string()),
+            Just("1e308".to_string()),
+            Just(".nan".to_string()),
+            Just(".inf".to_string()),
+            Just("-.inf".to_string()),
+            Just("\"seven\"".to_string()),
+            Just("[]".to_string()),
+            Just("{}".to_string()),
+            Just("".to_string()),
+            (-1000i64..1000).prop_map(|v| v.to_string()),
+            (-10.0f64..10.0).prop_map(|v| v.to_string()),
+        ]
+    }
+
+    /// The numbers of the fraud example's spec, as written there.
+    const NUMBERS: &[&str] = &[
+        "synthetic_rows: 284807",
+        "shared: 0.85",
+        "seed: 7",
+        "classes: 2",
+        "test_fraction: 0.3",
+        "valid_fraction: 0.1",
+        "seed: 42",
+        "layers: [32, 16]",
+        "layers: [32, 32]",
+        "epochs: 5",
+        "batch_size: 256",
+        "learning_rate: 0.001",
+        "seeds: [1, 2, 3]",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+        /// Any value in any numeric field, and the spec cut short anywhere: read, or refused
+        /// with a sentence naming the spec, never a panic.
+        #[test]
+        fn a_spec_with_any_values_is_read_or_refused_by_name(
+            picks in proptest::collection::vec((0..NUMBERS.len(), number()), 1..4),
+            cut in proptest::option::of(0usize..FRAUD.len()),
+        ) {
+            let mut spec = FRAUD.to_string();
+            for (field, value) in picks {
+                let (key, _) = NUMBERS[field].split_once(':').unwrap();
+                spec = spec.replacen(NUMBERS[field], &format!("{key}: {value}"), 1);
+            }
+            if let Some(cut) = cut {
+                let cut = (0..=cut).rev().find(|&i| spec.is_char_boundary(i)).unwrap_or(0);
+                spec.truncate(cut);
+            }
+            let outcome = refusal(&spec);
+            prop_assert!(
+                outcome == "accepted" || outcome.contains("job spec job.yaml"),
+                "{outcome}"
+            );
+        }
+    }
+}
