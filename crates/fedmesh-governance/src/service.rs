@@ -416,9 +416,18 @@ fn register_model(
     };
     match state.store.register_model(&entry) {
         Ok(version) => {
+            let how = match &plan.job {
+                AnyJob::Vertical(_) => format!(
+                    "score with `fedmesh predict --model {}@{version} --keys FILE`",
+                    entry.name
+                ),
+                AnyJob::Recommendation(_) => {
+                    "its parts stay with their holders (rankings are not served yet)".into()
+                }
+            };
             observer.log(&format!(
-                "registered model `{}@{version}` ({} {run_name}); score with `fedmesh predict --model {}@{version} --keys FILE`",
-                entry.name, entry.config, entry.name
+                "registered model `{}@{version}` ({run_name}); {how}",
+                entry.name
             ));
             state.audit(
                 state
