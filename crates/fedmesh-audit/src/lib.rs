@@ -186,6 +186,23 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: records cannot be delet
 pub struct AuditLog {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// The file opened (device and inode): an append to a log whose file was removed or
+    /// replaced since would go to a file nobody reads, so it fails instead.
+    identity: Option<(u64, u64)>,
+}
+
+/// The device and inode of the file at `path`, where the platform has them.
+fn file_identity(path: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -253,6 +270,7 @@ impl AuditLog {
         Ok(Self {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            identity: file_identity(path),
         })
     }
 
@@ -273,6 +291,12 @@ impl AuditLog {
 
     /// Appends `entry` after the newest record, in one transaction, and returns it as stored.
     pub fn append(&self, entry: Entry) -> Result<Record, AuditError> {
+        if self.identity.is_some() && file_identity(&self.path) != self.identity {
+            return Err(AuditError::Invalid {
+                path: self.path.clone(),
+                message: "the file was removed or replaced while the log was open: nothing more is written to it (restore it, or start the process again on a new log)".into(),
+            });
+        }
         let details = serde_json::Value::Object(entry.details).to_string();
         let at_ms = jiff::Timestamp::now().as_millisecond();
         let path = self.path.clone();
@@ -477,6 +501,24 @@ mod tests {
             Err(AuditError::Broken { seq, problem, .. }) => (seq, problem),
             other => panic!("expected a broken chain, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_log_removed_or_replaced_while_open_refuses_to_append() {
+        let (dir, log) = log_with(2);
+        let path = dir.path().join("audit.sqlite");
+        std::fs::remove_file(&path).unwrap();
+        let error = log
+            .append(Entry::new("retail", "training.run", "job-9"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("removed or replaced"), "{error}");
+        // A new file at the same path is not the log that was opened either.
+        drop(AuditLog::open(&path).unwrap());
+        assert!(
+            log.append(Entry::new("retail", "training.run", "job-9"))
+                .is_err()
+        );
     }
 
     #[test]

@@ -72,10 +72,13 @@ impl GovernanceState {
         }
     }
 
-    fn audit(&self, entry: Entry) {
-        if let Err(e) = self.audit.append(entry) {
+    /// Appends to governance's audit log. The log fails closed: a job whose steps cannot be
+    /// recorded stops, and a request whose decision cannot be recorded is refused.
+    fn audit(&self, entry: Entry) -> Result<(), SplitError> {
+        self.audit.append(entry).map(|_| ()).map_err(|e| {
             tracing::error!("cannot write the audit log: {e}");
-        }
+            SplitError::AuditFailed(e.to_string())
+        })
     }
 
     fn entry(&self, action: &str, subject: &str) -> Entry {
@@ -336,7 +339,7 @@ fn run_job(
                         .detail("method", alignment.method)
                         .detail("products", &alignment.products)
                         .detail("intersection", alignment.intersection),
-                );
+                )?;
             }
             state.audit(
                 state
@@ -359,10 +362,10 @@ fn run_job(
                     .detail("epochs", result.history.len())
                     .detail("bytes", result.wire)
                     .detail("metrics_sha256", metrics_digest(&result)),
-            );
+            )?;
             register_model(
                 state, plan, &run_name, config, seed, admission, &result, &observer,
-            );
+            )?;
             results.push(result);
             // Written after every run, replacing the file whole, so that an interrupted job
             // keeps what it finished.
@@ -389,7 +392,7 @@ fn register_model(
     admission: &Admission,
     result: &RunResult,
     observer: &JobObserver<'_>,
-) {
+) -> Result<(), SplitError> {
     let entry = ModelEntry {
         name: plan.job.name().to_string(),
         version: 0,
@@ -444,10 +447,11 @@ fn register_model(
                     )
                     .detail("inputs", &entry.inputs)
                     .detail("metrics_sha256", metrics_digest(result)),
-            );
+            )?;
         }
         Err(e) => observer.log(&format!("the model could not be registered: {e}")),
     }
+    Ok(())
 }
 
 /// Runs an admitted job to its end on the calling thread, recording how it ended.
@@ -502,11 +506,13 @@ fn drive(state: &GovernanceState, plan: Plan, requester: String, admission: Admi
     if let Err(e) = state.store.set_state(&plan.id, to, &reason) {
         tracing::error!("job `{}`: cannot record its end: {e}", plan.id);
     }
-    state.audit(
+    if let Err(e) = state.audit(
         state
             .entry(&format!("job.{to}"), &plan.id)
             .detail("reason", &reason),
-    );
+    ) {
+        tracing::error!("job `{}`: its end is not on record: {e}", plan.id);
+    }
 }
 
 /// The job's stored events as the wire's, ending with `done` or `failure` for a final state.
@@ -574,17 +580,19 @@ impl GovernanceService {
             .to_string(),
         };
         state.store.add_job(&record).map_err(internal)?;
-        state.audit(
-            state
-                .entry("job.submitted", &plan.id)
-                .detail("by", &caller)
-                .detail("purpose", plan.job.purpose())
-                .detail("technique", plan.job.technique())
-                .detail(
-                    "spec_sha256",
-                    format!("{:x}", Sha256::digest(request.spec_yaml.as_bytes())),
-                ),
-        );
+        state
+            .audit(
+                state
+                    .entry("job.submitted", &plan.id)
+                    .detail("by", &caller)
+                    .detail("purpose", plan.job.purpose())
+                    .detail("technique", plan.job.technique())
+                    .detail(
+                        "spec_sha256",
+                        format!("{:x}", Sha256::digest(request.spec_yaml.as_bytes())),
+                    ),
+            )
+            .map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!("`{caller}` submitted job `{}`", plan.id);
         let policies = Policies::load(&state.policies).map_err(|e| e.to_string());
         let admitted = admit(
@@ -606,11 +614,13 @@ impl GovernanceService {
                     .map(Denial::to_string)
                     .collect::<Vec<_>>()
                     .join("\n");
-                state.audit(
-                    state
-                        .entry("job.denied", &plan.id)
-                        .detail("denials", &denials),
-                );
+                state
+                    .audit(
+                        state
+                            .entry("job.denied", &plan.id)
+                            .detail("denials", &denials),
+                    )
+                    .map_err(|e| Status::internal(e.to_string()))?;
                 state
                     .store
                     .set_state(&plan.id, JobState::Denied, &reason)
@@ -624,17 +634,19 @@ impl GovernanceService {
             .iter()
             .map(|u| format!("{}/{} {}", u.domain, u.product, u.product_version))
             .collect();
-        state.audit(
-            state
-                .entry("job.admitted", &plan.id)
-                .detail(
-                    "configs",
-                    plan.configs.iter().map(RunConfig::name).collect::<Vec<_>>(),
-                )
-                .detail("seeds", &plan.seeds)
-                .detail("products", &products)
-                .detail("notes", &admission.notes),
-        );
+        state
+            .audit(
+                state
+                    .entry("job.admitted", &plan.id)
+                    .detail(
+                        "configs",
+                        plan.configs.iter().map(RunConfig::name).collect::<Vec<_>>(),
+                    )
+                    .detail("seeds", &plan.seeds)
+                    .detail("products", &products)
+                    .detail("notes", &admission.notes),
+            )
+            .map_err(|e| Status::internal(e.to_string()))?;
         for note in &admission.notes {
             state
                 .store
@@ -772,11 +784,13 @@ impl Governance for GovernanceService {
                     .expect("not poisoned")
                     .push(id.clone());
                 stop.store(true, Ordering::SeqCst);
-                state.audit(
-                    state
-                        .entry("job.cancel-requested", &id)
-                        .detail("by", &caller),
-                );
+                state
+                    .audit(
+                        state
+                            .entry("job.cancel-requested", &id)
+                            .detail("by", &caller),
+                    )
+                    .map_err(|e| Status::internal(e.to_string()))?;
             }
             None => {
                 state
@@ -787,7 +801,9 @@ impl Governance for GovernanceService {
                         &format!("cancelled by `{caller}`"),
                     )
                     .map_err(internal)?;
-                state.audit(state.entry("job.cancelled", &id).detail("by", &caller));
+                state
+                    .audit(state.entry("job.cancelled", &id).detail("by", &caller))
+                    .map_err(|e| Status::internal(e.to_string()))?;
             }
         }
         Ok(json(&state.store.job(&id).map_err(internal)?))
@@ -841,13 +857,15 @@ impl Governance for GovernanceService {
             .as_ref()
             .is_none_or(|b| b.version != entry.version || b.schema_hash != entry.schema_hash);
         if changed {
-            self.state.audit(
-                self.state
-                    .entry("product.registered", &format!("{domain}/{}", entry.name))
-                    .detail("version", &entry.version)
-                    .detail("schema_sha256", &entry.schema_hash)
-                    .detail("previous_version", before.map(|b| b.version)),
-            );
+            self.state
+                .audit(
+                    self.state
+                        .entry("product.registered", &format!("{domain}/{}", entry.name))
+                        .detail("version", &entry.version)
+                        .detail("schema_sha256", &entry.schema_hash)
+                        .detail("previous_version", before.map(|b| b.version)),
+                )
+                .map_err(|e| Status::internal(e.to_string()))?;
         }
         Ok(Response::new(v1::Empty {}))
     }
@@ -953,12 +971,14 @@ fn predict(
     }
     if !denials.is_empty() {
         let reasons: Vec<String> = denials.iter().map(Denial::to_string).collect();
-        state.audit(
-            state
-                .entry("predictions.denied", &reference)
-                .detail("requester", requester)
-                .detail("denials", &reasons),
-        );
+        state
+            .audit(
+                state
+                    .entry("predictions.denied", &reference)
+                    .detail("requester", requester)
+                    .detail("denials", &reasons),
+            )
+            .map_err(|e| Status::internal(e.to_string()))?;
         return Err(Status::permission_denied(reasons.join("\n")));
     }
     let start = v1::PredictStart {
@@ -998,14 +1018,16 @@ fn predict(
         },
     )
     .map_err(|e| Status::failed_precondition(e.to_string()))?;
-    state.audit(
-        state
-            .entry("predictions.served", &reference)
-            .detail("requester", requester)
-            .detail("keys_requested", request.keys.len())
-            .detail("scored", prediction.scores.len())
-            .detail("missing", prediction.missing.len()),
-    );
+    state
+        .audit(
+            state
+                .entry("predictions.served", &reference)
+                .detail("requester", requester)
+                .detail("keys_requested", request.keys.len())
+                .detail("scored", prediction.scores.len())
+                .detail("missing", prediction.missing.len()),
+        )
+        .map_err(|e| Status::internal(e.to_string()))?;
     tracing::info!(
         "`{requester}` scored {} entities with `{reference}` ({} keys missing)",
         prediction.scores.len(),

@@ -880,3 +880,20 @@ fn governance_reads_no_file_a_submitted_spec_names() {
     let jobs = mesh.runtime.block_on(mesh.operator().jobs()).unwrap();
     assert_eq!(jobs.as_array().unwrap().len(), 0, "{jobs}");
 }
+
+#[test]
+fn a_node_whose_audit_log_is_removed_records_nothing_it_does_not_record() {
+    let example = Example::new();
+    let mesh = start(&example);
+    // Removed while the node runs: once, such a node ran a whole job writing 0 records.
+    std::fs::remove_file(mesh.state.path().join("retail").join("audit.sqlite")).unwrap();
+    let job = mesh.submit(&example.job(), &["split-label-owner"]);
+    assert_eq!(job["state"], "denied", "{job}");
+    let reason = reason(&job);
+    assert!(
+        reason.contains("retail")
+            && reason.contains("audit log cannot be written")
+            && reason.contains("removed or replaced"),
+        "{reason}"
+    );
+}

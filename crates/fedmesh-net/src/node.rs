@@ -61,14 +61,16 @@ struct NodeContext {
 }
 
 impl NodeContext {
-    /// Appends to the node's audit log. A log that cannot be written is logged loudly; the
-    /// domain's refusal or answer stands either way.
-    fn audit(&self, entry: Entry) {
+    /// Appends to the node's audit log. The log fails closed: what cannot be recorded is not
+    /// done, so a write that fails stops the job it was about.
+    fn audit(&self, entry: Entry) -> Result<(), SplitError> {
         if let Some(log) = &self.audit
             && let Err(e) = log.append(entry)
         {
             tracing::error!("cannot write the audit log: {e}");
+            return Err(SplitError::AuditFailed(e.to_string()));
         }
+        Ok(())
     }
 
     /// Tells governance's catalog what the node found in its product.
@@ -109,7 +111,12 @@ impl NodeContext {
         denials
     }
 
-    fn audit_decision(&self, usage: &Usage, denials: &[fedmesh_policy::Denial], at: &str) {
+    fn audit_decision(
+        &self,
+        usage: &Usage,
+        denials: &[fedmesh_policy::Denial],
+        at: &str,
+    ) -> Result<(), SplitError> {
         let action = if denials.is_empty() {
             "job.admitted"
         } else {
@@ -132,7 +139,7 @@ impl NodeContext {
                     "denials",
                     denials.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
                 ),
-        );
+        )
     }
 }
 
@@ -195,7 +202,9 @@ impl DomainNode for DomainNodeService {
             usage.product_version = contract.version.clone();
         }
         let denials = self.context.check(&contract, &usage, None);
-        self.context.audit_decision(&usage, &denials, "admission");
+        self.context
+            .audit_decision(&usage, &denials, "admission")
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
         Ok(Response::new(v1::AdmissionReply {
             denials_json: serde_json::to_string(&denials).expect("denials serialize"),
             usage_json: serde_json::to_string(&usage).expect("usages serialize"),
@@ -288,7 +297,9 @@ async fn serve(
         tracing::info!("job `{}` closed", opened.id);
     }
     if let Some(predicting) = &job.predicting {
-        job.context.audit(
+        // The stream is over: a record that cannot be written is reported here (the node's
+        // log), and the next request finds the log failing too.
+        let _ = job.context.audit(
             Entry::new(
                 job.product.domain.clone(),
                 "predictions.served",
@@ -509,7 +520,7 @@ impl NodeJob {
     ) -> Result<T, SplitError> {
         let denials = self.context.check(contract, usage, None);
         if !denials.is_empty() {
-            self.context.audit_decision(usage, &denials, "job start");
+            self.context.audit_decision(usage, &denials, "job start")?;
             return Err(crate::admission::denied(&denials));
         }
         let read = match read() {
@@ -526,7 +537,7 @@ impl NodeJob {
             &crate::catalog::QualityReport::of(product(&read)),
         ));
         let denials = self.context.check(contract, usage, Some(rows));
-        self.context.audit_decision(usage, &denials, "job start");
+        self.context.audit_decision(usage, &denials, "job start")?;
         if !denials.is_empty() {
             return Err(crate::admission::denied(&denials));
         }
@@ -554,11 +565,13 @@ impl NodeJob {
         let reason = format!(
             "{violation} (severity error): `{domain}` stays out of the job until the data is fixed"
         );
-        self.context.audit(
+        if let Err(e) = self.context.audit(
             Entry::new(domain.clone(), "job.denied", job_id.to_string())
                 .detail("at", "contract check")
                 .detail("denials", [&reason]),
-        );
+        ) {
+            return e;
+        }
         SplitError::Denied(vec![format!("{domain} refuses: {reason}")])
     }
 
@@ -803,12 +816,12 @@ impl NodeJob {
                 .detail("method", "private set intersection")
                 .detail("product_rows", keys.len())
                 .detail("aligned_rows", rows.len()),
-        );
+        )?;
         // Fewer common entities than the contract allows: the domain withdraws now, before a
         // model is fit to them.
         let denials = fedmesh_policy::check_contract(&contract, &usage, Some(rows.len()));
         if !denials.is_empty() {
-            self.context.audit_decision(&usage, &denials, "alignment");
+            self.context.audit_decision(&usage, &denials, "alignment")?;
             return Err(crate::admission::denied(&denials));
         }
         Ok(Some(rows.len() as u64))
@@ -886,9 +899,9 @@ impl NodeJob {
     }
 
     /// Records what the finished run used and sent.
-    fn audit_run(&self) {
+    fn audit_run(&self) -> Result<(), SplitError> {
         if let Some(ncf) = &self.ncf {
-            self.context.audit(
+            return self.context.audit(
                 Entry::new(self.product.domain.clone(), "training.run", ncf.id.clone())
                     .detail(
                         "product",
@@ -907,10 +920,9 @@ impl NodeJob {
                     .detail("bytes_sent", self.traffic.sent)
                     .detail("bytes_received", self.traffic.received),
             );
-            return;
         }
         let Some(opened) = &self.opened else {
-            return;
+            return Ok(());
         };
         self.context.audit(
             Entry::new(
@@ -931,7 +943,7 @@ impl NodeJob {
             .detail("batches", self.traffic.plans)
             .detail("bytes_sent", self.traffic.sent)
             .detail("bytes_received", self.traffic.received),
-        );
+        )
     }
 
     /// Opens split inference: checks the usage against the domain's rules, finds the requested
@@ -956,7 +968,8 @@ impl NodeJob {
             Action::Predict,
         )?;
         let denials = self.context.check(&contract, &usage, None);
-        self.context.audit_decision(&usage, &denials, "prediction");
+        self.context
+            .audit_decision(&usage, &denials, "prediction")?;
         if !denials.is_empty() {
             return Err(crate::admission::denied(&denials));
         }
@@ -1184,7 +1197,7 @@ impl NodeJob {
                     .collect(),
             }),
             Command::Finish(_) => {
-                self.audit_run();
+                self.audit_run()?;
                 Reply::Ack(v1::Empty {})
             }
         };

@@ -64,6 +64,9 @@ pub enum SplitError {
         "training diverged: the loss of batch {batch} of epoch {epoch} is not finite (lower the learning rate, or check the optimizer's epsilon and betas)"
     )]
     Diverged { epoch: usize, batch: usize },
+    /// A party could not write its audit log: what it did would go unrecorded, so it stops.
+    #[error("the audit log cannot be written, so the job stops: {0}")]
+    AuditFailed(String),
     #[error("interrupted: the run was stopped before it finished; nothing was saved")]
     Interrupted,
     #[error(transparent)]
