@@ -501,7 +501,7 @@ pub fn predict(
             let z = top.tower_output(&cut);
             let (values, cols) = match top.head() {
                 Some(head) => {
-                    let values = head.scores(&z);
+                    let values = head.scores(&z)?;
                     let cols = values.len() / batch.len().max(1);
                     (values, cols)
                 }

@@ -59,15 +59,35 @@ fn check_inference_equals_evaluation(config: RunConfig) {
     let top = TopScorer::load(&job.spec, width, dir.path(), label_sharing).unwrap();
     let z = top.tower_output(&cut);
     let scores = match top.head() {
-        Some(head) => head.scores(&z),
+        Some(head) => head.scores(&z).unwrap(),
         None => HeadScorer::load(
             &job.spec,
             z.cols,
             &dir.path().join("head-fraud-prevention.bpk"),
         )
         .unwrap()
-        .scores(&z),
+        .scores(&z)
+        .unwrap(),
     };
+    if !label_sharing {
+        // A tower output of another width than the saved head's is refused, not scored.
+        let path = dir.path().join("head-fraud-prevention.bpk");
+        let error = HeadScorer::load(&job.spec, z.cols + 1, &path)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("head-fraud-prevention.bpk") && error.contains("shape mismatch"),
+            "{error}"
+        );
+        let head = HeadScorer::load(&job.spec, z.cols, &path).unwrap();
+        let wide = fedmesh_split::WireTensor {
+            rows: 1,
+            cols: z.cols + 1,
+            data: vec![0.0; z.cols + 1],
+        };
+        assert!(head.scores(&wide).is_err());
+    }
     let expected: Vec<f32> = result
         .test_scores
         .iter()
