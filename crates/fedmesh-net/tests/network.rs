@@ -94,20 +94,9 @@ fn start_nodes(
             },
         );
         streams.push(service.accepted_streams());
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        runtime.spawn(
-            Server::builder()
-                .tls_config(identity.server_config())
-                .unwrap()
-                .add_service(DomainNodeServer::new(service))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
         endpoints.push(NodeEndpoint {
             name: name.clone(),
-            url: format!("https://127.0.0.1:{port}"),
+            url: serve(&runtime, &identity, DomainNodeServer::new(service)),
         });
         nodes.push(Some(runtime));
     }
@@ -660,9 +649,13 @@ impl fedmesh_proto::v1::domain_node_server::DomainNode for LyingNode {
     }
 }
 
-/// Serves `node` as `name` (with that domain's certificate) on loopback; returns its URL.
-fn serve_liar(runtime: &Runtime, certs: &Path, name: &str, node: LyingNode) -> String {
-    let identity = MeshIdentity::load(certs, name).unwrap();
+/// Serves a domain node (honest or not) with `identity`'s certificate on a free loopback port
+/// of `runtime`; returns its URL.
+fn serve<S: fedmesh_proto::v1::domain_node_server::DomainNode>(
+    runtime: &Runtime,
+    identity: &MeshIdentity,
+    node: DomainNodeServer<S>,
+) -> String {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -671,7 +664,7 @@ fn serve_liar(runtime: &Runtime, certs: &Path, name: &str, node: LyingNode) -> S
         Server::builder()
             .tls_config(identity.server_config())
             .unwrap()
-            .add_service(DomainNodeServer::new(node))
+            .add_service(node)
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     format!("https://127.0.0.1:{port}")
@@ -725,7 +718,8 @@ fn a_node_that_lies_fails_the_run_by_name_and_the_mesh_then_runs_a_good_job() {
         ),
     ];
     for (liar, expected) in lies {
-        let url = serve_liar(&runtime, mesh.certs.path(), "retail", liar);
+        let identity = MeshIdentity::load(mesh.certs.path(), "retail").unwrap();
+        let url = serve(&runtime, &identity, DomainNodeServer::new(liar));
         let mut governance = mesh.own_governance();
         governance
             .nodes

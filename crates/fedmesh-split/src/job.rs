@@ -1056,12 +1056,13 @@ impl JobSpec {
     pub fn limit_problems(&self) -> Vec<String> {
         let mut limits = Limits::default();
         let training = &self.training;
-        limits.epochs("training.epochs", training.epochs);
-        limits.count(
-            "training.batch_size",
+        // A batch of one row is skipped (BatchNorm needs two): a batch size of 1 trains nothing.
+        limits.training(
+            training.epochs,
             training.batch_size,
             2,
-            MAX_BATCH_ROWS,
+            &training.optimizer,
+            &self.seeds,
         );
         limits.count(
             "training.eval_batch_size",
@@ -1069,8 +1070,6 @@ impl JobSpec {
             1,
             MAX_BATCH_ROWS,
         );
-        limits.optimizer("training.optimizer", &training.optimizer);
-        limits.seeds("seeds", &self.seeds);
         limits.fraction("split.test_fraction", self.split.test_fraction, true, false);
         limits.fraction(
             "split.valid_fraction",

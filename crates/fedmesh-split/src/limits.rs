@@ -151,4 +151,20 @@ impl Limits {
     pub fn epochs(&mut self, field: &str, epochs: usize) {
         self.count(field, epochs, 1, MAX_EPOCHS);
     }
+
+    /// A spec's `training` section and its seeds: epochs, a batch of `min_batch` to
+    /// [`MAX_BATCH_ROWS`] rows, Adam's settings, 1 to [`MAX_SEEDS`] seeds.
+    pub fn training(
+        &mut self,
+        epochs: usize,
+        batch_size: usize,
+        min_batch: usize,
+        optimizer: &crate::OptimizerSpec,
+        seeds: &[u64],
+    ) {
+        self.epochs("training.epochs", epochs);
+        self.count("training.batch_size", batch_size, min_batch, MAX_BATCH_ROWS);
+        self.optimizer("training.optimizer", optimizer);
+        self.seeds("seeds", seeds);
+    }
 }

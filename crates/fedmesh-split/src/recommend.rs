@@ -569,19 +569,17 @@ impl RecommendationSpec {
 
     /// Every number of the spec outside its range (see [`crate::limits`]), one sentence each.
     pub fn limit_problems(&self) -> Vec<String> {
-        use crate::limits::{MAX_BATCH_ROWS, MAX_EMBEDDING_WIDTH, MAX_NEGATIVES};
+        use crate::limits::{MAX_EMBEDDING_WIDTH, MAX_NEGATIVES};
         let mut limits = crate::limits::Limits::default();
         let training = &self.training;
-        limits.epochs("training.epochs", training.epochs);
-        limits.count(
-            "training.batch_size",
+        limits.training(
+            training.epochs,
             training.batch_size,
             1,
-            MAX_BATCH_ROWS,
+            &training.optimizer,
+            &self.seeds,
         );
         limits.count("training.negatives", training.negatives, 1, MAX_NEGATIVES);
-        limits.optimizer("training.optimizer", &training.optimizer);
-        limits.seeds("seeds", &self.seeds);
         if let Some(model) = &self.model {
             limits.count("model.factors", model.factors, 1, MAX_EMBEDDING_WIDTH);
             limits.layers("model.layers", &model.layers, true);
