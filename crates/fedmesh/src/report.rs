@@ -57,6 +57,14 @@ pub fn table(results: &Results) -> String {
         .runs
         .first()
         .is_some_and(|r| matches!(r.metrics, Metrics::Binary(_)));
+    let ranking = results
+        .runs
+        .first()
+        .is_some_and(|r| matches!(r.metrics, Metrics::Ranking(_)));
+    let headline = results
+        .runs
+        .first()
+        .map_or("headline", |r| r.metrics.headline_name());
     let seeds = results
         .runs
         .first()
@@ -75,8 +83,14 @@ pub fn table(results: &Results) -> String {
             "| configuration | ROC-AUC | PR-AUC | F1 (valid. threshold) | F1 @0.5 | hard-label AUC | train s | cut-layer MB |"
         );
         let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    } else if ranking {
+        let _ = writeln!(out, "| configuration | HR@10 | NDCG@10 | train s |");
+        let _ = writeln!(out, "|---|---|---|---|");
     } else {
-        let _ = writeln!(out, "| configuration | headline | train s | cut-layer MB |");
+        let _ = writeln!(
+            out,
+            "| configuration | {headline} | train s | cut-layer MB |"
+        );
         let _ = writeln!(out, "|---|---|---|---|");
     }
     for config in configs(results) {
@@ -98,6 +112,14 @@ pub fn table(results: &Results) -> String {
                 cell(&runs, b(|m| m.f1)),
                 cell(&runs, b(|m| m.f1_at_0_5)),
                 cell(&runs, b(|m| m.hard_label_auc)),
+            );
+        } else if ranking {
+            let ndcg = |r: &RunResult| r.metrics.ranking().map_or(f64::NAN, |m| m.ndcg);
+            let _ = writeln!(
+                out,
+                "| {config} | {} | {} | {seconds} |",
+                cell(&runs, |r| r.metrics.headline()),
+                cell(&runs, ndcg)
             );
         } else {
             let _ = writeln!(

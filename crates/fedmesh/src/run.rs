@@ -452,6 +452,7 @@ pub fn submit(
             }
             JobProgress::State { state, reason } => match &current {
                 Some(progress) => progress.state(&state),
+                None if reason.is_empty() => println!("{state}"),
                 None => println!("{state}: {reason}"),
             },
             JobProgress::Log(line) => match &current {
