@@ -309,15 +309,29 @@ fn main() -> std::process::ExitCode {
 }
 
 /// What every fedmesh process starts with. Files it creates (models, state, audit logs, keys,
-/// results) are its user's alone: 0600, folders 0700. A closed pipe ends it quietly, as it ends
-/// `cat` (`fedmesh audit show | head`), instead of panicking in `println!`.
+/// results) are its user's alone: 0600, folders 0700. A closed pipe on standard output ends it
+/// quietly, as it ends `cat` (`fedmesh audit show | head`), instead of with a panic. (SIGPIPE
+/// itself stays ignored: a server writing to a socket its peer closed must get an error, not
+/// die.)
 fn process_defaults() {
     #[cfg(unix)]
-    // SAFETY: both calls only set process-wide attributes, before any thread is started.
+    // SAFETY: sets a process-wide attribute before any thread is started.
     unsafe {
         libc::umask(0o077);
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info)
+    }));
 }
 
 fn run() -> Result<()> {
