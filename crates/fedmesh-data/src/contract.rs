@@ -496,10 +496,11 @@ fn misspelt(at: &str, extra: &Extra, fields: &[&str]) -> Vec<String> {
     extra
         .keys()
         .filter_map(|key| {
-            let near = fields.iter().find(|f| {
-                f.eq_ignore_ascii_case(key)
-                    || edit_distance(&f.to_ascii_lowercase(), &key.to_ascii_lowercase()) <= 2
-            })?;
+            // Compared in lower case: a difference of case alone is a distance of 0.
+            let key_lower = key.to_ascii_lowercase();
+            let near = fields
+                .iter()
+                .find(|f| edit_distance(&f.to_ascii_lowercase(), &key_lower) <= 2)?;
             Some(format!(
                 "{at}: `{key}` is not an ODCS field; did you mean `{near}`?"
             ))

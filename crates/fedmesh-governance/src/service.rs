@@ -110,6 +110,11 @@ impl GovernanceService {
     }
 }
 
+/// A request whose decision could not be written to the audit log is refused.
+fn unrecorded(e: SplitError) -> Status {
+    Status::internal(e.to_string())
+}
+
 fn internal(e: StoreError) -> Status {
     match e {
         StoreError::NoJob(_) | StoreError::NoProduct(_) | StoreError::NoModel(_) => {
@@ -592,7 +597,7 @@ impl GovernanceService {
                         format!("{:x}", Sha256::digest(request.spec_yaml.as_bytes())),
                     ),
             )
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(unrecorded)?;
         tracing::info!("`{caller}` submitted job `{}`", plan.id);
         let policies = Policies::load(&state.policies).map_err(|e| e.to_string());
         let admitted = admit(
@@ -620,7 +625,7 @@ impl GovernanceService {
                             .entry("job.denied", &plan.id)
                             .detail("denials", &denials),
                     )
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                    .map_err(unrecorded)?;
                 state
                     .store
                     .set_state(&plan.id, JobState::Denied, &reason)
@@ -646,7 +651,7 @@ impl GovernanceService {
                     .detail("products", &products)
                     .detail("notes", &admission.notes),
             )
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(unrecorded)?;
         for note in &admission.notes {
             state
                 .store
@@ -790,7 +795,7 @@ impl Governance for GovernanceService {
                             .entry("job.cancel-requested", &id)
                             .detail("by", &caller),
                     )
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                    .map_err(unrecorded)?;
             }
             None => {
                 state
@@ -803,7 +808,7 @@ impl Governance for GovernanceService {
                     .map_err(internal)?;
                 state
                     .audit(state.entry("job.cancelled", &id).detail("by", &caller))
-                    .map_err(|e| Status::internal(e.to_string()))?;
+                    .map_err(unrecorded)?;
             }
         }
         Ok(json(&state.store.job(&id).map_err(internal)?))
@@ -865,7 +870,7 @@ impl Governance for GovernanceService {
                         .detail("schema_sha256", &entry.schema_hash)
                         .detail("previous_version", before.map(|b| b.version)),
                 )
-                .map_err(|e| Status::internal(e.to_string()))?;
+                .map_err(unrecorded)?;
         }
         Ok(Response::new(v1::Empty {}))
     }
@@ -978,7 +983,7 @@ fn predict(
                     .detail("requester", requester)
                     .detail("denials", &reasons),
             )
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(unrecorded)?;
         return Err(Status::permission_denied(reasons.join("\n")));
     }
     let start = v1::PredictStart {
@@ -1027,7 +1032,7 @@ fn predict(
                 .detail("scored", prediction.scores.len())
                 .detail("missing", prediction.missing.len()),
         )
-        .map_err(|e| Status::internal(e.to_string()))?;
+        .map_err(unrecorded)?;
     tracing::info!(
         "`{requester}` scored {} entities with `{reference}` ({} keys missing)",
         prediction.scores.len(),

@@ -61,12 +61,6 @@ impl Mesh {
         stop: &AtomicBool,
         save_to: Option<&Path>,
     ) -> Result<RunResult, SplitError> {
-        if !MESH_CONFIGS.contains(config) {
-            return Err(SplitError::Protocol(format!(
-                "`{}` cannot run over the mesh: it needs every domain's data in one place",
-                config.name()
-            )));
-        }
         match job {
             AnyJob::Vertical(job) => self.run_vertical(
                 job, run_id, requester, config, seed, observer, stop, save_to,
@@ -90,6 +84,7 @@ impl Mesh {
         stop: &AtomicBool,
         save_to: Option<&Path>,
     ) -> Result<RunResult, SplitError> {
+        check_mesh_config(config)?;
         let share_labels = *config == RunConfig::SplitLabelSharing;
         let model = spec.split_model()?;
         let nodes = [
@@ -187,12 +182,7 @@ impl Mesh {
         seed: u64,
     ) -> Result<(SplitTrainer<GrpcTransport>, Partition), SplitError> {
         let spec = &job.spec;
-        if !MESH_CONFIGS.contains(config) {
-            return Err(SplitError::Protocol(format!(
-                "`{}` cannot run over the mesh: it needs every domain's rows in one place",
-                config.name()
-            )));
-        }
+        check_mesh_config(config)?;
         if spec.resample.is_some() {
             return Err(SplitError::Spec {
                 path: job.file.clone(),
@@ -237,5 +227,17 @@ impl Mesh {
         let trainer = spec.split_trainer(transport, share_labels, cut_width, seed)?;
         fedmesh_split::job::seed_training_randomness(seed);
         Ok((trainer, partition))
+    }
+}
+
+/// Refuses a configuration that needs every domain's data in one place.
+fn check_mesh_config(config: &RunConfig) -> Result<(), SplitError> {
+    if MESH_CONFIGS.contains(config) {
+        Ok(())
+    } else {
+        Err(SplitError::Protocol(format!(
+            "`{}` cannot run over the mesh: it needs every domain's data in one place",
+            config.name()
+        )))
     }
 }

@@ -266,9 +266,6 @@ async fn serve(
         let Some(command) = message.body else {
             continue;
         };
-        if matches!(command, Command::Plan(_) | Command::Step(_)) {
-            job.traffic.plans += 1;
-        }
         if matches!(command, Command::Align(_)) {
             if send_blinded_list(&mut job, &replies).await {
                 continue;
@@ -432,8 +429,6 @@ struct Traffic {
     /// Encoded bytes received from and sent to governance.
     received: u64,
     sent: u64,
-    /// Batch plans answered.
-    plans: u64,
 }
 
 fn protocol(message: &str) -> SplitError {
@@ -841,9 +836,14 @@ impl NodeJob {
     fn build(&mut self, partition: &Partition) -> Result<v1::Ready, SplitError> {
         self.check_aligned()?;
         let opened = self.opened()?;
-        if opened.owns_labels() && opened.targets.is_none() {
-            return Err(protocol("the label owner was not asked for the partition"));
-        }
+        // The label owner's labels, drawn with the partition it was asked for.
+        let targets = match (opened.owns_labels(), &opened.targets) {
+            (false, _) => None,
+            (true, Some(targets)) => Some(targets.clone()),
+            (true, None) => {
+                return Err(protocol("the label owner was not asked for the partition"));
+            }
+        };
         let prepared =
             opened
                 .job
@@ -858,11 +858,7 @@ impl NodeJob {
         if let Some(prepared) = &prepared {
             session = session.with_bottom(opened.job.spec.domain_party(prepared, opened.seed)?);
         }
-        if opened.owns_labels() {
-            let targets = opened
-                .targets
-                .clone()
-                .ok_or_else(|| protocol("the label owner was not asked for the partition"))?;
+        if let Some(targets) = targets {
             session = if opened.share_labels {
                 session.with_shared_labels(targets)
             } else {
@@ -916,7 +912,7 @@ impl NodeJob {
                     .detail("rows", ncf.rows)
                     .detail("epochs", ncf.spec.training.epochs)
                     .detail("example_passes", ncf.passes)
-                    .detail("batches", self.traffic.plans)
+                    .detail("batches", ncf.party.session().plans())
                     .detail("bytes_sent", self.traffic.sent)
                     .detail("bytes_received", self.traffic.received),
             );
@@ -940,7 +936,10 @@ impl NodeJob {
             .detail("rows", opened.product.rows())
             .detail("partition", opened.partition_sizes)
             .detail("epochs", opened.job.spec.training.epochs)
-            .detail("batches", self.traffic.plans)
+            .detail(
+                "batches",
+                self.session.as_ref().map_or(0, PartySession::plans),
+            )
             .detail("bytes_sent", self.traffic.sent)
             .detail("bytes_received", self.traffic.received),
         )

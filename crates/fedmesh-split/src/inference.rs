@@ -95,44 +95,32 @@ pub struct HeadScorer {
 }
 
 impl HeadScorer {
-    /// Loads the head saved at `path`, for a tower output `input` wide; refuses when the saved
-    /// head takes another width (loading does not check shapes; scoring would then panic).
+    /// Loads the head saved at `path`, for a tower output `input` wide (loading refuses a saved
+    /// head of another width).
     pub fn load(spec: &JobSpec, input: usize, path: &Path) -> Result<Self, SplitError> {
-        if input == 0 || input > crate::session::MAX_TOWER_OUTPUT {
-            return Err(SplitError::Protocol(format!(
-                "a tower output {input} columns wide; a head takes 1 to {}",
-                crate::session::MAX_TOWER_OUTPUT
-            )));
-        }
+        crate::session::check_tower_width(input).map_err(SplitError::Protocol)?;
         let device = training_device().inner();
         let head = load_part(spec.head_config(input).init(&device), path)?;
-        let scorer = Self {
+        Ok(Self {
             head,
             objective: spec.objective.clone(),
             device,
-        };
-        scorer.check_width(input)?;
-        Ok(scorer)
+        })
     }
 
     /// Scores, row-major, as the evaluation records them: class probabilities, or values. A
     /// tower output that is not finite, or of another width than the head's, is refused.
     pub fn scores(&self, tower_output: &CutActivation) -> Result<Vec<f32>, SplitError> {
         crate::session::check_tensor(tower_output, "the tower output", "governance")?;
-        self.check_width(tower_output.cols)?;
+        let width = self.head.input_width();
+        if tower_output.cols != width {
+            return Err(SplitError::Protocol(format!(
+                "a tower output {} columns wide; the saved head takes {width}",
+                tower_output.cols
+            )));
+        }
         Ok(self
             .objective
             .scores(self.head.forward(tower_output.to_tensor(&self.device))))
-    }
-
-    fn check_width(&self, cols: usize) -> Result<(), SplitError> {
-        let width = self.head.input_width();
-        if cols == width {
-            Ok(())
-        } else {
-            Err(SplitError::Protocol(format!(
-                "a tower output {cols} columns wide; the saved head takes {width}"
-            )))
-        }
     }
 }

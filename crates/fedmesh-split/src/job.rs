@@ -546,12 +546,12 @@ impl Job {
 
     /// Reads `domain`'s product: from `data` when given, else where its contract's server
     /// says; when that file is absent and the spec derives example products, from the public
-    /// table `example` (or a known dataset's generator when there is none).
+    /// table `example_table` (or a known dataset's generator when there is none).
     pub fn load_product(
         &self,
         domain: &DomainSpec,
         data: Option<&Path>,
-        example: Option<&Path>,
+        example_table: Option<&Path>,
         cache: &mut SourceCache,
     ) -> Result<(DataProduct, String), SplitError> {
         let spec = &self.spec;
@@ -569,10 +569,9 @@ impl Job {
             }
         };
         let table = match (&spec.example_data, data) {
-            (Some(_), None) if !path.exists() => {
+            (Some(example), None) if !path.exists() => {
                 let derived = {
-                    let source = self.example_source(example, cache)?;
-                    let example = spec.example_data.as_ref().expect("matched above");
+                    let source = self.example_source(example_table, cache)?;
                     let key = contract.key_column().ok_or_else(|| {
                         DataError::Invalid(format!(
                             "data product `{}` declares no key column (primaryKey): an example's products are derived by entity",

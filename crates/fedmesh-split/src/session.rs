@@ -299,26 +299,20 @@ impl PartySession {
                 plan.rows.len()
             )));
         }
-        if tower_output.cols == 0 || tower_output.cols > MAX_TOWER_OUTPUT {
-            return Err(SplitError::Protocol(format!(
-                "governance sent `{name}` a tower output {} columns wide; a head takes 1 to {MAX_TOWER_OUTPUT}",
-                tower_output.cols
-            )));
-        }
+        check_tower_width(tower_output.cols)
+            .map_err(|e| SplitError::Protocol(format!("governance sent `{name}` {e}")))?;
         let held = match &self.head {
             HeadSlot::Absent => return Err(self.no_head()),
             HeadSlot::Recipe { targets, .. } => targets.len(),
             HeadSlot::Built(head) => head.targets().len(),
         };
         check_plan(&name, plan, held)?;
-        if let HeadSlot::Recipe { .. } = self.head {
-            let HeadSlot::Recipe { recipe, targets } =
-                std::mem::replace(&mut self.head, HeadSlot::Absent)
-            else {
-                unreachable!("matched above")
-            };
-            self.head = HeadSlot::Built(Box::new(recipe(targets, tower_output.cols)));
-        }
+        self.head = match std::mem::replace(&mut self.head, HeadSlot::Absent) {
+            HeadSlot::Recipe { recipe, targets } => {
+                HeadSlot::Built(Box::new(recipe(targets, tower_output.cols)))
+            }
+            slot => slot,
+        };
         let HeadSlot::Built(head) = &mut self.head else {
             unreachable!("built above")
         };
@@ -338,6 +332,18 @@ impl PartySession {
 
     fn refuse(&self, what: &str) -> SplitError {
         SplitError::Protocol(format!("`{}` refuses {what}", self.name))
+    }
+}
+
+/// Refuses a tower output width no head is built for: 0, or more than [`MAX_TOWER_OUTPUT`]
+/// (the sentence names the width, for the caller to say who sent it).
+pub fn check_tower_width(cols: usize) -> Result<(), String> {
+    if cols == 0 || cols > MAX_TOWER_OUTPUT {
+        Err(format!(
+            "a tower output {cols} columns wide; a head takes 1 to {MAX_TOWER_OUTPUT}"
+        ))
+    } else {
+        Ok(())
     }
 }
 

@@ -31,7 +31,7 @@ use crate::party::{DomainParty, LabelOwner, OptimizerSpec};
 use crate::recommend::{NcfTraining, RankingMetrics, Recommender, SalesExamples, TOP_K};
 use crate::scores::EvaluationReport;
 use crate::session::PartySession;
-use crate::trainer::{LabelPlacement, Observer, SplitTrainer, Trainer};
+use crate::trainer::{LabelPlacement, Observer, SplitTrainer, Trainer, finite_loss};
 use crate::transport::{HoldsSession, InProcess, Transport};
 use crate::wire::{BatchPlan, Part};
 
@@ -696,13 +696,7 @@ impl<T: NcfTransport> Recommender for SplitNcf<T> {
                 return Err(SplitError::Interrupted);
             }
             self.trainer.announce(plans.get(i + 1));
-            let loss = self.trainer.train_step(plan)?;
-            if !loss.is_finite() {
-                return Err(SplitError::Diverged {
-                    epoch: self.epochs,
-                    batch: i + 1,
-                });
-            }
+            let loss = finite_loss(self.trainer.train_step(plan)?, self.epochs, i + 1)?;
             loss_sum += loss as f64 * plan.rows.len() as f64;
             observer.batch_done(loss);
         }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::SplitError;
 use crate::job::{Job, LabelSharingFallback, RunConfig, read_spec};
 use crate::recommend::RecommendationSpec;
+use crate::split_ncf::NcfRole;
 
 /// The split configurations, which run over a mesh: the others need every domain's data in one
 /// place.
@@ -107,8 +108,8 @@ impl AnyJob {
     pub fn domains(&self) -> Vec<&str> {
         match self {
             Self::Vertical(job) => job.spec.domains.iter().map(|d| d.name.as_str()).collect(),
-            Self::Recommendation(spec) => [&spec.sales, &spec.customer, &spec.product]
-                .map(|d| d.name.as_str())
+            Self::Recommendation(spec) => NcfRole::ALL
+                .map(|role| spec.domain(role).name.as_str())
                 .to_vec(),
         }
     }

@@ -414,6 +414,16 @@ pub struct EpochRecord {
     pub valid_headline: Option<f64>,
 }
 
+/// A batch's loss, or [`SplitError::Diverged`] when it is NaN or infinite (`epoch` and `batch`
+/// count from 1): the models would only get worse from there.
+pub(crate) fn finite_loss(loss: f32, epoch: usize, batch: usize) -> Result<f32, SplitError> {
+    if loss.is_finite() {
+        Ok(loss)
+    } else {
+        Err(SplitError::Diverged { epoch, batch })
+    }
+}
+
 /// Follows a training run (progress bars, logs).
 pub trait Observer {
     /// The first batch is about to be trained (the rows are aligned and partitioned).
@@ -482,13 +492,7 @@ pub fn fit(
                 return Err(SplitError::Interrupted);
             }
             trainer.announce(plans.get(i + 1));
-            let loss = trainer.train_step(plan)?;
-            if !loss.is_finite() {
-                return Err(SplitError::Diverged {
-                    epoch,
-                    batch: i + 1,
-                });
-            }
+            let loss = finite_loss(trainer.train_step(plan)?, epoch, i + 1)?;
             loss_sum += loss as f64 * plan.rows.len() as f64;
             observer.batch_done(loss);
         }

@@ -80,22 +80,19 @@ pub fn recommendation_domains(spec: &RecommendationSpec, file: &Path) -> Vec<(St
         .collect()
 }
 
-/// The public table the example in `path` derives its products from, if it does.
-pub fn example_table(path: &Path) -> Result<Option<PathBuf>> {
-    Ok(match fedmesh_split::AnyJob::load(path)? {
-        fedmesh_split::AnyJob::Vertical(job) => job.example_path(),
-        fedmesh_split::AnyJob::Recommendation(_) => None,
-    })
-}
+/// Each domain of a job with its product's contract.
+pub type Domains = Vec<(String, PathBuf)>;
 
-/// The domains of the example (a classification or a recommendation job) in `path`.
-pub fn example_domains(path: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// The domains of the example (a classification or a recommendation job) in `path`, and the
+/// public table its products are derived from, if they are.
+pub fn example_domains(path: &Path) -> Result<(Domains, Option<PathBuf>)> {
     let (text, file) = read_spec(path)?;
     if is_recommendation(&text) {
         let spec = RecommendationSpec::from_yaml(&text, &file)?;
-        Ok(recommendation_domains(&spec, &file))
+        Ok((recommendation_domains(&spec, &file), None))
     } else {
-        Ok(job_domains(&Job::from_yaml(&text, &file)?))
+        let job = Job::from_yaml(&text, &file)?;
+        Ok((job_domains(&job), job.example_path()))
     }
 }
 
@@ -383,12 +380,13 @@ pub fn up(
     stop: &AtomicBool,
 ) -> Result<()> {
     let runtime = Runtime::new()?;
+    let (domains, example_table) = example_domains(example)?;
     let mut mesh = LocalMesh::start(
-        &example_domains(example)?,
+        &domains,
         dir,
         Ports::From(port),
         data,
-        example_table(example)?.as_deref(),
+        example_table.as_deref(),
         true,
     )?;
     mesh.wait_ready(&runtime, Duration::from_secs(30))?;
