@@ -381,6 +381,17 @@ impl DataContract {
         serde_norway::to_string(self).expect("a contract always serializes")
     }
 
+    /// SHA-256 of the contract's schema (hex): two versions of a contract with the same hash
+    /// describe the same columns.
+    pub fn schema_hash(&self) -> String {
+        use sha2::Digest as _;
+        let schema = serde_json::to_string(&self.schema).unwrap_or_default();
+        sha2::Sha256::digest(schema.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// The product's name: `dataProduct`, else `name`, else the schema object's name.
     pub fn product_name(&self) -> &str {
         self.data_product

@@ -25,6 +25,7 @@ pub use contract::{DataContract, LogicalType, QualityRule, SchemaProperty};
 pub use pipeline::{FeatureKind, FeatureMatrix, FeaturePipeline, FeatureSpec};
 pub use product::{DataProduct, SourceCache, SourceTable};
 pub use split::Partition;
+pub use validate::QualityReport;
 
 /// A broken contract rule, located as precisely as the rule allows.
 ///

@@ -12,6 +12,44 @@ use crate::Violation;
 use crate::contract::QualityRule;
 use crate::product::{DataProduct, column_as_strings};
 
+/// The outcome of checking a product's data against its contract, as a node reports it to
+/// governance's catalog: the rules that did not hold, never the values that broke them.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct QualityReport {
+    /// When it was checked (ms since the epoch); 0: never.
+    pub checked_ms: i64,
+    /// Whether a `severity: error` rule failed: the product is then kept out of jobs.
+    pub blocking: bool,
+    /// Each rule that did not hold.
+    pub violations: Vec<String>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl QualityReport {
+    /// The warnings of a product that loaded (blocking rules held, or it would not have).
+    pub fn of(product: &DataProduct) -> Self {
+        Self {
+            checked_ms: now_ms(),
+            blocking: false,
+            violations: validate(product).iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    /// A product that a blocking rule keeps out of jobs.
+    pub fn blocked(violation: String) -> Self {
+        Self {
+            checked_ms: now_ms(),
+            blocking: true,
+            violations: vec![violation],
+        }
+    }
+}
+
 /// Every violation of the product's contract, blocking ones and warnings, in contract order.
 pub fn validate(product: &DataProduct) -> Vec<Violation> {
     let name = product.name().to_string();

@@ -6,12 +6,12 @@
 
 use std::time::Duration;
 
-use fedmesh_net::admission::requested_of;
 use fedmesh_net::{MeshIdentity, NodeEndpoint};
 use fedmesh_policy::{Action, Denial, LABEL_SHARING_RULE, Policies, Usage};
 use fedmesh_proto::v1::{self, domain_node_client::DomainNodeClient};
 use fedmesh_split::AnyJob;
 use fedmesh_split::job::{LabelSharingFallback, RunConfig};
+use fedmesh_split::usage::requested_of;
 
 /// A job's plan after admission: the configurations it may run, and what changed on the way.
 #[derive(Debug, Clone, PartialEq)]

@@ -4,6 +4,8 @@
 //! are enforced automatically, each domain keeps its own veto, and every use of a data product
 //! is on record. This crate is the governance node:
 //!
+//! - [`mesh`]: the run driver: one configuration and seed of a job over the domain nodes.
+//! - [`predict`]: split inference coordinated across the nodes that hold a model's parts.
 //! - [`store`]: the catalog of data products (contracts and facts, never rows), the jobs with
 //!   their state machine and event log, and the model registry, in one SQLite file that
 //!   survives restarts.
@@ -12,9 +14,12 @@
 //! - [`service`]: the `Governance` gRPC service over all of it, with every decision and run in a
 //!   hash-chained audit log (`fedmesh-audit`).
 //!
-//! [`serve`] runs it as a long-lived server.
+//! [`serve`] runs it as a long-lived server, configured by [`config`] (`governance.yaml`).
 
 pub mod admission;
+pub mod config;
+pub mod mesh;
+pub mod predict;
 pub mod service;
 pub mod store;
 
@@ -22,9 +27,11 @@ use std::future::Future;
 use std::sync::Arc;
 
 use fedmesh_net::server::{MAX_MESSAGE_BYTES, Stopping, builder};
-use fedmesh_net::{GovernanceConfig, MeshIdentity, NetError};
+use fedmesh_net::{MeshIdentity, NetError};
 use fedmesh_proto::v1::governance_server::GovernanceServer;
 
+pub use config::GovernanceConfig;
+pub use mesh::Mesh;
 pub use service::{GovernanceService, GovernanceState};
 pub use store::{JobState, Store, StoreError};
 
@@ -42,7 +49,7 @@ pub async fn serve(
             message: "governance's policies are not there: without a policy that permits a job, every job is denied (start from examples/policies)".into(),
         });
     }
-    let mesh = fedmesh_net::Mesh {
+    let mesh = Mesh {
         identity: identity.clone(),
         nodes: config.endpoints(),
         deadline: config.deadline(),

@@ -11,10 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::Mesh;
 use fedmesh_audit::{AuditLog, Entry};
 use fedmesh_data::DataContract;
-use fedmesh_net::Mesh;
-use fedmesh_net::catalog::{QualityReport, schema_hash};
+use fedmesh_data::QualityReport;
 use fedmesh_net::identity::authorize;
 use fedmesh_policy::{Denial, Policies};
 use fedmesh_proto::v1::governance_server::Governance;
@@ -843,7 +843,7 @@ impl Governance for GovernanceService {
             status: contract.status.clone(),
             key_column: contract.key_column().map(|k| k.name.clone()),
             rows: registration.rows,
-            schema_hash: schema_hash(&contract),
+            schema_hash: contract.schema_hash(),
             contract_yaml: registration.contract_yaml.clone(),
             quality,
             registered_ms: now_ms(),
@@ -964,7 +964,7 @@ fn predict(
             requester: requester.to_string(),
             product: input.product.clone(),
             product_version: input.version.clone(),
-            ..fedmesh_net::admission::requested(
+            ..fedmesh_split::usage::requested(
                 &job,
                 &input.domain,
                 fedmesh_policy::Action::Predict,
@@ -995,7 +995,7 @@ fn predict(
         share_labels,
     };
     let parts = state.runs.join(&model.run);
-    let prediction = fedmesh_net::transport::predict(
+    let prediction = crate::predict::predict(
         &state.mesh.identity,
         &job.spec
             .domains

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-pub use fedmesh_net::catalog::QualityReport;
+pub use fedmesh_data::QualityReport;
 
 /// Errors of governance's store.
 #[derive(Debug, thiserror::Error)]

@@ -4,63 +4,30 @@
 //! is in the audit logs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fedmesh_audit::AuditLog;
-use fedmesh_governance::{GovernanceService, GovernanceState, Store};
-use fedmesh_net::client::Operator;
-use fedmesh_net::{DomainNodeService, DomainProduct, Mesh, MeshIdentity, NodeEndpoint};
 use fedmesh_proto::v1::JobRequest;
-use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
-use fedmesh_proto::v1::governance_server::GovernanceServer;
 use fedmesh_split::job::{Job, RunConfig, RunResult};
 use fedmesh_split::recommend::{RecommendationSpec, write_synthetic_movielens_job};
+use fedmesh_testkit::{FRAUD_DOMAINS as DOMAINS, MeshBuilder, NodeSpec, POLICIES, TestMesh};
 use serde_json::Value;
-use tokio::runtime::Runtime;
-use tonic::transport::Server;
-
-const DOMAINS: [&str; 3] = ["digital", "retail", "fraud-prevention"];
-
-/// Governance's policies in these tests: anything by split learning, except marketing.
-const POLICIES: &str = r#"
-@id("split-learning")
-permit (principal, action, resource) when { context.technique == "split-learning" };
-
-@id("no-marketing")
-@reason("no domain's data may train models for marketing")
-forbid (principal, action, resource) when { context.purpose == "marketing" };
-"#;
 
 /// The fraud example copied to a folder of its own (so that a test can edit its contracts),
 /// on 4,000 synthetic rows and one epoch.
 struct Example {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+    folder: PathBuf,
 }
 
 impl Example {
     fn new() -> Self {
-        let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud");
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("contracts")).unwrap();
-        for file in [
-            "job.yaml",
-            "contracts/digital.odcs.yaml",
-            "contracts/retail.odcs.yaml",
-            "contracts/fraud-prevention.odcs.yaml",
-        ] {
-            std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
-        }
-        let example = Self { dir };
-        example.edit("job.yaml", |t| {
-            t.replace("synthetic_rows: 284807", "synthetic_rows: 4000")
-                .replace("epochs: 5", "epochs: 1")
-        });
-        example
+        let folder = fedmesh_testkit::small_fraud(dir.path(), 1);
+        Self { _dir: dir, folder }
     }
 
     fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
+        self.folder.join(file)
     }
 
     fn edit(&self, file: &str, change: impl Fn(&str) -> String) {
@@ -76,188 +43,34 @@ impl Example {
     }
 
     fn job(&self) -> Job {
-        Job::load(self.dir.path()).unwrap()
+        Job::load(&self.folder).unwrap()
     }
 }
 
-struct TestMesh {
-    _runtimes: Vec<Runtime>,
-    runtime: Runtime,
-    state: tempfile::TempDir,
-    operator: MeshIdentity,
-    governance: NodeEndpoint,
-}
-
-fn serve_on(runtime: &Runtime) -> (tokio::net::TcpListener, u16) {
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    (listener, port)
-}
-
-/// Starts one node per domain of `example` and governance, on loopback with mutual TLS.
+/// One node per domain of `example` and governance, on loopback with mutual TLS.
 fn start(example: &Example) -> TestMesh {
-    start_with(example, None)
+    MeshBuilder::for_job(&example.job())
+        .with_governance(POLICIES)
+        .start()
 }
 
 /// As [`start`], with one domain's node applying a Cedar policy of its own.
-fn start_with(example: &Example, node_policy: Option<(&str, &str)>) -> TestMesh {
-    let job = example.job();
-    let domains: Vec<(String, PathBuf)> = job
-        .spec
-        .domains
-        .iter()
-        .map(|d| (d.name.clone(), job.dir().join(&d.contract)))
-        .collect();
-    start_domains(&domains, node_policy)
+fn start_with(example: &Example, node_policy: (&str, &str)) -> TestMesh {
+    MeshBuilder::for_job(&example.job())
+        .node_policy(node_policy.0, node_policy.1)
+        .with_governance(POLICIES)
+        .start()
 }
 
-/// Governance and one node per `(domain, contract)`, on loopback with mutual TLS; one domain's
-/// node may apply a Cedar policy of its own.
-fn start_domains(domains: &[(String, PathBuf)], node_policy: Option<(&str, &str)>) -> TestMesh {
-    let state = tempfile::tempdir().unwrap();
-    let certs = state.path().join("certs");
-    fedmesh_tls::init_ca(&certs).unwrap();
-    for name in ["governance", "operator"]
-        .into_iter()
-        .chain(domains.iter().map(|(d, _)| d.as_str()))
-    {
-        fedmesh_tls::issue(&certs, name).unwrap();
-    }
-    let policies = state.path().join("policies.cedar");
-    std::fs::write(&policies, POLICIES).unwrap();
-    let governance_runtime = Runtime::new().unwrap();
-    let (governance_listener, governance_port) = serve_on(&governance_runtime);
-    let governance = NodeEndpoint {
-        name: "governance".into(),
-        url: format!("https://127.0.0.1:{governance_port}"),
-    };
-    let mut runtimes = Vec::new();
-    let mut endpoints = Vec::new();
-    for (domain, contract) in domains {
-        let runtime = Runtime::new().unwrap();
-        let identity = MeshIdentity::load(&certs, domain).unwrap();
-        let audit = AuditLog::open(&state.path().join(domain).join("audit.sqlite")).unwrap();
-        let catalog = runtime.block_on(async {
-            fedmesh_net::catalog::spawn_registrar(identity.clone(), governance.clone())
-        });
-        let policy = node_policy.filter(|(d, _)| d == domain).map(|(_, text)| {
-            let path = state.path().join(format!("{domain}.cedar"));
-            std::fs::write(&path, text).unwrap();
-            path
-        });
-        let service = DomainNodeService::new(
-            "governance",
-            DomainProduct {
-                domain: domain.clone(),
-                contract: contract.clone(),
-                data: None,
-                example_source: None,
-                models: state.path().join(domain).join("models"),
-                policy,
-            },
-        )
-        .with_audit(Arc::new(audit))
-        .with_catalog(catalog);
-        let (listener, port) = serve_on(&runtime);
-        runtime.spawn(
-            Server::builder()
-                .tls_config(identity.server_config())
-                .unwrap()
-                .add_service(DomainNodeServer::new(service))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-        );
-        endpoints.push(NodeEndpoint {
-            name: domain.clone(),
-            url: format!("https://127.0.0.1:{port}"),
-        });
-        runtimes.push(runtime);
-    }
-    let identity = MeshIdentity::load(&certs, "governance").unwrap();
-    let (store, _) = Store::open(&state.path().join("governance.sqlite")).unwrap();
-    let audit = AuditLog::open(&state.path().join("audit.sqlite")).unwrap();
-    let shared = Arc::new(GovernanceState::new(
-        "governance".into(),
-        Mesh {
-            identity: identity.clone(),
-            nodes: endpoints,
-            deadline: Duration::from_secs(20),
-        },
-        vec!["operator".into()],
-        state.path().join("runs"),
-        policies,
-        store,
-        audit,
-    ));
-    governance_runtime.spawn(
-        Server::builder()
-            .tls_config(identity.server_config())
-            .unwrap()
-            .add_service(GovernanceServer::new(GovernanceService::new(shared)))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(
-                governance_listener,
-            )),
-    );
-    runtimes.push(governance_runtime);
-    TestMesh {
-        _runtimes: runtimes,
-        runtime: Runtime::new().unwrap(),
-        operator: MeshIdentity::load(&certs, "operator").unwrap(),
-        state,
-        governance,
-    }
-}
-
-impl TestMesh {
-    fn operator(&self) -> Operator {
-        self.runtime
-            .block_on(Operator::connect(&self.operator, &self.governance))
-            .unwrap()
-    }
-
-    /// Submits `job` for `configs` and seed 1; returns the job's record at admission.
-    fn submit(&self, job: &Job, configs: &[&str]) -> Value {
-        self.submit_spec(&job.to_portable_yaml().unwrap(), configs)
-    }
-
-    /// Submits a job spec's text for `configs` and seed 1; returns the job's record at
-    /// admission.
-    fn submit_spec(&self, spec_yaml: &str, configs: &[&str]) -> Value {
-        let request = JobRequest {
-            spec_yaml: spec_yaml.to_string(),
-            configs: configs.iter().map(|c| c.to_string()).collect(),
-            seeds: vec![1],
-            epochs: 0,
-        };
-        self.runtime
-            .block_on(self.operator().submit(request))
-            .unwrap()
-    }
-
-    /// Waits for a job to reach a final state; returns its record.
-    fn wait(&self, id: &str) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let job = self.runtime.block_on(self.operator().job(id)).unwrap();
-            if ["done", "failed", "denied", "cancelled"].contains(&job["state"].as_str().unwrap()) {
-                return job;
-            }
-            assert!(Instant::now() < deadline, "job {id} did not end: {job}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn audit(&self, who: &str) -> Vec<fedmesh_audit::Record> {
-        let path = if who == "governance" {
-            self.state.path().join("audit.sqlite")
-        } else {
-            self.state.path().join(who).join("audit.sqlite")
-        };
-        let log = AuditLog::open_existing(&path).unwrap();
-        log.verify().unwrap();
-        log.records(0).unwrap()
-    }
+/// Governance and one node per `(domain, contract)`.
+fn start_domains(domains: &[(String, PathBuf)]) -> TestMesh {
+    MeshBuilder::nodes(
+        domains
+            .iter()
+            .map(|(domain, contract)| NodeSpec::new(domain.clone(), contract.clone())),
+    )
+    .with_governance(POLICIES)
+    .start()
 }
 
 fn reason(job: &Value) -> &str {
@@ -366,7 +179,6 @@ fn a_label_owner_that_forbids_sharing_gets_configuration_2_or_fails_as_the_spec_
     let mut operator = mesh.operator();
     let mut logs = Vec::new();
     let results = mesh
-        .runtime
         .block_on(operator.watch(&id, false, |e| {
             if let fedmesh_net::client::JobProgress::Log(line) = e {
                 logs.push(line);
@@ -405,13 +217,12 @@ fn an_admitted_job_walks_its_states_and_leaves_a_verifiable_record() {
     let done = mesh.wait(&id);
     assert_eq!(done["state"], "done", "{done}");
     let mut states = Vec::new();
-    mesh.runtime
-        .block_on(mesh.operator().watch(&id, false, |e| {
-            if let fedmesh_net::client::JobProgress::State { state, .. } = e {
-                states.push(state);
-            }
-        }))
-        .unwrap();
+    mesh.block_on(mesh.operator().watch(&id, false, |e| {
+        if let fedmesh_net::client::JobProgress::State { state, .. } = e {
+            states.push(state);
+        }
+    }))
+    .unwrap();
     assert_eq!(
         states,
         [
@@ -423,10 +234,10 @@ fn an_admitted_job_walks_its_states_and_leaves_a_verifiable_record() {
             "done"
         ]
     );
-    let listed = mesh.runtime.block_on(mesh.operator().jobs()).unwrap();
+    let listed = mesh.block_on(mesh.operator().jobs()).unwrap();
     assert_eq!(listed[0]["id"], id.as_str());
     // The catalog has every domain's product, with the rows the job's check found.
-    let products = mesh.runtime.block_on(mesh.operator().products()).unwrap();
+    let products = mesh.block_on(mesh.operator().products()).unwrap();
     let products = products.as_array().unwrap();
     assert_eq!(products.len(), 3, "{products:?}");
     for p in products {
@@ -496,7 +307,6 @@ fn a_product_that_breaks_a_blocking_rule_keeps_its_domain_out() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let retail = loop {
         let retail = mesh
-            .runtime
             .block_on(mesh.operator().product("retail/card-purchases"))
             .unwrap();
         if retail["quality"]["blocking"] == true || Instant::now() > deadline {
@@ -541,7 +351,7 @@ fn predict_scores_the_test_entities_as_the_evaluation_did_and_reports_missing_ke
     let submitted = mesh.submit(&job, &["split-label-sharing", "split-label-owner"]);
     let done = mesh.wait(submitted["id"].as_str().unwrap());
     assert_eq!(done["state"], "done", "{done}");
-    let models = mesh.runtime.block_on(mesh.operator().models()).unwrap();
+    let models = mesh.block_on(mesh.operator().models()).unwrap();
     assert_eq!(models.as_array().unwrap().len(), 2, "{models}");
     let (keys, partial) = aligned_keys(&job);
     let prepared = job.prepare(None).unwrap();
@@ -550,7 +360,6 @@ fn predict_scores_the_test_entities_as_the_evaluation_did_and_reports_missing_ke
         (2, fedmesh_split::job::RunConfig::SplitLabelOwner),
     ] {
         let model = mesh
-            .runtime
             .block_on(mesh.operator().model(&format!("fraud@{version}")))
             .unwrap();
         assert_eq!(model["config"], config.name().as_str(), "{model}");
@@ -582,7 +391,6 @@ fn predict_scores_the_test_entities_as_the_evaluation_did_and_reports_missing_ke
         request.push("no-such-transaction".into());
         request.push(partial.clone());
         let answer = mesh
-            .runtime
             .block_on(
                 mesh.operator()
                     .predict(&format!("fraud@{version}"), request),
@@ -648,7 +456,7 @@ fn a_domains_own_policy_can_refuse_what_its_contract_and_governance_allow() {
 forbid (principal, action, resource) when { context.shareLabels };
 permit (principal, action, resource);
 "#;
-    let mesh = start_with(&example, Some(("fraud-prevention", policy)));
+    let mesh = start_with(&example, ("fraud-prevention", policy));
     let job = mesh.submit(&example.job(), &["split-label-owner"]);
     assert_eq!(job["state"], "admitted", "{job}");
     example.edit("job.yaml", |t| {
@@ -674,18 +482,18 @@ fn a_cancelled_job_stops_and_keeps_its_record() {
     let job = mesh.submit(&example.job(), &["split-label-owner"]);
     let id = job["id"].as_str().unwrap().to_string();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while mesh.runtime.block_on(mesh.operator().job(&id)).unwrap()["state"] != "training" {
+    while mesh.block_on(mesh.operator().job(&id)).unwrap()["state"] != "training" {
         assert!(Instant::now() < deadline, "the job never trained");
         std::thread::sleep(Duration::from_millis(50));
     }
-    mesh.runtime.block_on(mesh.operator().cancel(&id)).unwrap();
+    mesh.block_on(mesh.operator().cancel(&id)).unwrap();
     let ended = mesh.wait(&id);
     assert_eq!(ended["state"], "cancelled", "{ended}");
     assert!(
         reason(&ended).contains("cancelled by an operator"),
         "{ended}"
     );
-    let again = mesh.runtime.block_on(mesh.operator().cancel(&id));
+    let again = mesh.block_on(mesh.operator().cancel(&id));
     assert!(
         again
             .unwrap_err()
@@ -717,7 +525,7 @@ fn recommendation_example(dir: &Path) -> (RecommendationSpec, Vec<(String, PathB
 fn a_recommendation_job_runs_through_governance_as_it_runs_in_process() {
     let dir = tempfile::tempdir().unwrap();
     let (spec, domains) = recommendation_example(dir.path());
-    let mesh = start_domains(&domains, None);
+    let mesh = start_domains(&domains);
     let job = mesh.submit_spec(&spec.to_yaml(), &["split-label-owner"]);
     assert_eq!(job["state"], "admitted", "{job}");
     let id = job["id"].as_str().unwrap().to_string();
@@ -758,7 +566,7 @@ fn a_recommendation_job_runs_through_governance_as_it_runs_in_process() {
     }
 
     // A registered model, whose parts stay with their holders: the head with sales.
-    let models = mesh.runtime.block_on(mesh.operator().models()).unwrap();
+    let models = mesh.block_on(mesh.operator().models()).unwrap();
     let model = &models.as_array().unwrap()[0];
     assert_eq!(model["name"], "movielens", "{model}");
     let mut parts: Vec<String> = model["parts"]
@@ -806,7 +614,6 @@ fn a_recommendation_job_runs_through_governance_as_it_runs_in_process() {
 
     // Rankings are not served yet: a clear refusal, not a wrong answer.
     let error = mesh
-        .runtime
         .block_on(mesh.operator().predict("movielens@1", vec!["1".into()]))
         .unwrap_err()
         .to_string();
@@ -818,7 +625,7 @@ fn a_recommendation_job_for_a_purpose_the_domains_do_not_allow_is_denied() {
     let dir = tempfile::tempdir().unwrap();
     let (mut spec, domains) = recommendation_example(dir.path());
     spec.purpose = Some("marketing".into());
-    let mesh = start_domains(&domains, None);
+    let mesh = start_domains(&domains);
     let job = mesh.submit_spec(&spec.to_yaml(), &[]);
     assert_eq!(job["state"], "denied", "{job}");
     let reason = reason(&job);
@@ -867,7 +674,6 @@ fn governance_reads_no_file_a_submitted_spec_names() {
         epochs: 0,
     };
     let error = mesh
-        .runtime
         .block_on(mesh.operator().submit(request))
         .unwrap_err()
         .to_string();
@@ -877,7 +683,7 @@ fn governance_reads_no_file_a_submitted_spec_names() {
         "{error}"
     );
     // Nothing was recorded or run: the spec never got past reading.
-    let jobs = mesh.runtime.block_on(mesh.operator().jobs()).unwrap();
+    let jobs = mesh.block_on(mesh.operator().jobs()).unwrap();
     assert_eq!(jobs.as_array().unwrap().len(), 0, "{jobs}");
 }
 
@@ -886,7 +692,7 @@ fn a_node_whose_audit_log_is_removed_records_nothing_it_does_not_record() {
     let example = Example::new();
     let mesh = start(&example);
     // Removed while the node runs: once, such a node ran a whole job writing 0 records.
-    std::fs::remove_file(mesh.state.path().join("retail").join("audit.sqlite")).unwrap();
+    std::fs::remove_file(mesh.audit_path("retail")).unwrap();
     let job = mesh.submit(&example.job(), &["split-label-owner"]);
     assert_eq!(job["state"], "denied", "{job}");
     let reason = reason(&job);

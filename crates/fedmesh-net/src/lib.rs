@@ -1,33 +1,27 @@
-//! The split protocol over the network.
+//! The mesh's transport: who is who, and how messages cross between governance, the domain
+//! nodes and the operator.
 //!
 //! Governance reaches each domain node over one bidirectional gRPC stream per job, authenticated
 //! both ways with mutual TLS: a node's identity is the DNS name in its certificate, and both
-//! sides check the other's name, not only its CA. [`DomainNodeService`] is a domain node's side
-//! of the stream: it owns the domain's parties and answers governance's messages in order.
-//! [`GrpcTransport`] is governance's side: it implements [`fedmesh_split::Transport`], so the
+//! sides check the other's name, not only its CA ([`identity`]). [`GrpcTransport`] is
+//! governance's side of a training run: it implements [`fedmesh_split::Transport`], so the
 //! training algorithm runs unchanged over the network, and it sends each batch plan to every
-//! domain at once so that the domains compute their activations in parallel. [`Mesh`] runs one
-//! configuration and seed of a job on the nodes; [`admission`] and [`catalog`] are a node's
-//! side of admitting jobs and of governance's catalog; [`server`] runs a node as a long-lived
-//! service with health checks, and [`client`] is the operator's side. The governance service
-//! itself is the `fedmesh-governance` crate. The messages are described in `docs/protocol.md`.
+//! domain at once so that the domains compute their activations in parallel. [`convert`] maps
+//! the engine's messages to the wire's; [`server`] holds what both long-lived servers share;
+//! [`client`] is the operator's side of governance's service.
+//!
+//! The domain node is the `fedmesh-node` crate; governance (its service and the run driver) is
+//! `fedmesh-governance`. The messages are described in `docs/protocol.md`.
 
-pub mod admission;
-pub mod catalog;
 pub mod client;
 pub mod config;
 pub mod convert;
-pub mod governance;
 pub mod identity;
-pub mod node;
 pub mod server;
 pub mod state_lock;
 pub mod transport;
 
-pub use config::{GovernanceConfig, NodeConfig};
-pub use governance::Mesh;
 pub use identity::MeshIdentity;
-pub use node::{DomainNodeService, DomainProduct};
 pub use transport::{GrpcTransport, NodeEndpoint};
 
 /// Errors of setting up the network side.

@@ -1,13 +1,9 @@
-//! Running a domain node or governance as a long-lived gRPC server: mutual TLS, the gRPC health
-//! service, and a clean stop when `shutdown` resolves.
+//! What a domain node's and governance's long-lived gRPC servers share: transport settings,
+//! message bounds, and a clean stop when `shutdown` resolves.
 
 use std::future::Future;
 
-use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
 use tonic::transport::Server;
-
-use crate::config::NodeConfig;
-use crate::{DomainNodeService, MeshIdentity, NetError};
 
 /// The largest message either side accepts: a batch of activations of a few hundred thousand
 /// rows, never a whole dataset (batches bound every message).
@@ -64,76 +60,4 @@ impl Stopping {
             GRACE.as_secs()
         );
     }
-}
-
-/// Serves a domain node until `shutdown` resolves.
-pub async fn serve_node(
-    config: &NodeConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), NetError> {
-    let identity = MeshIdentity::load(&config.mesh, &config.domain)?;
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let audit_path = config.audit.clone().expect("set by NodeConfig::load");
-    // One node process per audit log (and so per domain's state): a second one fails here.
-    let _lock = crate::state_lock::StateLock::acquire(
-        &audit_path.with_extension("lock"),
-        &format!("the node of `{}`", config.domain),
-    )?;
-    let audit = fedmesh_audit::AuditLog::open(&audit_path).map_err(|e| NetError::Config {
-        path: audit_path.clone(),
-        message: e.to_string(),
-    })?;
-    let mut node = DomainNodeService::new(config.governance.clone(), config.product())
-        .with_audit(std::sync::Arc::new(audit));
-    if let Some(url) = &config.governance_url {
-        let catalog = crate::catalog::spawn_registrar(
-            identity.clone(),
-            crate::NodeEndpoint {
-                name: config.governance.clone(),
-                url: url.clone(),
-            },
-        );
-        // Read after the server starts answering, so that a large product does not delay it.
-        let product = config.product();
-        let first = catalog.clone();
-        tokio::spawn(async move {
-            match tokio::task::spawn_blocking(move || {
-                crate::catalog::startup_registration(&product)
-            })
-            .await
-            {
-                Ok(Ok(registration)) => {
-                    let _ = first.send(registration);
-                }
-                Ok(Err(e)) => {
-                    tracing::error!("catalog: cannot read the product to register it: {e}")
-                }
-                Err(e) => tracing::error!("catalog: registration failed: {e}"),
-            }
-        });
-        node = node.with_catalog(catalog);
-    }
-    let service = DomainNodeServer::new(node)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
-    health
-        .set_serving::<DomainNodeServer<DomainNodeService>>()
-        .await;
-    tracing::info!(
-        "domain node `{}` listening on {} (jobs from `{}` only)",
-        config.domain,
-        config.listen,
-        config.governance
-    );
-    let server = builder()
-        .tls_config(identity.server_config())?
-        .add_service(health_service)
-        .add_service(service);
-    let stopping = Stopping::after(shutdown);
-    tokio::select! {
-        served = server.serve_with_shutdown(config.listen, stopping.signal()) => served?,
-        _ = stopping.grace_over() => {}
-    }
-    tracing::info!("domain node `{}` stopped", config.domain);
-    Ok(())
 }

@@ -41,8 +41,9 @@ pub struct NodeEndpoint {
     pub url: String,
 }
 
-/// One open training stream.
-struct Link {
+/// One open job stream to a domain node: what governance sends on it and the node's answers,
+/// with the bytes that crossed.
+pub struct Link {
     name: String,
     outbound: mpsc::Sender<GovernanceMessage>,
     inbound: Streaming<DomainMessage>,
@@ -58,6 +59,20 @@ struct Link {
 }
 
 impl Link {
+    /// Opens a job stream to `node`, with nothing sent on it yet.
+    pub async fn open(
+        identity: &MeshIdentity,
+        node: &NodeEndpoint,
+        deadline: Duration,
+    ) -> Result<Self, SplitError> {
+        open_stream(identity, node, deadline).await
+    }
+
+    /// The node's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn error(&self, message: String) -> SplitError {
         SplitError::Node {
             node: self.name.clone(),
@@ -92,7 +107,7 @@ impl Link {
     }
 
     /// Sends one message and waits for its answer, at most `deadline`.
-    async fn call(&mut self, body: Command, deadline: Duration) -> Result<Reply, SplitError> {
+    pub async fn call(&mut self, body: Command, deadline: Duration) -> Result<Reply, SplitError> {
         if self.in_flight.is_some() {
             return Err(SplitError::Protocol(format!(
                 "a plan announced to `{}` was never asked for; the stream is out of step",
@@ -123,7 +138,8 @@ impl Link {
     }
 }
 
-fn unexpected(node: &str, reply: &Reply) -> SplitError {
+/// A node answered with a message of the wrong kind.
+pub fn unexpected(node: &str, reply: &Reply) -> SplitError {
     // The kind of answer only: a reply may hold a large tensor.
     let kind = format!("{reply:?}");
     let kind = kind.split(['(', ' ']).next().unwrap_or_default();
@@ -398,138 +414,6 @@ async fn open_stream(
         bytes_received: 0,
         pending_gradient: None,
         in_flight: None,
-    })
-}
-
-/// Entities scored by split inference, and those that could not be.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct Prediction {
-    /// Each scored entity's key and scores (class probabilities, or values), in request order.
-    pub scores: Vec<(String, Vec<f32>)>,
-    /// Each key some domain does not hold, with those domains.
-    pub missing: Vec<(String, Vec<String>)>,
-}
-
-/// How many entities one inference message scores.
-const PREDICT_BATCH: usize = 4096;
-
-/// Split inference over the nodes (in domain order): each domain finds the requested keys and
-/// computes its activations with its saved parts; governance runs the tower that `top` loads
-/// for the cut layer's width, and the head runs at governance (when `top` has it) or at the
-/// label owner.
-pub fn predict(
-    identity: &MeshIdentity,
-    nodes: &[NodeEndpoint],
-    label_owner: &str,
-    start: v1::PredictStart,
-    deadline: Duration,
-    top: impl FnOnce(usize) -> Result<fedmesh_split::inference::TopScorer, SplitError>,
-) -> Result<Prediction, SplitError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async {
-        let keys = start.keys.clone();
-        let mut links = try_join_all(nodes.iter().map(|node| async {
-            let mut link = open_stream(identity, node, deadline).await?;
-            let mut start = start.clone();
-            start.domain = node.name.clone();
-            match link.call(Command::Predict(start), deadline).await? {
-                Reply::Found(found) => {
-                    link.cut_width = found.cut_width;
-                    Ok((link, found.positions))
-                }
-                other => Err(unexpected(&node.name, &other)),
-            }
-        }))
-        .await?;
-        // An entity is scored when every domain with features holds it.
-        let mut held_by = vec![Vec::new(); keys.len()];
-        for (link, positions) in &links {
-            for &p in positions {
-                if let Some(holders) = held_by.get_mut(p as usize) {
-                    holders.push(link.name.clone());
-                }
-            }
-        }
-        let bottoms: Vec<String> = links
-            .iter()
-            .filter(|(l, _)| l.cut_width > 0)
-            .map(|(l, _)| l.name.clone())
-            .collect();
-        let mut scored = Vec::new();
-        let mut missing = Vec::new();
-        for (p, holders) in held_by.iter().enumerate() {
-            let lacking: Vec<String> = bottoms
-                .iter()
-                .filter(|b| !holders.contains(b))
-                .cloned()
-                .collect();
-            if lacking.is_empty() {
-                scored.push(p as u32);
-            } else {
-                missing.push((keys[p].clone(), lacking));
-            }
-        }
-        let cut_width = links.iter().map(|(l, _)| l.cut_width as usize).sum();
-        let top = top(cut_width)?;
-        let owner = links
-            .iter()
-            .position(|(l, _)| l.name == label_owner)
-            .ok_or_else(|| {
-                SplitError::Protocol(format!(
-                    "the label owner `{label_owner}` is not a node of the model"
-                ))
-            })?;
-        let mut scores = Vec::with_capacity(scored.len());
-        for batch in scored.chunks(PREDICT_BATCH) {
-            let request = v1::PredictRows {
-                positions: batch.to_vec(),
-            };
-            let cut = try_join_all(links.iter_mut().filter(|(l, _)| l.cut_width > 0).map(
-                |(link, _)| {
-                    let request = request.clone();
-                    async move {
-                        match link.call(Command::PredictRows(request), deadline).await? {
-                            Reply::Activation(a) => tensor_from_wire(Some(&a)),
-                            other => Err(unexpected(&link.name, &other)),
-                        }
-                    }
-                },
-            ))
-            .await?;
-            let z = top.tower_output(&cut);
-            let (values, cols) = match top.head() {
-                Some(head) => {
-                    let values = head.scores(&z)?;
-                    let cols = values.len() / batch.len().max(1);
-                    (values, cols)
-                }
-                None => {
-                    let link = &mut links[owner].0;
-                    let tensor = tensor_to_wire(&z, Encoding::F32);
-                    match link.call(Command::PredictHead(tensor), deadline).await? {
-                        Reply::Scores(s) => (s.values, s.cols as usize),
-                        other => return Err(unexpected(&link.name, &other)),
-                    }
-                }
-            };
-            if values.len() != batch.len() * cols {
-                return Err(SplitError::Protocol(format!(
-                    "{} scores for {} entities",
-                    values.len(),
-                    batch.len()
-                )));
-            }
-            for (&p, row) in batch.iter().zip(values.chunks(cols.max(1))) {
-                scores.push((keys[p as usize].clone(), row.to_vec()));
-            }
-        }
-        for (link, _) in &mut links {
-            // The scores are computed: a node that does not acknowledge the end costs nothing.
-            let _ = link.call(Command::Finish(v1::Empty {}), deadline).await;
-        }
-        Ok(Prediction { scores, missing })
     })
 }
 

@@ -24,6 +24,7 @@ pub mod split_ncf;
 pub mod task;
 pub mod trainer;
 pub mod transport;
+pub mod usage;
 pub mod wire;
 
 pub use party::{DomainParty, HeadStep, LabelOwner, OptimizerSpec};

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Subcommand;
-use fedmesh_net::{Mesh, MeshIdentity};
+use fedmesh_governance::Mesh;
+use fedmesh_net::MeshIdentity;
 use fedmesh_split::bench::{SplitBench, joint_throughput, samples_per_second, split_throughput};
 use fedmesh_split::job::{Job, RunConfig, WireEncoding};
 

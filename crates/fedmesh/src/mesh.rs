@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use fedmesh_net::config::DomainEndpoint;
-use fedmesh_net::{GovernanceConfig, MeshIdentity, NodeConfig, NodeEndpoint};
+use fedmesh_governance::GovernanceConfig;
+use fedmesh_governance::config::DomainEndpoint;
+use fedmesh_net::{MeshIdentity, NodeEndpoint};
+use fedmesh_node::NodeConfig;
 use fedmesh_split::job::{Job, read_spec};
 use fedmesh_split::recommend::{RecommendationSpec, is_recommendation};
 use tokio::runtime::Runtime;
@@ -346,7 +348,7 @@ pub async fn stopped(stop: impl std::ops::Deref<Target = AtomicBool>) {
 }
 
 /// `fedmesh node --config node.yaml`. The node's runtime is single-threaded: each job runs on
-/// it without handing messages between threads (see `fedmesh_net::node`).
+/// it without handing messages between threads (see `fedmesh_node`).
 pub fn node(config: &Path, stop: Arc<AtomicBool>) -> Result<()> {
     let config = NodeConfig::load(config)?;
     // A contract that does not parse is the operator's to fix now, not at the first job.
@@ -359,7 +361,7 @@ pub fn node(config: &Path, stop: Arc<AtomicBool>) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(fedmesh_net::server::serve_node(&config, stopped(stop)))?;
+    runtime.block_on(fedmesh_node::serve(&config, stopped(stop)))?;
     Ok(())
 }
 

@@ -251,8 +251,8 @@ pub fn mesh_logs(mesh: &Path) -> Result<Vec<(String, PathBuf)>> {
     let layout = MeshLayout {
         dir: mesh.to_path_buf(),
     };
-    let config =
-        fedmesh_net::GovernanceConfig::load(&layout.governance_config()).with_context(|| {
+    let config = fedmesh_governance::GovernanceConfig::load(&layout.governance_config())
+        .with_context(|| {
             format!(
                 "no mesh in {} (or pass the audit log's file)",
                 mesh.display()
@@ -260,7 +260,7 @@ pub fn mesh_logs(mesh: &Path) -> Result<Vec<(String, PathBuf)>> {
         })?;
     let mut logs = vec![(config.name.clone(), config.audit_log())];
     for domain in &config.domains {
-        let node = fedmesh_net::NodeConfig::load(&layout.node_config(&domain.name))?;
+        let node = fedmesh_node::NodeConfig::load(&layout.node_config(&domain.name))?;
         if let Some(audit) = node.audit {
             logs.push((domain.name.clone(), audit));
         }

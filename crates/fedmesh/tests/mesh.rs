@@ -1,5 +1,6 @@
 //! The mesh as separate OS processes: governance and three domain nodes, each a `fedmesh`
-//! process, over mutual TLS on 127.0.0.1.
+//! process, over mutual TLS on 127.0.0.1. This tests the binary (its configs, signals, exit
+//! codes and logs); what a mesh computes is tested in process with `fedmesh-testkit`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -28,23 +29,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// The fraud example on 4,000 synthetic rows and `epochs` epochs, copied to `dir`.
-fn small_fraud(dir: &Path, epochs: usize) -> PathBuf {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud");
-    let job = dir.join("fraud");
-    std::fs::create_dir_all(job.join("contracts")).unwrap();
-    for domain in DOMAINS {
-        let file = format!("contracts/{domain}.odcs.yaml");
-        std::fs::copy(example.join(&file), job.join(&file)).unwrap();
-    }
-    let spec = std::fs::read_to_string(example.join("job.yaml"))
-        .unwrap()
-        .replace("epochs: 5", &format!("epochs: {epochs}"))
-        .replace("synthetic_rows: 284807", "synthetic_rows: 4000");
-    std::fs::write(job.join("job.yaml"), spec).unwrap();
-    job
 }
 
 /// A CA in `certs` and a certificate for each name, made with `fedmesh certs`.
@@ -236,7 +220,7 @@ fn results(out: &Path) -> serde_json::Value {
 #[test]
 fn a_job_over_separate_processes_equals_the_in_process_run() {
     let dir = tempfile::tempdir().unwrap();
-    let job = small_fraud(dir.path(), 2);
+    let job = fedmesh_testkit::small_fraud(dir.path(), 2);
     let mesh = Processes::start(&dir.path().join("mesh"), &job);
     let remote = dir.path().join("remote");
     check(&mesh.submit(&job, &remote, 2).output().unwrap());
@@ -278,7 +262,7 @@ fn a_job_over_separate_processes_equals_the_in_process_run() {
 #[test]
 fn a_killed_node_process_fails_the_job_naming_it_within_30_seconds() {
     let dir = tempfile::tempdir().unwrap();
-    let job = small_fraud(dir.path(), 200);
+    let job = fedmesh_testkit::small_fraud(dir.path(), 200);
     let mut mesh = Processes::start(&dir.path().join("mesh"), &job);
     let out = dir.path().join("out");
     let submit = mesh
@@ -316,7 +300,7 @@ fn a_killed_node_process_fails_the_job_naming_it_within_30_seconds() {
 #[test]
 fn mesh_up_stops_every_process_on_ctrl_c() {
     let dir = tempfile::tempdir().unwrap();
-    let job = small_fraud(dir.path(), 1);
+    let job = fedmesh_testkit::small_fraud(dir.path(), 1);
     let port = free_port();
     let mut up = fedmesh()
         .args(["mesh", "up"])
@@ -386,7 +370,7 @@ fn mesh_up_stops_every_process_on_ctrl_c() {
 #[test]
 fn an_operator_from_another_ca_is_refused_with_a_log_line_on_both_sides() {
     let dir = tempfile::tempdir().unwrap();
-    let job = small_fraud(dir.path(), 1);
+    let job = fedmesh_testkit::small_fraud(dir.path(), 1);
     let mesh = Processes::start(&dir.path().join("mesh"), &job);
     // A mesh folder of its own: the real governance's address, but certificates from a CA the
     // mesh never trusted.
@@ -481,7 +465,7 @@ fn quickstart_interrupted_leaves_no_process_behind() {
 #[test]
 fn jobs_catalog_and_audit_logs_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
-    let job = small_fraud(dir.path(), 1);
+    let job = fedmesh_testkit::small_fraud(dir.path(), 1);
     let mesh = Processes::start(&dir.path().join("mesh"), &job);
     let job_arg = job.to_str().unwrap();
     // Submitted detached, followed through its log to the end.
@@ -581,7 +565,7 @@ fn jobs_catalog_and_audit_logs_from_the_command_line() {
 #[test]
 fn a_job_in_flight_when_governance_dies_is_marked_failed_after_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let job = small_fraud(dir.path(), 200);
+    let job = fedmesh_testkit::small_fraud(dir.path(), 200);
     let mut mesh = Processes::start(&dir.path().join("mesh"), &job);
     let submitted = check(&mesh.fedmesh(&[
         "job",

@@ -1,18 +1,15 @@
-//! What a job asks of a domain's product, and the domain's answer.
+//! What a job asks of a domain's product: the [`Usage`] that the domain's contract and
+//! policies and governance's policies judge.
 //!
-//! Governance asks each domain before a job runs ([`DomainNodeService`](crate::DomainNodeService)'s
-//! `Admit`), and the domain checks again when the job starts, because a domain never relies on
-//! governance having asked. Both checks are [`domain_denials`]: the product's contract, then the
-//! node's own Cedar policy when it has one.
+//! Governance and the domain node both derive it from the job spec, each on its own side, so
+//! that a domain judges what the job will do rather than what it was told.
 
-use std::path::Path;
-
+use crate::job::Job;
+use crate::recommend::RecommendationSpec;
+use crate::split_ncf::NcfRole;
+use crate::{AnyJob, SplitError};
 use fedmesh_data::DataContract;
-use fedmesh_policy::{Action, Denial, Policies, Usage};
-use fedmesh_split::job::Job;
-use fedmesh_split::recommend::RecommendationSpec;
-use fedmesh_split::split_ncf::NcfRole;
-use fedmesh_split::{AnyJob, SplitError};
+use fedmesh_policy::{Action, Usage};
 
 /// What `job` asks of `domain`'s product for `action`: purpose, technique, where the labels
 /// go, the columns. The job id, the requester and the product are the caller's to fill in.
@@ -125,33 +122,4 @@ pub fn usage(
         product_version: contract.version.clone(),
         ..requested(job, domain, action, share_labels)?
     })
-}
-
-/// Why the domain refuses `usage`: its contract's terms, then its own policy (when it has
-/// one). `rows` is the number of rows the job would use, when known.
-pub fn domain_denials(
-    contract: &DataContract,
-    policy: Option<&Path>,
-    usage: &Usage,
-    rows: Option<usize>,
-) -> Vec<Denial> {
-    let mut denials = fedmesh_policy::check_contract(contract, usage, rows);
-    if let Some(path) = policy {
-        // An unreadable policy refuses: a domain's rules fail closed.
-        match Policies::load(path) {
-            Ok(policies) => denials.extend(policies.applied_by(usage.domain.clone()).check(usage)),
-            Err(e) => denials.push(Denial {
-                by: usage.domain.clone(),
-                rule: "policy".into(),
-                source: path.display().to_string(),
-                reason: format!("the domain's own policy cannot be read ({e}); it admits nothing until it is fixed"),
-            }),
-        }
-    }
-    denials
-}
-
-/// The refusal as an error whose message lists every reason.
-pub fn denied(denials: &[Denial]) -> SplitError {
-    SplitError::Denied(denials.iter().map(Denial::to_string).collect())
 }

@@ -2,8 +2,7 @@
 //!
 //! [`Mesh::run`] opens the job on every domain's node, aligns their products, has the label
 //! owner draw the partition, and then drives the same [`fedmesh_split::SplitTrainer`] as an
-//! in-process run, with [`GrpcTransport`] in place of the in-process transport. The service that
-//! takes jobs from operators, admits them and keeps their records is `fedmesh-governance`.
+//! in-process run, with [`GrpcTransport`] in place of the in-process transport.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
@@ -17,7 +16,7 @@ use fedmesh_split::recommend::{RecommendationSpec, fit_ranking};
 use fedmesh_split::split_ncf::SplitNcf;
 use fedmesh_split::{AnyJob, MESH_CONFIGS, Observer, SplitError, SplitTrainer};
 
-use crate::{GrpcTransport, MeshIdentity, NodeEndpoint};
+use fedmesh_net::{GrpcTransport, MeshIdentity, NodeEndpoint};
 
 /// The domain nodes governance reaches, and how.
 pub struct Mesh {

@@ -3,128 +3,25 @@
 //! with its name.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use fedmesh_net::{DomainNodeService, DomainProduct, Mesh, MeshIdentity, NodeEndpoint};
+use fedmesh_governance::Mesh;
 use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
 use fedmesh_split::job::{Job, RunConfig, RunResult, WireEncoding};
 use fedmesh_split::recommend::{
     PreparedRecommendation, RecommendationSpec, popularity, write_synthetic_movielens_job,
 };
 use fedmesh_split::{AnyJob, Observer, Silent, SplitError};
+use fedmesh_testkit::{FRAUD_DOMAINS as DOMAINS, MeshBuilder, NodeSpec, TestMesh, example, serve};
 use tokio::runtime::Runtime;
-use tonic::transport::Server;
-
-const DOMAINS: [&str; 3] = ["digital", "retail", "fraud-prevention"];
 
 /// The fraud example on 4,000 synthetic rows, 2 epochs: small enough for a test.
 fn job() -> Job {
-    let mut job =
-        Job::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud")).unwrap();
+    let mut job = Job::load(&example("fraud")).unwrap();
     job.spec.synthetic_rows = Some(4_000);
     job.spec.training.epochs = 2;
     job
-}
-
-struct TestMesh {
-    /// Each node's own runtime: dropping one kills that node's server and streams.
-    nodes: Vec<Option<Runtime>>,
-    certs: tempfile::TempDir,
-    models: tempfile::TempDir,
-    endpoints: Vec<NodeEndpoint>,
-    streams: Vec<Arc<AtomicUsize>>,
-}
-
-fn issue_all(dir: &Path) {
-    fedmesh_tls::init_ca(dir).unwrap();
-    for name in [
-        "governance",
-        "guest",
-        "host",
-        "sales",
-        "customer",
-        "product",
-    ]
-    .iter()
-    .chain(DOMAINS.iter())
-    {
-        fedmesh_tls::issue(dir, name).unwrap();
-    }
-}
-
-/// Starts the job's domain nodes on loopback; `presented[d]` is the certificate name node d
-/// presents (its own unless a test swaps it).
-fn start_mesh(job: &Job, presented: &[&str]) -> TestMesh {
-    let domains: Vec<(String, PathBuf)> = job
-        .spec
-        .domains
-        .iter()
-        .map(|d| (d.name.clone(), job.dir().join(&d.contract)))
-        .collect();
-    start_nodes(&domains, presented, job.example_path().as_deref())
-}
-
-/// Starts a node for each (domain, contract) on loopback, each deriving an example's product
-/// from `example` when its own file is absent.
-fn start_nodes(
-    domains: &[(String, PathBuf)],
-    presented: &[&str],
-    example: Option<&Path>,
-) -> TestMesh {
-    let certs = tempfile::tempdir().unwrap();
-    let models = tempfile::tempdir().unwrap();
-    issue_all(certs.path());
-    let mut endpoints = Vec::new();
-    let mut nodes = Vec::new();
-    let mut streams = Vec::new();
-    for (d, (name, contract)) in domains.iter().enumerate() {
-        let runtime = Runtime::new().unwrap();
-        let identity = MeshIdentity::load(certs.path(), presented[d]).unwrap();
-        let service = DomainNodeService::new(
-            "governance",
-            DomainProduct {
-                domain: name.clone(),
-                contract: contract.clone(),
-                data: None,
-                example_source: example.map(Path::to_path_buf),
-                models: models.path().join(name),
-                policy: None,
-            },
-        );
-        streams.push(service.accepted_streams());
-        endpoints.push(NodeEndpoint {
-            name: name.clone(),
-            url: serve(&runtime, &identity, DomainNodeServer::new(service)),
-        });
-        nodes.push(Some(runtime));
-    }
-    TestMesh {
-        nodes,
-        certs,
-        models,
-        endpoints,
-        streams,
-    }
-}
-
-impl TestMesh {
-    fn governance(&self, identity: MeshIdentity) -> Mesh {
-        Mesh {
-            identity,
-            nodes: self.endpoints.clone(),
-            deadline: Duration::from_secs(10),
-        }
-    }
-
-    fn own_governance(&self) -> Mesh {
-        self.governance(MeshIdentity::load(self.certs.path(), "governance").unwrap())
-    }
-
-    fn streams_accepted(&self) -> usize {
-        self.streams.iter().map(|s| s.load(Ordering::SeqCst)).sum()
-    }
 }
 
 fn run_on(
@@ -153,10 +50,10 @@ fn check_network_equals_in_process(config: RunConfig) {
         .unwrap()
         .run(&config, 1, &Silent, &AtomicBool::new(false), None)
         .unwrap();
-    let mesh = start_mesh(&job, &DOMAINS);
+    let mesh = MeshBuilder::for_job(&job).start();
     let governance_parts = tempfile::tempdir().unwrap();
     let remote = run_on(
-        &mesh.own_governance(),
+        &mesh.mesh(),
         &job,
         &config,
         &Silent,
@@ -185,12 +82,7 @@ fn check_network_equals_in_process(config: RunConfig) {
             .unwrap_or_default()
     };
     for domain in DOMAINS {
-        let dir = mesh
-            .models
-            .path()
-            .join(domain)
-            .join("test")
-            .join(config.name());
+        let dir = mesh.models(domain).join("test").join(config.name());
         // The bottom and the feature pipeline; the label owner's head too without sharing.
         let expected = if domain == "fraud-prevention" && config == RunConfig::SplitLabelOwner {
             3
@@ -215,12 +107,12 @@ fn network_run_equals_in_process_run_without_label_sharing() {
 #[test]
 fn governance_from_another_ca_is_refused_and_nothing_runs() {
     let job = job();
-    let mesh = start_mesh(&job, &DOMAINS);
-    let other = tempfile::tempdir().unwrap();
-    issue_all(other.path());
-    let impostor = MeshIdentity::load(other.path(), "governance").unwrap();
+    let mesh = MeshBuilder::for_job(&job).start();
+    // Another mesh's governance: the same name, another CA.
+    let other = MeshBuilder::nodes([]).start();
+    let impostor = other.identity("governance");
     let error = run_on(
-        &mesh.governance(impostor),
+        &mesh.mesh_as(impostor),
         &job,
         &RunConfig::SplitLabelOwner,
         &Silent,
@@ -235,11 +127,11 @@ fn governance_from_another_ca_is_refused_and_nothing_runs() {
 #[test]
 fn a_caller_that_is_not_governance_is_refused() {
     let job = job();
-    let mesh = start_mesh(&job, &DOMAINS);
+    let mesh = MeshBuilder::for_job(&job).start();
     // A real mesh certificate, but a domain's: domains may not open jobs on each other.
-    let digital = MeshIdentity::load(mesh.certs.path(), "digital").unwrap();
+    let digital = mesh.identity("digital");
     let error = run_on(
-        &mesh.governance(digital),
+        &mesh.mesh_as(digital),
         &job,
         &RunConfig::SplitLabelOwner,
         &Silent,
@@ -258,9 +150,9 @@ fn a_caller_that_is_not_governance_is_refused() {
 fn a_node_presenting_another_name_is_refused() {
     let job = job();
     // The node listening for `retail` presents `digital`'s certificate.
-    let mesh = start_mesh(&job, &["digital", "digital", "fraud-prevention"]);
+    let mesh = MeshBuilder::for_job(&job).presenting(1, "digital").start();
     let error = run_on(
-        &mesh.own_governance(),
+        &mesh.mesh(),
         &job,
         &RunConfig::SplitLabelOwner,
         &Silent,
@@ -288,9 +180,9 @@ fn a_label_owner_that_forbids_sharing_refuses_configuration_1() {
     .unwrap();
     let mut job = job;
     job.spec.domains[2].contract = forbidding;
-    let mesh = start_mesh(&job, &DOMAINS);
+    let mesh = MeshBuilder::for_job(&job).start();
     let error = run_on(
-        &mesh.own_governance(),
+        &mesh.mesh(),
         &job,
         &RunConfig::SplitLabelSharing,
         &Silent,
@@ -325,14 +217,14 @@ impl Observer for KillAfter {
 #[test]
 fn a_node_that_dies_mid_job_fails_it_with_its_name() {
     let job = job();
-    let mut mesh = start_mesh(&job, &DOMAINS);
+    let mut mesh = MeshBuilder::for_job(&job).start();
     let killer = KillAfter {
         batches: AtomicUsize::new(0),
-        victim: std::sync::Mutex::new(mesh.nodes[1].take()),
+        victim: std::sync::Mutex::new(mesh.kill(1)),
     };
     let started = Instant::now();
     let error = run_on(
-        &mesh.own_governance(),
+        &mesh.mesh(),
         &job,
         &RunConfig::SplitLabelOwner,
         &killer,
@@ -351,8 +243,8 @@ fn a_node_that_dies_mid_job_fails_it_with_its_name() {
 #[test]
 fn half_precision_on_the_wire_halves_the_bytes_and_still_trains() {
     let mut job = job();
-    let mesh = start_mesh(&job, &DOMAINS);
-    let governance = mesh.own_governance();
+    let mesh = MeshBuilder::for_job(&job).start();
+    let governance = mesh.mesh();
     let mut runs = Vec::new();
     for encoding in [WireEncoding::F32, WireEncoding::F16] {
         job.spec.wire.encoding = encoding;
@@ -393,7 +285,7 @@ fn unaligned_products_are_aligned_over_the_network_as_in_process() {
     // The breast example, each party with its own subset in its own order: the guest lacks
     // its first 40 rows, the host its last 30 and holds the rest reversed.
     let dir = tempfile::tempdir().unwrap();
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/breast");
+    let example = example("breast");
     std::fs::create_dir_all(dir.path().join("contracts")).unwrap();
     std::fs::copy(example.join("job.yaml"), dir.path().join("job.yaml")).unwrap();
     for (party, file) in [
@@ -438,8 +330,8 @@ fn unaligned_products_are_aligned_over_the_network_as_in_process() {
         .unwrap()
         .run(&config, 1, &Silent, &AtomicBool::new(false), None)
         .unwrap();
-    let mesh = start_mesh(&job, &["guest", "host"]);
-    let remote = run_on(&mesh.own_governance(), &job, &config, &Silent, None).unwrap();
+    let mesh = MeshBuilder::for_job(&job).start();
+    let remote = run_on(&mesh.mesh(), &job, &config, &Silent, None).unwrap();
     let alignment = remote
         .alignment
         .as_ref()
@@ -469,11 +361,11 @@ fn recommendation_job(dir: &Path) -> (RecommendationSpec, PreparedRecommendation
 }
 
 fn recommendation_nodes(spec: &RecommendationSpec, dir: &Path) -> TestMesh {
-    let domains: Vec<(String, PathBuf)> = [&spec.sales, &spec.customer, &spec.product]
-        .into_iter()
-        .map(|d| (d.name.clone(), dir.join(&d.contract)))
-        .collect();
-    start_nodes(&domains, &["sales", "customer", "product"], None)
+    MeshBuilder::nodes(
+        [&spec.sales, &spec.customer, &spec.product]
+            .map(|d| NodeSpec::new(d.name.clone(), dir.join(&d.contract))),
+    )
+    .start()
 }
 
 /// The split NCF over three nodes, each reading its own product, computes what the in-process
@@ -486,7 +378,7 @@ fn check_split_ncf_over_the_network(config: RunConfig) {
     let nodes = recommendation_nodes(&spec, dir.path());
     let job = AnyJob::Recommendation(Box::new(spec.clone()));
     let remote = nodes
-        .own_governance()
+        .mesh()
         .run(
             &job, "test/ncf", "operator", &config, 1, &Silent, &stop, None,
         )
@@ -553,7 +445,7 @@ fn a_product_that_lacks_an_entity_sales_names_fails_the_job_naming_it() {
     .unwrap();
     let nodes = recommendation_nodes(&spec, dir.path());
     let error = nodes
-        .own_governance()
+        .mesh()
         .run(
             &AnyJob::Recommendation(Box::new(spec)),
             "test/ncf-missing",
@@ -586,15 +478,15 @@ fn a_node_reads_no_file_a_job_spec_names() {
     );
     // ...the nodes never do: they derive their products from the generator, as their configs
     // name no table, and the run trains.
-    let domains: Vec<(String, PathBuf)> = job
-        .spec
-        .domains
-        .iter()
-        .map(|d| (d.name.clone(), job.dir().join(&d.contract)))
-        .collect();
-    let mesh = start_nodes(&domains, &DOMAINS, None);
+    let mesh = MeshBuilder::nodes(
+        job.spec
+            .domains
+            .iter()
+            .map(|d| NodeSpec::new(d.name.clone(), job.dir().join(&d.contract))),
+    )
+    .start();
     let result = run_on(
-        &mesh.own_governance(),
+        &mesh.mesh(),
         &job,
         &RunConfig::SplitLabelOwner,
         &Silent,
@@ -649,34 +541,13 @@ impl fedmesh_proto::v1::domain_node_server::DomainNode for LyingNode {
     }
 }
 
-/// Serves a domain node (honest or not) with `identity`'s certificate on a free loopback port
-/// of `runtime`; returns its URL.
-fn serve<S: fedmesh_proto::v1::domain_node_server::DomainNode>(
-    runtime: &Runtime,
-    identity: &MeshIdentity,
-    node: DomainNodeServer<S>,
-) -> String {
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    runtime.spawn(
-        Server::builder()
-            .tls_config(identity.server_config())
-            .unwrap()
-            .add_service(node)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    format!("https://127.0.0.1:{port}")
-}
-
 #[test]
 fn a_node_that_lies_fails_the_run_by_name_and_the_mesh_then_runs_a_good_job() {
     use fedmesh_proto::v1::domain_message::Body as Reply;
     use fedmesh_proto::v1::governance_message::Body as Command;
     use fedmesh_proto::v1::{PointChunk, Ready};
     let job = job();
-    let mesh = start_mesh(&job, &DOMAINS);
+    let mesh = MeshBuilder::for_job(&job).start();
     let runtime = Runtime::new().unwrap();
     let lies: [(LyingNode, &str); 3] = [
         (
@@ -718,9 +589,9 @@ fn a_node_that_lies_fails_the_run_by_name_and_the_mesh_then_runs_a_good_job() {
         ),
     ];
     for (liar, expected) in lies {
-        let identity = MeshIdentity::load(mesh.certs.path(), "retail").unwrap();
+        let identity = mesh.identity("retail");
         let url = serve(&runtime, &identity, DomainNodeServer::new(liar));
-        let mut governance = mesh.own_governance();
+        let mut governance = mesh.mesh();
         governance
             .nodes
             .iter_mut()
@@ -743,7 +614,7 @@ fn a_node_that_lies_fails_the_run_by_name_and_the_mesh_then_runs_a_good_job() {
     }
     // The honest nodes are unharmed: the same mesh runs a good job.
     let result = run_on(
-        &mesh.own_governance(),
+        &mesh.mesh(),
         &job,
         &RunConfig::SplitLabelOwner,
         &Silent,

@@ -7,65 +7,14 @@
 
 use std::time::Duration;
 
-use fedmesh_data::{DataContract, DataProduct, SourceCache};
+use fedmesh_data::{DataContract, DataProduct, QualityReport, SourceCache};
 use fedmesh_proto::v1::{self, governance_client::GovernanceClient};
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
-use crate::node::DomainProduct;
-use crate::transport::connect_with_retries;
-use crate::{MeshIdentity, NodeEndpoint};
+use fedmesh_net::transport::connect_with_retries;
+use fedmesh_net::{MeshIdentity, NodeEndpoint};
 
-/// The outcome of checking a product's data against its contract.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct QualityReport {
-    /// When it was checked (ms since the epoch); 0: never.
-    pub checked_ms: i64,
-    /// Whether a `severity: error` rule failed: the product is then kept out of jobs.
-    pub blocking: bool,
-    /// Each rule that did not hold.
-    pub violations: Vec<String>,
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
-impl QualityReport {
-    /// The warnings of a product that loaded (blocking rules held, or it would not have).
-    pub fn of(product: &DataProduct) -> Self {
-        Self {
-            checked_ms: now_ms(),
-            blocking: false,
-            violations: fedmesh_data::validate::validate(product)
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
-        }
-    }
-
-    /// A product that a blocking rule keeps out of jobs.
-    pub fn blocked(violation: String) -> Self {
-        Self {
-            checked_ms: now_ms(),
-            blocking: true,
-            violations: vec![violation],
-        }
-    }
-}
-
-/// SHA-256 of a contract's schema (hex): two versions of a contract with the same hash describe
-/// the same columns.
-pub fn schema_hash(contract: &DataContract) -> String {
-    let schema = serde_json::to_string(&contract.schema).expect("schemas serialize");
-    Sha256::digest(schema.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+use crate::DomainProduct;
 
 /// A registration of `contract` with what the node found in its data (`rows` and `quality`,
 /// when it read them).
