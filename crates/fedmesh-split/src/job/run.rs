@@ -1,0 +1,304 @@
+//! Running a prepared job: the configurations it compares, one configuration and seed trained
+//! and evaluated, and the result every run reports.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use fedmesh_data::{FeatureMatrix, Partition};
+use fedmesh_model::{seeded, training_device};
+use serde::{Deserialize, Serialize};
+
+use super::build::{
+    HEAD_PART, TOWER_PART, bottom_config, part_seed, pipeline_file, seed_training_randomness,
+};
+use super::prepare::{AlignmentSummary, PreparedJob};
+use super::spec::{JobSpec, LayersSpec, WireEncoding};
+use crate::SplitError;
+use crate::party::DomainParty;
+use crate::scores::{Curves, Metrics};
+use crate::trainer::{EpochRecord, JointNetwork, JointTrainer, Observer, Trainer, fit};
+use crate::transport::InProcess;
+
+/// A configuration to train.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunConfig {
+    /// A recommendation job's baseline: items ranked by how often they were chosen.
+    Popularity,
+    /// Every column (or, for a recommender, every domain's table) in one place: NeuMF for a
+    /// recommendation job.
+    Centralized,
+    SplitLabelSharing,
+    SplitLabelOwner,
+    /// One domain's features alone, trained centrally.
+    SingleDomain(String),
+}
+
+impl RunConfig {
+    /// The name used in `results.json`.
+    pub fn name(&self) -> String {
+        match self {
+            RunConfig::Popularity => "popularity".into(),
+            RunConfig::Centralized => "centralized".into(),
+            RunConfig::SplitLabelSharing => "split-label-sharing".into(),
+            RunConfig::SplitLabelOwner => "split-label-owner".into(),
+            RunConfig::SingleDomain(d) => format!("single-domain:{d}"),
+        }
+    }
+}
+
+impl std::str::FromStr for RunConfig {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "popularity" => Ok(RunConfig::Popularity),
+            "centralized" => Ok(RunConfig::Centralized),
+            "split-label-sharing" => Ok(RunConfig::SplitLabelSharing),
+            "split-label-owner" => Ok(RunConfig::SplitLabelOwner),
+            other => match other.strip_prefix("single-domain:") {
+                Some(d) => Ok(RunConfig::SingleDomain(d.to_string())),
+                None => Err(format!(
+                    "unknown configuration `{other}`: use centralized, split-label-sharing, split-label-owner, single-domain:NAME, or popularity (recommendation jobs)"
+                )),
+            },
+        }
+    }
+}
+
+/// One trained configuration and seed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunResult {
+    pub config: String,
+    pub seed: u64,
+    pub metrics: Metrics,
+    /// Rows trained on (after any resampling), used to choose the threshold, and tested on.
+    #[serde(default)]
+    pub train_rows: usize,
+    #[serde(default)]
+    pub valid_rows: usize,
+    #[serde(default)]
+    pub test_rows: usize,
+    pub train_seconds: f64,
+    pub cut_layer_bytes: u64,
+    pub samples_per_second: f64,
+    pub history: Vec<EpochRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub curves: Option<Curves>,
+    /// Trained parts and feature pipelines, when saved.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub model_files: Vec<String>,
+    /// Bytes on the wire, for runs over the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wire: Option<WireBytes>,
+    /// How the domains' rows were aligned before the partition was drawn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alignment: Option<AlignmentSummary>,
+    /// Each test row's scores, when this process held the head (in-process runs, and label
+    /// sharing); never written to `results.json`.
+    #[serde(skip)]
+    pub test_scores: Vec<(u32, Vec<f32>)>,
+}
+
+/// What a run over the network sent, counted as encoded protobuf messages.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct WireBytes {
+    pub encoding: WireEncoding,
+    /// Governance to the domain nodes (batch plans, gradients, tower outputs).
+    pub to_domains: u64,
+    /// Domain nodes to governance (activations, the head's gradient, reports).
+    pub from_domains: u64,
+}
+
+impl PreparedJob {
+    /// The configurations this job compares.
+    pub fn configs(&self) -> Vec<RunConfig> {
+        let mut configs = vec![
+            RunConfig::Centralized,
+            RunConfig::SplitLabelSharing,
+            RunConfig::SplitLabelOwner,
+        ];
+        if self.spec.single_domain_baselines {
+            configs.extend(
+                self.domains
+                    .iter()
+                    .map(|d| RunConfig::SingleDomain(d.name.clone())),
+            );
+        }
+        configs
+    }
+
+    /// The centralized baseline's bottom: as wide as all domain bottoms together.
+    fn centralized_layers(&self) -> LayersSpec {
+        if let Some(layers) = &self.spec.model.centralized {
+            return layers.clone();
+        }
+        let depth = self
+            .domains
+            .iter()
+            .map(|d| d.bottom.layers.len())
+            .max()
+            .unwrap_or(0);
+        LayersSpec {
+            layers: (0..depth)
+                .map(|i| {
+                    self.domains
+                        .iter()
+                        .filter_map(|d| d.bottom.layers.get(i))
+                        .sum()
+                })
+                .collect(),
+            batch_norm: self.domains.iter().any(|d| d.bottom.batch_norm),
+            dropout: self.spec.model.bottom.dropout,
+        }
+    }
+
+    /// Builds the trainer of a configuration, every part initialized from `seed`.
+    pub fn trainer(&self, config: &RunConfig, seed: u64) -> Result<Box<dyn Trainer>, SplitError> {
+        let trainer = self.build_trainer(config, seed)?;
+        seed_training_randomness(seed);
+        Ok(trainer)
+    }
+
+    fn build_trainer(&self, config: &RunConfig, seed: u64) -> Result<Box<dyn Trainer>, SplitError> {
+        let device = training_device();
+        let spec = &self.spec;
+        let optimizer = &spec.training.optimizer;
+        let joint = |features: FeatureMatrix, layers: &LayersSpec| {
+            let bottom = bottom_config(&features, layers);
+            let bottoms = vec![seeded(&device, part_seed(seed, 0), || bottom.init(&device))];
+            let (tower, head) = spec.tower_and_head(bottom.output());
+            let tower = seeded(&device, part_seed(seed, TOWER_PART), || tower.init(&device));
+            let head = seeded(&device, part_seed(seed, HEAD_PART), || head.init(&device));
+            Box::new(JointTrainer::new(
+                JointNetwork {
+                    bottoms,
+                    tower,
+                    head,
+                },
+                vec![features],
+                self.targets.clone(),
+                self.spec.objective.clone(),
+                optimizer,
+                device.clone(),
+            )) as Box<dyn Trainer>
+        };
+        Ok(match config {
+            RunConfig::Popularity => {
+                return Err(SplitError::Spec {
+                    path: PathBuf::from(&self.spec.name),
+                    message: "`popularity` ranks items: it is a baseline of recommendation jobs (`task: recommendation`)".into(),
+                });
+            }
+            RunConfig::Centralized => {
+                let parts: Vec<&FeatureMatrix> = self.domains.iter().map(|d| &d.features).collect();
+                joint(
+                    FeatureMatrix::concat_columns(&parts),
+                    &self.centralized_layers(),
+                )
+            }
+            RunConfig::SingleDomain(name) => {
+                let domain = self
+                    .domains
+                    .iter()
+                    .find(|d| &d.name == name)
+                    .ok_or_else(|| SplitError::Protocol(format!("no feature domain `{name}`")))?;
+                joint(domain.features.clone(), &domain.bottom)
+            }
+            RunConfig::SplitLabelSharing | RunConfig::SplitLabelOwner => {
+                let domains: Vec<DomainParty> = self
+                    .domains
+                    .iter()
+                    .map(|d| spec.domain_party(d, seed))
+                    .collect::<Result<_, _>>()?;
+                let cut_width = domains.iter().map(DomainParty::cut_width).sum();
+                let share_labels = *config == RunConfig::SplitLabelSharing;
+                let transport = InProcess::new(
+                    domains,
+                    (!share_labels).then(|| {
+                        let tower_output = spec.tower_and_head(cut_width).0.output();
+                        spec.label_owner(self.targets.clone(), tower_output, seed)
+                    }),
+                    share_labels.then(|| self.targets.clone()),
+                );
+                Box::new(spec.split_trainer(transport, share_labels, cut_width, seed)?)
+            }
+        })
+    }
+
+    /// Trains and evaluates one configuration for one seed; with `save_to`, writes the trained
+    /// parts (burnpack, one file per part and holder) and the feature pipelines there.
+    pub fn run(
+        &self,
+        config: &RunConfig,
+        seed: u64,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+        save_to: Option<&Path>,
+    ) -> Result<RunResult, SplitError> {
+        let mut trainer = self.trainer(config, seed)?;
+        let mut result = self.spec.train_and_evaluate(
+            trainer.as_mut(),
+            &self.partition,
+            config,
+            seed,
+            observer,
+            stop,
+            save_to,
+        )?;
+        if let Some(dir) = save_to {
+            for domain in &self.domains {
+                let path = dir.join(pipeline_file(&domain.name));
+                std::fs::write(&path, domain.pipeline.to_json())?;
+                result.model_files.push(path.display().to_string());
+            }
+        }
+        result.alignment = Some(self.alignment.clone());
+        Ok(result)
+    }
+}
+
+impl JobSpec {
+    /// Trains `trainer` on `partition`, evaluates it on the test rows and, with `save_to`,
+    /// has every party save its parts: the same for every configuration and transport.
+    #[allow(clippy::too_many_arguments)]
+    pub fn train_and_evaluate(
+        &self,
+        trainer: &mut dyn Trainer,
+        partition: &Partition,
+        config: &RunConfig,
+        seed: u64,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+        save_to: Option<&Path>,
+    ) -> Result<RunResult, SplitError> {
+        let outcome = fit(trainer, partition, &self.training, seed, observer, stop)?;
+        let metrics = outcome.report.metrics.ok_or_else(|| {
+            SplitError::Protocol("the label holder reported no test metrics".into())
+        })?;
+        let model_files = match save_to {
+            Some(dir) => trainer
+                .save(dir)?
+                .into_iter()
+                .map(|path| path.display().to_string())
+                .collect(),
+            None => Vec::new(),
+        };
+        let samples = (partition.train.len() * self.training.epochs) as f64;
+        Ok(RunResult {
+            model_files,
+            config: config.name(),
+            seed,
+            metrics,
+            train_rows: partition.train.len(),
+            valid_rows: partition.valid.len(),
+            test_rows: partition.test.len(),
+            train_seconds: outcome.train_seconds,
+            cut_layer_bytes: outcome.cut_layer_bytes,
+            samples_per_second: samples / outcome.train_seconds.max(1e-9),
+            history: outcome.history,
+            curves: outcome.report.curves,
+            wire: None,
+            alignment: None,
+            test_scores: outcome.report.test_scores,
+        })
+    }
+}
