@@ -99,6 +99,7 @@ impl Mesh {
             encoding: Encoding::F32 as i32,
             share_labels,
             requester: requester.to_string(),
+            trained_run: String::new(),
         };
         let transport =
             GrpcTransport::connect_recommendation(&self.identity, &nodes, start, self.deadline)?;
@@ -169,6 +170,51 @@ impl Mesh {
         Ok(result)
     }
 
+    /// Ranks the `top` items each of `users` is likeliest to take next, with the recommender
+    /// that run `run_id` trained: every domain loads its saved parts (sales its bottom, and its
+    /// head when labels were kept), governance its tower (and head) from `parts`. Returns each
+    /// user's ranking, best first, and the users sales holds no interactions of.
+    #[allow(clippy::too_many_arguments)]
+    pub fn recommend(
+        &self,
+        spec: &RecommendationSpec,
+        run_id: &str,
+        requester: &str,
+        share_labels: bool,
+        parts: &Path,
+        users: &[String],
+        top: usize,
+    ) -> Result<Recommendations, SplitError> {
+        let model = spec.split_model()?;
+        let nodes = [
+            self.node(&spec.sales.name)?,
+            self.node(&spec.customer.name)?,
+            self.node(&spec.product.name)?,
+        ];
+        let start = v1::JobStart {
+            job_id: run_id.to_string(),
+            spec_yaml: spec.to_yaml(),
+            domain: String::new(),
+            seed: 0,
+            encoding: Encoding::F32 as i32,
+            share_labels,
+            requester: requester.to_string(),
+            trained_run: run_id.to_string(),
+        };
+        let transport =
+            GrpcTransport::connect_recommendation(&self.identity, &nodes, start, self.deadline)?;
+        let mut ncf = SplitNcf::trained(transport, model, share_labels, parts)?;
+        let mut found = Recommendations::default();
+        for user in users {
+            match ncf.recommend(user, top)? {
+                Some(items) => found.rankings.push((user.clone(), items)),
+                None => found.missing.push(user.clone()),
+            }
+        }
+        ncf.transport_mut().finish()?;
+        Ok(found)
+    }
+
     /// Opens a run on the domain nodes: each loads and validates its product, the label owner
     /// draws the partition, every domain builds its bottom. Returns governance's trainer over
     /// the nodes, and the partition.
@@ -207,6 +253,7 @@ impl Mesh {
             encoding: encoding as i32,
             share_labels,
             requester: requester.to_string(),
+            trained_run: String::new(),
         };
         let transport = GrpcTransport::connect(
             &self.identity,
@@ -227,6 +274,15 @@ impl Mesh {
         fedmesh_split::job::seed_training_randomness(seed);
         Ok((trainer, partition))
     }
+}
+
+/// A recommender's rankings for the users asked about.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct Recommendations {
+    /// Each ranked user's items and scores, best first, in request order.
+    pub rankings: Vec<(String, Vec<(String, f32)>)>,
+    /// The users sales holds no interactions of.
+    pub missing: Vec<String>,
 }
 
 /// Refuses a configuration that needs every domain's data in one place.

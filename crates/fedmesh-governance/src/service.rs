@@ -942,16 +942,8 @@ fn predict(
     let model = state.store.model(&request.model).map_err(internal)?;
     let record = state.store.job(&model.job).map_err(internal)?;
     let origin = PathBuf::from(format!("the spec of job `{}`", model.job));
-    let job = match AnyJob::from_yaml(&record.spec_yaml, &origin) {
-        Ok(AnyJob::Vertical(job)) => job,
-        Ok(AnyJob::Recommendation(_)) => {
-            return Err(Status::unimplemented(format!(
-                "`{}@{}` is a recommender: governance does not serve its rankings yet (its parts are registered and kept by their holders)",
-                model.name, model.version
-            )));
-        }
-        Err(e) => return Err(Status::failed_precondition(e.to_string())),
-    };
+    let any_job = AnyJob::from_yaml(&record.spec_yaml, &origin)
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
     let share_labels = model.config == RunConfig::SplitLabelSharing.name();
     let reference = format!("{}@{}", model.name, model.version);
     let policies = Policies::load(&state.policies).map_err(|e| {
@@ -964,8 +956,8 @@ fn predict(
             requester: requester.to_string(),
             product: input.product.clone(),
             product_version: input.version.clone(),
-            ..fedmesh_split::usage::requested(
-                &job,
+            ..fedmesh_split::usage::requested_of(
+                &any_job,
                 &input.domain,
                 fedmesh_policy::Action::Predict,
                 share_labels,
@@ -986,6 +978,22 @@ fn predict(
             .map_err(unrecorded)?;
         return Err(Status::permission_denied(reasons.join("\n")));
     }
+    let parts = state.runs.join(&model.run);
+    let job = match any_job {
+        AnyJob::Vertical(job) => job,
+        AnyJob::Recommendation(spec) => {
+            return recommend(
+                state,
+                requester,
+                &request,
+                &spec,
+                &model,
+                &reference,
+                &parts,
+                share_labels,
+            );
+        }
+    };
     let start = v1::PredictStart {
         run_id: model.run.clone(),
         spec_yaml: record.spec_yaml.clone(),
@@ -994,7 +1002,6 @@ fn predict(
         requester: requester.to_string(),
         share_labels,
     };
-    let parts = state.runs.join(&model.run);
     let prediction = crate::predict::predict(
         &state.mesh.identity,
         &job.spec
@@ -1043,6 +1050,77 @@ fn predict(
         "config": model.config,
         "scores": prediction.scores.iter().map(|(key, scores)| serde_json::json!({"key": key, "scores": scores})).collect::<Vec<_>>(),
         "missing": prediction.missing.iter().map(|(key, at)| serde_json::json!({"key": key, "missing_at": at})).collect::<Vec<_>>(),
+    })
+    .to_string())
+}
+
+/// The most users one request ranks items for, and the most items per user: a ranking is an
+/// answer for an operator, not an export of the model's scores.
+const MAX_RANKED_USERS: usize = 1000;
+const MAX_TOP: u32 = 1000;
+
+/// Ranks items for `request.keys` (users) with a registered recommender, its policies already
+/// checked: every domain loads its parts, sales ranks and leaves out what each user has.
+#[allow(clippy::too_many_arguments)]
+fn recommend(
+    state: &GovernanceState,
+    requester: &str,
+    request: &v1::PredictRequest,
+    spec: &fedmesh_split::recommend::RecommendationSpec,
+    model: &crate::store::ModelEntry,
+    reference: &str,
+    parts: &Path,
+    share_labels: bool,
+) -> Result<String, Status> {
+    if request.keys.is_empty() || request.keys.len() > MAX_RANKED_USERS {
+        return Err(Status::invalid_argument(format!(
+            "a recommender ranks items for 1 to {MAX_RANKED_USERS} users per request; {} were asked for",
+            request.keys.len()
+        )));
+    }
+    if request.top > MAX_TOP {
+        return Err(Status::invalid_argument(format!(
+            "`top` is {}; at most {MAX_TOP} items per user",
+            request.top
+        )));
+    }
+    let top = if request.top == 0 { 10 } else { request.top } as usize;
+    let found = state
+        .mesh
+        .recommend(
+            spec,
+            &model.run,
+            requester,
+            share_labels,
+            parts,
+            &request.keys,
+            top,
+        )
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    state
+        .audit(
+            state
+                .entry("rankings.served", reference)
+                .detail("requester", requester)
+                .detail("users_requested", request.keys.len())
+                .detail("ranked", found.rankings.len())
+                .detail("missing", found.missing.len())
+                .detail("top", top),
+        )
+        .map_err(unrecorded)?;
+    tracing::info!(
+        "`{requester}` ranked {top} items for {} users with `{reference}` ({} unknown)",
+        found.rankings.len(),
+        found.missing.len()
+    );
+    Ok(serde_json::json!({
+        "model": reference,
+        "config": model.config,
+        "rankings": found.rankings.iter().map(|(user, items)| serde_json::json!({
+            "user": user,
+            "items": items.iter().map(|(item, score)| serde_json::json!({"item": item, "score": score})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "missing": found.missing,
     })
     .to_string())
 }

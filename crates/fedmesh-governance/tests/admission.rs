@@ -393,7 +393,7 @@ fn predict_scores_the_test_entities_as_the_evaluation_did_and_reports_missing_ke
         let answer = mesh
             .block_on(
                 mesh.operator()
-                    .predict(&format!("fraud@{version}"), request),
+                    .predict(&format!("fraud@{version}"), request, 0),
             )
             .unwrap();
         let scores = answer["scores"].as_array().unwrap();
@@ -612,12 +612,68 @@ fn a_recommendation_job_runs_through_governance_as_it_runs_in_process() {
         );
     }
 
-    // Rankings are not served yet: a clear refusal, not a wrong answer.
-    let error = mesh
-        .block_on(mesh.operator().predict("movielens@1", vec!["1".into()]))
-        .unwrap_err()
-        .to_string();
-    assert!(error.contains("is a recommender"), "{error}");
+    // Each user's top items, served by the parts where they are kept, are the in-process
+    // model's: trained alike, saved, loaded and asked alike.
+    let answer = mesh
+        .block_on(mesh.operator().predict(
+            "movielens@1",
+            vec!["1".into(), "2".into(), "no-such-user".into()],
+            5,
+        ))
+        .unwrap();
+    assert_eq!(
+        answer["missing"],
+        serde_json::json!(["no-such-user"]),
+        "{answer}"
+    );
+    let prepared = spec.prepare(&dir.path().join("job.yaml")).unwrap();
+    let parts = dir.path().join("in-process-parts");
+    let mut trained = prepared.in_process_ncf(false, 1, None).unwrap();
+    fedmesh_split::recommend::fit_ranking(
+        &mut trained,
+        &prepared.spec.training,
+        &fedmesh_split::Silent,
+        &std::sync::atomic::AtomicBool::new(false),
+    )
+    .unwrap();
+    trained.save(&parts).unwrap();
+    let mut serving = prepared.in_process_ncf(false, 1, Some(&parts)).unwrap();
+    let rankings = answer["rankings"].as_array().unwrap();
+    assert_eq!(rankings.len(), 2, "{answer}");
+    for ranking in rankings {
+        let user = ranking["user"].as_str().unwrap();
+        let local = serving.recommend(user, 5).unwrap().unwrap();
+        let served: Vec<(String, f64)> = ranking["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["item"].as_str().unwrap().to_string(),
+                    i["score"].as_f64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(served.len(), 5);
+        for ((item, score), (local_item, local_score)) in served.iter().zip(&local) {
+            assert_eq!(item, local_item, "user {user}");
+            assert!((score - *local_score as f64).abs() < 1e-5, "user {user}");
+        }
+    }
+    // Served on record: by governance, and by every domain that took part.
+    assert!(
+        mesh.audit("governance")
+            .iter()
+            .any(|r| r.action == "rankings.served" && r.subject == "movielens@1")
+    );
+    for (domain, _) in &domains {
+        assert!(
+            mesh.audit(domain)
+                .iter()
+                .any(|r| r.action == "rankings.served"),
+            "{domain}"
+        );
+    }
 }
 
 #[test]

@@ -419,6 +419,101 @@ fn the_split_ncf_over_the_network_equals_in_process_with_labels_at_sales() {
 }
 
 #[test]
+fn a_stream_serving_rankings_trains_nothing_and_checks_what_it_is_sent() {
+    use fedmesh_proto::v1;
+    use fedmesh_proto::v1::domain_message::Body as Reply;
+    use fedmesh_proto::v1::governance_message::Body as Command;
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, _) = recommendation_job(dir.path());
+    let nodes = recommendation_nodes(&spec, dir.path());
+    let parts = dir.path().join("governance-parts");
+    let stop = AtomicBool::new(false);
+    nodes
+        .mesh()
+        .run(
+            &AnyJob::Recommendation(Box::new(spec.clone())),
+            "test/served",
+            "operator",
+            &RunConfig::SplitLabelOwner,
+            1,
+            &Silent,
+            &stop,
+            Some(&parts),
+        )
+        .unwrap();
+    let runtime = Runtime::new().unwrap();
+    let deadline = Duration::from_secs(10);
+    // Sales, opened to serve the run it saved.
+    let open = |run: &str| {
+        let mut sales = runtime
+            .block_on(fedmesh_net::transport::Link::open(
+                &nodes.identity("governance"),
+                &nodes.endpoints[0],
+                deadline,
+            ))
+            .unwrap();
+        let start = v1::JobStart {
+            job_id: run.into(),
+            spec_yaml: spec.to_yaml(),
+            domain: "sales".into(),
+            requester: "operator".into(),
+            trained_run: run.into(),
+            ..Default::default()
+        };
+        let opened = runtime.block_on(sales.call(Command::Start(start), deadline));
+        (sales, opened)
+    };
+    // A run it never saved: nothing to load, said at once.
+    let (_, opened) = open("test/never-trained");
+    let error = opened.expect_err("refused").to_string();
+    assert!(error.contains("bottom-sales.bpk"), "{error}");
+
+    let (mut sales, opened) = open("test/served");
+    assert!(matches!(opened.unwrap(), Reply::Ready(_)));
+    let mut call = |command| runtime.block_on(sales.call(command, deadline));
+    assert!(matches!(
+        call(Command::EntitiesRequest(v1::Empty {})).unwrap(),
+        Reply::Entities(_)
+    ));
+    let request = v1::ExamplesRequest {
+        pass: v1::examples_request::Pass::Candidates as i32,
+        user: "1".into(),
+    };
+    let Reply::Examples(examples) = call(Command::ExamplesRequest(request)).unwrap() else {
+        panic!("candidates expected")
+    };
+    assert_eq!(examples.items.len(), 200, "every film is a candidate");
+    // A training plan on a serving stream is refused, and the stream ends.
+    let train = v1::BatchPlan {
+        pass: v1::batch_plan::Pass::Train as i32,
+        rows: vec![0, 1],
+        learning_rate: 0.1,
+    };
+    let error = call(Command::Plan(train)).unwrap_err().to_string();
+    assert!(
+        error.contains("serves a trained model's rankings"),
+        "{error}"
+    );
+
+    // Sales keeps the head in this model: scores governance sends are refused.
+    let (mut sales, _) = open("test/served");
+    let mut call = |command| runtime.block_on(sales.call(command, deadline));
+    call(Command::EntitiesRequest(v1::Empty {})).unwrap();
+    call(Command::ExamplesRequest(v1::ExamplesRequest {
+        pass: v1::examples_request::Pass::Candidates as i32,
+        user: "1".into(),
+    }))
+    .unwrap();
+    let error = call(Command::TopK(v1::TopK {
+        k: 10,
+        scores: vec![0.5; 200],
+    }))
+    .unwrap_err()
+    .to_string();
+    assert!(error.contains("ranks by its own scores"), "{error}");
+}
+
+#[test]
 fn a_product_that_lacks_an_entity_sales_names_fails_the_job_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     let (spec, _) = recommendation_job(dir.path());

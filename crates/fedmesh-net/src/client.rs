@@ -166,17 +166,21 @@ impl Operator {
     }
 
     /// Scores entities (by key) with a registered model: `{model, config, scores: [{key,
-    /// scores}], missing: [{key, missing_at}]}`.
+    /// scores}], missing: [{key, missing_at}]}`; for a recommender, ranks `top` items (0: 10)
+    /// for each user in `keys`: `{model, config, rankings: [{user, items: [{item, score}]}],
+    /// missing: [user]}`.
     pub async fn predict(
         &mut self,
         model: &str,
         keys: Vec<String>,
+        top: u32,
     ) -> Result<serde_json::Value, SplitError> {
         let reply = self
             .client
             .predict(v1::PredictRequest {
                 model: model.into(),
                 keys,
+                top,
             })
             .await;
         json(&self.governance, reply)

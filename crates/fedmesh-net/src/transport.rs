@@ -898,11 +898,15 @@ impl NcfTransport for GrpcTransport {
     /// forwards the users to customer and the items to product.
     fn examples(&mut self, pass: ExamplePass) -> Result<usize, SplitError> {
         let deadline = self.deadline;
-        let pass = match pass {
-            ExamplePass::Training => v1::examples_request::Pass::Train,
-            ExamplePass::Test => v1::examples_request::Pass::Test,
+        let (pass, user) = match pass {
+            ExamplePass::Training => (v1::examples_request::Pass::Train, String::new()),
+            ExamplePass::Test => (v1::examples_request::Pass::Test, String::new()),
+            ExamplePass::Candidates(user) => (v1::examples_request::Pass::Candidates, user),
         };
-        let request = Command::ExamplesRequest(v1::ExamplesRequest { pass: pass as i32 });
+        let request = Command::ExamplesRequest(v1::ExamplesRequest {
+            pass: pass as i32,
+            user,
+        });
         let [sales, customer, product] = &mut self.links[..] else {
             return Err(SplitError::Protocol(
                 "a recommendation job has three domains: sales, customer, product".into(),
@@ -936,6 +940,34 @@ impl NcfTransport for GrpcTransport {
             Reply::ReportJson(json) => serde_json::from_str(&json)
                 .map_err(|e| SplitError::Protocol(format!("a malformed ranking: {e}"))),
             other => Err(unexpected(&self.links[self.owner].name, &other)),
+        }
+    }
+
+    fn top_k(
+        &mut self,
+        k: usize,
+        scores: Option<Vec<f32>>,
+    ) -> Result<Vec<(String, f32)>, SplitError> {
+        let request = v1::TopK {
+            k: k as u32,
+            scores: scores.unwrap_or_default(),
+        };
+        let owner = self.links[self.owner].name.clone();
+        match self.call_owner(Command::TopK(request))? {
+            Reply::Ranked(ranked)
+                if ranked.items.len() == ranked.scores.len() && ranked.items.len() <= k =>
+            {
+                Ok(ranked.items.into_iter().zip(ranked.scores).collect())
+            }
+            Reply::Ranked(ranked) => Err(SplitError::Node {
+                node: owner,
+                message: format!(
+                    "ranked {} items with {} scores when asked for {k}",
+                    ranked.items.len(),
+                    ranked.scores.len()
+                ),
+            }),
+            other => Err(unexpected(&owner, &other)),
         }
     }
 }

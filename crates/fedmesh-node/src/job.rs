@@ -205,6 +205,8 @@ struct NcfJob {
     encoding: Encoding,
     /// Example passes drawn (sales) or taken (customer, product).
     passes: u64,
+    /// Serving: the users whose candidates sales drew.
+    served_users: u64,
 }
 
 /// A domain's share of split inference: its rows of the requested entities, its trained bottom
@@ -376,6 +378,18 @@ impl NodeJob {
         let origin = PathBuf::from(format!("job `{}`", start.job_id));
         let spec = RecommendationSpec::from_yaml(&start.spec_yaml, &origin)?;
         self.check_serves(&start.domain)?;
+        // Serving a trained run's rankings: its parts are read from where this node saved them.
+        let trained = if start.trained_run.is_empty() {
+            None
+        } else {
+            check_job_id(&start.trained_run)?;
+            Some(self.product.models.join(&start.trained_run))
+        };
+        let action = if trained.is_some() {
+            Action::Predict
+        } else {
+            Action::Train
+        };
         let role = spec.role_of(&start.domain).ok_or_else(|| {
             SplitError::Protocol(format!(
                 "job `{}` has no domain `{}`",
@@ -388,12 +402,7 @@ impl NodeJob {
             requester: start.requester.clone(),
             product: contract.product_name().to_string(),
             product_version: contract.version.clone(),
-            ..fedmesh_split::usage::recommendation_usage(
-                &spec,
-                role,
-                Action::Train,
-                start.share_labels,
-            )?
+            ..fedmesh_split::usage::recommendation_usage(&spec, role, action, start.share_labels)?
         };
         let (retail, product) = self.admit_and_read(
             &contract,
@@ -412,7 +421,8 @@ impl NodeJob {
                 &spec.training,
                 !start.share_labels,
                 start.seed,
-            ),
+                trained.as_deref(),
+            )?,
             _ => NcfParty::entity(
                 role,
                 &self.product.domain,
@@ -420,6 +430,7 @@ impl NodeJob {
                 product,
                 &spec.training.optimizer,
                 start.seed,
+                trained.as_deref(),
             )?,
         };
         tracing::info!(
@@ -437,7 +448,33 @@ impl NodeJob {
             share_labels: start.share_labels,
             encoding: Encoding::try_from(start.encoding).unwrap_or(Encoding::F32),
             passes: 0,
+            served_users: 0,
         })
+    }
+
+    /// A stream that serves a trained run's rankings neither trains nor saves, and reports
+    /// nothing of its candidates but the ranking.
+    fn check_serving(&self, command: &Command) -> Result<(), SplitError> {
+        if !self.ncf.as_ref().is_some_and(|ncf| ncf.party.serving()) {
+            return Ok(());
+        }
+        let refused = match command {
+            Command::Plan(plan) => plan.pass() == v1::batch_plan::Pass::Train,
+            Command::Step(_)
+            | Command::Gradient(_)
+            | Command::HeadTrain(_)
+            | Command::Save(_)
+            | Command::Report(_)
+            | Command::Rank(_) => true,
+            _ => false,
+        };
+        if refused {
+            Err(protocol(
+                "this stream serves a trained model's rankings: it takes no training, saving or report message",
+            ))
+        } else {
+            Ok(())
+        }
     }
 
     /// Answers a recommendation job's own messages.
@@ -469,6 +506,10 @@ impl NodeJob {
                 let pass = match request.pass() {
                     v1::examples_request::Pass::Train => ExamplePass::Training,
                     v1::examples_request::Pass::Test => ExamplePass::Test,
+                    v1::examples_request::Pass::Candidates => {
+                        ncf.served_users += 1;
+                        ExamplePass::Candidates(request.user)
+                    }
                 };
                 let (users, items) = ncf.party.draw(pass)?;
                 ncf.passes += 1;
@@ -491,6 +532,13 @@ impl NodeJob {
                 }
                 let metrics = ncf.party.rank()?;
                 Reply::ReportJson(serde_json::to_string(&metrics).expect("metrics serialize"))
+            }
+            Command::TopK(request) => {
+                // A ranking is the operator's answer: bounded by the items sales holds.
+                let scores = (!request.scores.is_empty()).then_some(request.scores);
+                let ranked = ncf.party.top_k(request.k as usize, scores)?;
+                let (items, scores) = ranked.into_iter().unzip();
+                Reply::Ranked(v1::Ranked { items, scores })
             }
             _ => return Err(protocol("not a message of a recommendation job")),
         })
@@ -664,7 +712,7 @@ impl NodeJob {
                 let (spec, seed) = (opened.job.spec.clone(), opened.seed);
                 session.with_head_recipe(
                     targets,
-                    Box::new(move |targets, width| spec.label_owner(targets, width, seed)),
+                    Box::new(move |targets, width| Ok(spec.label_owner(targets, width, seed))),
                 )
             };
         }
@@ -695,6 +743,25 @@ impl NodeJob {
 
     /// Records what the finished run used and sent.
     fn audit_run(&self) -> Result<(), SplitError> {
+        if let Some(ncf) = self.ncf.as_ref().filter(|ncf| ncf.party.serving()) {
+            return self.context.audit(
+                Entry::new(
+                    self.product.domain.clone(),
+                    "rankings.served",
+                    ncf.id.clone(),
+                )
+                .detail("requester", &ncf.usage.requester)
+                .detail("purpose", &ncf.usage.purpose)
+                .detail(
+                    "product",
+                    format!("{} {}", ncf.usage.product, ncf.usage.product_version),
+                )
+                .detail("role", ncf.party.role.name())
+                .detail("columns", &ncf.usage.columns)
+                .detail("users", ncf.served_users)
+                .detail("bytes_sent", self.traffic.sent),
+            );
+        }
         if let Some(ncf) = &self.ncf {
             return self.context.audit(
                 Entry::new(self.product.domain.clone(), "training.run", ncf.id.clone())
@@ -839,12 +906,14 @@ impl NodeJob {
 
     /// Answers one message; `None` for a gradient, which has no answer unless it fails.
     fn handle(&mut self, command: Command) -> Result<Option<Reply>, SplitError> {
+        self.check_serving(&command)?;
         let reply = match command {
             command @ (Command::EntitiesRequest(_)
             | Command::Entities(_)
             | Command::ExamplesRequest(_)
             | Command::ExampleEntities(_)
-            | Command::Rank(_)) => self.handle_ncf(command)?,
+            | Command::Rank(_)
+            | Command::TopK(_)) => self.handle_ncf(command)?,
             Command::Predict(start) => Reply::Found(self.start_prediction(start)?),
             Command::PredictRows(request) => {
                 let predicting = self.predicting()?;

@@ -327,6 +327,12 @@ impl LabelOwner {
     pub fn save(&self, dir: &Path) -> Result<PathBuf, SplitError> {
         save_part(&self.head, dir, &format!("head-{}", self.name))
     }
+
+    /// The head as [`LabelOwner::save`] wrote it in `dir`.
+    pub fn load(mut self, dir: &Path) -> Result<Self, SplitError> {
+        self.head = load_part(self.head, &dir.join(format!("head-{}.bpk", self.name)))?;
+        Ok(self)
+    }
 }
 
 /// Writes a module's parameters (burnpack) to `dir/<name>.bpk`.

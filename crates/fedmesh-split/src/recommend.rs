@@ -693,11 +693,13 @@ impl RecommendationSpec {
 }
 
 impl PreparedRecommendation {
-    /// The split NCF's three domains in this process, for one seed.
+    /// The split NCF's three domains in this process, for one seed; with `trained`, every
+    /// part loaded from the folder a run saved them in, to serve rankings.
     pub fn in_process_ncf(
         &self,
         share_labels: bool,
         seed: u64,
+        trained: Option<&Path>,
     ) -> Result<SplitNcf<NcfInProcess>, SplitError> {
         let spec = self.spec.split_model()?;
         let training = &self.spec.training;
@@ -709,7 +711,8 @@ impl PreparedRecommendation {
             training,
             !share_labels,
             seed,
-        );
+            trained,
+        )?;
         let [customer, product] = self.entity_products.clone();
         let customer = NcfParty::entity(
             NcfRole::Customer,
@@ -718,6 +721,7 @@ impl PreparedRecommendation {
             customer,
             &training.optimizer,
             seed,
+            trained,
         )?;
         let product = NcfParty::entity(
             NcfRole::Product,
@@ -726,14 +730,13 @@ impl PreparedRecommendation {
             product,
             &training.optimizer,
             seed,
+            trained,
         )?;
-        SplitNcf::new(
-            NcfInProcess::with_parties(sales, customer, product)?,
-            spec,
-            &training.optimizer,
-            share_labels,
-            seed,
-        )
+        let domains = NcfInProcess::with_parties(sales, customer, product)?;
+        match trained {
+            Some(dir) => SplitNcf::trained(domains, spec, share_labels, dir),
+            None => SplitNcf::new(domains, spec, &training.optimizer, share_labels, seed),
+        }
     }
 
     /// Trains and evaluates one configuration for one seed.
@@ -755,7 +758,7 @@ impl PreparedRecommendation {
             },
             RunConfig::SplitLabelSharing | RunConfig::SplitLabelOwner => {
                 let mut model =
-                    self.in_process_ncf(*config == RunConfig::SplitLabelSharing, seed)?;
+                    self.in_process_ncf(*config == RunConfig::SplitLabelSharing, seed, None)?;
                 fit_ranking(&mut model, &self.spec.training, observer, stop)?
             }
             RunConfig::SingleDomain(_) => {

@@ -24,7 +24,7 @@ use crate::wire::{BatchPlan, CutActivation, CutLayerGradient, Pass, WireTensor};
 pub const MAX_TOWER_OUTPUT: usize = 1 << 14;
 
 /// Builds a head for a tower output of the given width, over the given labels.
-pub type HeadRecipe = Box<dyn FnOnce(Targets, usize) -> LabelOwner + Send>;
+pub type HeadRecipe = Box<dyn FnOnce(Targets, usize) -> Result<LabelOwner, SplitError> + Send>;
 
 /// The head a session holds, if any: built with the first tower output it is sent, whose width
 /// is the head's input.
@@ -309,7 +309,7 @@ impl PartySession {
         check_plan(&name, plan, held)?;
         self.head = match std::mem::replace(&mut self.head, HeadSlot::Absent) {
             HeadSlot::Recipe { recipe, targets } => {
-                HeadSlot::Built(Box::new(recipe(targets, tower_output.cols)))
+                HeadSlot::Built(Box::new(recipe(targets, tower_output.cols)?))
             }
             slot => slot,
         };
@@ -462,7 +462,7 @@ mod tests {
 
     fn owner() -> PartySession {
         let labels = Targets::Classes((0..ROWS as i64).map(|i| i % 2).collect());
-        PartySession::new("fraud").with_head_recipe(labels, Box::new(head))
+        PartySession::new("fraud").with_head_recipe(labels, Box::new(|t, w| Ok(head(t, w))))
     }
 
     fn tensor(rows: usize, cols: usize) -> WireTensor {
@@ -650,8 +650,8 @@ mod tests {
             sharing.shared_labels().unwrap(),
             &Targets::Classes(vec![1, 0, 1])
         );
-        let mut keeping =
-            PartySession::new("sales").with_head_recipe(Targets::Classes(vec![]), Box::new(head));
+        let mut keeping = PartySession::new("sales")
+            .with_head_recipe(Targets::Classes(vec![]), Box::new(|t, w| Ok(head(t, w))));
         let plan = BatchPlan::train(vec![0, 1], 0.1);
         // No labels yet: no row to train on.
         assert!(error(keeping.head_train(&plan, &tensor(2, 4))).contains("it holds 0"));

@@ -155,12 +155,14 @@ impl NcfRole {
 }
 
 /// Which examples sales draws.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExamplePass {
     /// An epoch's training examples: every positive and fresh negatives, shuffled.
     Training,
     /// Every test case's 100 candidates, case after case.
     Test,
+    /// Serving: the user with this id, and every item as a candidate.
+    Candidates(String),
 }
 
 /// An entity table's features, one row per id of `ids` (in that order).
@@ -274,13 +276,33 @@ fn positive_scores(report: &mut EvaluationReport) -> Vec<f32> {
     report.test_scores.iter().map(|(_, s)| s[1]).collect()
 }
 
+/// Each user's items, by position, sorted (a user's interactions, as a set).
+fn seen_items(interactions: &Interactions) -> Vec<Vec<u32>> {
+    let mut seen = vec![Vec::new(); interactions.users.len()];
+    for &(user, item, _) in &interactions.events {
+        if let Some(items) = seen.get_mut(user as usize) {
+            items.push(item);
+        }
+    }
+    for items in &mut seen {
+        items.sort_unstable();
+        items.dedup();
+    }
+    seen
+}
+
 /// What sales holds of a run besides its bottom.
 struct SalesShare {
     examples: SalesExamples,
     users: Vec<String>,
     items: Vec<String>,
+    /// The items each user has interacted with, by position: what a ranking served to the user
+    /// leaves out.
+    seen: Vec<Vec<u32>>,
     /// The current examples' labels.
     labels: Vec<i64>,
+    /// Serving: the user whose candidates are the current examples.
+    serving: Option<u32>,
 }
 
 /// What customer or product holds of a run besides its bottom.
@@ -306,10 +328,14 @@ pub struct NcfParty {
     /// The bottom, and sales's head or the labels it shares: what governance's messages reach.
     session: PartySession,
     share: Share,
+    /// Serving: the folder of the trained run whose parts the bottom (and head) load.
+    trained: Option<PathBuf>,
 }
 
 impl NcfParty {
-    /// Sales: its interactions and the split; `keeps_labels` without label sharing.
+    /// Sales: its interactions and the split; `keeps_labels` without label sharing. With
+    /// `trained`, the folder of a trained run: its bottom (and head) are loaded from there, to
+    /// serve rankings.
     #[allow(clippy::too_many_arguments)]
     pub fn sales(
         name: impl Into<String>,
@@ -319,16 +345,22 @@ impl NcfParty {
         training: &NcfTraining,
         keeps_labels: bool,
         seed: u64,
-    ) -> Self {
+        trained: Option<&Path>,
+    ) -> Result<Self, SplitError> {
         let name = name.into();
         let no_labels = Targets::Classes(Vec::new());
         let session = if keeps_labels {
             let (name, optimizer) = (name.clone(), training.optimizer.clone());
+            let trained = trained.map(Path::to_path_buf);
             PartySession::new(name.clone())
                 .with_head_recipe(
                     no_labels,
                     Box::new(move |targets, width| {
-                        sales_head(name, targets, width, &optimizer, seed)
+                        let head = sales_head(name, targets, width, &optimizer, seed);
+                        match &trained {
+                            Some(dir) => head.load(dir),
+                            None => Ok(head),
+                        }
                     }),
                 )
                 .ranking_itself()
@@ -346,8 +378,11 @@ impl NcfParty {
                 examples: SalesExamples::new(interactions, split, training.negatives, seed),
                 users: interactions.users.clone(),
                 items: interactions.items.clone(),
+                seen: seen_items(interactions),
                 labels: Vec::new(),
+                serving: None,
             })),
+            trained: trained.map(Path::to_path_buf),
         };
         let features = sales_features(
             &[],
@@ -356,13 +391,14 @@ impl NcfParty {
             interactions.items.len(),
             spec.embedding,
         );
-        let bottom = party.build_bottom(features);
+        let bottom = party.build_bottom(features)?;
         party.session.set_bottom(bottom);
-        party
+        Ok(party)
     }
 
     /// Customer or product: its entity table (validated against its contract). The bottom is
-    /// built once sales's entities arrive ([`NcfParty::set_entities`]).
+    /// built once sales's entities arrive ([`NcfParty::set_entities`]), and loaded from the
+    /// folder of a `trained` run to serve rankings.
     pub fn entity(
         role: NcfRole,
         name: impl Into<String>,
@@ -370,6 +406,7 @@ impl NcfParty {
         product: DataProduct,
         optimizer: &OptimizerSpec,
         seed: u64,
+        trained: Option<&Path>,
     ) -> Result<Self, SplitError> {
         if role == NcfRole::Sales {
             return Err(SplitError::Protocol(
@@ -388,10 +425,16 @@ impl NcfParty {
                 product,
                 table: None,
             })),
+            trained: trained.map(Path::to_path_buf),
         })
     }
 
-    fn build_bottom(&self, features: FeatureMatrix) -> DomainParty {
+    /// Whether the party serves a trained run's rankings instead of training.
+    pub fn serving(&self) -> bool {
+        self.trained.is_some()
+    }
+
+    fn build_bottom(&self, features: FeatureMatrix) -> Result<DomainParty, SplitError> {
         let config = BottomConfig {
             numeric: features.numeric_width,
             embeddings: features.embeddings.clone(),
@@ -406,7 +449,11 @@ impl NcfParty {
         let model = seeded(&device, part_seed(self.seed, self.role.part()), || {
             config.init(&device)
         });
-        DomainParty::new(self.name.clone(), features, model, &self.optimizer, device)
+        let bottom = DomainParty::new(self.name.clone(), features, model, &self.optimizer, device);
+        match &self.trained {
+            Some(dir) => bottom.load(&dir.join(format!("bottom-{}.bpk", self.name))),
+            None => Ok(bottom),
+        }
     }
 
     fn sales_share(&mut self) -> Result<&mut SalesShare, SplitError> {
@@ -435,7 +482,7 @@ impl NcfParty {
             ));
         };
         let table = entity_features(&share.product, key, ids, self.spec.features(self.role))?;
-        let bottom = self.build_bottom(table.gather(&[]));
+        let bottom = self.build_bottom(table.gather(&[]))?;
         let width = bottom.cut_width();
         self.session.set_bottom(bottom);
         if let Share::Entity(share) = &mut self.share {
@@ -447,14 +494,35 @@ impl NcfParty {
     /// Sales: draws the pass's examples, takes their rows and labels, and returns each
     /// example's user and item by position (never the label).
     pub fn draw(&mut self, pass: ExamplePass) -> Result<(Vec<u32>, Vec<u32>), SplitError> {
+        let serving = self.serving();
+        let name = self.name.clone();
         let share = self.sales_share()?;
-        let training;
         let drawn = match pass {
-            ExamplePass::Training => {
-                training = share.examples.training();
-                &training
+            ExamplePass::Training | ExamplePass::Test if serving => {
+                return Err(SplitError::Protocol(format!(
+                    "`{name}` serves a trained run's rankings: it draws no training or test examples"
+                )));
             }
-            ExamplePass::Test => share.examples.test(),
+            ExamplePass::Training => share.examples.training(),
+            ExamplePass::Test => share.examples.test().to_vec(),
+            ExamplePass::Candidates(_) if !serving => {
+                return Err(SplitError::Protocol(format!(
+                    "`{name}` is training: it serves no rankings"
+                )));
+            }
+            ExamplePass::Candidates(user) => {
+                // A user sales does not know has no candidates (and the stream goes on).
+                let position = share.users.iter().position(|u| *u == user);
+                share.serving = position.map(|p| p as u32);
+                // No label: with label sharing they would reach governance, and what the user
+                // has seen is sales's to know.
+                match position {
+                    Some(p) => (0..share.items.len() as u32)
+                        .map(|item| (p as u32, item, 0.0))
+                        .collect(),
+                    None => Vec::new(),
+                }
+            }
         };
         let users: Vec<u32> = drawn.iter().map(|e| e.0).collect();
         let items: Vec<u32> = drawn.iter().map(|e| e.1).collect();
@@ -517,6 +585,59 @@ impl NcfParty {
         let scores = positive_scores(&mut self.session.own_report()?);
         rank_cases(&scores, &self.sales_share()?.labels)
     }
+
+    /// Sales, serving: the served user's `k` best items and their scores, best first, leaving
+    /// out the items the user already has. `scores` are governance's, one per candidate (labels
+    /// shared); without them, sales's own head scored the candidates.
+    pub fn top_k(
+        &mut self,
+        k: usize,
+        scores: Option<Vec<f32>>,
+    ) -> Result<Vec<(String, f32)>, SplitError> {
+        let name = self.name.clone();
+        let scores = match (scores, self.session.has_head()) {
+            (None, true) => positive_scores(&mut self.session.own_report()?),
+            (Some(scores), false) => scores,
+            (Some(_), true) => {
+                return Err(SplitError::Protocol(format!(
+                    "`{name}` keeps the head in this model: it ranks by its own scores, not by scores it is sent"
+                )));
+            }
+            (None, false) => {
+                return Err(SplitError::Protocol(format!(
+                    "the labels were shared in this model: `{name}` ranks by governance's scores, and none were sent"
+                )));
+            }
+        };
+        let share = self.sales_share()?;
+        let user = share.serving.ok_or_else(|| {
+            SplitError::Protocol(format!("`{name}` was asked for a ranking before any user"))
+        })?;
+        if scores.len() != share.items.len() {
+            return Err(SplitError::Protocol(format!(
+                "{} scores for {} candidate items",
+                scores.len(),
+                share.items.len()
+            )));
+        }
+        if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
+            return Err(SplitError::Protocol(format!(
+                "the score of candidate {i} is not finite"
+            )));
+        }
+        let seen = &share.seen[user as usize];
+        let mut ranked: Vec<(u32, f32)> = (0..share.items.len() as u32)
+            .filter(|item| seen.binary_search(item).is_err())
+            .map(|item| (item, scores[item as usize]))
+            .collect();
+        // Best first; ties by position, so that every party ranks alike.
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.truncate(k);
+        Ok(ranked
+            .into_iter()
+            .map(|(item, score)| (share.items[item as usize].clone(), score))
+            .collect())
+    }
 }
 
 impl HoldsSession for NcfParty {
@@ -560,6 +681,14 @@ pub trait NcfTransport: Transport {
     /// Without label sharing: sales ranks the test examples its head scored since the last
     /// ranking, and returns HR@10 and NDCG@10 only.
     fn head_ranking(&mut self) -> Result<RankingMetrics, SplitError>;
+
+    /// Serving: sales's `k` best items for the served user, best first, by governance's
+    /// `scores` of the candidates (labels shared) or its own head's.
+    fn top_k(
+        &mut self,
+        k: usize,
+        scores: Option<Vec<f32>>,
+    ) -> Result<Vec<(String, f32)>, SplitError>;
 }
 
 /// The three domains in this process: sales, customer, product.
@@ -595,6 +724,14 @@ impl NcfTransport for NcfInProcess {
 
     fn head_ranking(&mut self) -> Result<RankingMetrics, SplitError> {
         self.parties[0].rank()
+    }
+
+    fn top_k(
+        &mut self,
+        k: usize,
+        scores: Option<Vec<f32>>,
+    ) -> Result<Vec<(String, f32)>, SplitError> {
+        self.parties[0].top_k(k, scores)
     }
 }
 
@@ -649,6 +786,47 @@ impl<T: NcfTransport> SplitNcf<T> {
             examples: 0,
             epochs: 0,
         })
+    }
+
+    /// Governance's parts of a trained run, loaded from `dir` (where [`SplitNcf::save`] wrote
+    /// them), over domains that loaded theirs: to serve rankings.
+    pub fn trained(
+        transport: T,
+        spec: &SplitNcfSpec,
+        share_labels: bool,
+        dir: &Path,
+    ) -> Result<Self, SplitError> {
+        let mut ncf = Self::new(transport, spec, &OptimizerSpec::default(), share_labels, 0)?;
+        ncf.trainer.load(dir)?;
+        Ok(ncf)
+    }
+
+    /// The `k` items the user with id `user` is likeliest to interact with next, best first,
+    /// with their scores: every item is a candidate, scored with the user's and its own
+    /// attributes; sales ranks them and leaves out what the user already has. Only sales learns
+    /// which items those are; governance sees the candidates' activations, as in evaluation.
+    /// `None`: sales holds no interactions of the user.
+    pub fn recommend(
+        &mut self,
+        user: &str,
+        k: usize,
+    ) -> Result<Option<Vec<(String, f32)>>, SplitError> {
+        // The candidates' labels are all 0 (sales tells no one what the user has seen).
+        let n = self.take_examples(ExamplePass::Candidates(user.to_string()))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        let rows: Vec<u32> = (0..n as u32).collect();
+        for chunk in rows.chunks(EVAL_BATCH) {
+            self.trainer
+                .eval_batch(&BatchPlan::eval(Part::Test, chunk.to_vec()))?;
+        }
+        let scores = if self.share_labels {
+            Some(positive_scores(&mut self.trainer.report()?))
+        } else {
+            None
+        };
+        self.trainer.transport_mut().top_k(k, scores).map(Some)
     }
 
     pub fn transport(&self) -> &T {
@@ -776,10 +954,87 @@ mod tests {
     }
 
     #[test]
+    fn a_trained_run_ranks_each_user_unseen_items_of_their_taste_in_both_configurations() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = synthetic(dir.path(), 6);
+        let interactions = &job.data.interactions;
+        // The synthetic films of one taste group are numbered up to 100, the other's above.
+        let action = |item: &str| item.parse::<usize>().unwrap() <= 100;
+        let stop = AtomicBool::new(false);
+        let mut served = Vec::new();
+        for share_labels in [true, false] {
+            let parts = dir.path().join(format!("parts-{share_labels}"));
+            let mut trained = job.in_process_ncf(share_labels, 1, None).unwrap();
+            crate::recommend::fit_ranking(&mut trained, &job.spec.training, &crate::Silent, &stop)
+                .unwrap();
+            trained.save(&parts).unwrap();
+            let mut serving = job.in_process_ncf(share_labels, 1, Some(&parts)).unwrap();
+            // A serving model trains on nothing and evaluates nothing.
+            assert!(
+                serving
+                    .transport_mut()
+                    .examples(ExamplePass::Training)
+                    .is_err()
+            );
+            let mut rankings = Vec::new();
+            let mut of_their_taste = 0;
+            for (u, user) in interactions.users.iter().enumerate().take(20) {
+                let top = serving.recommend(user, 10).unwrap().expect("a known user");
+                assert_eq!(top.len(), 10);
+                assert!(top.windows(2).all(|w| w[0].1 >= w[1].1), "best first");
+                assert!(top.iter().all(|(_, s)| (0.0..=1.0).contains(s)));
+                let seen: Vec<&str> = interactions
+                    .events
+                    .iter()
+                    .filter(|e| e.0 as usize == u)
+                    .map(|e| interactions.items[e.1 as usize].as_str())
+                    .collect();
+                assert!(top.iter().all(|(item, _)| !seen.contains(&item.as_str())));
+                let likes_action = seen.iter().filter(|i| action(i)).count() * 2 > seen.len();
+                of_their_taste += top
+                    .iter()
+                    .filter(|(item, _)| action(item) == likes_action)
+                    .count();
+                rankings.push(top);
+            }
+            // Untrained weights would pick either taste alike (about 100 of 200).
+            assert!(of_their_taste >= 160, "{of_their_taste} of 200");
+            // Sales checks the scores it ranks by: governance's, with the labels shared.
+            let items = interactions.items.len();
+            let mut nan = vec![0.5; items];
+            nan[7] = f32::NAN;
+            for (scores, expected) in [
+                (Some(nan), "candidate 7 is not finite"),
+                (Some(vec![0.5; items - 1]), "scores for"),
+                (None, "none were sent"),
+            ] {
+                let expected = if share_labels {
+                    expected
+                } else {
+                    "by its own scores"
+                };
+                if !share_labels && scores.is_none() {
+                    continue;
+                }
+                let error = serving
+                    .transport_mut()
+                    .top_k(10, scores)
+                    .unwrap_err()
+                    .to_string();
+                assert!(error.contains(expected), "{error}");
+            }
+            assert_eq!(serving.recommend("no such user", 10).unwrap(), None);
+            served.push(rankings);
+        }
+        // Where the head runs changes who sees what, not the arithmetic.
+        assert_eq!(served[0], served[1]);
+    }
+
+    #[test]
     fn every_candidate_is_scored_with_its_own_attributes() {
         let dir = tempfile::tempdir().unwrap();
         let job = synthetic(dir.path(), 1);
-        let mut model = job.in_process_ncf(false, 1).unwrap();
+        let mut model = job.in_process_ncf(false, 1, None).unwrap();
         let n = model.transport_mut().examples(ExamplePass::Test).unwrap();
         assert_eq!(n, job.split.test.len() * TEST_CANDIDATES);
         let parties = &model.transport().parties;
@@ -860,6 +1115,7 @@ mod tests {
             customers,
             &OptimizerSpec::default(),
             1,
+            None,
         )
         .unwrap();
         let error = customer

@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
-use crate::party::{OptimizerSpec, batch_inputs, record_eval, save_part, scalar};
+use crate::party::{OptimizerSpec, batch_inputs, load_part, record_eval, save_part, scalar};
 use crate::scores::{EvaluationReport, ScoreBook};
 use crate::transport::Transport;
 use crate::wire::{BatchPlan, Part, Pass, WireTensor};
@@ -121,6 +121,16 @@ impl<T: Transport> SplitTrainer<T> {
     /// The head, when governance holds it (label sharing).
     pub fn head(&self) -> Option<&Head> {
         self.labels.as_ref().map(|l| &l.head)
+    }
+
+    /// Governance's parts as [`Trainer::save`] wrote them in `dir`: the tower, and the head
+    /// with label sharing.
+    pub fn load(&mut self, dir: &Path) -> Result<(), SplitError> {
+        self.tower = load_part(self.tower.clone(), &dir.join("tower-governance.bpk"))?;
+        if let Some(shared) = &mut self.labels {
+            shared.head = load_part(shared.head.clone(), &dir.join("head-governance.bpk"))?;
+        }
+        Ok(())
     }
 
     pub fn transport(&self) -> &T {

@@ -51,14 +51,14 @@ fn session() -> PartySession {
                     classes: 2,
                     class_weights: None,
                 };
-                LabelOwner::new(
+                Ok(LabelOwner::new(
                     "retail",
                     targets,
                     objective,
                     head,
                     &OptimizerSpec::default(),
                     device,
-                )
+                ))
             }),
         )
 }

@@ -102,14 +102,22 @@ enum Command {
         #[command(subcommand)]
         what: ModelCommand,
     },
-    /// Score entities with a registered model (split inference: each domain computes its part).
+    /// Score entities with a registered model (split inference: each domain computes its part),
+    /// or rank items for users with a registered recommender.
     Predict {
         /// NAME (its latest version) or NAME@VERSION (see `fedmesh model list`).
         #[arg(long)]
         model: String,
-        /// A CSV with a header row and the entities' keys in its first column.
+        /// A CSV with a header row and the entities' keys in its first column (for a
+        /// recommender: the users').
+        #[arg(long, required_unless_present = "user", conflicts_with = "user")]
+        keys: Option<PathBuf>,
+        /// A recommender: a user to rank items for (repeat for more).
         #[arg(long)]
-        keys: PathBuf,
+        user: Vec<String>,
+        /// A recommender: items per user.
+        #[arg(long, default_value_t = 10)]
+        top: u32,
         /// The keys' column, when not the first.
         #[arg(long)]
         column: Option<String>,
@@ -440,18 +448,19 @@ fn run() -> Result<()> {
         Command::Predict {
             model,
             keys,
+            user,
+            top,
             column,
             mesh,
             out,
             json,
-        } => ops::predict(
-            &mesh,
-            &model,
-            &keys,
-            column.as_deref(),
-            out.as_deref(),
-            json,
-        ),
+        } => {
+            let keys = match keys {
+                Some(file) => ops::read_keys(&file, column.as_deref())?,
+                None => user,
+            };
+            ops::predict(&mesh, &model, keys, top, out.as_deref(), json)
+        }
         Command::Audit { what } => match what {
             AuditCommand::Verify { files, mesh, head } => {
                 ops::verify(&files, &mesh, head.as_deref())

@@ -397,7 +397,7 @@ pub fn model(mesh: &Path, name: &str, json: bool) -> Result<()> {
 }
 
 /// The keys of a CSV with a header row: its `column`, or its first column.
-fn read_keys(path: &Path, column: Option<&str>) -> Result<Vec<String>> {
+pub fn read_keys(path: &Path, column: Option<&str>) -> Result<Vec<String>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
@@ -440,24 +440,38 @@ fn read_keys(path: &Path, column: Option<&str>) -> Result<Vec<String>> {
 
 /// `fedmesh predict --model NAME --keys keys.csv`: scores as CSV (`key,score` for two
 /// classes, one column per output otherwise); keys no domain can score are reported on stderr.
+/// For a recommender (`--user U`), each user's `top` items as `user,rank,item,score`.
 pub fn predict(
     mesh: &Path,
     model: &str,
-    keys: &Path,
-    column: Option<&str>,
+    keys: Vec<String>,
+    top: u32,
     out: Option<&Path>,
     json: bool,
 ) -> Result<()> {
-    let keys = read_keys(keys, column)?;
     let requested = keys.len();
     let client = MeshClient::of(mesh)?;
     let answer = client
         .runtime
-        .block_on(operator(&client)?.predict(model, keys))?;
+        .block_on(operator(&client)?.predict(model, keys, top))?;
     let mut text = String::new();
     if json {
         text = serde_json::to_string_pretty(&answer)?;
         text.push('\n');
+    } else if let Some(rankings) = answer["rankings"].as_array() {
+        text.push_str("user,rank,item,score\n");
+        for ranking in rankings {
+            let items = ranking["items"].as_array().cloned().unwrap_or_default();
+            for (rank, item) in items.iter().enumerate() {
+                text.push_str(&format!(
+                    "{},{},{},{:.6}\n",
+                    text_of(&ranking["user"]),
+                    rank + 1,
+                    text_of(&item["item"]),
+                    item["score"].as_f64().unwrap_or(f64::NAN)
+                ));
+            }
+        }
     } else {
         let scores = answer["scores"].as_array().cloned().unwrap_or_default();
         let width = scores
@@ -493,6 +507,24 @@ pub fn predict(
         None => print!("{text}"),
     }
     let missing = answer["missing"].as_array().cloned().unwrap_or_default();
+    if let Some(rankings) = answer["rankings"].as_array() {
+        eprintln!(
+            "{}: items ranked for {} of {requested} users{}",
+            text_of(&answer["model"]),
+            rankings.len(),
+            out.map_or(String::new(), |p| format!(" ({})", p.display()))
+        );
+        if !missing.is_empty() {
+            let shown: Vec<String> = missing.iter().take(10).map(text_of).collect();
+            eprintln!(
+                "{} users have no interactions at sales, so nothing to rank from: {}{}",
+                missing.len(),
+                shown.join(", "),
+                if missing.len() > 10 { ", …" } else { "" }
+            );
+        }
+        return Ok(());
+    }
     eprintln!(
         "{}: {} of {requested} entities scored{}",
         text_of(&answer["model"]),
