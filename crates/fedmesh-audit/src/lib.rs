@@ -12,6 +12,13 @@
 //! chain. [`AuditLog::verify`] therefore reports the head (the last record's hash); an operator who
 //! keeps a head elsewhere checks with [`AuditLog::verify_against`] that the log still contains it.
 //!
+//! Nor can a chain show a log rewritten whole: an intruder who edits a record and recomputes
+//! every hash after it leaves a valid chain. The mesh's logs therefore anchor each other: with
+//! every job, governance sends the nodes its head and each node answers with its own, and each
+//! side records the other's as an `audit.anchor` ([`Entry::anchor`]). [`verify_mesh`] checks every
+//! log's chain and every anchor against the log it names, so an edited-and-rehashed, inserted,
+//! deleted or truncated record in any one log shows up against the others.
+//!
 //! ```
 //! use fedmesh_audit::{AuditLog, Entry};
 //!
@@ -117,6 +124,133 @@ pub fn format_time(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
         .unwrap_or_else(|_| format!("{ms} ms"))
+}
+
+/// The action of a record that notes another log's head.
+pub const ANCHOR: &str = "audit.anchor";
+
+/// A log's newest record: its number (0 for an empty log) and hash (hex).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Head {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl Entry {
+    /// `actor`'s note that `peer`'s log held `head` (about `subject`, e.g. a job), checked by
+    /// [`verify_mesh`].
+    pub fn anchor(
+        actor: impl Into<String>,
+        subject: impl Into<String>,
+        peer: &str,
+        head: &Head,
+    ) -> Self {
+        Self::new(actor, ANCHOR, subject)
+            .detail("peer", peer)
+            .detail("seq", head.seq)
+            .detail("hash", &head.hash)
+    }
+}
+
+/// What [`verify_mesh`] found in one log.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LogCheck {
+    /// The log's owner (`governance`, a domain).
+    pub name: String,
+    pub path: PathBuf,
+    /// The chain, when it holds.
+    pub intact: Option<Intact>,
+    /// Anchors in this log that were checked against the log they name.
+    pub anchors_checked: u64,
+    /// Everything that does not hold, one sentence each: the chain, this log's anchors of
+    /// others, and other logs' anchors of this one.
+    pub problems: Vec<String>,
+}
+
+/// Checks every log's chain, then every anchor in every log against the log it names: the
+/// anchored record must be there, with the anchored hash. `logs` are `(owner, path)`; anchors
+/// naming an owner not among them are counted as unchecked problems of the log that holds them.
+pub fn verify_mesh(logs: &[(String, PathBuf)]) -> Vec<LogCheck> {
+    let mut checks: Vec<LogCheck> = Vec::new();
+    let mut opened: Vec<Option<(AuditLog, Vec<Record>)>> = Vec::new();
+    for (name, path) in logs {
+        let mut check = LogCheck {
+            name: name.clone(),
+            path: path.clone(),
+            intact: None,
+            anchors_checked: 0,
+            problems: Vec::new(),
+        };
+        let log = match AuditLog::open_existing(path) {
+            Ok(log) => log,
+            Err(e) => {
+                check.problems.push(e.to_string());
+                checks.push(check);
+                opened.push(None);
+                continue;
+            }
+        };
+        match log.verify() {
+            Ok(intact) => check.intact = Some(intact),
+            Err(e) => check.problems.push(e.to_string()),
+        }
+        let records = log.records(0).unwrap_or_default();
+        checks.push(check);
+        opened.push(Some((log, records)));
+    }
+    for holder in 0..logs.len() {
+        let Some((_, records)) = &opened[holder] else {
+            continue;
+        };
+        let anchors: Vec<(u64, String, Head)> = records
+            .iter()
+            .filter(|r| r.action == ANCHOR)
+            .filter_map(|r| {
+                let details: serde_json::Value = serde_json::from_str(&r.details).ok()?;
+                Some((
+                    r.seq,
+                    details["peer"].as_str()?.to_string(),
+                    Head {
+                        seq: details["seq"].as_u64()?,
+                        hash: details["hash"].as_str()?.to_string(),
+                    },
+                ))
+            })
+            .collect();
+        for (at, peer, head) in anchors {
+            checks[holder].anchors_checked += 1;
+            let holder_name = logs[holder].0.clone();
+            let Some(target) = logs.iter().position(|(name, _)| *name == peer) else {
+                checks[holder].problems.push(format!(
+                    "record {at} anchors the log of `{peer}`, which was not given to check"
+                ));
+                continue;
+            };
+            if head.seq == 0 {
+                continue;
+            }
+            let found = opened[target]
+                .as_ref()
+                .and_then(|(_, records)| records.iter().find(|r| r.seq == head.seq));
+            let problem = match found {
+                None => Some(format!(
+                    "record {} is gone, though `{holder_name}` anchored it (its record {at}): records were deleted or cut off the end",
+                    head.seq
+                )),
+                Some(r) if r.hash != head.hash => Some(format!(
+                    "record {} hashes to {}…, but `{holder_name}` anchored it as {}… (its record {at}): a record up to it was changed, inserted or deleted, and the chain recomputed",
+                    head.seq,
+                    &r.hash[..12.min(r.hash.len())],
+                    &head.hash[..12.min(head.hash.len())]
+                )),
+                Some(_) => None,
+            };
+            if let Some(problem) = problem {
+                checks[target].problems.push(problem);
+            }
+        }
+    }
+    checks
 }
 
 /// What [`AuditLog::verify`] found: an intact chain of `records`, ending at `head`.
@@ -361,6 +495,25 @@ impl AuditLog {
         })
     }
 
+    /// The newest record's number and hash (0 and the genesis link for an empty log).
+    pub fn head(&self) -> Result<Head, AuditError> {
+        let last: Option<(u64, String)> = self.with(|c| {
+            c.query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+        })?;
+        Ok(match last {
+            Some((seq, hash)) => Head { seq, hash },
+            None => Head {
+                seq: 0,
+                hash: hex(&GENESIS),
+            },
+        })
+    }
+
     /// The records after `after` (0: all of them), oldest first.
     pub fn records(&self, after: u64) -> Result<Vec<Record>, AuditError> {
         self.with(|c| {
@@ -494,6 +647,129 @@ mod tests {
             c.execute_batch(sql)
         })
         .unwrap();
+    }
+
+    /// What an intruder who knows the format could do: rewrite the records as `change` says and
+    /// recompute every number and hash, so that the chain holds again.
+    fn rewrite(log: &AuditLog, change: impl FnOnce(&mut Vec<Record>)) {
+        let mut records = log.records(0).unwrap();
+        change(&mut records);
+        tamper(log, "DELETE FROM audit;");
+        let mut prev = GENESIS;
+        for (i, r) in records.iter().enumerate() {
+            let seq = i as u64 + 1;
+            let hash = record_hash(
+                seq, r.at_ms, &r.actor, &r.action, &r.subject, &r.details, &prev,
+            );
+            log.with(|c| {
+                c.execute(
+                    "INSERT INTO audit (seq, at_ms, actor, action, subject, details, prev_hash, hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![seq, r.at_ms, r.actor, r.action, r.subject, r.details, hex(&prev), hex(&hash)],
+                )
+            })
+            .unwrap();
+            prev = hash;
+        }
+        log.verify().expect("a rewritten chain verifies on its own");
+    }
+
+    /// Governance's and a node's logs after two jobs, each job anchoring the other's head.
+    fn anchored_pair() -> (tempfile::TempDir, Vec<(String, PathBuf)>) {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = vec![
+            (
+                "governance".to_string(),
+                dir.path().join("governance.sqlite"),
+            ),
+            ("retail".to_string(), dir.path().join("retail.sqlite")),
+        ];
+        let governance = AuditLog::open(&logs[0].1).unwrap();
+        let retail = AuditLog::open(&logs[1].1).unwrap();
+        for job in ["job-1", "job-2"] {
+            governance
+                .append(Entry::new("governance", "job.admitted", job))
+                .unwrap();
+            retail
+                .append(Entry::anchor(
+                    "retail",
+                    job,
+                    "governance",
+                    &governance.head().unwrap(),
+                ))
+                .unwrap();
+            retail
+                .append(Entry::new("retail", "training.run", job).detail("rows", 100))
+                .unwrap();
+            governance
+                .append(Entry::anchor(
+                    "governance",
+                    job,
+                    "retail",
+                    &retail.head().unwrap(),
+                ))
+                .unwrap();
+        }
+        (dir, logs)
+    }
+
+    fn problems(logs: &[(String, PathBuf)]) -> Vec<(String, Vec<String>)> {
+        verify_mesh(logs)
+            .into_iter()
+            .map(|c| (c.name, c.problems))
+            .filter(|(_, p)| !p.is_empty())
+            .collect()
+    }
+
+    #[test]
+    fn logs_that_anchor_each_other_verify_and_count_their_anchors() {
+        let (_dir, logs) = anchored_pair();
+        let checks = verify_mesh(&logs);
+        assert!(checks.iter().all(|c| c.problems.is_empty()), "{checks:?}");
+        assert_eq!(checks[0].anchors_checked, 2);
+        assert_eq!(checks[1].anchors_checked, 2);
+        assert_eq!(checks[1].intact.as_ref().unwrap().records, 4);
+    }
+
+    #[test]
+    fn a_record_edited_inserted_deleted_or_cut_off_and_rehashed_shows_against_the_other_log() {
+        type Change = fn(&mut Vec<Record>);
+        let changes: [(&str, Change); 4] = [
+            ("edited", |r| r[1].details = r#"{"rows":1}"#.into()),
+            ("inserted", |r| {
+                let mut extra = r[0].clone();
+                extra.action = "job.denied".into();
+                r.insert(1, extra);
+            }),
+            ("deleted", |r| {
+                r.remove(1);
+            }),
+            ("cut off", |r| r.truncate(2)),
+        ];
+        for (what, change) in changes {
+            for victim in 0..2 {
+                let (_dir, logs) = anchored_pair();
+                rewrite(&AuditLog::open(&logs[victim].1).unwrap(), change);
+                let found = problems(&logs);
+                assert_eq!(found.len(), 1, "{what} in {}: {found:?}", logs[victim].0);
+                assert_eq!(found[0].0, logs[victim].0, "{what}: {found:?}");
+                assert!(
+                    found[0].1.iter().any(|p| p.contains("anchored it")),
+                    "{what}: {found:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_anchor_of_a_log_not_given_is_a_problem_of_the_log_that_holds_it() {
+        let (_dir, logs) = anchored_pair();
+        let found = problems(&logs[1..]);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].1[0].contains("was not given to check"),
+            "{found:?}"
+        );
     }
 
     fn broken_at(log: &AuditLog) -> (u64, String) {

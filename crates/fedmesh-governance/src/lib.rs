@@ -53,6 +53,7 @@ pub async fn serve(
         identity: identity.clone(),
         nodes: config.endpoints(),
         deadline: config.deadline(),
+        audit: None,
     };
     let (store, audit, _lock) =
         service::open_state(&config.state, &config.name).map_err(|message| NetError::Config {

@@ -5,9 +5,11 @@
 //! in-process run, with [`GrpcTransport`] in place of the in-process transport.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
+use fedmesh_audit::{AuditLog, Entry, Head};
 use fedmesh_data::Partition;
 use fedmesh_proto::Encoding;
 use fedmesh_proto::v1;
@@ -24,9 +26,59 @@ pub struct Mesh {
     pub nodes: Vec<NodeEndpoint>,
     /// The longest any one call to a node may take.
     pub deadline: Duration,
+    /// Governance's audit log: every run sends the nodes its head and notes theirs in it
+    /// (`audit.anchor`), so that each log can be checked against the others.
+    pub audit: Option<Arc<AuditLog>>,
 }
 
 impl Mesh {
+    /// Governance's audit head, for the nodes to note.
+    fn audit_head(&self) -> Result<Option<v1::AuditHead>, SplitError> {
+        let Some(log) = &self.audit else {
+            return Ok(None);
+        };
+        let head = log
+            .head()
+            .map_err(|e| SplitError::AuditFailed(e.to_string()))?;
+        Ok(Some(v1::AuditHead {
+            seq: head.seq,
+            hash: head.hash,
+        }))
+    }
+
+    /// Notes each node's audit head (from its answer to `finish`) in governance's log.
+    fn anchor(&self, run_id: &str, heads: Vec<(String, v1::AuditHead)>) -> Result<(), SplitError> {
+        let Some(log) = &self.audit else {
+            return Ok(());
+        };
+        for (node, head) in heads {
+            let head = Head {
+                seq: head.seq,
+                hash: head.hash,
+            };
+            log.append(Entry::anchor(
+                self.identity.name.clone(),
+                run_id,
+                &node,
+                &head,
+            ))
+            .map_err(|e| SplitError::AuditFailed(e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    /// Ends a run on the nodes and anchors their logs. The run is trained, evaluated and saved:
+    /// a node that does not acknowledge the end costs a warning (and its anchor), not the run.
+    fn finish(&self, transport: &mut GrpcTransport, run_id: &str) -> Result<(), SplitError> {
+        match transport.finish() {
+            Ok(heads) => self.anchor(run_id, heads),
+            Err(e) => {
+                tracing::warn!("run `{run_id}` finished, but {e}");
+                Ok(())
+            }
+        }
+    }
+
     /// The node that serves domain `name`.
     fn node(&self, name: &str) -> Result<NodeEndpoint, SplitError> {
         self.nodes
@@ -100,6 +152,7 @@ impl Mesh {
             share_labels,
             requester: requester.to_string(),
             trained_run: String::new(),
+            governance_audit: self.audit_head()?,
         };
         let transport =
             GrpcTransport::connect_recommendation(&self.identity, &nodes, start, self.deadline)?;
@@ -125,9 +178,7 @@ impl Mesh {
             to_domains,
             from_domains,
         });
-        if let Err(e) = ncf.transport_mut().finish() {
-            tracing::warn!("run `{run_id}` finished, but {e}");
-        }
+        self.finish(ncf.transport_mut(), run_id)?;
         Ok(result)
     }
 
@@ -162,11 +213,7 @@ impl Mesh {
             from_domains,
         });
         result.alignment = trainer.transport().alignment().cloned();
-        // The run is trained, evaluated and saved: a node that does not acknowledge the end
-        // costs a warning, not the run.
-        if let Err(e) = trainer.transport_mut().finish() {
-            tracing::warn!("run `{run_id}` finished, but {e}");
-        }
+        self.finish(trainer.transport_mut(), run_id)?;
         Ok(result)
     }
 
@@ -200,6 +247,7 @@ impl Mesh {
             share_labels,
             requester: requester.to_string(),
             trained_run: run_id.to_string(),
+            governance_audit: self.audit_head()?,
         };
         let transport =
             GrpcTransport::connect_recommendation(&self.identity, &nodes, start, self.deadline)?;
@@ -211,7 +259,8 @@ impl Mesh {
                 None => found.missing.push(user.clone()),
             }
         }
-        ncf.transport_mut().finish()?;
+        let heads = ncf.transport_mut().finish()?;
+        self.anchor(run_id, heads)?;
         Ok(found)
     }
 
@@ -254,6 +303,7 @@ impl Mesh {
             share_labels,
             requester: requester.to_string(),
             trained_run: String::new(),
+            governance_audit: self.audit_head()?,
         };
         let transport = GrpcTransport::connect(
             &self.identity,

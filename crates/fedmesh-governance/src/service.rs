@@ -43,7 +43,8 @@ pub struct GovernanceState {
     /// The mesh's policies, read again for every job so that edits apply without a restart.
     pub policies: PathBuf,
     pub store: Store,
-    pub audit: AuditLog,
+    /// Governance's audit log, shared with the run driver, which anchors the nodes' logs in it.
+    pub audit: Arc<AuditLog>,
     /// The stop flag of each job in flight, and whether it was a cancel.
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
     cancelled: Mutex<Vec<String>>,
@@ -59,6 +60,11 @@ impl GovernanceState {
         store: Store,
         audit: AuditLog,
     ) -> Self {
+        let audit = Arc::new(audit);
+        let mesh = Mesh {
+            audit: Some(audit.clone()),
+            ..mesh
+        };
         Self {
             name,
             mesh,

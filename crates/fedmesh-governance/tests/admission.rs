@@ -273,12 +273,47 @@ fn an_admitted_job_walks_its_states_and_leaves_a_verifiable_record() {
             [
                 "job.admitted",
                 "job.admitted",
+                "audit.anchor",
                 "alignment.run",
                 "training.run"
             ],
-            "{domain}: admission, the check at job start, alignment, training"
+            "{domain}: admission, the check at job start, governance's head, alignment, training"
         );
     }
+
+    // The logs anchor each other: governance noted every node's head at the run's end, every
+    // node governance's at its start, and all of it checks out.
+    let logs: Vec<(String, PathBuf)> = ["governance"]
+        .into_iter()
+        .chain(DOMAINS)
+        .map(|who| (who.to_string(), mesh.audit_path(who)))
+        .collect();
+    let checks = fedmesh_audit::verify_mesh(&logs);
+    assert!(checks.iter().all(|c| c.problems.is_empty()), "{checks:?}");
+    assert_eq!(checks[0].anchors_checked, 3, "one per node");
+    assert!(checks[1..].iter().all(|c| c.anchors_checked == 1));
+    // A node's training record cut off the end leaves a chain that holds on its own; governance's
+    // anchor of it does not.
+    let retail = rusqlite::Connection::open(mesh.audit_path("retail")).unwrap();
+    retail
+        .execute_batch(
+            "DROP TRIGGER audit_append_only_delete;
+             DELETE FROM audit WHERE seq = (SELECT MAX(seq) FROM audit);",
+        )
+        .unwrap();
+    let retail_log = fedmesh_audit::AuditLog::open_existing(&mesh.audit_path("retail")).unwrap();
+    retail_log
+        .verify()
+        .expect("the shortened chain holds on its own");
+    let checks = fedmesh_audit::verify_mesh(&logs);
+    let broken: Vec<_> = checks.iter().filter(|c| !c.problems.is_empty()).collect();
+    assert_eq!(broken.len(), 1, "{checks:?}");
+    assert_eq!(broken[0].name, "retail");
+    assert!(
+        broken[0].problems[0].contains("is gone, though `governance` anchored it"),
+        "{:?}",
+        broken[0].problems
+    );
 }
 
 #[test]
@@ -607,7 +642,12 @@ fn a_recommendation_job_runs_through_governance_as_it_runs_in_process() {
             .collect();
         assert_eq!(
             actions,
-            ["job.admitted", "job.admitted", "training.run"],
+            [
+                "job.admitted",
+                "job.admitted",
+                "audit.anchor",
+                "training.run"
+            ],
             "{domain}"
         );
     }

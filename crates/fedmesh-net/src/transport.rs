@@ -314,14 +314,24 @@ impl GrpcTransport {
     }
 
     /// Ends the job on every node.
-    pub fn finish(&mut self) -> Result<(), SplitError> {
+    /// Ends the job on every node; returns the audit head each node that keeps a log answered
+    /// with (after recording the run).
+    pub fn finish(&mut self) -> Result<Vec<(String, v1::AuditHead)>, SplitError> {
         let deadline = self.deadline;
-        self.runtime.block_on(try_join_all(
+        let replies = self.runtime.block_on(try_join_all(
             self.links
                 .iter_mut()
                 .map(|l| l.call(Command::Finish(v1::Empty {}), deadline)),
         ))?;
-        Ok(())
+        Ok(self
+            .links
+            .iter()
+            .zip(replies)
+            .filter_map(|(link, reply)| match reply {
+                Reply::AuditHead(head) => Some((link.name.clone(), head)),
+                _ => None,
+            })
+            .collect())
     }
 
     fn call_owner(&mut self, body: Command) -> Result<Reply, SplitError> {

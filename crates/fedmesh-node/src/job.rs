@@ -452,6 +452,31 @@ impl NodeJob {
         })
     }
 
+    /// Notes governance's audit head, sent with the job, in the node's own log.
+    fn anchor_governance(
+        &self,
+        job_id: &str,
+        head: Option<v1::AuditHead>,
+    ) -> Result<(), SplitError> {
+        let Some(head) = head else {
+            return Ok(());
+        };
+        if head.hash.len() != 64 || !head.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(protocol(
+                "governance sent an audit head that is not a SHA-256 hash",
+            ));
+        }
+        self.context.audit(Entry::anchor(
+            self.product.domain.clone(),
+            job_id,
+            &self.context.governance,
+            &fedmesh_audit::Head {
+                seq: head.seq,
+                hash: head.hash,
+            },
+        ))
+    }
+
     /// A stream that serves a trained run's rankings neither trains nor saves, and reports
     /// nothing of its candidates but the ranking.
     fn check_serving(&self, command: &Command) -> Result<(), SplitError> {
@@ -964,7 +989,9 @@ impl NodeJob {
                 Reply::Scores(v1::Scores { values, cols })
             }
             Command::Start(start) if is_recommendation(&start.spec_yaml) => {
+                let governance = start.governance_audit.clone();
                 let ncf = self.open_recommendation(start)?;
+                self.anchor_governance(&ncf.id, governance)?;
                 let rows = ncf.rows as u64;
                 self.ncf = Some(ncf);
                 Reply::Ready(v1::Ready {
@@ -974,7 +1001,9 @@ impl NodeJob {
                 })
             }
             Command::Start(start) => {
+                let governance = start.governance_audit.clone();
                 let opened = self.open(start)?;
+                self.anchor_governance(&opened.id, governance)?;
                 let rows = opened.product.rows() as u64;
                 let keyed = opened.keys.is_some();
                 self.opened = Some(opened);
@@ -1064,7 +1093,11 @@ impl NodeJob {
             }),
             Command::Finish(_) => {
                 self.audit_run()?;
-                Reply::Ack(v1::Empty {})
+                // The node's head after recording the run, for governance to note.
+                match self.context.audit_head()? {
+                    Some(head) => Reply::AuditHead(head),
+                    None => Reply::Ack(v1::Empty {}),
+                }
             }
         };
         Ok(Some(reply))

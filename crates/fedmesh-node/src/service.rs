@@ -22,6 +22,8 @@ use crate::DomainProduct;
 #[derive(Clone)]
 pub(crate) struct NodeContext {
     pub(crate) product: DomainProduct,
+    /// The mesh's governance, whose audit head the node notes.
+    pub(crate) governance: String,
     pub(crate) audit: Option<Arc<AuditLog>>,
     pub(crate) catalog: Option<mpsc::UnboundedSender<v1::ProductRegistration>>,
 }
@@ -40,6 +42,20 @@ impl NodeContext {
     }
 
     /// Tells governance's catalog what the node found in its product.
+    /// The node's audit head, when it keeps a log.
+    pub(crate) fn audit_head(&self) -> Result<Option<v1::AuditHead>, SplitError> {
+        let Some(log) = &self.audit else {
+            return Ok(None);
+        };
+        let head = log
+            .head()
+            .map_err(|e| SplitError::AuditFailed(e.to_string()))?;
+        Ok(Some(v1::AuditHead {
+            seq: head.seq,
+            hash: head.hash,
+        }))
+    }
+
     pub(crate) fn register(&self, registration: v1::ProductRegistration) {
         if let Some(catalog) = &self.catalog {
             let _ = catalog.send(registration);
@@ -119,10 +135,12 @@ pub struct DomainNodeService {
 
 impl DomainNodeService {
     pub fn new(governance: impl Into<String>, product: DomainProduct) -> Self {
+        let governance = governance.into();
         Self {
-            governance: vec![governance.into()],
+            governance: vec![governance.clone()],
             context: NodeContext {
                 product,
+                governance,
                 audit: None,
                 catalog: None,
             },

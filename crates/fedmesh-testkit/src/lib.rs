@@ -305,6 +305,7 @@ impl TestMesh {
             identity,
             nodes: self.endpoints.clone(),
             deadline: Duration::from_secs(10),
+            audit: None,
         }
     }
 

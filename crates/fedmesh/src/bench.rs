@@ -213,6 +213,7 @@ fn node_mesh(
         identity: MeshIdentity::load(&nodes.layout.certs(), "governance")?,
         nodes: nodes.endpoints().to_vec(),
         deadline,
+        audit: None,
     };
     Ok((nodes, mesh))
 }

@@ -268,8 +268,12 @@ pub fn mesh_logs(mesh: &Path) -> Result<Vec<(String, PathBuf)>> {
     Ok(logs)
 }
 
-/// `fedmesh audit verify [FILE…] [--mesh DIR] [--head HASH]`.
+/// `fedmesh audit verify [FILE…] [--mesh DIR] [--head HASH]`: without files, every log of the
+/// mesh, each checked against the anchors the others hold of it.
 pub fn verify(files: &[PathBuf], mesh: &Path, head: Option<&str>) -> Result<()> {
+    if files.is_empty() && head.is_none() {
+        return verify_mesh(mesh);
+    }
     let logs: Vec<(String, PathBuf)> = if files.is_empty() {
         mesh_logs(mesh)?
     } else {
@@ -302,6 +306,39 @@ pub fn verify(files: &[PathBuf], mesh: &Path, head: Option<&str>) -> Result<()> 
     }
     if broken > 0 {
         bail!("{broken} of {} audit logs do not verify", logs.len());
+    }
+    Ok(())
+}
+
+/// Every log of the mesh: its chain, and every anchor of it in the others.
+fn verify_mesh(mesh: &Path) -> Result<()> {
+    let logs = mesh_logs(mesh)?;
+    let checks = fedmesh_audit::verify_mesh(&logs);
+    let mut broken = 0;
+    for check in &checks {
+        match (&check.intact, check.problems.is_empty()) {
+            (Some(intact), true) => println!(
+                "{}: intact, {} records, head {}, {} anchors of other logs checked ({})",
+                check.name,
+                intact.records,
+                intact.head,
+                check.anchors_checked,
+                check.path.display()
+            ),
+            _ => {
+                broken += 1;
+                println!("{}: does not verify ({})", check.name, check.path.display());
+                for problem in &check.problems {
+                    println!("  {problem}");
+                }
+            }
+        }
+    }
+    if broken > 0 {
+        bail!(
+            "{broken} of {} audit logs do not verify against their chains and the others' anchors",
+            checks.len()
+        );
     }
     Ok(())
 }
