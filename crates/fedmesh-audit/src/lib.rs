@@ -110,6 +110,9 @@ pub struct Record {
     /// The hash of the record before (zeros for the first).
     pub prev_hash: String,
     pub hash: String,
+    /// The writer's signature of `hash` (hex), when the log is signed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 impl Record {
@@ -170,7 +173,11 @@ pub struct LogCheck {
 /// Checks every log's chain, then every anchor in every log against the log it names: the
 /// anchored record must be there, with the anchored hash. `logs` are `(owner, path)`; anchors
 /// naming an owner not among them are counted as unchecked problems of the log that holds them.
-pub fn verify_mesh(logs: &[(String, PathBuf)]) -> Vec<LogCheck> {
+/// With `signatures`, every record must also carry its log owner's signature of its hash.
+pub fn verify_mesh(
+    logs: &[(String, PathBuf)],
+    signatures: Option<SignatureCheck>,
+) -> Vec<LogCheck> {
     let mut checks: Vec<LogCheck> = Vec::new();
     let mut opened: Vec<Option<(AuditLog, Vec<Record>)>> = Vec::new();
     for (name, path) in logs {
@@ -195,6 +202,11 @@ pub fn verify_mesh(logs: &[(String, PathBuf)]) -> Vec<LogCheck> {
             Err(e) => check.problems.push(e.to_string()),
         }
         let records = log.records(0).unwrap_or_default();
+        if let Some(verify) = signatures {
+            check
+                .problems
+                .extend(signature_problems(name, &records, verify));
+        }
         checks.push(check);
         opened.push(Some((log, records)));
     }
@@ -253,6 +265,41 @@ pub fn verify_mesh(logs: &[(String, PathBuf)]) -> Vec<LogCheck> {
     checks
 }
 
+/// Records not signed by `owner`, at most three named (and how many more).
+fn signature_problems(owner: &str, records: &[Record], verify: SignatureCheck) -> Vec<String> {
+    let mut problems: Vec<String> = records
+        .iter()
+        .filter_map(|r| {
+            let hash = unhex(&r.hash)?;
+            match r.signature.as_deref().map(unhex_bytes) {
+                None => Some(format!("record {} is not signed", r.seq)),
+                Some(None) => Some(format!("record {} has a malformed signature", r.seq)),
+                Some(Some(signature)) => verify(owner, &hash, &signature)
+                    .err()
+                    .map(|e| format!("record {} is not signed by `{owner}`: {e}", r.seq)),
+            }
+        })
+        .collect();
+    if problems.len() > 3 {
+        let more = problems.len() - 3;
+        problems.truncate(3);
+        problems.push(format!(
+            "… and {more} more records whose signatures do not hold"
+        ));
+    }
+    problems
+}
+
+fn unhex_bytes(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// What [`AuditLog::verify`] found: an intact chain of `records`, ending at `head`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Intact {
@@ -308,13 +355,20 @@ CREATE TABLE IF NOT EXISTS audit (
     subject   TEXT NOT NULL,
     details   TEXT NOT NULL,
     prev_hash TEXT NOT NULL,
-    hash      TEXT NOT NULL
+    hash      TEXT NOT NULL,
+    signature TEXT
 );
 CREATE TRIGGER IF NOT EXISTS audit_append_only_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: records cannot be changed'); END;
 CREATE TRIGGER IF NOT EXISTS audit_append_only_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: records cannot be deleted'); END;
 ";
+
+/// Signs a record's hash with the writer's key (see `fedmesh_tls::Signer`).
+pub type Signer = Box<dyn Fn(&[u8]) -> Result<Vec<u8>, String> + Send + Sync>;
+
+/// Checks that a signature of a record's hash is the named owner's: `(owner, hash, signature)`.
+pub type SignatureCheck<'a> = &'a dyn Fn(&str, &[u8], &[u8]) -> Result<(), String>;
 
 /// An audit log in one SQLite file. Appends from several threads are serialized.
 pub struct AuditLog {
@@ -323,6 +377,20 @@ pub struct AuditLog {
     /// The file opened (device and inode): an append to a log whose file was removed or
     /// replaced since would go to a file nobody reads, so it fails instead.
     identity: Option<(u64, u64)>,
+    /// Signs every record appended, when the writer has a key.
+    signer: Option<Signer>,
+}
+
+/// Whether the log's table has the `signature` column (logs written before signing do not).
+fn has_signature_column(c: &Connection) -> rusqlite::Result<bool> {
+    let mut stmt = c.prepare("SELECT name FROM pragma_table_info('audit')")?;
+    let names = stmt.query_map([], |r| r.get::<_, String>(0))?;
+    for name in names {
+        if name? == "signature" {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The device and inode of the file at `path`, where the platform has them.
@@ -360,9 +428,22 @@ impl AuditLog {
         log.with(|c| {
             c.pragma_update(None, "journal_mode", "WAL")?;
             c.pragma_update(None, "synchronous", "FULL")?;
-            c.execute_batch(SCHEMA)
+            c.execute_batch(SCHEMA)?;
+            // A log written before records were signed gains the column; its old records stay
+            // unsigned, which a signed verification reports.
+            if !has_signature_column(c)? {
+                c.execute_batch("ALTER TABLE audit ADD COLUMN signature TEXT")?;
+            }
+            Ok(())
         })?;
         Ok(log)
+    }
+
+    /// Signs every record appended from now on with `signer` (the writer's key): a record
+    /// then cannot be rewritten by anyone without that key, even with every hash recomputed.
+    pub fn with_signer(mut self, signer: Signer) -> Self {
+        self.signer = Some(signer);
+        self
     }
 
     /// Opens an existing log without changing it (for verifying and reading).
@@ -405,6 +486,7 @@ impl AuditLog {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
             identity: file_identity(path),
+            signer: None,
         })
     }
 
@@ -466,6 +548,15 @@ impl AuditLog {
                 &details,
                 &prev,
             );
+            // What cannot be signed is not written: the log fails closed.
+            let signature = match &self.signer {
+                Some(sign) => Some(hex(&sign(&hash).map_err(|e| {
+                    rusqlite::Error::InvalidParameterName(format!(
+                        "the record cannot be signed: {e}"
+                    ))
+                })?)),
+                None => None,
+            };
             let record = Record {
                 seq,
                 at_ms,
@@ -475,10 +566,11 @@ impl AuditLog {
                 details,
                 prev_hash: hex(&prev),
                 hash: hex(&hash),
+                signature,
             };
             tx.execute(
-                "INSERT INTO audit (seq, at_ms, actor, action, subject, details, prev_hash, hash)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO audit (seq, at_ms, actor, action, subject, details, prev_hash, hash, signature)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![
                     record.seq,
                     record.at_ms,
@@ -487,7 +579,8 @@ impl AuditLog {
                     record.subject,
                     record.details,
                     record.prev_hash,
-                    record.hash
+                    record.hash,
+                    record.signature
                 ],
             )?;
             tx.commit()?;
@@ -517,10 +610,15 @@ impl AuditLog {
     /// The records after `after` (0: all of them), oldest first.
     pub fn records(&self, after: u64) -> Result<Vec<Record>, AuditError> {
         self.with(|c| {
-            let mut stmt = c.prepare(
-                "SELECT seq, at_ms, actor, action, subject, details, prev_hash, hash
-                 FROM audit WHERE seq > ?1 ORDER BY seq",
-            )?;
+            let signature = if has_signature_column(c)? {
+                "signature"
+            } else {
+                "NULL"
+            };
+            let mut stmt = c.prepare(&format!(
+                "SELECT seq, at_ms, actor, action, subject, details, prev_hash, hash, {signature}
+                 FROM audit WHERE seq > ?1 ORDER BY seq"
+            ))?;
             stmt.query_map([after], |r| {
                 Ok(Record {
                     seq: r.get(0)?,
@@ -531,6 +629,7 @@ impl AuditLog {
                     details: r.get(5)?,
                     prev_hash: r.get(6)?,
                     hash: r.get(7)?,
+                    signature: r.get(8)?,
                 })
             })?
             .collect()
@@ -714,7 +813,7 @@ mod tests {
     }
 
     fn problems(logs: &[(String, PathBuf)]) -> Vec<(String, Vec<String>)> {
-        verify_mesh(logs)
+        verify_mesh(logs, None)
             .into_iter()
             .map(|c| (c.name, c.problems))
             .filter(|(_, p)| !p.is_empty())
@@ -724,7 +823,7 @@ mod tests {
     #[test]
     fn logs_that_anchor_each_other_verify_and_count_their_anchors() {
         let (_dir, logs) = anchored_pair();
-        let checks = verify_mesh(&logs);
+        let checks = verify_mesh(&logs, None);
         assert!(checks.iter().all(|c| c.problems.is_empty()), "{checks:?}");
         assert_eq!(checks[0].anchors_checked, 2);
         assert_eq!(checks[1].anchors_checked, 2);
@@ -759,6 +858,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A stand-in for a key: the owner's name and the hash, hashed (the real signer is ECDSA,
+    /// `fedmesh_tls::Signer`).
+    fn keyed(owner: &str, hash: &[u8]) -> Vec<u8> {
+        Sha256::digest([owner.as_bytes(), hash].concat()).to_vec()
+    }
+
+    #[test]
+    fn records_signed_by_their_owner_verify_and_unsigned_or_foreign_ones_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("retail.sqlite");
+        // A log written before records were signed: the column is added when it is opened.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(&SCHEMA.replace(",\n    signature TEXT", ""))
+            .unwrap();
+        let log = AuditLog::open(&path).unwrap();
+        log.append(Entry::new("retail", "job.admitted", "job-0"))
+            .unwrap();
+        let log = log.with_signer(Box::new(|hash| Ok(keyed("retail", hash))));
+        for job in ["job-1", "job-2"] {
+            log.append(Entry::new("retail", "training.run", job))
+                .unwrap();
+        }
+        let check = |owner: &str, hash: &[u8], signature: &[u8]| {
+            if keyed(owner, hash) == signature {
+                Ok(())
+            } else {
+                Err("not this owner's".to_string())
+            }
+        };
+        let logs = vec![("retail".to_string(), path.clone())];
+        let found = verify_mesh(&logs, Some(&check));
+        assert_eq!(found[0].problems, ["record 1 is not signed"]);
+        // Checked as another owner's log, no signature holds.
+        let found = verify_mesh(&[("digital".to_string(), path)], Some(&check));
+        assert_eq!(found[0].problems.len(), 3, "{:?}", found[0].problems);
+        assert!(found[0].problems[1].starts_with("record 2 is not signed by `digital`"));
+        // A signer that fails writes nothing.
+        let failing = AuditLog::open(&dir.path().join("other.sqlite"))
+            .unwrap()
+            .with_signer(Box::new(|_| Err("the key is unreadable".into())));
+        let error = failing
+            .append(Entry::new("retail", "job.admitted", "job-3"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cannot be signed"), "{error}");
+        assert_eq!(failing.records(0).unwrap().len(), 0);
     }
 
     #[test]
@@ -871,7 +1019,7 @@ mod tests {
             &format!(
                 "UPDATE audit SET seq = seq + 100 WHERE seq >= 3;
                  UPDATE audit SET seq = seq - 99 WHERE seq >= 100;
-                 INSERT INTO audit VALUES (3, 0, 'x', 'job.admitted', 'ghost', '{{}}', '{}', '{}');",
+                 INSERT INTO audit VALUES (3, 0, 'x', 'job.admitted', 'ghost', '{{}}', '{}', '{}', NULL);",
                 hex(&prev),
                 hex(&hash)
             ),

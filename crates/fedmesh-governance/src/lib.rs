@@ -35,6 +35,14 @@ pub use mesh::Mesh;
 pub use service::{GovernanceService, GovernanceState};
 pub use store::{JobState, Store, StoreError};
 
+/// Signs audit records with `name`'s key in the mesh folder `mesh`.
+pub fn signer(mesh: &std::path::Path, name: &str) -> Result<fedmesh_audit::Signer, NetError> {
+    let key = fedmesh_tls::Signer::load(mesh, name)?;
+    Ok(Box::new(move |hash| {
+        key.sign(hash).map_err(|e| e.to_string())
+    }))
+}
+
 /// Serves governance until `shutdown` resolves. Jobs run on their own threads, each reaching
 /// the nodes through its own transport; on shutdown they stop after their current batch and
 /// are recorded as failed.
@@ -55,11 +63,15 @@ pub async fn serve(
         deadline: config.deadline(),
         audit: None,
     };
-    let (store, audit, _lock) =
-        service::open_state(&config.state, &config.name).map_err(|message| NetError::Config {
-            path: config.state.clone(),
-            message,
-        })?;
+    let (store, audit, _lock) = service::open_state(
+        &config.state,
+        &config.name,
+        Some(signer(&config.mesh, &config.name)?),
+    )
+    .map_err(|message| NetError::Config {
+        path: config.state.clone(),
+        message,
+    })?;
     let state = Arc::new(GovernanceState::new(
         config.name.clone(),
         mesh,

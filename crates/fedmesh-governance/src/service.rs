@@ -1133,9 +1133,11 @@ fn recommend(
 
 /// Opens governance's store and audit log in `state_dir`, noting jobs a previous process left
 /// in flight, and locks the folder for this process (keep the lock as long as the store).
+/// With `signer` (governance's key), every record appended is signed.
 pub fn open_state(
     state_dir: &Path,
     name: &str,
+    signer: Option<fedmesh_audit::Signer>,
 ) -> Result<(Store, AuditLog, fedmesh_net::state_lock::StateLock), String> {
     // One governance process per state folder: a second would run the same jobs.
     let lock = fedmesh_net::state_lock::StateLock::acquire(
@@ -1145,7 +1147,10 @@ pub fn open_state(
     .map_err(|e| e.to_string())?;
     let (store, interrupted) =
         Store::open(&state_dir.join("governance.sqlite")).map_err(|e| e.to_string())?;
-    let audit = AuditLog::open(&state_dir.join("audit.sqlite")).map_err(|e| e.to_string())?;
+    let mut audit = AuditLog::open(&state_dir.join("audit.sqlite")).map_err(|e| e.to_string())?;
+    if let Some(signer) = signer {
+        audit = audit.with_signer(signer);
+    }
     for job in interrupted {
         tracing::warn!(
             "job `{}` was {} when governance last stopped: marked failed",
@@ -1169,8 +1174,8 @@ mod tests {
     #[test]
     fn a_second_governance_on_the_same_state_fails_at_start_naming_the_first() {
         let dir = tempfile::tempdir().unwrap();
-        let first = open_state(dir.path(), "governance").unwrap();
-        let error = open_state(dir.path(), "governance")
+        let first = open_state(dir.path(), "governance", None).unwrap();
+        let error = open_state(dir.path(), "governance", None)
             .map(|_| ())
             .unwrap_err();
         assert!(
@@ -1178,6 +1183,6 @@ mod tests {
             "{error}"
         );
         drop(first);
-        assert!(open_state(dir.path(), "governance").is_ok());
+        assert!(open_state(dir.path(), "governance", None).is_ok());
     }
 }

@@ -288,10 +288,33 @@ fn an_admitted_job_walks_its_states_and_leaves_a_verifiable_record() {
         .chain(DOMAINS)
         .map(|who| (who.to_string(), mesh.audit_path(who)))
         .collect();
-    let checks = fedmesh_audit::verify_mesh(&logs);
+    // Every record is signed with its writer's key.
+    let certs = mesh.certs();
+    let signed_by = |owner: &str, hash: &[u8], signature: &[u8]| {
+        let pem = std::fs::read_to_string(certs.join(format!("{owner}.pem"))).unwrap();
+        fedmesh_tls::verify_signature(&pem, hash, signature).map_err(|e| e.to_string())
+    };
+    let checks = fedmesh_audit::verify_mesh(&logs, Some(&signed_by));
     assert!(checks.iter().all(|c| c.problems.is_empty()), "{checks:?}");
     assert_eq!(checks[0].anchors_checked, 3, "one per node");
     assert!(checks[1..].iter().all(|c| c.anchors_checked == 1));
+    // A record given another record's signature (the writer's key is needed to sign anew).
+    let digital = rusqlite::Connection::open(mesh.audit_path("digital")).unwrap();
+    digital
+        .execute_batch(
+            "DROP TRIGGER audit_append_only_update;
+             UPDATE audit SET signature = (SELECT signature FROM audit WHERE seq = 2) WHERE seq = 1;",
+        )
+        .unwrap();
+    let checks = fedmesh_audit::verify_mesh(&logs, Some(&signed_by));
+    let broken: Vec<_> = checks.iter().filter(|c| !c.problems.is_empty()).collect();
+    assert_eq!(broken.len(), 1, "{checks:?}");
+    assert_eq!(broken[0].name, "digital");
+    assert!(
+        broken[0].problems[0].starts_with("record 1 is not signed by `digital`"),
+        "{:?}",
+        broken[0].problems
+    );
     // A node's training record cut off the end leaves a chain that holds on its own; governance's
     // anchor of it does not.
     let retail = rusqlite::Connection::open(mesh.audit_path("retail")).unwrap();
@@ -305,7 +328,7 @@ fn an_admitted_job_walks_its_states_and_leaves_a_verifiable_record() {
     retail_log
         .verify()
         .expect("the shortened chain holds on its own");
-    let checks = fedmesh_audit::verify_mesh(&logs);
+    let checks = fedmesh_audit::verify_mesh(&logs, None);
     let broken: Vec<_> = checks.iter().filter(|c| !c.problems.is_empty()).collect();
     assert_eq!(broken.len(), 1, "{checks:?}");
     assert_eq!(broken[0].name, "retail");

@@ -58,10 +58,15 @@ pub async fn serve(
         &audit_path.with_extension("lock"),
         &format!("the node of `{}`", config.domain),
     )?;
-    let audit = fedmesh_audit::AuditLog::open(&audit_path).map_err(|error| NodeError::Audit {
-        path: audit_path.clone(),
-        error,
-    })?;
+    let key = fedmesh_tls::Signer::load(&config.mesh, &config.domain).map_err(NetError::from)?;
+    let audit = fedmesh_audit::AuditLog::open(&audit_path)
+        .map_err(|error| NodeError::Audit {
+            path: audit_path.clone(),
+            error,
+        })?
+        .with_signer(Box::new(move |hash| {
+            key.sign(hash).map_err(|e| e.to_string())
+        }));
     let mut node = DomainNodeService::new(config.governance.clone(), config.product())
         .with_audit(std::sync::Arc::new(audit));
     if let Some(url) = &config.governance_url {

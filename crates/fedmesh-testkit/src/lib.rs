@@ -198,7 +198,9 @@ impl MeshBuilder {
                 std::fs::write(&path, text).unwrap();
                 path
             });
-            let audit = AuditLog::open(&home.join("audit.sqlite")).unwrap();
+            let audit = AuditLog::open(&home.join("audit.sqlite"))
+                .unwrap()
+                .with_signer(fedmesh_governance::signer(&certs, &node.domain).unwrap());
             let mut service = DomainNodeService::new(
                 "governance",
                 DomainProduct {
@@ -242,7 +244,9 @@ impl MeshBuilder {
             std::fs::write(&policies_file, policies).unwrap();
             let identity = mesh.identity("governance");
             let (store, _) = Store::open(&mesh.state.path().join("governance.sqlite")).unwrap();
-            let audit = AuditLog::open(&mesh.audit_path("governance")).unwrap();
+            let audit = AuditLog::open(&mesh.audit_path("governance"))
+                .unwrap()
+                .with_signer(fedmesh_governance::signer(&mesh.certs(), "governance").unwrap());
             let shared = Arc::new(GovernanceState::new(
                 "governance".into(),
                 Mesh {

@@ -177,6 +177,42 @@ pub fn names_der(der: &[u8]) -> Result<Vec<String>, TlsError> {
         .unwrap_or_default())
 }
 
+/// Signs with a node's private key (`<name>.key`): how a party signs the records of its audit
+/// log, so that a record it did not write cannot pass as its own.
+pub struct Signer {
+    key: KeyPair,
+}
+
+impl Signer {
+    /// The key of `name` in the mesh folder `dir`.
+    pub fn load(dir: &Path, name: &str) -> Result<Self, TlsError> {
+        let path = dir.join(format!("{name}.key"));
+        let pem = std::fs::read_to_string(&path).map_err(io(&path))?;
+        Ok(Self {
+            key: KeyPair::from_pem(&pem).map_err(cert_err)?,
+        })
+    }
+
+    /// An ECDSA P-256 signature (SHA-256, ASN.1) of `message`.
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, TlsError> {
+        use rcgen::SigningKey as _;
+        self.key.sign(message).map_err(cert_err)
+    }
+}
+
+/// Checks that `signature` of `message` was made with the key of the certificate in `pem`.
+pub fn verify_signature(pem: &str, message: &[u8], signature: &[u8]) -> Result<(), TlsError> {
+    let (_, cert_pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(cert_err)?;
+    let cert = cert_pem.parse_x509().map_err(cert_err)?;
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        &cert.public_key().subject_public_key.data,
+    );
+    key.verify(message, signature).map_err(|_| {
+        TlsError::Certificate("the signature was not made with this certificate's key".into())
+    })
+}
+
 /// Checks that the certificate in `pem` is signed by the CA in `ca_pem`.
 pub fn verify_signed_by(pem: &str, ca_pem: &str) -> Result<(), TlsError> {
     let (_, cert_pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(cert_err)?;
@@ -211,6 +247,28 @@ mod tests {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(&node.key).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn a_signature_verifies_with_its_signers_certificate_only() {
+        let dir = tempfile::tempdir().unwrap();
+        init_ca(dir.path()).unwrap();
+        let retail = issue(dir.path(), "retail").unwrap();
+        let digital = issue(dir.path(), "digital").unwrap();
+        let signature = Signer::load(dir.path(), "retail")
+            .unwrap()
+            .sign(b"record 7")
+            .unwrap();
+        verify_signature(&read(&retail.certificate), b"record 7", &signature).unwrap();
+        for (pem, message) in [
+            (read(&retail.certificate), &b"record 8"[..]),
+            (read(&digital.certificate), &b"record 7"[..]),
+        ] {
+            let e = verify_signature(&pem, message, &signature)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("not made with this certificate's key"), "{e}");
         }
     }
 

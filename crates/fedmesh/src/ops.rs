@@ -313,7 +313,35 @@ pub fn verify(files: &[PathBuf], mesh: &Path, head: Option<&str>) -> Result<()> 
 /// Every log of the mesh: its chain, and every anchor of it in the others.
 fn verify_mesh(mesh: &Path) -> Result<()> {
     let logs = mesh_logs(mesh)?;
-    let checks = fedmesh_audit::verify_mesh(&logs);
+    let layout = MeshLayout {
+        dir: mesh.to_path_buf(),
+    };
+    let certs = fedmesh_governance::GovernanceConfig::load(&layout.governance_config())?.mesh;
+    let ca = std::fs::read_to_string(certs.join(fedmesh_tls::CA_CERT))
+        .with_context(|| format!("reading the mesh CA in {}", certs.display()))?;
+    // Each owner's certificate, checked against the mesh CA once.
+    let certificates: std::collections::HashMap<String, Result<String, String>> = logs
+        .iter()
+        .map(|(owner, _)| {
+            let path = certs.join(format!("{owner}.pem"));
+            let pem = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{}: {e}", path.display()))
+                .and_then(|pem| {
+                    fedmesh_tls::verify_signed_by(&pem, &ca)
+                        .map(|()| pem)
+                        .map_err(|e| e.to_string())
+                });
+            (owner.clone(), pem)
+        })
+        .collect();
+    let signed_by = |owner: &str, hash: &[u8], signature: &[u8]| match certificates.get(owner) {
+        Some(Ok(pem)) => {
+            fedmesh_tls::verify_signature(pem, hash, signature).map_err(|e| e.to_string())
+        }
+        Some(Err(e)) => Err(e.clone()),
+        None => Err(format!("no certificate of `{owner}`")),
+    };
+    let checks = fedmesh_audit::verify_mesh(&logs, Some(&signed_by));
     let mut broken = 0;
     for check in &checks {
         match (&check.intact, check.problems.is_empty()) {
