@@ -26,7 +26,7 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
-use fedmesh_net::server::{MAX_MESSAGE_BYTES, Stopping, builder};
+use fedmesh_net::server::{MAX_MESSAGE_BYTES, Stopping, builder, listen, tls_incoming};
 use fedmesh_net::{MeshIdentity, NetError};
 use fedmesh_proto::v1::governance_server::GovernanceServer;
 
@@ -97,17 +97,15 @@ pub async fn serve(
         config.policies.display(),
         config.state.display()
     );
-    let server = builder()
-        .tls_config(identity.server_config())?
-        .add_service(health_service)
-        .add_service(service);
+    let incoming = tls_incoming(listen(config.listen).await?, &identity)?;
+    let server = builder().add_service(health_service).add_service(service);
     let jobs = state.clone();
     let stopping = Stopping::after(async move {
         shutdown.await;
         jobs.stop_all();
     });
     tokio::select! {
-        served = server.serve_with_shutdown(config.listen, stopping.signal()) => served?,
+        served = server.serve_with_incoming_shutdown(incoming, stopping.signal()) => served?,
         _ = stopping.grace_over() => {}
     }
     tracing::info!("governance `{}` stopped", config.name);

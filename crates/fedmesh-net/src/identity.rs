@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 use tonic::{Request, Status};
 
 use crate::NetError;
@@ -14,6 +14,8 @@ pub struct MeshIdentity {
     pub name: String,
     ca: Certificate,
     identity: Identity,
+    /// The PEM texts, for the server's own TLS acceptor.
+    pem: std::sync::Arc<(Vec<u8>, Vec<u8>, Vec<u8>)>,
 }
 
 impl MeshIdentity {
@@ -23,11 +25,11 @@ impl MeshIdentity {
         let read = |file: String| {
             let path = dir.join(file);
             std::fs::read(&path).map_err(|error| match error.kind() {
-                std::io::ErrorKind::NotFound => NetError::Protocol(format!(
-                    "no {} for `{name}`: make the mesh's certificates with `fedmesh certs init --dir {dir}` and `fedmesh certs issue {name} --dir {dir}`",
-                    path.display(),
-                    dir = dir.display()
-                )),
+                std::io::ErrorKind::NotFound => NetError::NoCertificate {
+                    path,
+                    name: name.to_string(),
+                    dir: dir.to_path_buf(),
+                },
                 _ => NetError::Io { path, error },
             })
         };
@@ -43,23 +45,55 @@ impl MeshIdentity {
     pub fn from_pem(name: &str, ca: &[u8], cert: &[u8], key: &[u8]) -> Result<Self, NetError> {
         let names = fedmesh_tls::names(&String::from_utf8_lossy(cert))?;
         if !names.iter().any(|n| n == name) {
-            return Err(NetError::Protocol(format!(
-                "the certificate given for `{name}` names {names:?}"
-            )));
+            return Err(NetError::WrongName {
+                name: name.to_string(),
+                names,
+            });
         }
         Ok(Self {
             name: name.to_string(),
             ca: Certificate::from_pem(ca),
             identity: Identity::from_pem(cert, key),
+            pem: std::sync::Arc::new((ca.to_vec(), cert.to_vec(), key.to_vec())),
         })
     }
 
-    /// Server side: present this node's certificate, require a client certificate from the
-    /// mesh CA.
-    pub fn server_config(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(self.identity.clone())
-            .client_ca_root(self.ca.clone())
+    /// Server side, for [`crate::server::tls_incoming`]: present this node's certificate,
+    /// require a client certificate from the mesh CA, speak HTTP/2.
+    pub fn rustls_server_config(&self) -> Result<std::sync::Arc<rustls::ServerConfig>, NetError> {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            NetError::Tls(fedmesh_tls::TlsError::Certificate(format!(
+                "{what} of `{}`: {e}",
+                self.name
+            )))
+        };
+        let (ca, cert, key) = &*self.pem;
+        let mut roots = rustls::RootCertStore::empty();
+        for ca in CertificateDer::pem_slice_iter(ca) {
+            let ca = ca.map_err(|e| bad("the mesh CA", &e))?;
+            roots.add(ca).map_err(|e| bad("the mesh CA", &e))?;
+        }
+        let chain = CertificateDer::pem_slice_iter(cert)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad("the certificate", &e))?;
+        let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| bad("the key", &e))?;
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            std::sync::Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .map_err(|e| bad("the client verifier", &e))?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad("the TLS versions", &e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(chain, key)
+            .map_err(|e| bad("the certificate and key", &e))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(std::sync::Arc::new(config))
     }
 
     /// Client side: present this node's certificate, and accept the server only if it chains to

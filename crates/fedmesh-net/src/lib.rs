@@ -36,8 +36,23 @@ pub enum NetError {
     },
     #[error("transport error: {0}")]
     Transport(#[from] tonic::transport::Error),
-    #[error("{0}")]
-    Protocol(String),
+    #[error(
+        "no {path} for `{name}`: make the mesh's certificates with `fedmesh certs init --dir {dir}` and `fedmesh certs issue {name} --dir {dir}`",
+        path = path.display(),
+        dir = dir.display()
+    )]
+    NoCertificate {
+        path: std::path::PathBuf,
+        name: String,
+        dir: std::path::PathBuf,
+    },
+    #[error("the certificate given for `{name}` names {names:?}")]
+    WrongName { name: String, names: Vec<String> },
+    #[error("cannot listen on {address}: {error}")]
+    Listen {
+        address: std::net::SocketAddr,
+        error: std::io::Error,
+    },
     #[error("config {path}: {message}")]
     Config {
         path: std::path::PathBuf,

@@ -2,6 +2,16 @@
 //! message bounds, and a clean stop when `shutdown` resolves.
 
 use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{MeshIdentity, NetError};
 
 use tonic::transport::Server;
 
@@ -20,6 +30,62 @@ pub const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 /// HTTP/2 keepalive: a peer that vanishes without closing its connection (a partition, a
 /// crashed host) is noticed within two intervals instead of never.
 pub const KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a peer may take over its TLS handshake before the connection is dropped.
+pub const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Binds `address`, naming it when it cannot.
+pub async fn listen(address: SocketAddr) -> Result<TcpListener, NetError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|error| NetError::Listen { address, error })
+}
+
+/// The connections `listener` accepts, once each has completed a mutual-TLS handshake as
+/// `identity` (the mesh CA's clients only). A refused handshake — a certificate from another
+/// CA, none at all, plain HTTP — is logged at WARN with the peer's address, so that an operator
+/// sees who was turned away and why. Ends when the server stops taking connections.
+pub fn tls_incoming(
+    listener: TcpListener,
+    identity: &MeshIdentity,
+) -> Result<ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>>, NetError> {
+    let acceptor = TlsAcceptor::from(identity.rustls_server_config()?);
+    let (accepted, incoming) = mpsc::channel(16);
+    let name = identity.name.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                connection = listener.accept() => match connection {
+                    Ok(connection) => connection,
+                    Err(e) => {
+                        // Out of descriptors, say: wait, rather than spin.
+                        tracing::warn!("`{name}` cannot accept a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                _ = accepted.closed() => break,
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, accepted, name) = (acceptor.clone(), accepted.clone(), name.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = accepted.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => {
+                        tracing::warn!("`{name}` refused a TLS connection from {peer}: {e}")
+                    }
+                    Err(_) => tracing::warn!(
+                        "`{name}` dropped a connection from {peer}: no TLS handshake within {} s",
+                        HANDSHAKE.as_secs()
+                    ),
+                }
+            });
+        }
+    });
+    Ok(ReceiverStream::new(incoming))
+}
 
 /// A server with fedmesh's transport settings (no Nagle, keepalive, large windows).
 pub fn builder() -> Server {

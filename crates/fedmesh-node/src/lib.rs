@@ -26,7 +26,7 @@ pub mod service;
 use std::future::Future;
 use std::path::PathBuf;
 
-use fedmesh_net::server::{MAX_MESSAGE_BYTES, Stopping, builder};
+use fedmesh_net::server::{MAX_MESSAGE_BYTES, Stopping, builder, listen, tls_incoming};
 use fedmesh_net::{MeshIdentity, NetError, NodeEndpoint};
 use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
 
@@ -109,14 +109,11 @@ pub async fn serve(
         config.listen,
         config.governance
     );
-    let server = builder()
-        .tls_config(identity.server_config())
-        .map_err(NetError::from)?
-        .add_service(health_service)
-        .add_service(service);
+    let incoming = tls_incoming(listen(config.listen).await?, &identity)?;
+    let server = builder().add_service(health_service).add_service(service);
     let stopping = Stopping::after(shutdown);
     tokio::select! {
-        served = server.serve_with_shutdown(config.listen, stopping.signal()) => served.map_err(NetError::from)?,
+        served = server.serve_with_incoming_shutdown(incoming, stopping.signal()) => served.map_err(NetError::from)?,
         _ = stopping.grace_over() => {}
     }
     tracing::info!("domain node `{}` stopped", config.domain);

@@ -38,7 +38,6 @@ use fedmesh_proto::v1::governance_server::GovernanceServer;
 use fedmesh_split::job::Job;
 use serde_json::Value;
 use tokio::runtime::Runtime;
-use tonic::transport::Server;
 
 /// The domains of the fraud example (the paper's first use case).
 pub const FRAUD_DOMAINS: [&str; 3] = ["digital", "retail", "fraud-prevention"];
@@ -259,12 +258,13 @@ impl MeshBuilder {
                 store,
                 audit,
             ));
+            let incoming = runtime
+                .block_on(async { fedmesh_net::server::tls_incoming(listener, &identity) })
+                .unwrap();
             runtime.spawn(
-                Server::builder()
-                    .tls_config(identity.server_config())
-                    .unwrap()
+                fedmesh_net::server::builder()
                     .add_service(GovernanceServer::new(GovernanceService::new(shared)))
-                    .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+                    .serve_with_incoming(incoming),
             );
             mesh.governance = Some((runtime, endpoint));
         }
@@ -407,12 +407,13 @@ pub fn serve<S: DomainNode>(
     node: DomainNodeServer<S>,
 ) -> String {
     let (listener, url) = listen(runtime);
+    let incoming = runtime
+        .block_on(async { fedmesh_net::server::tls_incoming(listener, identity) })
+        .unwrap();
     runtime.spawn(
-        Server::builder()
-            .tls_config(identity.server_config())
-            .unwrap()
+        fedmesh_net::server::builder()
             .add_service(node)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(incoming),
     );
     url
 }

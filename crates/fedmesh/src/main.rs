@@ -299,10 +299,10 @@ enum CertsCommand {
     },
 }
 
-/// What is logged unless `RUST_LOG` says otherwise: fedmesh's own information, and the TLS
-/// handshakes a server refuses (tonic reports those at debug level only), so that a wrong or
-/// unknown certificate leaves a line in the refusing node's log.
-pub const DEFAULT_LOG: &str = "fedmesh=info,fedmesh_net=info,fedmesh_split=info,tonic::transport::server::io_stream=debug,warn";
+/// What is logged unless `RUST_LOG` says otherwise: fedmesh's own information, and warnings
+/// from everything else. A TLS handshake a server refuses is a warning of its own
+/// (`fedmesh_net::server::tls_incoming`), with the peer's address.
+pub const DEFAULT_LOG: &str = "fedmesh=info,fedmesh_net=info,fedmesh_node=info,fedmesh_governance=info,fedmesh_split=info,warn";
 
 fn main() -> std::process::ExitCode {
     process_defaults();

@@ -394,7 +394,8 @@ fn an_operator_from_another_ca_is_refused_with_a_log_line_on_both_sides() {
         stderr.contains("governance `governance`") && stderr.to_lowercase().contains("certificate"),
         "{stderr}"
     );
-    mesh.wait_for_log("governance", "tls accept error");
+    // Governance says who it turned away, at WARN, with the address.
+    mesh.wait_for_log("governance", "refused a TLS connection from 127.0.0.1");
     assert!(!mesh.log("governance").contains("submitted job"));
 }
 
