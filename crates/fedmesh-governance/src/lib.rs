@@ -57,12 +57,7 @@ pub async fn serve(
             message: "governance's policies are not there: without a policy that permits a job, every job is denied (start from examples/policies)".into(),
         });
     }
-    let mesh = Mesh {
-        identity: identity.clone(),
-        nodes: config.endpoints(),
-        deadline: config.deadline(),
-        audit: None,
-    };
+    let mesh = Mesh::new(identity.clone(), config.endpoints(), config.deadline());
     let (store, audit, _lock) = service::open_state(
         &config.state,
         &config.name,

@@ -13,7 +13,7 @@ use fedmesh_audit::{AuditLog, Entry, Head};
 use fedmesh_data::Partition;
 use fedmesh_proto::Encoding;
 use fedmesh_proto::v1;
-use fedmesh_split::job::{Job, RunConfig, RunResult, WireBytes, WireEncoding};
+use fedmesh_split::job::{AlignmentMethod, Job, RunConfig, RunResult, WireBytes, WireEncoding};
 use fedmesh_split::recommend::{RecommendationSpec, fit_ranking};
 use fedmesh_split::split_ncf::SplitNcf;
 use fedmesh_split::{AnyJob, MESH_CONFIGS, Observer, SplitError, SplitTrainer};
@@ -29,9 +29,49 @@ pub struct Mesh {
     /// Governance's audit log: every run sends the nodes its head and notes theirs in it
     /// (`audit.anchor`), so that each log can be checked against the others.
     pub audit: Option<Arc<AuditLog>>,
+    /// The last alignment run of each set of domains, and the entities it found: a later run
+    /// over the same domains reuses its result where every product is unchanged.
+    alignments: std::sync::Mutex<std::collections::HashMap<String, (String, usize)>>,
 }
 
+/// Tells alignment runs of one governance process apart (with its start time, across restarts).
+static ALIGNMENT_RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Mesh {
+    /// Governance's run driver over `nodes`, reached as `identity`.
+    pub fn new(identity: MeshIdentity, nodes: Vec<NodeEndpoint>, deadline: Duration) -> Self {
+        Self {
+            identity,
+            nodes,
+            deadline,
+            audit: None,
+            alignments: Default::default(),
+        }
+    }
+
+    /// The alignment run a run over `domains` may reuse (its id and the entities it found), or
+    /// a new id to keep this run's under.
+    fn alignment_for(&self, domains: &[String]) -> (String, Option<usize>) {
+        let mut key = domains.to_vec();
+        key.sort();
+        let key = key.join(",");
+        let kept = self.alignments.lock().unwrap_or_else(|p| p.into_inner());
+        match kept.get(&key) {
+            Some((id, intersection)) => (id.clone(), Some(*intersection)),
+            None => (new_alignment_id(), None),
+        }
+    }
+
+    /// Remembers the alignment run a run over `domains` made (or reused).
+    fn keep_alignment(&self, domains: &[String], id: &str, intersection: usize) {
+        let mut key = domains.to_vec();
+        key.sort();
+        self.alignments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.join(","), (id.to_string(), intersection));
+    }
+
     /// Governance's audit head, for the nodes to note.
     fn audit_head(&self) -> Result<Option<v1::AuditHead>, SplitError> {
         let Some(log) = &self.audit else {
@@ -153,6 +193,7 @@ impl Mesh {
             requester: requester.to_string(),
             trained_run: String::new(),
             governance_audit: self.audit_head()?,
+            alignment_id: String::new(),
         };
         let transport =
             GrpcTransport::connect_recommendation(&self.identity, &nodes, start, self.deadline)?;
@@ -248,6 +289,7 @@ impl Mesh {
             requester: requester.to_string(),
             trained_run: run_id.to_string(),
             governance_audit: self.audit_head()?,
+            alignment_id: String::new(),
         };
         let transport =
             GrpcTransport::connect_recommendation(&self.identity, &nodes, start, self.deadline)?;
@@ -294,6 +336,8 @@ impl Mesh {
             WireEncoding::F16 => Encoding::F16,
             WireEncoding::Bf16 => Encoding::Bf16,
         };
+        let domains: Vec<String> = spec.domains.iter().map(|d| d.name.clone()).collect();
+        let (alignment_id, kept) = self.alignment_for(&domains);
         let start = v1::JobStart {
             job_id: run_id.to_string(),
             spec_yaml: job.to_portable_yaml()?,
@@ -304,14 +348,21 @@ impl Mesh {
             requester: requester.to_string(),
             trained_run: String::new(),
             governance_audit: self.audit_head()?,
+            alignment_id: alignment_id.clone(),
         };
         let transport = GrpcTransport::connect(
             &self.identity,
             &nodes,
             &spec.label.domain,
             start,
+            kept,
             self.deadline,
         )?;
+        if let Some(alignment) = transport.alignment()
+            && alignment.method == AlignmentMethod::PrivateSetIntersection
+        {
+            self.keep_alignment(&domains, &alignment_id, alignment.intersection);
+        }
         let partition = transport.partition().clone();
         let cut_width = transport.cut_width();
         tracing::info!(
@@ -324,6 +375,18 @@ impl Mesh {
         fedmesh_split::job::seed_training_randomness(seed);
         Ok((trainer, partition))
     }
+}
+
+/// A fresh alignment run id: this process's start and a count.
+fn new_alignment_id() -> String {
+    static STARTED: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
+    let started = STARTED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    });
+    let n = ALIGNMENT_RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("alignment-{started:x}-{n}")
 }
 
 /// A recommender's rankings for the users asked about.

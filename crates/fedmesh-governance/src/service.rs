@@ -61,10 +61,8 @@ impl GovernanceState {
         audit: AuditLog,
     ) -> Self {
         let audit = Arc::new(audit);
-        let mesh = Mesh {
-            audit: Some(audit.clone()),
-            ..mesh
-        };
+        let mut mesh = mesh;
+        mesh.audit = Some(audit.clone());
         Self {
             name,
             mesh,

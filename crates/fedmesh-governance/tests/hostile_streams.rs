@@ -156,6 +156,7 @@ fn command(spec: String) -> impl Strategy<Value = Command> {
         1 => Just(Command::Rank(v1::Empty {})),
         1 => (any::<u32>(), prop::collection::vec(floats(), 0..10))
             .prop_map(|(k, scores)| Command::TopK(v1::TopK { k, scores })),
+        1 => Just(Command::ReuseAlignment(v1::Empty {})),
         1 => Just(Command::Finish(v1::Empty {})),
     ]
 }

@@ -241,16 +241,84 @@ fn a_node_that_dies_mid_job_fails_it_with_its_name() {
 }
 
 #[test]
+fn a_later_run_over_unchanged_products_reuses_the_alignment_and_computes_the_same() {
+    let job = job();
+    let mesh = MeshBuilder::for_job(&job).start();
+    let governance = mesh.mesh();
+    let first = run_on(
+        &governance,
+        &job,
+        &RunConfig::SplitLabelOwner,
+        &Silent,
+        None,
+    )
+    .unwrap();
+    let second = run_on(
+        &governance,
+        &job,
+        &RunConfig::SplitLabelOwner,
+        &Silent,
+        None,
+    )
+    .unwrap();
+    let (a, b) = (first.alignment.unwrap(), second.alignment.unwrap());
+    assert_eq!(a.kept_from, None, "the first run aligns");
+    assert!(b.kept_from.is_some(), "the second reuses: {b:?}");
+    assert_eq!((a.intersection, &a.products), (b.intersection, &b.products));
+    // The same rows in the same order: the same run.
+    assert_eq!(first.metrics, second.metrics);
+    // A product that changed (fewer rows generated) is aligned anew, and still right.
+    let mut smaller = job.clone();
+    smaller.spec.synthetic_rows = Some(3_000);
+    let third = run_on(
+        &governance,
+        &smaller,
+        &RunConfig::SplitLabelOwner,
+        &Silent,
+        None,
+    )
+    .unwrap();
+    let local = smaller
+        .prepare(None)
+        .unwrap()
+        .run(
+            &RunConfig::SplitLabelOwner,
+            1,
+            &Silent,
+            &AtomicBool::new(false),
+            None,
+        )
+        .unwrap();
+    let c = third.alignment.unwrap();
+    assert_eq!(c.kept_from, None, "{c:?}");
+    assert_eq!(third.metrics, local.metrics);
+    // Every node recorded where its rows came from.
+    for domain in DOMAINS {
+        let methods: Vec<String> = mesh
+            .audit(domain)
+            .into_iter()
+            .filter(|r| r.action == "alignment.run")
+            .map(|r| r.details)
+            .collect();
+        assert_eq!(methods.len(), 3, "{domain}");
+        assert!(
+            methods[1].contains("kept from `alignment-"),
+            "{domain}: {methods:?}"
+        );
+    }
+}
+
+#[test]
 fn half_precision_on_the_wire_halves_the_bytes_and_still_trains() {
     let mut job = job();
     let mesh = MeshBuilder::for_job(&job).start();
-    let governance = mesh.mesh();
     let mut runs = Vec::new();
     for encoding in [WireEncoding::F32, WireEncoding::F16] {
         job.spec.wire.encoding = encoding;
+        // A run driver of its own each time, so that both align (and count alike).
         runs.push(
             run_on(
-                &governance,
+                &mesh.mesh(),
                 &job,
                 &RunConfig::SplitLabelOwner,
                 &Silent,
@@ -653,6 +721,7 @@ fn a_node_that_lies_fails_the_run_by_name_and_the_mesh_then_runs_a_good_job() {
                         rows: 1 << 40,
                         cut_width: 0,
                         keyed: true,
+                        alignment_kept: false,
                     }))
                 },
             },
@@ -666,6 +735,7 @@ fn a_node_that_lies_fails_the_run_by_name_and_the_mesh_then_runs_a_good_job() {
                         rows: 10,
                         cut_width: 0,
                         keyed: true,
+                        alignment_kept: false,
                     })),
                     _ => Some(Reply::Points(PointChunk {
                         points: vec![7; 32 * 64],

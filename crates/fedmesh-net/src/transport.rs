@@ -49,6 +49,8 @@ pub struct Link {
     inbound: Streaming<DomainMessage>,
     rows: u64,
     keyed: bool,
+    /// The node still holds the result of the alignment run the job's start named.
+    alignment_kept: bool,
     cut_width: u32,
     bytes_sent: u64,
     bytes_received: u64,
@@ -194,14 +196,18 @@ pub struct GrpcTransport {
 
 impl GrpcTransport {
     /// Connects to every node over mutual TLS and opens the job on each (`start.domain` is set
-    /// per node): each loads and validates its product, the label owner draws the partition,
-    /// and every domain fits its pipeline on the training rows and builds its bottom. `nodes`
-    /// are in domain order; `label_owner` names one of them.
+    /// per node): each loads and validates its product, the products are aligned, the label
+    /// owner draws the partition, and every domain fits its pipeline on the training rows and
+    /// builds its bottom. `nodes` are in domain order; `label_owner` names one of them. With
+    /// `kept` (the entities alignment run `start.alignment_id` found), the domains reuse that
+    /// run's result when every one still holds it for its product as it is now, instead of
+    /// aligning anew.
     pub fn connect(
         identity: &MeshIdentity,
         nodes: &[NodeEndpoint],
         label_owner: &str,
         start: v1::JobStart,
+        kept: Option<usize>,
         deadline: Duration,
     ) -> Result<Self, SplitError> {
         let owner = nodes
@@ -215,7 +221,16 @@ impl GrpcTransport {
         let encoding = Encoding::try_from(start.encoding).unwrap_or(Encoding::F32);
         let (runtime, mut links) = open_all(identity, nodes, &start, deadline)?;
         let started = std::time::Instant::now();
-        let alignment = runtime.block_on(align(&mut links, deadline))?;
+        let alignment = match kept {
+            Some(intersection) if links.iter().all(|l| l.keyed && l.alignment_kept) => runtime
+                .block_on(reuse_alignment(
+                    &mut links,
+                    &start.alignment_id,
+                    intersection,
+                    deadline,
+                ))?,
+            _ => runtime.block_on(align(&mut links, deadline))?,
+        };
         let alignment_seconds = started.elapsed().as_secs_f64();
         let partition = runtime.block_on(setup(&mut links, owner, deadline))?;
         let bottoms = (0..links.len())
@@ -377,6 +392,7 @@ async fn open(
         Reply::Ready(ready) => {
             link.rows = ready.rows;
             link.keyed = ready.keyed;
+            link.alignment_kept = ready.alignment_kept;
         }
         other => return Err(unexpected(&node.name, &other)),
     }
@@ -419,6 +435,7 @@ async fn open_stream(
         inbound,
         rows: 0,
         keyed: false,
+        alignment_kept: false,
         cut_width: 0,
         bytes_sent: 0,
         bytes_received: 0,
@@ -502,6 +519,48 @@ async fn setup(
     })
 }
 
+/// Every domain takes the rows alignment run `id` found for its (unchanged) product: the same
+/// intersection, without computing it again. Each must find the `intersection` entities that run
+/// found.
+async fn reuse_alignment(
+    links: &mut [Link],
+    id: &str,
+    intersection: usize,
+    deadline: Duration,
+) -> Result<AlignmentSummary, SplitError> {
+    try_join_all(links.iter_mut().map(|link| async move {
+        match link
+            .call(Command::ReuseAlignment(v1::Empty {}), deadline)
+            .await?
+        {
+            Reply::Aligned(aligned) if aligned.rows == intersection as u64 => Ok(()),
+            Reply::Aligned(aligned) => Err(link.error(format!(
+                "kept {} rows of alignment run `{id}`, which found {intersection} entities",
+                aligned.rows
+            ))),
+            other => Err(unexpected(&link.name, &other)),
+        }
+    }))
+    .await?;
+    let products = links
+        .iter()
+        .map(|l| ProductRows {
+            domain: l.name.clone(),
+            rows: l.rows as usize,
+        })
+        .collect();
+    tracing::info!(
+        "aligned as alignment run `{id}` found: {intersection} entities common to all {} domains (every product unchanged since)",
+        links.len()
+    );
+    Ok(AlignmentSummary {
+        method: AlignmentMethod::PrivateSetIntersection,
+        products,
+        intersection,
+        kept_from: Some(id.to_string()),
+    })
+}
+
 /// The alignment phase. Products with key columns are aligned by private set intersection,
 /// with governance as the coordinator: every domain sends its blinded list; in round r the list
 /// of domain p goes to domain p + r (mod N) to be blinded again; after N - 1 rounds every list
@@ -518,6 +577,7 @@ async fn align(links: &mut [Link], deadline: Duration) -> Result<AlignmentSummar
     let keyed: Vec<bool> = links.iter().map(|l| l.keyed).collect();
     if alignment_method(&products, &keyed)? == AlignmentMethod::Positional {
         return Ok(AlignmentSummary {
+            kept_from: None,
             method: AlignmentMethod::Positional,
             intersection: links.first().map_or(0, |l| l.rows as usize),
             products,
@@ -556,6 +616,7 @@ async fn align(links: &mut [Link], deadline: Duration) -> Result<AlignmentSummar
     )
     .await?;
     let summary = AlignmentSummary {
+        kept_from: None,
         method: AlignmentMethod::PrivateSetIntersection,
         products,
         intersection: membership.size,

@@ -168,6 +168,10 @@ struct OpenedJob {
     alignment: Option<(fedmesh_psi::Party, Vec<u8>)>,
     /// What the job uses of the product, as the domain admitted it.
     usage: Usage,
+    /// The alignment run this job's rows are kept under (empty: none), and the fingerprint of
+    /// the product's keys it was run on.
+    alignment_id: String,
+    fingerprint: Option<[u8; 32]>,
     /// Training, validation and test rows, once the partition is known.
     partition_sizes: Option<[usize; 3]>,
 }
@@ -525,6 +529,7 @@ impl NodeJob {
                     rows: ids.len() as u64,
                     cut_width: width as u32,
                     keyed: false,
+                    alignment_kept: false,
                 })
             }
             Command::ExamplesRequest(request) => {
@@ -547,6 +552,7 @@ impl NodeJob {
                     rows: rows.entities.len() as u64,
                     cut_width: ncf.party.cut_width() as u32,
                     keyed: false,
+                    alignment_kept: false,
                 })
             }
             Command::Rank(_) => {
@@ -607,6 +613,7 @@ impl NodeJob {
             |(product, _)| product,
         )?;
         let keys = product_keys(&product)?;
+        let fingerprint = keys.as_deref().map(fingerprint);
         tracing::info!(
             "job `{}`: {} rows of `{}` from {origin}",
             start.job_id,
@@ -625,6 +632,8 @@ impl NodeJob {
             keys,
             alignment: None,
             usage,
+            alignment_id: start.alignment_id,
+            fingerprint,
             partition_sizes: None,
         })
     }
@@ -664,13 +673,70 @@ impl NodeJob {
         if !chunk.last {
             return Ok(None);
         }
+        let alignments = self.context.alignments.clone();
         let opened = self.opened()?;
         let (party, members) = opened.alignment.take().expect("checked above");
-        let keys = opened.keys.take().expect("alignment needs keys");
-        let rows = party.rows(&members, &keys)?;
+        let keys = opened.keys.as_ref().expect("alignment needs keys");
+        let rows = party.rows(&members, keys)?;
+        if let (false, Some(fingerprint)) = (opened.alignment_id.is_empty(), opened.fingerprint) {
+            alignments.lock().unwrap_or_else(|p| p.into_inner()).keep(
+                &opened.alignment_id,
+                fingerprint,
+                rows.clone(),
+            );
+        }
+        self.take_aligned_rows(rows, "private set intersection")
+            .map(Some)
+    }
+
+    /// The rows the alignment run named at `start` found for this very product, when the node
+    /// still holds them.
+    fn kept_alignment(&self, opened: &OpenedJob) -> Option<Vec<u32>> {
+        let fingerprint = opened.fingerprint?;
+        if opened.alignment_id.is_empty() {
+            return None;
+        }
+        self.context
+            .alignments
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&opened.alignment_id, &fingerprint)
+            .cloned()
+    }
+
+    /// Takes the rows of an earlier run of the job's alignment, instead of aligning anew.
+    fn reuse_alignment(&mut self) -> Result<u64, SplitError> {
+        let opened = self.opened()?;
+        if opened.keys.is_none() || opened.alignment.is_some() {
+            return Err(protocol(
+                "this domain's product is aligned already, or being aligned, or has no key column",
+            ));
+        }
+        let opened = self.opened.as_ref().expect("checked above");
+        let rows = self.kept_alignment(opened).ok_or_else(|| {
+            protocol(&format!(
+                "this domain no longer holds alignment run `{}` for its product as it is now: governance must align anew",
+                opened.alignment_id
+            ))
+        })?;
+        let method = format!(
+            "private set intersection, kept from `{}`",
+            opened.alignment_id
+        );
+        self.take_aligned_rows(rows, &method)
+    }
+
+    /// Keeps the product's rows of the intersection, ordered by key; records the alignment and
+    /// checks the contract's least number of records against what remains.
+    fn take_aligned_rows(&mut self, rows: Vec<u32>, method: &str) -> Result<u64, SplitError> {
+        let opened = self.opened()?;
+        let keys = opened
+            .keys
+            .take()
+            .expect("an unaligned product has its keys");
         opened.product = opened.product.take_rows(&rows)?;
         tracing::info!(
-            "job `{}`: aligned, {} of {} rows of `{}` are common to every domain",
+            "job `{}`: aligned ({method}), {} of {} rows of `{}` are common to every domain",
             opened.id,
             rows.len(),
             keys.len(),
@@ -680,7 +746,7 @@ impl NodeJob {
         let contract = opened.product.contract.clone();
         self.context.audit(
             Entry::new(self.product.domain.clone(), "alignment.run", id)
-                .detail("method", "private set intersection")
+                .detail("method", method)
                 .detail("product_rows", keys.len())
                 .detail("aligned_rows", rows.len()),
         )?;
@@ -691,7 +757,7 @@ impl NodeJob {
             self.context.audit_decision(&usage, &denials, "alignment")?;
             return Err(crate::admission::denied(&denials));
         }
-        Ok(Some(rows.len() as u64))
+        Ok(rows.len() as u64)
     }
 
     /// A keyed product must be aligned before its rows mean anything to the others.
@@ -749,6 +815,7 @@ impl NodeJob {
             rows,
             cut_width,
             keyed: false,
+            alignment_kept: false,
         })
     }
 
@@ -998,6 +1065,7 @@ impl NodeJob {
                     rows,
                     cut_width: 0,
                     keyed: false,
+                    alignment_kept: false,
                 })
             }
             Command::Start(start) => {
@@ -1006,11 +1074,13 @@ impl NodeJob {
                 self.anchor_governance(&opened.id, governance)?;
                 let rows = opened.product.rows() as u64;
                 let keyed = opened.keys.is_some();
+                let alignment_kept = self.kept_alignment(&opened).is_some();
                 self.opened = Some(opened);
                 Reply::Ready(v1::Ready {
                     rows,
                     cut_width: 0,
                     keyed,
+                    alignment_kept,
                 })
             }
             Command::Align(_) => unreachable!("answered chunk by chunk by `serve`"),
@@ -1026,6 +1096,9 @@ impl NodeJob {
                 Some(rows) => Reply::Aligned(v1::Aligned { rows }),
                 None => return Ok(None),
             },
+            Command::ReuseAlignment(_) => Reply::Aligned(v1::Aligned {
+                rows: self.reuse_alignment()?,
+            }),
             Command::PartitionRequest(_) => {
                 self.check_aligned()?;
                 let opened = self.opened()?;
@@ -1102,6 +1175,47 @@ impl NodeJob {
         };
         Ok(Some(reply))
     }
+}
+
+/// The results of a node's recent alignment runs, by run id, so that a job's later runs skip
+/// private set intersection. An entry is used only for the product it was computed on (the
+/// fingerprint of its keys, in order): every domain that reuses a run then reuses the result
+/// of the same intersection of unchanged products.
+#[derive(Default)]
+pub(crate) struct KeptAlignments {
+    entries: std::collections::VecDeque<(String, [u8; 32], Vec<u32>)>,
+}
+
+/// Alignment runs a node keeps (each a few bytes per aligned row).
+const KEPT_ALIGNMENTS: usize = 8;
+
+impl KeptAlignments {
+    fn get(&self, id: &str, fingerprint: &[u8; 32]) -> Option<&Vec<u32>> {
+        self.entries
+            .iter()
+            .find(|(i, f, _)| i == id && f == fingerprint)
+            .map(|(_, _, rows)| rows)
+    }
+
+    /// Keeps `rows` under `id`, replacing what was kept under it; the oldest goes first.
+    fn keep(&mut self, id: &str, fingerprint: [u8; 32], rows: Vec<u32>) {
+        self.entries.retain(|(i, _, _)| i != id);
+        if self.entries.len() == KEPT_ALIGNMENTS {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((id.to_string(), fingerprint, rows));
+    }
+}
+
+/// SHA-256 of a product's keys in order, each length-prefixed.
+fn fingerprint(keys: &[String]) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut hash = sha2::Sha256::new();
+    for key in keys {
+        hash.update((key.len() as u64).to_le_bytes());
+        hash.update(key.as_bytes());
+    }
+    hash.finalize().into()
 }
 
 /// Points blinded between two yields to the node's runtime (~0.1 s of work).

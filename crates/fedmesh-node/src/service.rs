@@ -25,6 +25,8 @@ pub(crate) struct NodeContext {
     /// The mesh's governance, whose audit head the node notes.
     pub(crate) governance: String,
     pub(crate) audit: Option<Arc<AuditLog>>,
+    /// Results of recent alignment runs, shared by the node's job streams.
+    pub(crate) alignments: Arc<std::sync::Mutex<crate::job::KeptAlignments>>,
     pub(crate) catalog: Option<mpsc::UnboundedSender<v1::ProductRegistration>>,
 }
 
@@ -142,6 +144,7 @@ impl DomainNodeService {
                 product,
                 governance,
                 audit: None,
+                alignments: Arc::default(),
                 catalog: None,
             },
             streams: Arc::default(),

@@ -248,10 +248,11 @@ impl MeshBuilder {
                 .with_signer(fedmesh_governance::signer(&mesh.certs(), "governance").unwrap());
             let shared = Arc::new(GovernanceState::new(
                 "governance".into(),
-                Mesh {
-                    deadline: Duration::from_secs(20),
-                    ..mesh.mesh()
-                },
+                Mesh::new(
+                    mesh.identity("governance"),
+                    mesh.endpoints.clone(),
+                    Duration::from_secs(20),
+                ),
                 vec!["operator".into()],
                 mesh.state.path().join("runs"),
                 policies_file,
@@ -305,12 +306,7 @@ impl TestMesh {
 
     /// Governance's run driver over the nodes, presenting `identity`.
     pub fn mesh_as(&self, identity: MeshIdentity) -> Mesh {
-        Mesh {
-            identity,
-            nodes: self.endpoints.clone(),
-            deadline: Duration::from_secs(10),
-            audit: None,
-        }
+        Mesh::new(identity, self.endpoints.clone(), Duration::from_secs(10))
     }
 
     /// Where `domain`'s node saves what it trains.

@@ -209,12 +209,11 @@ fn node_mesh(
     let runtime = tokio::runtime::Runtime::new()?;
     let mut nodes = LocalMesh::start(domains, dir, Ports::Any, None, None, false)?;
     nodes.wait_ready(&runtime, Duration::from_secs(60))?;
-    let mesh = Mesh {
-        identity: MeshIdentity::load(&nodes.layout.certs(), "governance")?,
-        nodes: nodes.endpoints().to_vec(),
+    let mesh = Mesh::new(
+        MeshIdentity::load(&nodes.layout.certs(), "governance")?,
+        nodes.endpoints().to_vec(),
         deadline,
-        audit: None,
-    };
+    );
     Ok((nodes, mesh))
 }
 

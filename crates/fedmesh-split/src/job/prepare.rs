@@ -344,6 +344,10 @@ pub struct AlignmentSummary {
     pub products: Vec<ProductRows>,
     /// Entities present in every product: the rows the job trains and tests on.
     pub intersection: usize,
+    /// The earlier alignment run whose result every domain reused (its products unchanged),
+    /// instead of running private set intersection again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_from: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -387,6 +391,7 @@ pub fn align_products(
     let keyed: Vec<bool> = keys.iter().map(Option::is_some).collect();
     if alignment_method(&sizes, &keyed)? == AlignmentMethod::Positional {
         let summary = AlignmentSummary {
+            kept_from: None,
             method: AlignmentMethod::Positional,
             intersection: sizes.first().map_or(0, |p| p.rows),
             products: sizes,
@@ -407,6 +412,7 @@ pub fn align_products(
         products.len()
     );
     let summary = AlignmentSummary {
+        kept_from: None,
         method: AlignmentMethod::PrivateSetIntersection,
         products: sizes,
         intersection,
