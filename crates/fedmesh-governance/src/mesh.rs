@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use fedmesh_audit::{AuditLog, Entry, Head};
+use fedmesh_audit::{AuditLog, Entry};
 use fedmesh_data::Partition;
+use fedmesh_net::convert::{audit_head_from_wire, audit_head_to_wire};
 use fedmesh_proto::Encoding;
 use fedmesh_proto::v1;
 use fedmesh_split::job::{AlignmentMethod, Job, RunConfig, RunResult, WireBytes, WireEncoding};
@@ -74,16 +75,7 @@ impl Mesh {
 
     /// Governance's audit head, for the nodes to note.
     fn audit_head(&self) -> Result<Option<v1::AuditHead>, SplitError> {
-        let Some(log) = &self.audit else {
-            return Ok(None);
-        };
-        let head = log
-            .head()
-            .map_err(|e| SplitError::AuditFailed(e.to_string()))?;
-        Ok(Some(v1::AuditHead {
-            seq: head.seq,
-            hash: head.hash,
-        }))
+        audit_head_to_wire(self.audit.as_deref())
     }
 
     /// Notes each node's audit head (from its answer to `finish`) in governance's log.
@@ -92,10 +84,7 @@ impl Mesh {
             return Ok(());
         };
         for (node, head) in heads {
-            let head = Head {
-                seq: head.seq,
-                hash: head.hash,
-            };
+            let head = audit_head_from_wire(head, &node)?;
             log.append(Entry::anchor(
                 self.identity.name.clone(),
                 run_id,
@@ -178,25 +167,8 @@ impl Mesh {
         check_mesh_config(config)?;
         let share_labels = *config == RunConfig::SplitLabelSharing;
         let model = spec.split_model()?;
-        let nodes = [
-            self.node(&spec.sales.name)?,
-            self.node(&spec.customer.name)?,
-            self.node(&spec.product.name)?,
-        ];
-        let start = v1::JobStart {
-            job_id: run_id.to_string(),
-            spec_yaml: spec.to_yaml(),
-            domain: String::new(),
-            seed,
-            encoding: Encoding::F32 as i32,
-            share_labels,
-            requester: requester.to_string(),
-            trained_run: String::new(),
-            governance_audit: self.audit_head()?,
-            alignment_id: String::new(),
-        };
         let transport =
-            GrpcTransport::connect_recommendation(&self.identity, &nodes, start, self.deadline)?;
+            self.open_recommendation(spec, run_id, requester, share_labels, seed, false)?;
         let mut ncf = SplitNcf::new(
             transport,
             model,
@@ -258,6 +230,41 @@ impl Mesh {
         Ok(result)
     }
 
+    /// Opens run `run_id` of a recommendation job on sales's, customer's and product's nodes: to
+    /// train it, or (`serving`) to serve the rankings of the parts it saved.
+    fn open_recommendation(
+        &self,
+        spec: &RecommendationSpec,
+        run_id: &str,
+        requester: &str,
+        share_labels: bool,
+        seed: u64,
+        serving: bool,
+    ) -> Result<GrpcTransport, SplitError> {
+        let nodes = [
+            self.node(&spec.sales.name)?,
+            self.node(&spec.customer.name)?,
+            self.node(&spec.product.name)?,
+        ];
+        let start = v1::JobStart {
+            job_id: run_id.to_string(),
+            spec_yaml: spec.to_yaml(),
+            domain: String::new(),
+            seed,
+            encoding: Encoding::F32 as i32,
+            share_labels,
+            requester: requester.to_string(),
+            trained_run: if serving {
+                run_id.to_string()
+            } else {
+                String::new()
+            },
+            governance_audit: self.audit_head()?,
+            alignment_id: String::new(),
+        };
+        GrpcTransport::connect_recommendation(&self.identity, &nodes, start, self.deadline)
+    }
+
     /// Ranks the `top` items each of `users` is likeliest to take next, with the recommender
     /// that run `run_id` trained: every domain loads its saved parts (sales its bottom, and its
     /// head when labels were kept), governance its tower (and head) from `parts`. Returns each
@@ -274,25 +281,7 @@ impl Mesh {
         top: usize,
     ) -> Result<Recommendations, SplitError> {
         let model = spec.split_model()?;
-        let nodes = [
-            self.node(&spec.sales.name)?,
-            self.node(&spec.customer.name)?,
-            self.node(&spec.product.name)?,
-        ];
-        let start = v1::JobStart {
-            job_id: run_id.to_string(),
-            spec_yaml: spec.to_yaml(),
-            domain: String::new(),
-            seed: 0,
-            encoding: Encoding::F32 as i32,
-            share_labels,
-            requester: requester.to_string(),
-            trained_run: run_id.to_string(),
-            governance_audit: self.audit_head()?,
-            alignment_id: String::new(),
-        };
-        let transport =
-            GrpcTransport::connect_recommendation(&self.identity, &nodes, start, self.deadline)?;
+        let transport = self.open_recommendation(spec, run_id, requester, share_labels, 0, true)?;
         let mut ncf = SplitNcf::trained(transport, model, share_labels, parts)?;
         let mut found = Recommendations::default();
         for user in users {

@@ -62,3 +62,36 @@ pub fn labels_from_wire(labels: v1::Labels) -> Targets {
         Targets::Values(labels.values)
     }
 }
+
+/// The head of `log` (when there is one) as the wire carries it, for the other side to anchor.
+pub fn audit_head_to_wire(
+    log: Option<&fedmesh_audit::AuditLog>,
+) -> Result<Option<v1::AuditHead>, SplitError> {
+    let Some(log) = log else {
+        return Ok(None);
+    };
+    let head = log
+        .head()
+        .map_err(|e| SplitError::AuditFailed(e.to_string()))?;
+    Ok(Some(v1::AuditHead {
+        seq: head.seq,
+        hash: head.hash,
+    }))
+}
+
+/// A head another party sent, to anchor: refused unless its hash is a SHA-256 in hex.
+pub fn audit_head_from_wire(
+    head: v1::AuditHead,
+    from: &str,
+) -> Result<fedmesh_audit::Head, SplitError> {
+    if head.hash.len() != 64 || !head.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(SplitError::Node {
+            node: from.to_string(),
+            message: "sent an audit head that is not a SHA-256 hash".into(),
+        });
+    }
+    Ok(fedmesh_audit::Head {
+        seq: head.seq,
+        hash: head.hash,
+    })
+}

@@ -465,19 +465,13 @@ impl NodeJob {
         let Some(head) = head else {
             return Ok(());
         };
-        if head.hash.len() != 64 || !head.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(protocol(
-                "governance sent an audit head that is not a SHA-256 hash",
-            ));
-        }
+        let governance = &self.context.governance;
+        let head = fedmesh_net::convert::audit_head_from_wire(head, governance)?;
         self.context.audit(Entry::anchor(
             self.product.domain.clone(),
             job_id,
-            &self.context.governance,
-            &fedmesh_audit::Head {
-                seq: head.seq,
-                hash: head.hash,
-            },
+            governance,
+            &head,
         ))
     }
 

@@ -43,21 +43,12 @@ impl NodeContext {
         Ok(())
     }
 
-    /// Tells governance's catalog what the node found in its product.
     /// The node's audit head, when it keeps a log.
     pub(crate) fn audit_head(&self) -> Result<Option<v1::AuditHead>, SplitError> {
-        let Some(log) = &self.audit else {
-            return Ok(None);
-        };
-        let head = log
-            .head()
-            .map_err(|e| SplitError::AuditFailed(e.to_string()))?;
-        Ok(Some(v1::AuditHead {
-            seq: head.seq,
-            hash: head.hash,
-        }))
+        fedmesh_net::convert::audit_head_to_wire(self.audit.as_deref())
     }
 
+    /// Tells governance's catalog what the node found in its product.
     pub(crate) fn register(&self, registration: v1::ProductRegistration) {
         if let Some(catalog) = &self.catalog {
             let _ = catalog.send(registration);
