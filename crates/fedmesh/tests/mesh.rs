@@ -212,6 +212,19 @@ fn submitted_id(stdout: &str) -> String {
         .to_string()
 }
 
+/// Every file and folder under `dir`.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        }
+        found.push(path);
+    }
+    found
+}
+
 fn results(out: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(out.join("results.json")).unwrap();
     serde_json::from_str(&text).unwrap()
@@ -530,9 +543,47 @@ fn jobs_catalog_and_audit_logs_from_the_command_line() {
         "{said}"
     );
 
-    // Every audit log of the mesh verifies untouched.
+    // Every audit log of the mesh verifies untouched: its chain, its signatures, and every
+    // anchor the other logs hold of it.
     let verified = check(&mesh.fedmesh(&["audit", "verify"]));
     assert_eq!(verified.matches("intact").count(), 4, "{verified}");
+    assert!(
+        verified.contains("anchors of other logs checked"),
+        "{verified}"
+    );
+
+    // What the processes wrote is theirs alone: state, audit logs and models.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let state = mesh.dir.join("state");
+        for file in ["governance.sqlite", "audit.sqlite"] {
+            assert_eq!(mode(&state.join(file)), 0o600, "{file}");
+        }
+        assert_eq!(mode(&state), 0o700);
+        let models = mesh.dir.join("retail-models");
+        let mut saved = 0;
+        for entry in walk(&models) {
+            let expected = if entry.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode(&entry), expected, "{}", entry.display());
+            saved += 1;
+        }
+        assert!(saved > 0, "retail saved its parts in {}", models.display());
+    }
+
+    // A reader that goes away (`fedmesh … | head`) ends the command quietly, not with a panic.
+    let mut reader = fedmesh()
+        .args(["audit", "show"])
+        .arg(mesh.dir.join("state").join("audit.sqlite"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(reader.stdout.take());
+    let closed = reader.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&closed.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
     // One record of governance's log edited by someone with the file: verify names it.
     let log = mesh.dir.join("state").join("audit.sqlite");
     let conn = rusqlite::Connection::open(&log).unwrap();
