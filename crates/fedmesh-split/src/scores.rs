@@ -50,7 +50,7 @@ impl Metrics {
     }
 }
 
-/// Points of the ROC and PR curves of a binary test set (at most ~200 each), for reports.
+/// The ROC and PR curves of a binary test set, read at [`CURVE_GRID`], for reports.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 pub struct Curves {
     /// (false-positive rate, true-positive rate).
@@ -159,12 +159,12 @@ fn compute(
             };
             let m = BinaryMetrics::compute(&test_scores, &positive, &valid_scores, &valid_positive);
             let curves = Curves {
-                roc: thin(metrics::roc_points(&test_scores, &positive)),
-                pr: thin(
-                    metrics::pr_points(&test_scores, &positive)
+                roc: roc_on_grid(&metrics::roc_points(&test_scores, &positive)),
+                pr: pr_on_grid(
+                    &metrics::pr_points(&test_scores, &positive)
                         .into_iter()
                         .map(|p| (p.recall, p.precision))
-                        .collect(),
+                        .collect::<Vec<_>>(),
                 ),
             };
             (Metrics::Binary(Box::new(m)), Some(curves))
@@ -181,16 +181,97 @@ fn compute(
     }
 }
 
-/// Keeps at most ~200 evenly spaced points, first and last included.
-fn thin(points: Vec<(f64, f64)>) -> Vec<(f64, f64)> {
-    const MAX: usize = 200;
-    if points.len() <= MAX {
-        return points;
+/// Where a report's curves are read: the false-positive rates of the ROC curve and the
+/// recalls of the precision-recall curve. A curve through every threshold would tell, score by
+/// score, whether the next test example is a positive — the labels in score order — and a label
+/// owner's report crosses to governance; read at fixed places, it holds counts over many
+/// examples, never one example's label.
+pub const CURVE_GRID: [f64; 21] = [
+    0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8,
+    0.85, 0.9, 0.95, 1.0,
+];
+
+/// The ROC curve's true-positive rate at each false-positive rate of [`CURVE_GRID`]: the best
+/// reached without exceeding it (`points` from (0, 0) by rising false-positive rate).
+fn roc_on_grid(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    CURVE_GRID
+        .iter()
+        .map(|&fpr| {
+            let tpr = points
+                .iter()
+                .filter(|p| p.0 <= fpr + 1e-12)
+                .map(|p| p.1)
+                .fold(0.0, f64::max);
+            (fpr, tpr)
+        })
+        .collect()
+}
+
+/// The precision-recall curve's interpolated precision at each recall of [`CURVE_GRID`]: the
+/// best precision at that recall or more (0 where none reaches it).
+fn pr_on_grid(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
+    CURVE_GRID
+        .iter()
+        .map(|&recall| {
+            let precision = points
+                .iter()
+                .filter(|p| p.0 + 1e-12 >= recall && p.1.is_finite())
+                .map(|p| p.1)
+                .fold(0.0, f64::max);
+            (recall, precision)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The longest array in a JSON value.
+    fn longest_array(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Array(items) => items
+                .iter()
+                .map(longest_array)
+                .max()
+                .unwrap_or(0)
+                .max(items.len()),
+            serde_json::Value::Object(map) => map.values().map(longest_array).max().unwrap_or(0),
+            _ => 0,
+        }
     }
-    let step = points.len() as f64 / (MAX - 1) as f64;
-    let mut out: Vec<(f64, f64)> = (0..MAX - 1)
-        .map(|i| points[(i as f64 * step) as usize])
-        .collect();
-    out.push(*points.last().expect("non-empty"));
-    out
+
+    #[test]
+    fn a_label_holders_report_holds_no_per_example_value() {
+        // 400 test examples, scores that rank positives higher on the whole.
+        let rows: Vec<u32> = (0..400).collect();
+        let labels: Vec<i64> = (0..400).map(|i| i64::from(i % 3 == 0)).collect();
+        let scores: Vec<f32> = labels
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &l)| {
+                let p = (0.3 + 0.4 * l as f32 + (i * 37 % 100) as f32 / 250.0).min(1.0);
+                [1.0 - p, p]
+            })
+            .collect();
+        let objective = Objective::CrossEntropy {
+            classes: 2,
+            class_weights: None,
+        };
+        let mut book = ScoreBook::default();
+        book.record(Part::Test, &rows, scores, 0.0);
+        let report = book.report(&objective, &Targets::Classes(labels));
+        let json = serde_json::to_value(&report).unwrap();
+        // Every array is at most the curve grid long: 400 labels cannot be read back from it.
+        assert_eq!(longest_array(&json), CURVE_GRID.len(), "{json}");
+        let curves = report.curves.unwrap();
+        for curve in [&curves.roc, &curves.pr] {
+            let at: Vec<f64> = curve.iter().map(|p| p.0).collect();
+            assert_eq!(at, CURVE_GRID);
+        }
+        // Still the curves: the ROC rises to (1, 1), above the diagonal here.
+        assert_eq!(curves.roc.last().unwrap().1, 1.0);
+        assert!(curves.roc.windows(2).all(|w| w[0].1 <= w[1].1));
+        assert!(curves.roc[4].1 > 0.2, "{:?}", curves.roc);
+    }
 }
