@@ -115,14 +115,17 @@ impl Mesh {
             .find(|n| n.name == name)
             .cloned()
             .ok_or_else(|| {
-                SplitError::Protocol(format!(
-                    "the mesh has no node for domain `{name}` (known: {})",
-                    self.nodes
-                        .iter()
-                        .map(|n| n.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ))
+                SplitError::refused(
+                    "governance",
+                    format!(
+                        "the mesh has no node for domain `{name}` (known: {})",
+                        self.nodes
+                            .iter()
+                            .map(|n| n.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
             })
     }
 
@@ -392,9 +395,12 @@ fn check_mesh_config(config: &RunConfig) -> Result<(), SplitError> {
     if MESH_CONFIGS.contains(config) {
         Ok(())
     } else {
-        Err(SplitError::Protocol(format!(
-            "`{}` cannot run over the mesh: it needs every domain's data in one place",
-            config.name()
-        )))
+        Err(SplitError::refused(
+            "governance",
+            format!(
+                "`{}` cannot run over the mesh: it needs every domain's data in one place",
+                config.name()
+            ),
+        ))
     }
 }

@@ -97,9 +97,10 @@ pub fn predict(
             .iter()
             .position(|h| h.link.name() == label_owner)
             .ok_or_else(|| {
-                SplitError::Protocol(format!(
-                    "the label owner `{label_owner}` is not a node of the model"
-                ))
+                SplitError::refused(
+                    "governance",
+                    format!("the label owner `{label_owner}` is not a node of the model"),
+                )
             })?;
         let mut scores = Vec::with_capacity(scored.len());
         for batch in scored.chunks(PREDICT_BATCH) {
@@ -135,11 +136,10 @@ pub fn predict(
                 }
             };
             if values.len() != batch.len() * cols {
-                return Err(SplitError::Protocol(format!(
-                    "{} scores for {} entities",
-                    values.len(),
-                    batch.len()
-                )));
+                return Err(SplitError::refused(
+                    "governance",
+                    format!("{} scores for {} entities", values.len(), batch.len()),
+                ));
             }
             for (&p, row) in batch.iter().zip(values.chunks(cols.max(1))) {
                 scores.push((keys[p as usize].clone(), row.to_vec()));

@@ -21,8 +21,9 @@ pub async fn wait_ready(
     node: &NodeEndpoint,
     timeout: Duration,
 ) -> Result<(), SplitError> {
-    let failed = |message: String| {
-        SplitError::Protocol(format!("`{}` at {}: {message}", node.name, node.url))
+    let failed = |message: String| SplitError::Node {
+        node: node.name.clone(),
+        message: format!("at {}: {message}", node.url),
     };
     let give_up = tokio::time::Instant::now() + timeout;
     let channel = connect_with_retries(identity, node, timeout)

@@ -23,7 +23,12 @@ pub fn plan_from_wire(plan: &v1::BatchPlan) -> Result<BatchPlan, SplitError> {
         Ok(v1::batch_plan::Pass::Train) => Pass::Train,
         Ok(v1::batch_plan::Pass::EvalValid) => Pass::Eval(Part::Valid),
         Ok(v1::batch_plan::Pass::EvalTest) => Pass::Eval(Part::Test),
-        Err(_) => return Err(SplitError::Protocol(format!("unknown pass {}", plan.pass))),
+        Err(_) => {
+            return Err(SplitError::refused(
+                "the receiver",
+                format!("a batch plan of unknown pass {}", plan.pass),
+            ));
+        }
     };
     Ok(BatchPlan {
         pass,
@@ -37,8 +42,10 @@ pub fn tensor_to_wire(tensor: &WireTensor, encoding: Encoding) -> v1::Tensor {
 }
 
 pub fn tensor_from_wire(tensor: Option<&v1::Tensor>) -> Result<WireTensor, SplitError> {
-    let tensor = tensor.ok_or_else(|| SplitError::Protocol("a tensor is missing".into()))?;
-    let (rows, cols, data) = decode(tensor).map_err(|e| SplitError::Protocol(e.to_string()))?;
+    let tensor =
+        tensor.ok_or_else(|| SplitError::refused("the receiver", "a tensor is missing"))?;
+    let (rows, cols, data) =
+        decode(tensor).map_err(|e| SplitError::refused("the receiver", e.to_string()))?;
     Ok(WireTensor { rows, cols, data })
 }
 

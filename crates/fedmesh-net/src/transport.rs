@@ -111,10 +111,13 @@ impl Link {
     /// Sends one message and waits for its answer, at most `deadline`.
     pub async fn call(&mut self, body: Command, deadline: Duration) -> Result<Reply, SplitError> {
         if self.in_flight.is_some() {
-            return Err(SplitError::Protocol(format!(
-                "a plan announced to `{}` was never asked for; the stream is out of step",
-                self.name
-            )));
+            return Err(SplitError::refused(
+                "governance",
+                format!(
+                    "a plan announced to `{}` was never asked for; the stream is out of step",
+                    self.name
+                ),
+            ));
         }
         self.send(body).await?;
         self.receive(deadline).await
@@ -171,7 +174,12 @@ fn check_shape(
         });
     }
     // A NaN from one domain would poison every other party's model.
-    fedmesh_split::session::check_tensor(&tensor, &format!("the {what}"), &format!("`{node}`"))?;
+    fedmesh_split::session::check_tensor(
+        &tensor,
+        &format!("the {what}"),
+        &format!("`{node}`"),
+        "governance",
+    )?;
     Ok(tensor)
 }
 
@@ -214,9 +222,10 @@ impl GrpcTransport {
             .iter()
             .position(|n| n.name == label_owner)
             .ok_or_else(|| {
-                SplitError::Protocol(format!(
-                    "the label owner `{label_owner}` is not a node of the job"
-                ))
+                SplitError::refused(
+                    "governance",
+                    format!("the label owner `{label_owner}` is not a node of the job"),
+                )
             })?;
         let encoding = Encoding::try_from(start.encoding).unwrap_or(Encoding::F32);
         let (runtime, mut links) = open_all(identity, nodes, &start, deadline)?;
@@ -929,8 +938,10 @@ impl Transport for GrpcTransport {
 
     fn head_report(&mut self) -> Result<EvaluationReport, SplitError> {
         match self.call_owner(Command::Report(v1::Empty {}))? {
-            Reply::ReportJson(json) => serde_json::from_str(&json)
-                .map_err(|e| SplitError::Protocol(format!("a malformed report: {e}"))),
+            Reply::ReportJson(json) => serde_json::from_str(&json).map_err(|e| SplitError::Node {
+                node: self.links[self.owner].name.clone(),
+                message: format!("sent a malformed report: {e}"),
+            }),
             other => Err(unexpected(&self.links[self.owner].name, &other)),
         }
     }
@@ -979,8 +990,9 @@ impl NcfTransport for GrpcTransport {
             user,
         });
         let [sales, customer, product] = &mut self.links[..] else {
-            return Err(SplitError::Protocol(
-                "a recommendation job has three domains: sales, customer, product".into(),
+            return Err(SplitError::refused(
+                "governance",
+                "a recommendation job has three domains: sales, customer, product",
             ));
         };
         self.runtime.block_on(async {
@@ -1008,8 +1020,10 @@ impl NcfTransport for GrpcTransport {
 
     fn head_ranking(&mut self) -> Result<RankingMetrics, SplitError> {
         match self.call_owner(Command::Rank(v1::Empty {}))? {
-            Reply::ReportJson(json) => serde_json::from_str(&json)
-                .map_err(|e| SplitError::Protocol(format!("a malformed ranking: {e}"))),
+            Reply::ReportJson(json) => serde_json::from_str(&json).map_err(|e| SplitError::Node {
+                node: self.links[self.owner].name.clone(),
+                message: format!("sent a malformed ranking: {e}"),
+            }),
             other => Err(unexpected(&self.links[self.owner].name, &other)),
         }
     }

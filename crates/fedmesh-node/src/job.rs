@@ -236,21 +236,22 @@ struct Traffic {
     sent: u64,
 }
 
-fn protocol(message: &str) -> SplitError {
-    SplitError::Protocol(message.to_string())
+/// The node refuses, for `reason` (governance names the node when it reports it).
+fn refused(reason: impl Into<String>) -> SplitError {
+    SplitError::refused("the domain node", reason)
 }
 
 impl NodeJob {
     fn opened(&mut self) -> Result<&mut OpenedJob, SplitError> {
         self.opened
             .as_mut()
-            .ok_or_else(|| protocol("no job was started on this stream"))
+            .ok_or_else(|| refused("no job was started on this stream"))
     }
 
     fn ncf(&mut self) -> Result<&mut NcfJob, SplitError> {
         self.ncf
             .as_mut()
-            .ok_or_else(|| protocol("no recommendation job was started on this stream"))
+            .ok_or_else(|| refused("no recommendation job was started on this stream"))
     }
 
     /// The encoding of the tensors the job sends.
@@ -268,7 +269,7 @@ impl NodeJob {
             return Ok(ncf.party.session_mut());
         }
         self.session.as_mut().ok_or_else(|| {
-            protocol("this domain was sent no partition: it holds nothing of the run yet")
+            refused("this domain was sent no partition: it holds nothing of the run yet")
         })
     }
 
@@ -290,7 +291,7 @@ impl NodeJob {
             .iter()
             .find(|d| d.name == domain)
             .cloned()
-            .ok_or_else(|| SplitError::Protocol(format!("{id} has no domain `{domain}`")))?;
+            .ok_or_else(|| refused(format!("{id} has no domain `{domain}`")))?;
         entry.contract = std::path::absolute(&self.product.contract)?;
         Ok(entry)
     }
@@ -300,7 +301,7 @@ impl NodeJob {
         if domain == self.product.domain {
             Ok(())
         } else {
-            Err(SplitError::Protocol(format!(
+            Err(refused(format!(
                 "this node serves domain `{}`, not `{domain}`",
                 self.product.domain
             )))
@@ -395,7 +396,7 @@ impl NodeJob {
             Action::Train
         };
         let role = spec.role_of(&start.domain).ok_or_else(|| {
-            SplitError::Protocol(format!(
+            refused(format!(
                 "job `{}` has no domain `{}`",
                 start.job_id, start.domain
             ))
@@ -481,7 +482,7 @@ impl NodeJob {
         if !self.ncf.as_ref().is_some_and(|ncf| ncf.party.serving()) {
             return Ok(());
         }
-        let refused = match command {
+        let trains = match command {
             Command::Plan(plan) => plan.pass() == v1::batch_plan::Pass::Train,
             Command::Step(_)
             | Command::Gradient(_)
@@ -491,8 +492,8 @@ impl NodeJob {
             | Command::Rank(_) => true,
             _ => false,
         };
-        if refused {
-            Err(protocol(
+        if trains {
+            Err(refused(
                 "this stream serves a trained model's rankings: it takes no training, saving or report message",
             ))
         } else {
@@ -516,7 +517,7 @@ impl NodeJob {
                 let ids = match ncf.party.role {
                     NcfRole::Customer => entities.users,
                     NcfRole::Product => entities.items,
-                    NcfRole::Sales => return Err(protocol("sales names the entities itself")),
+                    NcfRole::Sales => return Err(refused("sales names the entities itself")),
                 };
                 let width = ncf.party.set_entities(&ids)?;
                 Reply::Ready(v1::Ready {
@@ -551,7 +552,7 @@ impl NodeJob {
             }
             Command::Rank(_) => {
                 if ncf.share_labels {
-                    return Err(protocol(
+                    return Err(refused(
                         "labels are shared in this job: governance ranks the test cases",
                     ));
                 }
@@ -565,7 +566,7 @@ impl NodeJob {
                 let (items, scores) = ranked.into_iter().unzip();
                 Reply::Ranked(v1::Ranked { items, scores })
             }
-            _ => return Err(protocol("not a message of a recommendation job")),
+            _ => return Err(refused("not a message of a recommendation job")),
         })
     }
 
@@ -574,7 +575,7 @@ impl NodeJob {
         let origin = PathBuf::from(format!("job `{}`", start.job_id));
         let mut job = Job::from_yaml(&start.spec_yaml, &origin)?;
         if job.spec.split.test_keys.is_some() {
-            return Err(SplitError::Protocol(format!(
+            return Err(refused(format!(
                 "job `{}` names a file of test keys; a node reads no file a job names: send the keys inline (`test_key_values`), as governance does",
                 start.job_id
             )));
@@ -637,7 +638,7 @@ impl NodeJob {
     fn start_alignment(&mut self) -> Result<usize, SplitError> {
         let opened = self.opened()?;
         let keys = opened.keys.as_ref().ok_or_else(|| {
-            protocol("this domain's product has no key column, or is aligned already")
+            refused("this domain's product has no key column, or is aligned already")
         })?;
         let party = fedmesh_psi::Party::new(keys.len(), &mut rand::rng());
         let len = party.len();
@@ -656,7 +657,7 @@ impl NodeJob {
         self.opened()?
             .alignment
             .as_mut()
-            .ok_or_else(|| protocol("no alignment was started on this stream"))
+            .ok_or_else(|| refused("no alignment was started on this stream"))
     }
 
     /// Takes in one chunk of the coordinator's answer; with the last, keeps the product's rows
@@ -702,13 +703,13 @@ impl NodeJob {
     fn reuse_alignment(&mut self) -> Result<u64, SplitError> {
         let opened = self.opened()?;
         if opened.keys.is_none() || opened.alignment.is_some() {
-            return Err(protocol(
+            return Err(refused(
                 "this domain's product is aligned already, or being aligned, or has no key column",
             ));
         }
         let opened = self.opened.as_ref().expect("checked above");
         let rows = self.kept_alignment(opened).ok_or_else(|| {
-            protocol(&format!(
+            refused(format!(
                 "this domain no longer holds alignment run `{}` for its product as it is now: governance must align anew",
                 opened.alignment_id
             ))
@@ -757,7 +758,7 @@ impl NodeJob {
     /// A keyed product must be aligned before its rows mean anything to the others.
     fn check_aligned(&mut self) -> Result<(), SplitError> {
         if self.opened()?.keys.is_some() {
-            return Err(protocol(
+            return Err(refused(
                 "the product's rows are not aligned yet: governance must run the alignment first",
             ));
         }
@@ -773,7 +774,7 @@ impl NodeJob {
             (false, _) => None,
             (true, Some(targets)) => Some(targets.clone()),
             (true, None) => {
-                return Err(protocol("the label owner was not asked for the partition"));
+                return Err(refused("the label owner was not asked for the partition"));
             }
         };
         let prepared =
@@ -931,7 +932,7 @@ impl NodeJob {
             &mut SourceCache::default(),
         )?;
         let keys = product_keys(&product)?.ok_or_else(|| {
-            protocol("the product has no key column: its entities cannot be looked up by key")
+            refused("the product has no key column: its entities cannot be looked up by key")
         })?;
         let index: std::collections::HashMap<&str, u32> = keys
             .iter()
@@ -987,7 +988,7 @@ impl NodeJob {
     fn predicting(&mut self) -> Result<&mut Predicting, SplitError> {
         self.predicting
             .as_mut()
-            .ok_or_else(|| protocol("no prediction was started on this stream"))
+            .ok_or_else(|| refused("no prediction was started on this stream"))
     }
 
     /// Answers one message; `None` for a gradient, which has no answer unless it fails.
@@ -1008,7 +1009,7 @@ impl NodeJob {
                     .iter()
                     .map(|p| {
                         predicting.rows.get(p).copied().ok_or_else(|| {
-                            protocol(&format!(
+                            refused(format!(
                                 "asked for request position {p}, which this domain does not hold"
                             ))
                         })
@@ -1019,7 +1020,7 @@ impl NodeJob {
                 let bottom = predicting
                     .bottom
                     .as_mut()
-                    .ok_or_else(|| protocol("this domain contributes no features to the model"))?;
+                    .ok_or_else(|| refused("this domain contributes no features to the model"))?;
                 let activation = bottom.forward(&fedmesh_split::BatchPlan::eval(
                     fedmesh_split::Part::Test,
                     rows,
@@ -1032,7 +1033,7 @@ impl NodeJob {
                 let domain = self.product.domain.clone();
                 let predicting = self.predicting()?;
                 if predicting.job.spec.label.domain != domain || predicting.usage.share_labels {
-                    return Err(protocol("this domain holds no head in this model"));
+                    return Err(refused("this domain holds no head in this model"));
                 }
                 if predicting.head.is_none() {
                     let path = models
@@ -1097,7 +1098,7 @@ impl NodeJob {
                 self.check_aligned()?;
                 let opened = self.opened()?;
                 if !opened.owns_labels() {
-                    return Err(protocol("this domain owns no labels in this job"));
+                    return Err(refused("this domain owns no labels in this job"));
                 }
                 let (targets, partition) = opened.job.labels_and_partition(&opened.product)?;
                 opened.targets = Some(targets);
@@ -1224,7 +1225,7 @@ fn check_job_id(id: &str) -> Result<(), SplitError> {
     if plain {
         Ok(())
     } else {
-        Err(SplitError::Protocol(format!(
+        Err(refused(format!(
             "job id `{id}` is not a relative path of plain names"
         )))
     }

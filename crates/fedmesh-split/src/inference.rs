@@ -98,7 +98,7 @@ impl HeadScorer {
     /// Loads the head saved at `path`, for a tower output `input` wide (loading refuses a saved
     /// head of another width).
     pub fn load(spec: &JobSpec, input: usize, path: &Path) -> Result<Self, SplitError> {
-        crate::session::check_tower_width(input).map_err(SplitError::Protocol)?;
+        crate::session::check_tower_width(input).map_err(|e| SplitError::refused("the head", e))?;
         let device = training_device().inner();
         let head = load_part(spec.head_config(input).init(&device), path)?;
         Ok(Self {
@@ -111,13 +111,16 @@ impl HeadScorer {
     /// Scores, row-major, as the evaluation records them: class probabilities, or values. A
     /// tower output that is not finite, or of another width than the head's, is refused.
     pub fn scores(&self, tower_output: &CutActivation) -> Result<Vec<f32>, SplitError> {
-        crate::session::check_tensor(tower_output, "the tower output", "governance")?;
+        crate::session::check_tensor(tower_output, "the tower output", "governance", "the head")?;
         let width = self.head.input_width();
         if tower_output.cols != width {
-            return Err(SplitError::Protocol(format!(
-                "a tower output {} columns wide; the saved head takes {width}",
-                tower_output.cols
-            )));
+            return Err(SplitError::refused(
+                "the head",
+                format!(
+                    "a tower output {} columns wide; the saved head takes {width}",
+                    tower_output.cols
+                ),
+            ));
         }
         Ok(self
             .objective

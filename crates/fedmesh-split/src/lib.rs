@@ -38,11 +38,27 @@ pub use trainer::{
 pub use transport::{HoldsSession, InProcess, Transport};
 pub use wire::{BatchPlan, CutActivation, CutLayerGradient, Part, Pass, WireTensor};
 
+impl SplitError {
+    /// `by` refuses, for `reason`.
+    pub fn refused(by: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Refused {
+            by: by.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
 /// Errors of a split job.
 #[derive(Debug, thiserror::Error)]
 pub enum SplitError {
-    #[error("protocol error: {0}")]
-    Protocol(String),
+    /// A party refused what it was sent or asked: a message out of order or of the wrong kind,
+    /// a shape that does not fit, rows it does not hold, values that are not finite. `by` is
+    /// the party that refused; `reason` says what and where, never a value of a domain's data.
+    #[error("{reason}")]
+    Refused { by: String, reason: String },
+    /// A job (or recommendation job) that cannot run as specified: `job` names it.
+    #[error("job `{job}`: {reason}")]
+    Job { job: String, reason: String },
     #[error(transparent)]
     Data(#[from] fedmesh_data::DataError),
     #[error("job spec {path}: {message}")]

@@ -130,10 +130,13 @@ impl DomainParty {
             .iter()
             .find(|&&r| r as usize >= self.features.rows)
         {
-            return Err(SplitError::Protocol(format!(
-                "domain `{}` was asked for row {row}, but holds {} aligned rows",
-                self.name, self.features.rows
-            )));
+            return Err(SplitError::refused(
+                self.name.clone(),
+                format!(
+                    "domain `{}` was asked for row {row}, but holds {} aligned rows",
+                    self.name, self.features.rows
+                ),
+            ));
         }
         match plan.pass {
             Pass::Train => {
@@ -157,17 +160,23 @@ impl DomainParty {
     /// Backpropagates governance's gradient through the bottom model and steps the optimizer.
     pub fn backward(&mut self, gradient: &CutLayerGradient) -> Result<(), SplitError> {
         let (activation, learning_rate) = self.pending.take().ok_or_else(|| {
-            SplitError::Protocol(format!(
-                "domain `{}` received a gradient with no training batch in flight",
-                self.name
-            ))
+            SplitError::refused(
+                self.name.clone(),
+                format!(
+                    "domain `{}` received a gradient with no training batch in flight",
+                    self.name
+                ),
+            )
         })?;
         let [rows, cols] = activation.dims();
         if (gradient.rows, gradient.cols) != (rows, cols) {
-            return Err(SplitError::Protocol(format!(
-                "domain `{}` received a {}×{} gradient for a {rows}×{cols} activation",
-                self.name, gradient.rows, gradient.cols
-            )));
+            return Err(SplitError::refused(
+                self.name.clone(),
+                format!(
+                    "domain `{}` received a {}×{} gradient for a {rows}×{cols} activation",
+                    self.name, gradient.rows, gradient.cols
+                ),
+            ));
         }
         let grads = (activation * gradient.to_tensor(&self.device))
             .sum()
@@ -202,10 +211,13 @@ impl DomainParty {
     /// the model and its optimizer carry on.
     pub fn set_features(&mut self, features: FeatureMatrix) -> Result<(), SplitError> {
         if self.pending.is_some() {
-            return Err(SplitError::Protocol(format!(
-                "domain `{}` was given new rows with a training batch in flight",
-                self.name
-            )));
+            return Err(SplitError::refused(
+                self.name.clone(),
+                format!(
+                    "domain `{}` was given new rows with a training batch in flight",
+                    self.name
+                ),
+            ));
         }
         self.features = features;
         Ok(())
@@ -287,8 +299,9 @@ impl LabelOwner {
         tower_output: &CutActivation,
     ) -> Result<(), SplitError> {
         let Pass::Eval(part) = plan.pass else {
-            return Err(SplitError::Protocol(
-                "head eval called with a training plan".into(),
+            return Err(SplitError::refused(
+                self.name.clone(),
+                "head eval called with a training plan",
             ));
         };
         let device = self.device.clone().inner();

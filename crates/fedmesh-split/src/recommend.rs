@@ -622,11 +622,9 @@ impl RecommendationSpec {
 
     /// The split model, which the split configurations need.
     pub fn split_model(&self) -> Result<&SplitNcfSpec, SplitError> {
-        self.split_model.as_ref().ok_or_else(|| {
-            SplitError::Protocol(format!(
-                "job `{}` has no `split_model`: the split configurations need one",
-                self.name
-            ))
+        self.split_model.as_ref().ok_or_else(|| SplitError::Job {
+            job: self.name.clone(),
+            reason: "it has no `split_model`: the split configurations need one".into(),
         })
     }
 

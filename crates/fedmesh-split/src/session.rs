@@ -139,9 +139,10 @@ impl PartySession {
     pub fn bottom_mut(&mut self) -> Result<&mut DomainParty, SplitError> {
         let name = &self.name;
         self.bottom.as_mut().ok_or_else(|| {
-            SplitError::Protocol(format!(
-                "`{name}` contributes no features to this run: it holds no bottom"
-            ))
+            SplitError::refused(
+                name.clone(),
+                format!("`{name}` contributes no features to this run: it holds no bottom"),
+            )
         })
     }
 
@@ -175,8 +176,8 @@ impl PartySession {
         check_plan(&name, plan, bottom.features().rows)?;
         let activation = bottom.forward(plan)?;
         // A bottom that diverged must not pass NaN on: the others would train on it.
-        check_tensor(&activation, "its own bottom's activation", &name).map_err(|e| {
-            SplitError::Protocol(format!(
+        check_tensor(&activation, "its own bottom's activation", &name, &name).map_err(|e| {
+            SplitError::refused(self.name.clone(), format!(
                 "{e}; the bottom's training diverged (lower the learning rate or check the optimizer settings)"
             ))
         })?;
@@ -191,6 +192,7 @@ impl PartySession {
             gradient,
             &format!("the gradient sent to `{name}`"),
             "governance",
+            &name,
         )?;
         self.bottom_mut()?.backward(gradient)
     }
@@ -219,9 +221,12 @@ impl PartySession {
         let head = self.head_for(plan, tower_output)?;
         let step = head.train(plan, tower_output)?;
         if !step.loss.is_finite() {
-            return Err(SplitError::Protocol(format!(
-                "the loss at `{name}` is not finite: training diverged (lower the learning rate or check the optimizer settings)"
-            )));
+            return Err(SplitError::refused(
+                name.clone(),
+                format!(
+                    "the loss at `{name}` is not finite: training diverged (lower the learning rate or check the optimizer settings)"
+                ),
+            ));
         }
         Ok(step)
     }
@@ -260,10 +265,13 @@ impl PartySession {
     /// With label sharing: the labels of the current rows.
     pub fn shared_labels(&self) -> Result<&Targets, SplitError> {
         self.shared_labels.as_ref().ok_or_else(|| {
-            SplitError::Protocol(format!(
-                "`{}` shares no labels in this run: it does not own them, or keeps them",
-                self.name
-            ))
+            SplitError::refused(
+                self.name.clone(),
+                format!(
+                    "`{}` shares no labels in this run: it does not own them, or keeps them",
+                    self.name
+                ),
+            )
         })
     }
 
@@ -291,16 +299,21 @@ impl PartySession {
             tower_output,
             &format!("the tower output sent to `{name}`"),
             "governance",
+            &name,
         )?;
         if tower_output.rows != plan.rows.len() {
-            return Err(SplitError::Protocol(format!(
-                "governance sent `{name}` a tower output of {} rows for a plan of {} rows",
-                tower_output.rows,
-                plan.rows.len()
-            )));
+            return Err(SplitError::refused(
+                name.clone(),
+                format!(
+                    "governance sent `{name}` a tower output of {} rows for a plan of {} rows",
+                    tower_output.rows,
+                    plan.rows.len()
+                ),
+            ));
         }
-        check_tower_width(tower_output.cols)
-            .map_err(|e| SplitError::Protocol(format!("governance sent `{name}` {e}")))?;
+        check_tower_width(tower_output.cols).map_err(|e| {
+            SplitError::refused(name.clone(), format!("governance sent `{name}` {e}"))
+        })?;
         let held = match &self.head {
             HeadSlot::Absent => return Err(self.no_head()),
             HeadSlot::Recipe { targets, .. } => targets.len(),
@@ -318,20 +331,26 @@ impl PartySession {
         };
         let width = head.head().input_width();
         if width != tower_output.cols {
-            return Err(SplitError::Protocol(format!(
-                "governance sent `{name}` a tower output {} columns wide; its head takes {width}",
-                tower_output.cols
-            )));
+            return Err(SplitError::refused(
+                name.clone(),
+                format!(
+                    "governance sent `{name}` a tower output {} columns wide; its head takes {width}",
+                    tower_output.cols
+                ),
+            ));
         }
         Ok(head)
     }
 
     fn no_head(&self) -> SplitError {
-        SplitError::Protocol(format!("`{}` holds no head in this run", self.name))
+        SplitError::refused(
+            self.name.clone(),
+            format!("`{}` holds no head in this run", self.name),
+        )
     }
 
     fn refuse(&self, what: &str) -> SplitError {
-        SplitError::Protocol(format!("`{}` refuses {what}", self.name))
+        SplitError::refused(self.name.clone(), format!("`{}` refuses {what}", self.name))
     }
 }
 
@@ -352,9 +371,10 @@ pub fn check_tower_width(cols: usize) -> Result<(), String> {
 /// non-negative number.
 pub fn check_plan(name: &str, plan: &BatchPlan, held: usize) -> Result<(), SplitError> {
     let refuse = |what: String| {
-        Err(SplitError::Protocol(format!(
-            "governance sent `{name}` {what}"
-        )))
+        Err(SplitError::refused(
+            name,
+            format!("governance sent `{name}` {what}"),
+        ))
     };
     if plan.rows.is_empty() {
         return refuse("an empty batch plan".into());
@@ -380,24 +400,35 @@ pub fn check_plan(name: &str, plan: &BatchPlan, held: usize) -> Result<(), Split
 }
 
 /// Refuses a tensor whose values do not fill its shape, or that holds a NaN or an infinity.
-/// `what` names the tensor, `from` who sent it; the error gives the position, never the value
-/// around it.
-pub fn check_tensor(tensor: &WireTensor, what: &str, from: &str) -> Result<(), SplitError> {
+/// `what` names the tensor, `from` who sent it, `by` who refuses it; the error gives the
+/// position, never the value around it.
+pub fn check_tensor(
+    tensor: &WireTensor,
+    what: &str,
+    from: &str,
+    by: &str,
+) -> Result<(), SplitError> {
     if tensor.rows.checked_mul(tensor.cols) != Some(tensor.data.len()) {
-        return Err(SplitError::Protocol(format!(
-            "{what} from {from} holds {} values for a {}×{} shape",
-            tensor.data.len(),
-            tensor.rows,
-            tensor.cols
-        )));
+        return Err(SplitError::refused(
+            by,
+            format!(
+                "{what} from {from} holds {} values for a {}×{} shape",
+                tensor.data.len(),
+                tensor.rows,
+                tensor.cols
+            ),
+        ));
     }
     if let Some(at) = tensor.data.iter().position(|v| !v.is_finite()) {
         let cols = tensor.cols.max(1);
-        return Err(SplitError::Protocol(format!(
-            "{what} from {from} is not finite (NaN or ±∞) at row {}, column {}: refused",
-            at / cols,
-            at % cols
-        )));
+        return Err(SplitError::refused(
+            by,
+            format!(
+                "{what} from {from} is not finite (NaN or ±∞) at row {}, column {}: refused",
+                at / cols,
+                at % cols
+            ),
+        ));
     }
     Ok(())
 }

@@ -182,7 +182,7 @@ pub fn entity_features(
         .iter()
         .map(|id| {
             row_of.get(id.as_str()).copied().ok_or_else(|| {
-                SplitError::Protocol(format!(
+                SplitError::refused(product.name(), format!(
                     "data product `{}` has no row for {key} `{id}`, which the interactions name",
                     product.name()
                 ))
@@ -231,11 +231,14 @@ pub const TEST_CANDIDATES: usize = TEST_NEGATIVES + 1;
 /// each group's held-out item marked by label 1 wherever it stands in the group.
 pub fn rank_cases(scores: &[f32], labels: &[i64]) -> Result<RankingMetrics, SplitError> {
     if scores.len() != labels.len() || !scores.len().is_multiple_of(TEST_CANDIDATES) {
-        return Err(SplitError::Protocol(format!(
-            "{} scores and {} labels are not whole test cases of {TEST_CANDIDATES} candidates",
-            scores.len(),
-            labels.len()
-        )));
+        return Err(SplitError::refused(
+            "the label holder",
+            format!(
+                "{} scores and {} labels are not whole test cases of {TEST_CANDIDATES} candidates",
+                scores.len(),
+                labels.len()
+            ),
+        ));
     }
     let (mut hits, mut ndcg) = (0.0, 0.0);
     let mut ordered = Vec::with_capacity(TEST_CANDIDATES);
@@ -246,10 +249,13 @@ pub fn rank_cases(scores: &[f32], labels: &[i64]) -> Result<RankingMetrics, Spli
     {
         let held_out: Vec<usize> = (0..labels.len()).filter(|&k| labels[k] == 1).collect();
         let [positive] = held_out[..] else {
-            return Err(SplitError::Protocol(format!(
-                "test case {case} has {} held-out items, not one",
-                held_out.len()
-            )));
+            return Err(SplitError::refused(
+                "the label holder",
+                format!(
+                    "test case {case} has {} held-out items, not one",
+                    held_out.len()
+                ),
+            ));
         };
         ordered.clear();
         ordered.push(scores[positive]);
@@ -409,8 +415,9 @@ impl NcfParty {
         trained: Option<&Path>,
     ) -> Result<Self, SplitError> {
         if role == NcfRole::Sales {
-            return Err(SplitError::Protocol(
-                "sales holds interactions, not an entity table".into(),
+            return Err(SplitError::refused(
+                role.name(),
+                "sales holds interactions, not an entity table",
             ));
         }
         let name = name.into();
@@ -459,11 +466,14 @@ impl NcfParty {
     fn sales_share(&mut self) -> Result<&mut SalesShare, SplitError> {
         match &mut self.share {
             Share::Sales(share) => Ok(share),
-            Share::Entity(_) => Err(SplitError::Protocol(format!(
-                "`{}` is the {} domain: it holds no interactions",
-                self.name,
-                self.role.name()
-            ))),
+            Share::Entity(_) => Err(SplitError::refused(
+                self.name.clone(),
+                format!(
+                    "`{}` is the {} domain: it holds no interactions",
+                    self.name,
+                    self.role.name()
+                ),
+            )),
         }
     }
 
@@ -477,8 +487,9 @@ impl NcfParty {
     /// naming the id) and builds the bottom over their attributes. Returns the cut width.
     pub fn set_entities(&mut self, ids: &[String]) -> Result<usize, SplitError> {
         let (Share::Entity(share), Some(key)) = (&self.share, self.role.entity_key()) else {
-            return Err(SplitError::Protocol(
-                "sales names the entities; it is not sent them".into(),
+            return Err(SplitError::refused(
+                self.name.clone(),
+                "sales names the entities; it is not sent them",
             ));
         };
         let table = entity_features(&share.product, key, ids, self.spec.features(self.role))?;
@@ -499,16 +510,20 @@ impl NcfParty {
         let share = self.sales_share()?;
         let drawn = match pass {
             ExamplePass::Training | ExamplePass::Test if serving => {
-                return Err(SplitError::Protocol(format!(
-                    "`{name}` serves a trained run's rankings: it draws no training or test examples"
-                )));
+                return Err(SplitError::refused(
+                    name.clone(),
+                    format!(
+                        "`{name}` serves a trained run's rankings: it draws no training or test examples"
+                    ),
+                ));
             }
             ExamplePass::Training => share.examples.training(),
             ExamplePass::Test => share.examples.test().to_vec(),
             ExamplePass::Candidates(_) if !serving => {
-                return Err(SplitError::Protocol(format!(
-                    "`{name}` is training: it serves no rankings"
-                )));
+                return Err(SplitError::refused(
+                    name.clone(),
+                    format!("`{name}` is training: it serves no rankings"),
+                ));
             }
             ExamplePass::Candidates(user) => {
                 // A user sales does not know has no candidates (and the stream goes on).
@@ -544,18 +559,25 @@ impl NcfParty {
     /// entity at that position of sales's list.
     pub fn set_examples(&mut self, entities: &[u32]) -> Result<(), SplitError> {
         let Share::Entity(share) = &self.share else {
-            return Err(SplitError::Protocol(
-                "sales draws the examples; it is not sent them".into(),
+            return Err(SplitError::refused(
+                self.name.clone(),
+                "sales draws the examples; it is not sent them",
             ));
         };
         let table = share.table.as_ref().ok_or_else(|| {
-            SplitError::Protocol("examples arrived before the entities they name".into())
+            SplitError::refused(
+                self.name.clone(),
+                "examples arrived before the entities they name",
+            )
         })?;
         if let Some(&bad) = entities.iter().find(|&&e| e as usize >= table.rows) {
-            return Err(SplitError::Protocol(format!(
-                "an example names entity {bad}, but sales named {} entities",
-                table.rows
-            )));
+            return Err(SplitError::refused(
+                self.name.clone(),
+                format!(
+                    "an example names entity {bad}, but sales named {} entities",
+                    table.rows
+                ),
+            ));
         }
         let rows = table.gather(entities);
         self.bottom_mut()?.set_features(rows)
@@ -563,10 +585,13 @@ impl NcfParty {
 
     pub fn bottom_mut(&mut self) -> Result<&mut DomainParty, SplitError> {
         if !self.session.has_bottom() {
-            return Err(SplitError::Protocol(format!(
-                "`{}` has no bottom yet: it was not sent the entities its examples name",
-                self.name
-            )));
+            return Err(SplitError::refused(
+                self.name.clone(),
+                format!(
+                    "`{}` has no bottom yet: it was not sent the entities its examples name",
+                    self.name
+                ),
+            ));
         }
         self.session.bottom_mut()
     }
@@ -599,31 +624,44 @@ impl NcfParty {
             (None, true) => positive_scores(&mut self.session.own_report()?),
             (Some(scores), false) => scores,
             (Some(_), true) => {
-                return Err(SplitError::Protocol(format!(
-                    "`{name}` keeps the head in this model: it ranks by its own scores, not by scores it is sent"
-                )));
+                return Err(SplitError::refused(
+                    name.clone(),
+                    format!(
+                        "`{name}` keeps the head in this model: it ranks by its own scores, not by scores it is sent"
+                    ),
+                ));
             }
             (None, false) => {
-                return Err(SplitError::Protocol(format!(
-                    "the labels were shared in this model: `{name}` ranks by governance's scores, and none were sent"
-                )));
+                return Err(SplitError::refused(
+                    name.clone(),
+                    format!(
+                        "the labels were shared in this model: `{name}` ranks by governance's scores, and none were sent"
+                    ),
+                ));
             }
         };
         let share = self.sales_share()?;
         let user = share.serving.ok_or_else(|| {
-            SplitError::Protocol(format!("`{name}` was asked for a ranking before any user"))
+            SplitError::refused(
+                name.clone(),
+                format!("`{name}` was asked for a ranking before any user"),
+            )
         })?;
         if scores.len() != share.items.len() {
-            return Err(SplitError::Protocol(format!(
-                "{} scores for {} candidate items",
-                scores.len(),
-                share.items.len()
-            )));
+            return Err(SplitError::refused(
+                name.clone(),
+                format!(
+                    "{} scores for {} candidate items",
+                    scores.len(),
+                    share.items.len()
+                ),
+            ));
         }
         if let Some(i) = scores.iter().position(|s| !s.is_finite()) {
-            return Err(SplitError::Protocol(format!(
-                "the score of candidate {i} is not finite"
-            )));
+            return Err(SplitError::refused(
+                name.clone(),
+                format!("the score of candidate {i} is not finite"),
+            ));
         }
         let seen = &share.seen[user as usize];
         let mut ranked: Vec<(u32, f32)> = (0..share.items.len() as u32)
@@ -895,8 +933,9 @@ impl<T: NcfTransport> Recommender for SplitNcf<T> {
         }
         let scores = positive_scores(&mut self.trainer.report()?);
         let Some(Targets::Classes(labels)) = self.trainer.shared_targets() else {
-            return Err(SplitError::Protocol(
-                "sales shared no class labels for the test cases".into(),
+            return Err(SplitError::refused(
+                "governance",
+                "sales shared no class labels for the test cases",
             ));
         };
         rank_cases(&scores, labels)

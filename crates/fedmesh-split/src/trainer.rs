@@ -212,8 +212,9 @@ impl<T: Transport> Trainer for SplitTrainer<T> {
 
     fn eval_batch(&mut self, plan: &BatchPlan) -> Result<(), SplitError> {
         let Pass::Eval(part) = plan.pass else {
-            return Err(SplitError::Protocol(
-                "eval_batch needs an evaluation plan".into(),
+            return Err(SplitError::refused(
+                "governance",
+                "eval_batch needs an evaluation plan",
             ));
         };
         let activations = self.transport.forward(plan)?;
@@ -339,8 +340,9 @@ impl Trainer for JointTrainer {
 
     fn eval_batch(&mut self, plan: &BatchPlan) -> Result<(), SplitError> {
         let Pass::Eval(part) = plan.pass else {
-            return Err(SplitError::Protocol(
-                "eval_batch needs an evaluation plan".into(),
+            return Err(SplitError::refused(
+                "governance",
+                "eval_batch needs an evaluation plan",
             ));
         };
         let device = self.device.clone().inner();

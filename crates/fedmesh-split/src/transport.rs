@@ -59,9 +59,10 @@ pub fn check_one_per_domain(gradients: usize, domains: usize) -> Result<(), Spli
     if gradients == domains {
         Ok(())
     } else {
-        Err(SplitError::Protocol(format!(
-            "{gradients} gradients for {domains} domains"
-        )))
+        Err(SplitError::refused(
+            "governance",
+            format!("{gradients} gradients for {domains} domains"),
+        ))
     }
 }
 
@@ -148,7 +149,10 @@ impl<P: HoldsSession> InProcess<P> {
             .map(HoldsSession::session_mut)
             .find(|s| s.has_head())
             .ok_or_else(|| {
-                SplitError::Protocol("this job shares labels: there is no label-owner head".into())
+                SplitError::refused(
+                    "governance",
+                    "this job shares labels: there is no label-owner head",
+                )
             })
     }
 }
@@ -197,7 +201,7 @@ impl<P: HoldsSession> Transport for InProcess<P> {
             .find_map(|s| s.shared_labels().ok())
             .cloned()
             .ok_or_else(|| {
-                SplitError::Protocol("the label owner keeps its labels in this job".into())
+                SplitError::refused("governance", "the label owner keeps its labels in this job")
             })
     }
 

@@ -28,7 +28,10 @@ pub fn requested(
         .domains
         .iter()
         .find(|d| d.name == domain)
-        .ok_or_else(|| SplitError::Protocol(format!("the job has no domain `{domain}`")))?;
+        .ok_or_else(|| SplitError::Job {
+            job: spec.name.clone(),
+            reason: format!("it has no domain `{domain}`"),
+        })?;
     Ok(Usage {
         action,
         job: String::new(),
@@ -56,9 +59,10 @@ pub fn requested_of(
     match job {
         AnyJob::Vertical(job) => requested(job, domain, action, share_labels),
         AnyJob::Recommendation(spec) => {
-            let role = spec
-                .role_of(domain)
-                .ok_or_else(|| SplitError::Protocol(format!("the job has no domain `{domain}`")))?;
+            let role = spec.role_of(domain).ok_or_else(|| SplitError::Job {
+                job: spec.name.clone(),
+                reason: format!("it has no domain `{domain}`"),
+            })?;
             recommendation_usage(spec, role, action, share_labels)
         }
     }
@@ -75,10 +79,10 @@ pub fn recommendation_usage(
     share_labels: bool,
 ) -> Result<Usage, SplitError> {
     let purpose = spec.purpose.clone().ok_or_else(|| {
-        SplitError::Protocol(format!(
-            "job `{}` declares no `purpose`: a mesh admits no job without one (e.g. `purpose: recommendation`)",
-            spec.name
-        ))
+        SplitError::Job {
+            job: spec.name.clone(),
+            reason: "it declares no `purpose`: a mesh admits no job without one (e.g. `purpose: recommendation`)".into(),
+        }
     })?;
     let columns = match (role, &spec.split_model) {
         (NcfRole::Sales, _) => vec!["item_id".to_string()],

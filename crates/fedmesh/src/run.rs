@@ -123,7 +123,10 @@ impl MeshClient {
         results
             .into_iter()
             .next()
-            .ok_or_else(|| SplitError::Protocol("governance reported no result".into()))
+            .ok_or_else(|| SplitError::Governance {
+                name: self.governance.name.clone(),
+                message: "reported no result for the run".into(),
+            })
     }
 }
 

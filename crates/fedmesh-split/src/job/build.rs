@@ -105,11 +105,9 @@ impl JobSpec {
             .iter()
             .filter(|d| !d.features.is_empty())
             .position(|d| d.name == domain.name)
-            .ok_or_else(|| {
-                SplitError::Protocol(format!(
-                    "`{}` is not a feature domain of job `{}`",
-                    domain.name, self.name
-                ))
+            .ok_or_else(|| SplitError::Job {
+                job: self.name.clone(),
+                reason: format!("`{}` is not one of its feature domains", domain.name),
             })?;
         let device = training_device();
         let config = bottom_config(&domain.features, &domain.bottom);

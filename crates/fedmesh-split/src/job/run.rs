@@ -200,7 +200,10 @@ impl PreparedJob {
                     .domains
                     .iter()
                     .find(|d| &d.name == name)
-                    .ok_or_else(|| SplitError::Protocol(format!("no feature domain `{name}`")))?;
+                    .ok_or_else(|| SplitError::Job {
+                        job: spec.name.clone(),
+                        reason: format!("it has no feature domain `{name}`"),
+                    })?;
                 joint(domain.features.clone(), &domain.bottom)
             }
             RunConfig::SplitLabelSharing | RunConfig::SplitLabelOwner => {
@@ -272,7 +275,7 @@ impl JobSpec {
     ) -> Result<RunResult, SplitError> {
         let outcome = fit(trainer, partition, &self.training, seed, observer, stop)?;
         let metrics = outcome.report.metrics.ok_or_else(|| {
-            SplitError::Protocol("the label holder reported no test metrics".into())
+            SplitError::refused("the label holder", "it reported no test metrics")
         })?;
         let model_files = match save_to {
             Some(dir) => trainer
