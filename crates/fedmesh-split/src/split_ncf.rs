@@ -14,7 +14,7 @@
 //! [`SplitNcf`], so a mesh run computes what an in-process run computes.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use fedmesh_data::recommend::{
     Interactions, LeaveOneOut, RetailData, TEST_NEGATIVES, rank_metrics,
@@ -31,7 +31,7 @@ use crate::party::{DomainParty, LabelOwner, OptimizerSpec};
 use crate::recommend::{NcfTraining, RankingMetrics, Recommender, SalesExamples, TOP_K};
 use crate::scores::EvaluationReport;
 use crate::session::PartySession;
-use crate::trainer::{LabelPlacement, Observer, SplitTrainer, Trainer, finite_loss};
+use crate::trainer::{LabelPlacement, Observer, SplitTrainer, Trainer, evaluate, train_epoch};
 use crate::transport::{HoldsSession, InProcess, Transport};
 use crate::wire::{BatchPlan, Part};
 
@@ -855,10 +855,7 @@ impl<T: NcfTransport> SplitNcf<T> {
             return Ok(None);
         }
         let rows: Vec<u32> = (0..n as u32).collect();
-        for chunk in rows.chunks(EVAL_BATCH) {
-            self.trainer
-                .eval_batch(&BatchPlan::eval(Part::Test, chunk.to_vec()))?;
-        }
+        evaluate(&mut self.trainer, &rows, Part::Test, EVAL_BATCH)?;
         let scores = if self.share_labels {
             Some(positive_scores(&mut self.trainer.report()?))
         } else {
@@ -906,16 +903,7 @@ impl<T: NcfTransport> Recommender for SplitNcf<T> {
             .chunks(training.batch_size)
             .map(|batch| BatchPlan::train(batch.to_vec(), training.optimizer.learning_rate))
             .collect();
-        let mut loss_sum = 0.0;
-        for (i, plan) in plans.iter().enumerate() {
-            if stop.load(Ordering::Relaxed) {
-                return Err(SplitError::Interrupted);
-            }
-            self.trainer.announce(plans.get(i + 1));
-            let loss = finite_loss(self.trainer.train_step(plan)?, self.epochs, i + 1)?;
-            loss_sum += loss as f64 * plan.rows.len() as f64;
-            observer.batch_done(loss);
-        }
+        let loss_sum = train_epoch(&mut self.trainer, &plans, self.epochs, observer, stop)?;
         Ok(loss_sum / self.examples.max(1) as f64)
     }
 
@@ -924,10 +912,7 @@ impl<T: NcfTransport> Recommender for SplitNcf<T> {
     fn evaluate(&mut self) -> Result<RankingMetrics, SplitError> {
         let n = self.take_examples(ExamplePass::Test)?;
         let rows: Vec<u32> = (0..n as u32).collect();
-        for chunk in rows.chunks(EVAL_BATCH) {
-            self.trainer
-                .eval_batch(&BatchPlan::eval(Part::Test, chunk.to_vec()))?;
-        }
+        evaluate(&mut self.trainer, &rows, Part::Test, EVAL_BATCH)?;
         if !self.share_labels {
             return self.trainer.transport_mut().head_ranking();
         }

@@ -498,17 +498,8 @@ pub fn fit(
             })
             .collect();
         step += plans.len();
-        let mut loss_sum = 0.0;
-        for (i, plan) in plans.iter().enumerate() {
-            if stop.load(Ordering::Relaxed) {
-                return Err(SplitError::Interrupted);
-            }
-            trainer.announce(plans.get(i + 1));
-            let loss = finite_loss(trainer.train_step(plan)?, epoch, i + 1)?;
-            loss_sum += loss as f64 * plan.rows.len() as f64;
-            observer.batch_done(loss);
-        }
-        evaluate(trainer, &partition.valid, Part::Valid, spec)?;
+        let loss_sum = train_epoch(trainer, &plans, epoch, observer, stop)?;
+        evaluate(trainer, &partition.valid, Part::Valid, spec.eval_batch_size)?;
         let report = trainer.report()?;
         let record = EpochRecord {
             epoch,
@@ -521,8 +512,8 @@ pub fn fit(
     }
     let train_seconds = started.elapsed().as_secs_f64();
     observer.evaluation_started();
-    evaluate(trainer, &partition.valid, Part::Valid, spec)?;
-    evaluate(trainer, &partition.test, Part::Test, spec)?;
+    evaluate(trainer, &partition.valid, Part::Valid, spec.eval_batch_size)?;
+    evaluate(trainer, &partition.test, Part::Test, spec.eval_batch_size)?;
     let report = trainer.report()?;
     Ok(FitOutcome {
         history,
@@ -532,13 +523,39 @@ pub fn fit(
     })
 }
 
-fn evaluate(
+/// One epoch's training steps, for every task: each plan in turn, the next one announced (so
+/// that a transport can send it ahead), stopping between batches once `stop` is set and with
+/// [`SplitError::Diverged`] at a loss that is not finite. Returns the batches' losses summed,
+/// each weighted by its rows.
+pub fn train_epoch(
+    trainer: &mut dyn Trainer,
+    plans: &[BatchPlan],
+    epoch: usize,
+    observer: &dyn Observer,
+    stop: &AtomicBool,
+) -> Result<f64, SplitError> {
+    let mut loss_sum = 0.0;
+    for (i, plan) in plans.iter().enumerate() {
+        if stop.load(Ordering::Relaxed) {
+            return Err(SplitError::Interrupted);
+        }
+        trainer.announce(plans.get(i + 1));
+        let loss = finite_loss(trainer.train_step(plan)?, epoch, i + 1)?;
+        loss_sum += loss as f64 * plan.rows.len() as f64;
+        observer.batch_done(loss);
+    }
+    Ok(loss_sum)
+}
+
+/// Scores `rows` for `part`, `batch` rows per plan; the label holder keeps the scores for its
+/// report.
+pub fn evaluate(
     trainer: &mut dyn Trainer,
     rows: &[u32],
     part: Part,
-    spec: &TrainingSpec,
+    batch: usize,
 ) -> Result<(), SplitError> {
-    for chunk in rows.chunks(spec.eval_batch_size.max(1)) {
+    for chunk in rows.chunks(batch.max(1)) {
         trainer.eval_batch(&BatchPlan::eval(part, chunk.to_vec()))?;
     }
     Ok(())
