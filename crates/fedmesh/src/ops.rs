@@ -310,8 +310,9 @@ pub fn verify(files: &[PathBuf], mesh: &Path, head: Option<&str>) -> Result<()> 
     Ok(())
 }
 
-/// Every log of the mesh: its chain, and every anchor of it in the others.
-fn verify_mesh(mesh: &Path) -> Result<()> {
+/// Checks every log of the mesh: its chain, its owner's signatures (against the owner's
+/// certificate from the mesh CA), and every anchor of it in the others.
+pub fn check_mesh_logs(mesh: &Path) -> Result<Vec<fedmesh_audit::LogCheck>> {
     let logs = mesh_logs(mesh)?;
     let layout = MeshLayout {
         dir: mesh.to_path_buf(),
@@ -341,7 +342,12 @@ fn verify_mesh(mesh: &Path) -> Result<()> {
         Some(Err(e)) => Err(e.clone()),
         None => Err(format!("no certificate of `{owner}`")),
     };
-    let checks = fedmesh_audit::verify_mesh(&logs, Some(&signed_by));
+    Ok(fedmesh_audit::verify_mesh(&logs, Some(&signed_by)))
+}
+
+/// Every log of the mesh: its chain, its signatures, and every anchor of it in the others.
+fn verify_mesh(mesh: &Path) -> Result<()> {
+    let checks = check_mesh_logs(mesh)?;
     let mut broken = 0;
     for check in &checks {
         match (&check.intact, check.problems.is_empty()) {

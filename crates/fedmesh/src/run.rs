@@ -205,13 +205,22 @@ pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Resu
         stop,
     )?;
     let mut logs = Vec::new();
-    for (name, path) in crate::ops::mesh_logs(&mesh.layout.dir)? {
-        let intact = fedmesh_audit::AuditLog::open_existing(&path)?.verify()?;
-        logs.push(format!("{name} {}", intact.records));
+    for check in crate::ops::check_mesh_logs(&mesh.layout.dir)? {
+        match (&check.intact, check.problems.first()) {
+            (Some(intact), None) => logs.push(format!(
+                "{} {} records, {} anchors",
+                check.name, intact.records, check.anchors_checked
+            )),
+            (_, problem) => bail!(
+                "the audit log of `{}` does not verify: {}",
+                check.name,
+                problem.map_or("its chain is broken", String::as_str)
+            ),
+        }
     }
     println!(
-        "audit logs intact (records: {}); `fedmesh audit verify --mesh {}` checks them again",
-        logs.join(", "),
+        "audit logs intact, signed and anchored in each other ({}); `fedmesh audit verify --mesh {}` checks them again",
+        logs.join("; "),
         mesh.layout.dir.display()
     );
     mesh.stop();

@@ -29,6 +29,11 @@ fn quickstart_compares_three_configurations() {
     for config in ["centralized", "split-label-sharing", "split-label-owner"] {
         assert!(stdout.contains(&format!("| {config} |")), "{stdout}");
     }
+    // Every audit log checked against its signatures and the others' anchors of it.
+    assert!(
+        stdout.contains("audit logs intact, signed and anchored in each other"),
+        "{stdout}"
+    );
     let results = results(out.path());
     assert_eq!(results["example"], "fraud");
     let runs = results["runs"].as_array().unwrap();
