@@ -31,7 +31,7 @@ use fedmesh_net::{MeshIdentity, NetError};
 use fedmesh_proto::v1::governance_server::GovernanceServer;
 
 pub use config::GovernanceConfig;
-pub use mesh::Mesh;
+pub use mesh::{Mesh, MeshRun};
 pub use service::{GovernanceService, GovernanceState};
 pub use store::{JobState, Store, StoreError};
 

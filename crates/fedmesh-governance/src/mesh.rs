@@ -21,6 +21,18 @@ use fedmesh_split::{AnyJob, MESH_CONFIGS, Observer, SplitError, SplitTrainer};
 
 use fedmesh_net::{GrpcTransport, MeshIdentity, NodeEndpoint};
 
+/// One run of a job on the mesh: its id (`<job id>/<run>`, under which the nodes keep its
+/// parts), who asked, the configuration and seed, and where governance keeps its own parts
+/// (none: nothing is saved).
+#[derive(Debug, Clone, Copy)]
+pub struct MeshRun<'a> {
+    pub id: &'a str,
+    pub requester: &'a str,
+    pub config: &'a RunConfig,
+    pub seed: u64,
+    pub save_to: Option<&'a Path>,
+}
+
 /// The domain nodes governance reaches, and how.
 pub struct Mesh {
     pub identity: MeshIdentity,
@@ -132,41 +144,34 @@ impl Mesh {
     /// Trains and evaluates one configuration of `job` for one seed on the domain nodes.
     /// `run_id` names the run on the nodes (their parts are saved under it); with `save_to`,
     /// governance saves its own parts there and every node saves its own.
-    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         job: &AnyJob,
-        run_id: &str,
-        requester: &str,
-        config: &RunConfig,
-        seed: u64,
+        run: &MeshRun,
         observer: &dyn Observer,
         stop: &AtomicBool,
-        save_to: Option<&Path>,
     ) -> Result<RunResult, SplitError> {
         match job {
-            AnyJob::Vertical(job) => self.run_vertical(
-                job, run_id, requester, config, seed, observer, stop, save_to,
-            ),
-            AnyJob::Recommendation(spec) => self.run_ranking(
-                spec, run_id, requester, config, seed, observer, stop, save_to,
-            ),
+            AnyJob::Vertical(job) => self.run_vertical(job, run, observer, stop),
+            AnyJob::Recommendation(spec) => self.run_ranking(spec, run, observer, stop),
         }
     }
 
     /// A split NCF run: every domain's share of an in-process run, on its own node.
-    #[allow(clippy::too_many_arguments)]
     fn run_ranking(
         &self,
         spec: &RecommendationSpec,
-        run_id: &str,
-        requester: &str,
-        config: &RunConfig,
-        seed: u64,
+        run: &MeshRun,
         observer: &dyn Observer,
         stop: &AtomicBool,
-        save_to: Option<&Path>,
     ) -> Result<RunResult, SplitError> {
+        let &MeshRun {
+            id: run_id,
+            requester,
+            config,
+            seed,
+            save_to,
+        } = run;
         check_mesh_config(config)?;
         let share_labels = *config == RunConfig::SplitLabelSharing;
         let model = spec.split_model()?;
@@ -199,19 +204,21 @@ impl Mesh {
     }
 
     /// A vertical split run over the domains' aligned rows.
-    #[allow(clippy::too_many_arguments)]
     fn run_vertical(
         &self,
         job: &Job,
-        run_id: &str,
-        requester: &str,
-        config: &RunConfig,
-        seed: u64,
+        run: &MeshRun,
         observer: &dyn Observer,
         stop: &AtomicBool,
-        save_to: Option<&Path>,
     ) -> Result<RunResult, SplitError> {
-        let (mut trainer, partition) = self.open(job, run_id, requester, config, seed)?;
+        let &MeshRun {
+            id: run_id,
+            config,
+            seed,
+            save_to,
+            ..
+        } = run;
+        let (mut trainer, partition) = self.open(job, run)?;
         let spec = &job.spec;
         let mut result = spec.train_and_evaluate(
             &mut trainer,
@@ -304,11 +311,15 @@ impl Mesh {
     pub fn open(
         &self,
         job: &Job,
-        run_id: &str,
-        requester: &str,
-        config: &RunConfig,
-        seed: u64,
+        run: &MeshRun,
     ) -> Result<(SplitTrainer<GrpcTransport>, Partition), SplitError> {
+        let &MeshRun {
+            id: run_id,
+            requester,
+            config,
+            seed,
+            ..
+        } = run;
         let spec = &job.spec;
         check_mesh_config(config)?;
         if spec.resample.is_some() {

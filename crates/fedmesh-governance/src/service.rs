@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::Mesh;
+use crate::{Mesh, MeshRun};
 use fedmesh_audit::{AuditLog, Entry};
 use fedmesh_data::DataContract;
 use fedmesh_data::QualityReport;
@@ -318,16 +318,14 @@ fn run_job(
                 })
                 .to_string(),
             );
-            let result = state.mesh.run(
-                &plan.job,
-                &format!("{}/{run_name}", plan.id),
+            let run = MeshRun {
+                id: &format!("{}/{run_name}", plan.id),
                 requester,
                 config,
                 seed,
-                &observer,
-                stop,
-                Some(&job_dir.join(&run_name)),
-            )?;
+                save_to: Some(&job_dir.join(&run_name)),
+            };
+            let result = state.mesh.run(&plan.job, &run, &observer, stop)?;
             observer.event(
                 EventKind::Run,
                 &serde_json::to_string(&result).expect("run results serialize"),

@@ -11,7 +11,7 @@ use fedmesh_proto::v1;
 use fedmesh_proto::v1::governance_message::Body as Command;
 use fedmesh_split::job::{Job, RunConfig};
 use fedmesh_split::{AnyJob, Silent};
-use fedmesh_testkit::{MeshBuilder, TestMesh, example};
+use fedmesh_testkit::{MeshBuilder, TestMesh, example, run};
 use proptest::prelude::*;
 use tokio::runtime::Runtime;
 
@@ -219,13 +219,9 @@ fn a_node_answers_every_hostile_stream_with_a_reason_and_then_runs_a_good_job() 
         .mesh()
         .run(
             &AnyJob::Vertical(Box::new(job)),
-            "after/fuzz",
-            "operator",
-            &RunConfig::SplitLabelOwner,
-            1,
+            &run("after/fuzz", &RunConfig::SplitLabelOwner, None),
             &Silent,
             &AtomicBool::new(false),
-            None,
         )
         .unwrap();
     assert!(result.test_rows > 0);

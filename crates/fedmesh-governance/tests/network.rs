@@ -13,7 +13,9 @@ use fedmesh_split::recommend::{
     PreparedRecommendation, RecommendationSpec, popularity, write_synthetic_movielens_job,
 };
 use fedmesh_split::{AnyJob, Observer, Silent, SplitError};
-use fedmesh_testkit::{FRAUD_DOMAINS as DOMAINS, MeshBuilder, NodeSpec, TestMesh, example, serve};
+use fedmesh_testkit::{
+    FRAUD_DOMAINS as DOMAINS, MeshBuilder, NodeSpec, TestMesh, example, run, serve,
+};
 use tokio::runtime::Runtime;
 
 /// The fraud example on 4,000 synthetic rows, 2 epochs: small enough for a test.
@@ -33,13 +35,9 @@ fn run_on(
 ) -> Result<RunResult, SplitError> {
     mesh.run(
         &AnyJob::Vertical(Box::new(job.clone())),
-        &format!("test/{}", config.name()),
-        "operator",
-        config,
-        1,
+        &run(&format!("test/{}", config.name()), config, save_to),
         observer,
         &AtomicBool::new(false),
-        save_to,
     )
 }
 
@@ -447,9 +445,7 @@ fn check_split_ncf_over_the_network(config: RunConfig) {
     let job = AnyJob::Recommendation(Box::new(spec.clone()));
     let remote = nodes
         .mesh()
-        .run(
-            &job, "test/ncf", "operator", &config, 1, &Silent, &stop, None,
-        )
+        .run(&job, &run("test/ncf", &config, None), &Silent, &stop)
         .unwrap();
     assert_eq!(remote.history.len(), 6);
     for (l, r) in local.history.iter().zip(&remote.history) {
@@ -500,13 +496,9 @@ fn a_stream_serving_rankings_trains_nothing_and_checks_what_it_is_sent() {
         .mesh()
         .run(
             &AnyJob::Recommendation(Box::new(spec.clone())),
-            "test/served",
-            "operator",
-            &RunConfig::SplitLabelOwner,
-            1,
+            &run("test/served", &RunConfig::SplitLabelOwner, Some(&parts)),
             &Silent,
             &stop,
-            Some(&parts),
         )
         .unwrap();
     let runtime = Runtime::new().unwrap();
@@ -611,13 +603,9 @@ fn a_product_that_lacks_an_entity_sales_names_fails_the_job_naming_it() {
         .mesh()
         .run(
             &AnyJob::Recommendation(Box::new(spec)),
-            "test/ncf-missing",
-            "operator",
-            &RunConfig::SplitLabelOwner,
-            1,
+            &run("test/ncf-missing", &RunConfig::SplitLabelOwner, None),
             &Silent,
             &AtomicBool::new(false),
-            None,
         )
         .unwrap_err()
         .to_string();

@@ -386,6 +386,22 @@ impl TestMesh {
     }
 }
 
+/// Run `id` of a job with `config` and seed 1, asked by `operator`; with `save_to`,
+/// governance's parts go there (and every node saves its own).
+pub fn run<'a>(
+    id: &'a str,
+    config: &'a fedmesh_split::job::RunConfig,
+    save_to: Option<&'a Path>,
+) -> fedmesh_governance::MeshRun<'a> {
+    fedmesh_governance::MeshRun {
+        id,
+        requester: "operator",
+        config,
+        seed: 1,
+        save_to,
+    }
+}
+
 /// A listener on a free loopback port of `runtime`, and its URL.
 fn listen(runtime: &Runtime) -> (tokio::net::TcpListener, String) {
     let listener = runtime

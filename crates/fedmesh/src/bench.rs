@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::Subcommand;
-use fedmesh_governance::Mesh;
+use fedmesh_governance::{Mesh, MeshRun};
 use fedmesh_net::MeshIdentity;
 use fedmesh_split::bench::{SplitBench, joint_throughput, samples_per_second, split_throughput};
 use fedmesh_split::job::{Job, RunConfig, WireEncoding};
@@ -170,13 +170,14 @@ fn psi_network(parties: usize, size: usize, overlap: f64) -> Result<()> {
             &dir.join("mesh"),
             Duration::from_secs(120),
         )?;
-        let (mut trainer, _) = mesh.open(
-            &job,
-            "bench-psi",
-            "operator",
-            &RunConfig::SplitLabelOwner,
-            1,
-        )?;
+        let run = MeshRun {
+            id: "bench-psi",
+            requester: "operator",
+            config: &RunConfig::SplitLabelOwner,
+            seed: 1,
+            save_to: None,
+        };
+        let (mut trainer, _) = mesh.open(&job, &run)?;
         let transport = trainer.transport();
         let intersection = transport.alignment().map_or(0, |a| a.intersection);
         let seconds = transport.alignment_seconds();
@@ -296,8 +297,14 @@ fn split_network(bench: &SplitBench) -> Result<()> {
         for encoding in [WireEncoding::F32, WireEncoding::F16] {
             job.spec.wire.encoding = encoding;
             let name = format!("{encoding:?}").to_lowercase();
-            let (mut trainer, partition) =
-                mesh.open(&job, &format!("bench-{name}"), "operator", &config, 1)?;
+            let run = MeshRun {
+                id: &format!("bench-{name}"),
+                requester: "operator",
+                config: &config,
+                seed: 1,
+                save_to: None,
+            };
+            let (mut trainer, partition) = mesh.open(&job, &run)?;
             let (sent, received) = trainer.transport().bytes();
             let rate = samples_per_second(&mut trainer, &partition.train, bench, learning_rate)?;
             let (sent_after, received_after) = trainer.transport().bytes();
@@ -361,16 +368,14 @@ fn ncf(example: &std::path::Path, epochs: usize, network_only: bool) -> Result<(
         for (k, config) in configs.iter().enumerate() {
             let progress =
                 crate::progress::RunProgress::new(format!("{} network", config.name()), epochs);
-            let run = mesh.run(
-                &job,
-                &format!("bench-ncf-{}", config.name()),
-                "operator",
+            let run = MeshRun {
+                id: &format!("bench-ncf-{}", config.name()),
+                requester: "operator",
                 config,
-                1,
-                &progress,
-                &stop,
-                None,
-            )?;
+                seed: 1,
+                save_to: None,
+            };
+            let run = mesh.run(&job, &run, &progress, &stop)?;
             progress.clear();
             let wire = run.wire.expect("network runs count their bytes");
             let share = local
