@@ -179,7 +179,8 @@ pub fn verify_mesh(
     signatures: Option<SignatureCheck>,
 ) -> Vec<LogCheck> {
     let mut checks: Vec<LogCheck> = Vec::new();
-    let mut opened: Vec<Option<(AuditLog, Vec<Record>)>> = Vec::new();
+    // Each log's records, read once, for its own checks and for the anchors of it.
+    let mut opened: Vec<Option<Vec<Record>>> = Vec::new();
     for (name, path) in logs {
         let mut check = LogCheck {
             name: name.clone(),
@@ -188,30 +189,33 @@ pub fn verify_mesh(
             anchors_checked: 0,
             problems: Vec::new(),
         };
-        let log = match AuditLog::open_existing(path) {
-            Ok(log) => log,
+        let read = AuditLog::open_existing(path).and_then(|log| {
+            let records = log.records(0)?;
+            Ok((log.verify_records(&records), records))
+        });
+        let records = match read {
+            Ok((chain, records)) => {
+                match chain {
+                    Ok(intact) => check.intact = Some(intact),
+                    Err(e) => check.problems.push(e.to_string()),
+                }
+                if let Some(verify) = signatures {
+                    check
+                        .problems
+                        .extend(signature_problems(name, &records, verify));
+                }
+                Some(records)
+            }
             Err(e) => {
                 check.problems.push(e.to_string());
-                checks.push(check);
-                opened.push(None);
-                continue;
+                None
             }
         };
-        match log.verify() {
-            Ok(intact) => check.intact = Some(intact),
-            Err(e) => check.problems.push(e.to_string()),
-        }
-        let records = log.records(0).unwrap_or_default();
-        if let Some(verify) = signatures {
-            check
-                .problems
-                .extend(signature_problems(name, &records, verify));
-        }
         checks.push(check);
-        opened.push(Some((log, records)));
+        opened.push(records);
     }
     for holder in 0..logs.len() {
-        let Some((_, records)) = &opened[holder] else {
+        let Some(records) = &opened[holder] else {
             continue;
         };
         let anchors: Vec<(u64, String, Head)> = records
@@ -243,7 +247,7 @@ pub fn verify_mesh(
             }
             let found = opened[target]
                 .as_ref()
-                .and_then(|(_, records)| records.iter().find(|r| r.seq == head.seq));
+                .and_then(|records| records.iter().find(|r| r.seq == head.seq));
             let problem = match found {
                 None => Some(format!(
                     "record {} is gone, though `{holder_name}` anchored it (its record {at}): records were deleted or cut off the end",
@@ -639,6 +643,11 @@ impl AuditLog {
     /// Checks the whole chain: numbering, each record's hash, each link. The error names the
     /// first record that does not hold.
     pub fn verify(&self) -> Result<Intact, AuditError> {
+        self.verify_records(&self.records(0)?)
+    }
+
+    /// [`AuditLog::verify`] over `records`, all of this log's, read once by the caller.
+    fn verify_records(&self, records: &[Record]) -> Result<Intact, AuditError> {
         let broken = |seq: u64, problem: String| AuditError::Broken {
             path: self.path.clone(),
             seq,
@@ -646,7 +655,7 @@ impl AuditLog {
         };
         let mut prev = GENESIS;
         let mut expected = 1u64;
-        for r in self.records(0)? {
+        for r in records {
             if r.seq != expected {
                 return Err(broken(
                     expected,

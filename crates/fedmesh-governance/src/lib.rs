@@ -26,6 +26,7 @@ pub mod store;
 use std::future::Future;
 use std::sync::Arc;
 
+use fedmesh_net::identity::audit_signer;
 use fedmesh_net::server::{MAX_MESSAGE_BYTES, Stopping, builder, listen, tls_incoming};
 use fedmesh_net::{MeshIdentity, NetError};
 use fedmesh_proto::v1::governance_server::GovernanceServer;
@@ -34,14 +35,6 @@ pub use config::GovernanceConfig;
 pub use mesh::{Mesh, MeshRun};
 pub use service::{GovernanceService, GovernanceState};
 pub use store::{JobState, Store, StoreError};
-
-/// Signs audit records with `name`'s key in the mesh folder `mesh`.
-pub fn signer(mesh: &std::path::Path, name: &str) -> Result<fedmesh_audit::Signer, NetError> {
-    let key = fedmesh_tls::Signer::load(mesh, name)?;
-    Ok(Box::new(move |hash| {
-        key.sign(hash).map_err(|e| e.to_string())
-    }))
-}
 
 /// Serves governance until `shutdown` resolves. Jobs run on their own threads, each reaching
 /// the nodes through its own transport; on shutdown they stop after their current batch and
@@ -61,7 +54,7 @@ pub async fn serve(
     let (store, audit, _lock) = service::open_state(
         &config.state,
         &config.name,
-        Some(signer(&config.mesh, &config.name)?),
+        Some(audit_signer(&config.mesh, &config.name)?),
     )
     .map_err(|message| NetError::Config {
         path: config.state.clone(),

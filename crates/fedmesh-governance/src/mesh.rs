@@ -65,11 +65,8 @@ impl Mesh {
     /// The alignment run a run over `domains` may reuse (its id and the entities it found), or
     /// a new id to keep this run's under.
     fn alignment_for(&self, domains: &[String]) -> (String, Option<usize>) {
-        let mut key = domains.to_vec();
-        key.sort();
-        let key = key.join(",");
         let kept = self.alignments.lock().unwrap_or_else(|p| p.into_inner());
-        match kept.get(&key) {
+        match kept.get(&alignment_key(domains)) {
             Some((id, intersection)) => (id.clone(), Some(*intersection)),
             None => (new_alignment_id(), None),
         }
@@ -77,12 +74,10 @@ impl Mesh {
 
     /// Remembers the alignment run a run over `domains` made (or reused).
     fn keep_alignment(&self, domains: &[String], id: &str, intersection: usize) {
-        let mut key = domains.to_vec();
-        key.sort();
         self.alignments
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(key.join(","), (id.to_string(), intersection));
+            .insert(alignment_key(domains), (id.to_string(), intersection));
     }
 
     /// Governance's audit head, for the nodes to note.
@@ -378,6 +373,13 @@ impl Mesh {
         fedmesh_split::job::seed_training_randomness(seed);
         Ok((trainer, partition))
     }
+}
+
+/// What an alignment depends on besides the products: which domains take part, in any order.
+fn alignment_key(domains: &[String]) -> String {
+    let mut key = domains.to_vec();
+    key.sort();
+    key.join(",")
 }
 
 /// A fresh alignment run id: this process's start and a count.

@@ -138,3 +138,12 @@ pub fn authorize<T>(request: &Request<T>, allowed: &[String]) -> Result<String, 
         }
     }
 }
+
+/// Signs audit records with `name`'s key in the mesh folder `mesh`: a node's and governance's
+/// audit logs are signed by the identity they serve under.
+pub fn audit_signer(mesh: &Path, name: &str) -> Result<fedmesh_audit::Signer, NetError> {
+    let key = fedmesh_tls::Signer::load(mesh, name)?;
+    Ok(Box::new(move |hash| {
+        key.sign(hash).map_err(|e| e.to_string())
+    }))
+}

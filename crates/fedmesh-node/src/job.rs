@@ -8,6 +8,7 @@
 //! gradients, the loss and aggregate metrics go back.
 
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use fedmesh_audit::Entry;
 use fedmesh_data::{DataContract, DataError, DataProduct, Partition, SourceCache};
@@ -672,12 +673,12 @@ impl NodeJob {
         let opened = self.opened()?;
         let (party, members) = opened.alignment.take().expect("checked above");
         let keys = opened.keys.as_ref().expect("alignment needs keys");
-        let rows = party.rows(&members, keys)?;
+        let rows = Arc::new(party.rows(&members, keys)?);
         if let (false, Some(fingerprint)) = (opened.alignment_id.is_empty(), opened.fingerprint) {
             alignments.lock().unwrap_or_else(|p| p.into_inner()).keep(
                 &opened.alignment_id,
                 fingerprint,
-                rows.clone(),
+                Arc::clone(&rows),
             );
         }
         self.take_aligned_rows(rows, "private set intersection")
@@ -686,7 +687,7 @@ impl NodeJob {
 
     /// The rows the alignment run named at `start` found for this very product, when the node
     /// still holds them.
-    fn kept_alignment(&self, opened: &OpenedJob) -> Option<Vec<u32>> {
+    fn kept_alignment(&self, opened: &OpenedJob) -> Option<Arc<Vec<u32>>> {
         let fingerprint = opened.fingerprint?;
         if opened.alignment_id.is_empty() {
             return None;
@@ -723,7 +724,7 @@ impl NodeJob {
 
     /// Keeps the product's rows of the intersection, ordered by key; records the alignment and
     /// checks the contract's least number of records against what remains.
-    fn take_aligned_rows(&mut self, rows: Vec<u32>, method: &str) -> Result<u64, SplitError> {
+    fn take_aligned_rows(&mut self, rows: Arc<Vec<u32>>, method: &str) -> Result<u64, SplitError> {
         let opened = self.opened()?;
         let keys = opened
             .keys
@@ -1178,14 +1179,14 @@ impl NodeJob {
 /// of the same intersection of unchanged products.
 #[derive(Default)]
 pub(crate) struct KeptAlignments {
-    entries: std::collections::VecDeque<(String, [u8; 32], Vec<u32>)>,
+    entries: std::collections::VecDeque<(String, [u8; 32], Arc<Vec<u32>>)>,
 }
 
 /// Alignment runs a node keeps (each a few bytes per aligned row).
 const KEPT_ALIGNMENTS: usize = 8;
 
 impl KeptAlignments {
-    fn get(&self, id: &str, fingerprint: &[u8; 32]) -> Option<&Vec<u32>> {
+    fn get(&self, id: &str, fingerprint: &[u8; 32]) -> Option<&Arc<Vec<u32>>> {
         self.entries
             .iter()
             .find(|(i, f, _)| i == id && f == fingerprint)
@@ -1193,7 +1194,7 @@ impl KeptAlignments {
     }
 
     /// Keeps `rows` under `id`, replacing what was kept under it; the oldest goes first.
-    fn keep(&mut self, id: &str, fingerprint: [u8; 32], rows: Vec<u32>) {
+    fn keep(&mut self, id: &str, fingerprint: [u8; 32], rows: Arc<Vec<u32>>) {
         self.entries.retain(|(i, _, _)| i != id);
         if self.entries.len() == KEPT_ALIGNMENTS {
             self.entries.pop_front();

@@ -58,15 +58,13 @@ pub async fn serve(
         &audit_path.with_extension("lock"),
         &format!("the node of `{}`", config.domain),
     )?;
-    let key = fedmesh_tls::Signer::load(&config.mesh, &config.domain).map_err(NetError::from)?;
+    let signer = fedmesh_net::identity::audit_signer(&config.mesh, &config.domain)?;
     let audit = fedmesh_audit::AuditLog::open(&audit_path)
         .map_err(|error| NodeError::Audit {
             path: audit_path.clone(),
             error,
         })?
-        .with_signer(Box::new(move |hash| {
-            key.sign(hash).map_err(|e| e.to_string())
-        }));
+        .with_signer(signer);
     let mut node = DomainNodeService::new(config.governance.clone(), config.product())
         .with_audit(std::sync::Arc::new(audit));
     if let Some(url) = &config.governance_url {

@@ -508,7 +508,8 @@ impl NcfParty {
         let serving = self.serving();
         let name = self.name.clone();
         let share = self.sales_share()?;
-        let drawn = match pass {
+        // The test cases are sales's own, fixed for the run: read in place, not copied.
+        let drawn: std::borrow::Cow<[(u32, u32, f32)]> = match pass {
             ExamplePass::Training | ExamplePass::Test if serving => {
                 return Err(SplitError::refused(
                     name.clone(),
@@ -517,8 +518,8 @@ impl NcfParty {
                     ),
                 ));
             }
-            ExamplePass::Training => share.examples.training(),
-            ExamplePass::Test => share.examples.test().to_vec(),
+            ExamplePass::Training => share.examples.training().into(),
+            ExamplePass::Test => share.examples.test().into(),
             ExamplePass::Candidates(_) if !serving => {
                 return Err(SplitError::refused(
                     name.clone(),
@@ -534,8 +535,9 @@ impl NcfParty {
                 match position {
                     Some(p) => (0..share.items.len() as u32)
                         .map(|item| (p as u32, item, 0.0))
-                        .collect(),
-                    None => Vec::new(),
+                        .collect::<Vec<_>>()
+                        .into(),
+                    None => Vec::new().into(),
                 }
             }
         };

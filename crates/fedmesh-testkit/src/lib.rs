@@ -199,7 +199,7 @@ impl MeshBuilder {
             });
             let audit = AuditLog::open(&home.join("audit.sqlite"))
                 .unwrap()
-                .with_signer(fedmesh_governance::signer(&certs, &node.domain).unwrap());
+                .with_signer(fedmesh_net::identity::audit_signer(&certs, &node.domain).unwrap());
             let mut service = DomainNodeService::new(
                 "governance",
                 DomainProduct {
@@ -245,7 +245,9 @@ impl MeshBuilder {
             let (store, _) = Store::open(&mesh.state.path().join("governance.sqlite")).unwrap();
             let audit = AuditLog::open(&mesh.audit_path("governance"))
                 .unwrap()
-                .with_signer(fedmesh_governance::signer(&mesh.certs(), "governance").unwrap());
+                .with_signer(
+                    fedmesh_net::identity::audit_signer(&mesh.certs(), "governance").unwrap(),
+                );
             let shared = Arc::new(GovernanceState::new(
                 "governance".into(),
                 Mesh::new(
@@ -405,7 +407,7 @@ pub fn run<'a>(
 /// A listener on a free loopback port of `runtime`, and its URL.
 fn listen(runtime: &Runtime) -> (tokio::net::TcpListener, String) {
     let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .block_on(fedmesh_net::server::listen(([127, 0, 0, 1], 0).into()))
         .unwrap();
     let port = listener.local_addr().unwrap().port();
     (listener, format!("https://127.0.0.1:{port}"))

@@ -246,8 +246,9 @@ pub fn catalog_show(mesh: &Path, name: &str, json: bool) -> Result<()> {
     Ok(())
 }
 
-/// The audit logs of a mesh folder: governance's and each node's.
-pub fn mesh_logs(mesh: &Path) -> Result<Vec<(String, PathBuf)>> {
+/// The audit logs of a mesh folder, governance's and each node's, and the folder of the mesh's
+/// certificates.
+fn mesh_logs(mesh: &Path) -> Result<(Vec<(String, PathBuf)>, PathBuf)> {
     let layout = MeshLayout {
         dir: mesh.to_path_buf(),
     };
@@ -265,7 +266,7 @@ pub fn mesh_logs(mesh: &Path) -> Result<Vec<(String, PathBuf)>> {
             logs.push((domain.name.clone(), audit));
         }
     }
-    Ok(logs)
+    Ok((logs, config.mesh))
 }
 
 /// `fedmesh audit verify [FILE…] [--mesh DIR] [--head HASH]`: without files, every log of the
@@ -275,7 +276,7 @@ pub fn verify(files: &[PathBuf], mesh: &Path, head: Option<&str>) -> Result<()> 
         return verify_mesh(mesh);
     }
     let logs: Vec<(String, PathBuf)> = if files.is_empty() {
-        mesh_logs(mesh)?
+        mesh_logs(mesh)?.0
     } else {
         files
             .iter()
@@ -313,11 +314,7 @@ pub fn verify(files: &[PathBuf], mesh: &Path, head: Option<&str>) -> Result<()> 
 /// Checks every log of the mesh: its chain, its owner's signatures (against the owner's
 /// certificate from the mesh CA), and every anchor of it in the others.
 pub fn check_mesh_logs(mesh: &Path) -> Result<Vec<fedmesh_audit::LogCheck>> {
-    let logs = mesh_logs(mesh)?;
-    let layout = MeshLayout {
-        dir: mesh.to_path_buf(),
-    };
-    let certs = fedmesh_governance::GovernanceConfig::load(&layout.governance_config())?.mesh;
+    let (logs, certs) = mesh_logs(mesh)?;
     let ca = std::fs::read_to_string(certs.join(fedmesh_tls::CA_CERT))
         .with_context(|| format!("reading the mesh CA in {}", certs.display()))?;
     // Each owner's certificate, checked against the mesh CA once.
