@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::DataError;
-use crate::product::{SourceTable, text_table};
+use crate::product::{SourceTable, text_table, write_csv};
+use crate::{DataError, DataProduct};
 
 /// Users' interactions with items, by dense index; ids are the source's.
 #[derive(Debug, Clone, PartialEq)]
@@ -68,8 +68,111 @@ impl Interactions {
         seen
     }
 
+    /// Interactions of the users with at least `min_items` distinct items (implicit feedback
+    /// counts a repeat once); (user id, item id, time) in source order.
+    pub fn of_active_users(events: &[(String, String, i64)], min_items: usize) -> Self {
+        let mut distinct: HashSet<(&str, &str)> = HashSet::new();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for (u, i, _) in events {
+            if distinct.insert((u.as_str(), i.as_str())) {
+                *counts.entry(u.as_str()).or_default() += 1;
+            }
+        }
+        Self::from_events(
+            events
+                .iter()
+                .filter(|(u, _, _)| counts[u.as_str()] >= min_items)
+                .map(|(u, i, t)| (u.as_str(), i.as_str(), *t)),
+        )
+    }
+
+    /// Interactions from a data product's interaction table: the `user`, `item` and `time`
+    /// columns (time an integer, or a date `YYYY-MM-DD`), of users with at least `min_items`
+    /// distinct items. A missing or malformed value is named by row and column, never by value.
+    pub fn from_product(
+        product: &DataProduct,
+        columns: &InteractionColumns,
+        min_items: usize,
+    ) -> Result<Self, DataError> {
+        let name = product.name();
+        let read = |column: &str| -> Result<Vec<Option<String>>, DataError> {
+            product.column_strings(column).map_err(|_| {
+                DataError::Invalid(format!(
+                    "data product `{name}` has no column `{column}`: the job reads its interactions from columns `{}`, `{}` and `{}` (set `data.user`, `data.item` and `data.time` to its own names)",
+                    columns.user, columns.item, columns.time
+                ))
+            })
+        };
+        let (users, items, times) = (
+            read(&columns.user)?,
+            read(&columns.item)?,
+            read(&columns.time)?,
+        );
+        let missing = |row: usize, column: &str| {
+            DataError::Invalid(format!(
+                "data product `{name}`, row {}: `{column}` is empty; every interaction names a user, an item and a time",
+                row + 1
+            ))
+        };
+        let mut events = Vec::with_capacity(users.len());
+        for (row, ((user, item), time)) in users.into_iter().zip(items).zip(times).enumerate() {
+            let user = user.ok_or_else(|| missing(row, &columns.user))?;
+            let item = item.ok_or_else(|| missing(row, &columns.item))?;
+            let time = time.ok_or_else(|| missing(row, &columns.time))?;
+            let time = parse_time(&time).ok_or_else(|| {
+                DataError::Invalid(format!(
+                    "data product `{name}`, row {}: `{}` is neither an integer nor a date (YYYY-MM-DD)",
+                    row + 1,
+                    columns.time
+                ))
+            })?;
+            events.push((user, item, time));
+        }
+        Ok(Self::of_active_users(&events, min_items))
+    }
+
     pub fn user(&self, id: &str) -> Option<u32> {
         self.users.iter().position(|u| u == id).map(|u| u as u32)
+    }
+}
+
+/// The columns of an interaction table: who interacted with what, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InteractionColumns {
+    pub user: String,
+    pub item: String,
+    pub time: String,
+}
+
+impl Default for InteractionColumns {
+    /// The names the dataset readers give them.
+    fn default() -> Self {
+        Self {
+            user: "user_id".into(),
+            item: "item_id".into(),
+            time: "time".into(),
+        }
+    }
+}
+
+/// An interaction's time: an integer (Unix time, a sequence number), or a date `YYYY-MM-DD`
+/// read as the number `YYYYMMDD`, which orders dates alike.
+fn parse_time(text: &str) -> Option<i64> {
+    let text = text.trim();
+    if let Ok(t) = text.parse::<i64>() {
+        return Some(t);
+    }
+    let parts: Vec<&str> = text.split('-').collect();
+    match parts[..] {
+        [y, m, d] if y.len() == 4 && m.len() == 2 && d.len() == 2 => {
+            let (y, m, d) = (
+                y.parse::<i64>().ok()?,
+                m.parse::<i64>().ok()?,
+                d.parse::<i64>().ok()?,
+            );
+            ((1..=12).contains(&m) && (1..=31).contains(&d)).then_some(y * 10_000 + m * 100 + d)
+        }
+        _ => None,
     }
 }
 
@@ -538,19 +641,7 @@ pub fn hm(dir: &Path, min_interactions: usize) -> Result<RetailData, DataError> 
             (f[customer].clone(), f[article].clone(), time)
         })
         .collect();
-    // Users with enough distinct items (implicit feedback counts a repeat purchase once).
-    let mut distinct: HashSet<(&str, &str)> = HashSet::new();
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for (c, a, _) in &rows {
-        if distinct.insert((c.as_str(), a.as_str())) {
-            *counts.entry(c.as_str()).or_default() += 1;
-        }
-    }
-    let interactions = Interactions::from_events(
-        rows.iter()
-            .filter(|(c, _, _)| counts[c.as_str()] >= min_interactions)
-            .map(|(c, a, t)| (c.as_str(), a.as_str(), *t)),
-    );
+    let interactions = Interactions::of_active_users(&rows, min_interactions);
     let users: HashSet<&str> = interactions.users.iter().map(String::as_str).collect();
     let customer_text = read(&customers)?;
     let mut lines = csv_records(&customer_text).into_iter();
@@ -655,6 +746,39 @@ pub fn write_synthetic_movielens(
     write("u.item", films)
 }
 
+/// Writes the synthetic MovieLens-format dataset of [`write_synthetic_movielens`] as three
+/// tables, one per domain, each to its own file: the interactions (`user_id`, `item_id`, `time`)
+/// to `interactions`, one row per user to `users`, one row per item to `items`. The same data
+/// read by the MovieLens reader and as tables trains the same model.
+pub fn write_synthetic_tables(
+    interactions: &Path,
+    users: &Path,
+    items: &Path,
+    shape: (usize, usize, usize),
+) -> Result<(), DataError> {
+    let scratch = tempfile::tempdir().map_err(|error| DataError::Io {
+        path: std::env::temp_dir(),
+        error,
+    })?;
+    let (user_count, item_count, per_user) = shape;
+    write_synthetic_movielens(scratch.path(), user_count, item_count, per_user)?;
+    let data = movielens(scratch.path())?;
+    for (table, path) in [
+        (&data.sales, interactions),
+        (&data.customers, users),
+        (&data.products, items),
+    ] {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|error| DataError::Io {
+                path: dir.to_path_buf(),
+                error,
+            })?;
+        }
+        write_csv(table, path)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -671,6 +795,94 @@ mod tests {
             events.push(("z".to_string(), i.to_string(), 0));
         }
         Interactions::from_events(events.iter().map(|(u, i, t)| (u.as_str(), i.as_str(), *t)))
+    }
+
+    /// Purchases (customer, article, day) as a product with columns named the H&M way.
+    fn purchases(rows: &[[&str; 3]]) -> DataProduct {
+        let contract = crate::DataContract::from_yaml(
+            r#"
+apiVersion: v3.1.0
+kind: DataContract
+id: purchases
+version: 1.0.0
+status: active
+schema:
+  - name: purchases
+    properties:
+      - { name: customer_id, logicalType: string, classification: restricted }
+      - { name: article_id, logicalType: string }
+      - { name: t_dat, logicalType: string }
+"#,
+        )
+        .unwrap();
+        let rows: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| r.iter().map(|s| s.to_string()).collect())
+            .collect();
+        let table = text_table("mem", &["customer_id", "article_id", "t_dat"], &rows);
+        DataProduct::from_source(contract, &table).unwrap()
+    }
+
+    fn hm_columns() -> InteractionColumns {
+        InteractionColumns {
+            user: "customer_id".into(),
+            item: "article_id".into(),
+            time: "t_dat".into(),
+        }
+    }
+
+    #[test]
+    fn an_interaction_table_is_read_by_the_columns_the_job_names() {
+        let product = purchases(&[
+            ["c1", "a1", "2019-09-20"],
+            ["c1", "a2", "2019-09-21"],
+            ["c1", "a2", "2019-09-22"],
+            ["c2", "a1", "2019-09-20"],
+            ["c1", "a3", "2019-10-01"],
+        ]);
+        let all = Interactions::from_product(&product, &hm_columns(), 1).unwrap();
+        assert_eq!(all.users, ["c1", "c2"]);
+        assert_eq!(all.items, ["a1", "a2", "a3"]);
+        // A repeat keeps its first time; dates order as their numbers do.
+        assert_eq!(
+            all.events,
+            [
+                (0, 0, 20190920),
+                (0, 1, 20190921),
+                (1, 0, 20190920),
+                (0, 2, 20191001)
+            ]
+        );
+        // c2 has one distinct item, c1 three: only c1 is kept at 2.
+        let active = Interactions::from_product(&product, &hm_columns(), 2).unwrap();
+        assert_eq!(active.users, ["c1"]);
+        assert_eq!(active.events.len(), 3);
+    }
+
+    #[test]
+    fn a_bad_interaction_row_is_named_by_row_and_column_never_by_value() {
+        let product = purchases(&[["c1", "a1", "2019-09-20"], ["c-secret", "a2", "soon"]]);
+        let error = Interactions::from_product(&product, &hm_columns(), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("row 2: `t_dat` is neither"), "{error}");
+        assert!(
+            !error.contains("soon") && !error.contains("c-secret"),
+            "{error}"
+        );
+        let product = purchases(&[["c1", "", "1"]]);
+        let error = Interactions::from_product(&product, &hm_columns(), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("row 1: `article_id` is empty"), "{error}");
+        let error = Interactions::from_product(&product, &InteractionColumns::default(), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("no column `user_id`"), "{error}");
+        assert!(error.contains("`data.user`"), "{error}");
+        for bad in ["2019-13-01", "2019-1-01", "20x9-01-01", "1.5"] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fedmesh_proto::v1::JobRequest;
 use fedmesh_split::job::{Job, RunConfig, RunResult};
-use fedmesh_split::recommend::{RecommendationSpec, write_synthetic_movielens_job};
+use fedmesh_split::recommend::{RecommendationSpec, write_synthetic_tables_job};
 use fedmesh_testkit::{FRAUD_DOMAINS as DOMAINS, MeshBuilder, NodeSpec, POLICIES, TestMesh};
 use serde_json::Value;
 
@@ -565,10 +565,11 @@ fn a_cancelled_job_stops_and_keeps_its_record() {
     );
 }
 
-/// The MovieLens example's recommendation job over 60 synthetic users (two epochs), and the
-/// `(domain, contract)` of its sales, customer and product nodes.
+/// The MovieLens example's recommendation job over 60 synthetic users (two epochs) as
+/// `format: tables`, each domain's table in a folder of its own, and the `(domain, contract)`
+/// of its sales, customer and product nodes.
 fn recommendation_example(dir: &Path) -> (RecommendationSpec, Vec<(String, PathBuf)>) {
-    let file = write_synthetic_movielens_job(dir, 60, 200, 12).unwrap();
+    let file = write_synthetic_tables_job(dir, 60, 200, 12).unwrap();
     let (mut spec, _) = RecommendationSpec::load(&file).unwrap();
     spec.training.epochs = 2;
     spec.training.batch_size = 64;
@@ -583,6 +584,15 @@ fn recommendation_example(dir: &Path) -> (RecommendationSpec, Vec<(String, PathB
 fn a_recommendation_job_runs_through_governance_as_it_runs_in_process() {
     let dir = tempfile::tempdir().unwrap();
     let (spec, domains) = recommendation_example(dir.path());
+    // Each domain holds its own table and nothing else: customer and product never see the
+    // interactions.
+    for domain in ["sales", "customer", "product"] {
+        let held: Vec<_> = std::fs::read_dir(dir.path().join(domain))
+            .unwrap()
+            .map(|f| f.unwrap().file_name())
+            .collect();
+        assert_eq!(held.len(), 1, "{domain}: {held:?}");
+    }
     let mesh = start_domains(&domains);
     let job = mesh.submit_spec(&spec.to_yaml(), &["split-label-owner"]);
     assert_eq!(job["state"], "admitted", "{job}");

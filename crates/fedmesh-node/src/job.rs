@@ -19,7 +19,7 @@ use fedmesh_proto::v1::domain_message::Body as Reply;
 use fedmesh_proto::v1::governance_message::Body as Command;
 use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
 use fedmesh_split::job::{DomainSpec, Job, PreparedDomain, pipeline_file, product_keys};
-use fedmesh_split::recommend::{RecommendationSpec, is_recommendation};
+use fedmesh_split::recommend::{RecommendationSpec, RetailShare, is_recommendation};
 use fedmesh_split::split_ncf::{ExamplePass, NcfParty, NcfRole};
 use fedmesh_split::{DomainParty, HoldsSession, PartySession, SplitError};
 use prost::Message as _;
@@ -410,30 +410,34 @@ impl NodeJob {
             product_version: contract.version.clone(),
             ..fedmesh_split::usage::recommendation_usage(&spec, role, action, start.share_labels)?
         };
-        let (retail, product) = self.admit_and_read(
+        let share = self.admit_and_read(
             &contract,
             &usage,
             || spec.read_product(role, &self.product.contract, self.product.data.as_deref()),
-            |(_, product)| product,
+            RetailShare::product,
         )?;
-        let rows = product.rows();
+        let rows = share.product().rows();
         let model = spec.split_model()?;
-        let party = match role {
-            NcfRole::Sales => NcfParty::sales(
+        let party = match share {
+            RetailShare::Sales {
+                interactions,
+                split,
+                ..
+            } => NcfParty::sales(
                 &self.product.domain,
                 model,
-                &retail.interactions,
-                spec.split(&retail)?,
+                &interactions,
+                split,
                 &spec.training,
                 !start.share_labels,
                 start.seed,
                 trained.as_deref(),
             )?,
-            _ => NcfParty::entity(
+            RetailShare::Entity(entities) => NcfParty::entity(
                 role,
                 &self.product.domain,
                 model,
-                product,
+                entities,
                 &spec.training.optimizer,
                 start.seed,
                 trained.as_deref(),

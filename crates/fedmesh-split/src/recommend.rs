@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use burn::optim::GradientsParams;
 use burn::prelude::*;
+use fedmesh_data::product::SourceTable;
 use fedmesh_data::recommend::{
-    Interactions, LeaveOneOut, NegativeSampler, RetailData, rank_metrics,
+    InteractionColumns, Interactions, LeaveOneOut, NegativeSampler, RetailData, rank_metrics,
 };
 use fedmesh_data::{DataContract, DataProduct};
 use fedmesh_model::ncf::{NeuMf, NeuMfConfig, binary_cross_entropy};
@@ -23,7 +24,9 @@ use crate::SplitError;
 use crate::job::{RunConfig, RunResult};
 use crate::party::{OptimizerSpec, scalar};
 use crate::scores::Metrics;
-use crate::split_ncf::{NcfInProcess, NcfParty, NcfRole, SplitNcf, SplitNcfSpec, entity_features};
+use crate::split_ncf::{
+    EntityTable, NcfInProcess, NcfParty, NcfRole, SplitNcf, SplitNcfSpec, entity_features,
+};
 use crate::trainer::EpochRecord;
 use crate::trainer::Observer;
 
@@ -365,22 +368,96 @@ pub fn evaluate_neumf(net: &NeuMf, split: &LeaveOneOut) -> Result<RankingMetrics
     })
 }
 
-/// Where a recommendation job's data comes from: a public dataset the readers turn into the
-/// sales, customer and product tables.
+/// How a recommendation job's domains hold their data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RetailFormat {
+    /// Each domain reads its own table where its contract's server says: sales the
+    /// interactions, customer one row per user, product one row per item.
+    Tables,
+    /// MovieLens 100K (`u.data`, `u.user`, `u.item`), which a reader turns into the three
+    /// tables (with its standard split, when the folder has one).
+    Movielens,
+    /// The H&M format (transactions, customers, articles), likewise.
+    Hm,
+}
+
+/// Where a recommendation job's data comes from, and which columns join it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RetailSource {
-    /// `movielens` (MovieLens 100K) or `hm` (the H&M format).
-    pub format: String,
-    /// The dataset's folder, relative to the job spec.
-    pub path: std::path::PathBuf,
-    /// H&M: the fewest distinct items a kept user has.
+    pub format: RetailFormat,
+    /// `movielens` and `hm`: the dataset's folder, relative to the job spec. `tables` takes
+    /// none: each domain's contract says where its table is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// The fewest distinct items a kept user has (`tables` and `hm`; MovieLens 100K's users
+    /// all have 20 or more).
     #[serde(default = "default_min_interactions")]
     pub min_interactions: usize,
+    /// `tables`: the interaction table's user column, and by default the key of customer's.
+    #[serde(default = "default_user")]
+    pub user: String,
+    /// `tables`: the interaction table's item column, and by default the key of product's.
+    #[serde(default = "default_item")]
+    pub item: String,
+    /// `tables`: the interaction table's time column (an integer, or a date `YYYY-MM-DD`):
+    /// each user's latest interaction is held out for test.
+    #[serde(default = "default_time")]
+    pub time: String,
 }
 
 fn default_min_interactions() -> usize {
     5
+}
+fn default_user() -> String {
+    InteractionColumns::default().user
+}
+fn default_item() -> String {
+    InteractionColumns::default().item
+}
+fn default_time() -> String {
+    InteractionColumns::default().time
+}
+
+impl RetailSource {
+    /// The interaction table's columns: those the spec names for `tables`, the readers' own
+    /// otherwise.
+    pub fn columns(&self) -> InteractionColumns {
+        match self.format {
+            RetailFormat::Tables => InteractionColumns {
+                user: self.user.clone(),
+                item: self.item.clone(),
+                time: self.time.clone(),
+            },
+            RetailFormat::Movielens | RetailFormat::Hm => InteractionColumns::default(),
+        }
+    }
+
+    /// Reads a reader format's dataset in `dir` (the folder `path` names, or a domain's own
+    /// copy); `named_by` is the file that names the folder, for the error when it is missing.
+    pub fn read(&self, dir: &Path, named_by: &Path) -> Result<RetailData, SplitError> {
+        let missing = |message: String| SplitError::Spec {
+            path: named_by.to_path_buf(),
+            message,
+        };
+        if !dir.exists() {
+            return Err(missing(format!(
+                "the data folder {} does not exist (see ../shared/data/README.md for where the datasets come from)",
+                dir.display()
+            )));
+        }
+        Ok(match self.format {
+            RetailFormat::Movielens => fedmesh_data::recommend::movielens(dir)?,
+            RetailFormat::Hm => fedmesh_data::recommend::hm(dir, self.min_interactions)?,
+            RetailFormat::Tables => {
+                return Err(missing(
+                    "`format: tables` has no dataset folder: each domain reads its own table"
+                        .into(),
+                ));
+            }
+        })
+    }
 }
 
 /// One domain of the retail mesh and its product's contract.
@@ -389,6 +466,10 @@ fn default_min_interactions() -> usize {
 pub struct RetailDomain {
     pub name: String,
     pub contract: std::path::PathBuf,
+    /// Customer and product: the key column of the domain's entity table, when it is not the
+    /// interaction table's user (item) column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 /// NeuMF's shape in a job spec.
@@ -440,6 +521,10 @@ pub struct RecommendationSpec {
     pub training: NcfTraining,
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
+    /// The spec file (or what names a spec sent as text); its folder is where relative paths
+    /// start. Not part of the spec's text.
+    #[serde(skip)]
+    pub file: PathBuf,
 }
 
 fn default_split_seed() -> u64 {
@@ -508,29 +593,31 @@ impl RunResult {
 /// the split.
 pub struct PreparedRecommendation {
     pub spec: RecommendationSpec,
-    pub data: RetailData,
+    pub interactions: Interactions,
     pub split: LeaveOneOut,
-    /// The customer and product domains' products, checked against their contracts.
-    pub entity_products: [DataProduct; 2],
+    /// The customer and product domains' entity tables, checked against their contracts.
+    pub entity_tables: [EntityTable; 2],
 }
 
-impl RetailSource {
-    /// Reads the dataset in `dir` (the folder `path` names, or a domain's own copy);
-    /// `named_by` is the file that names the folder, for the error when it is missing.
-    pub fn read(&self, dir: &Path, named_by: &Path) -> Result<RetailData, SplitError> {
-        if !dir.exists() {
-            return Err(SplitError::Spec {
-                path: named_by.to_path_buf(),
-                message: format!(
-                    "the data folder {} does not exist (see ../shared/data/README.md for where the datasets come from)",
-                    dir.display()
-                ),
-            });
+/// What one domain of a recommendation job reads for a run.
+pub enum RetailShare {
+    /// Sales: its interactions, and their leave-one-out split.
+    Sales {
+        product: DataProduct,
+        interactions: Interactions,
+        split: LeaveOneOut,
+    },
+    /// Customer or product: its entity table.
+    Entity(EntityTable),
+}
+
+impl RetailShare {
+    /// The data product the share was read from.
+    pub fn product(&self) -> &DataProduct {
+        match self {
+            Self::Sales { product, .. } => product,
+            Self::Entity(table) => &table.product,
         }
-        Ok(match self.format.as_str() {
-            "movielens" => fedmesh_data::recommend::movielens(dir)?,
-            _ => fedmesh_data::recommend::hm(dir, self.min_interactions)?,
-        })
     }
 }
 
@@ -547,18 +634,26 @@ impl RecommendationSpec {
             path: origin.to_path_buf(),
             message,
         };
-        let spec: Self = serde_norway::from_str(text).map_err(|e| spec_error(e.to_string()))?;
+        let mut spec: Self = serde_norway::from_str(text).map_err(|e| spec_error(e.to_string()))?;
+        spec.file = origin.to_path_buf();
         if spec.task != "recommendation" {
             return Err(spec_error(format!(
                 "`task: {}` is not `recommendation`",
                 spec.task
             )));
         }
-        if !["movielens", "hm"].contains(&spec.data.format.as_str()) {
-            return Err(spec_error(format!(
-                "data format `{}` is not one fedmesh reads: use movielens or hm",
-                spec.data.format
-            )));
+        match (spec.data.format, &spec.data.path) {
+            (RetailFormat::Tables, Some(_)) => {
+                return Err(spec_error(
+                    "`data.path` is for the dataset readers (`movielens`, `hm`): with `format: tables` each domain's contract says where its table is".into(),
+                ));
+            }
+            (RetailFormat::Movielens | RetailFormat::Hm, None) => {
+                return Err(spec_error(
+                    "`data.path` is missing: the dataset reader needs the dataset's folder".into(),
+                ));
+            }
+            _ => {}
         }
         let limits = spec.limit_problems();
         if !limits.is_empty() {
@@ -628,64 +723,163 @@ impl RecommendationSpec {
         })
     }
 
-    /// Reads the product `role` serves from the dataset where its contract's server says (or
-    /// in `data`), and checks it against the contract. Also returns the whole dataset, of which
-    /// the caller keeps only its own part.
+    /// The key column of the entity table `role` owns (none for sales).
+    pub fn entity_key(&self, role: NcfRole) -> Option<String> {
+        let columns = self.data.columns();
+        match role {
+            NcfRole::Sales => None,
+            NcfRole::Customer => Some(self.customer.key.clone().unwrap_or(columns.user)),
+            NcfRole::Product => Some(self.product.key.clone().unwrap_or(columns.item)),
+        }
+    }
+
+    /// Reads the product `role` serves (from `data` when given, else where its contract's
+    /// server says) and checks it against the contract: sales's interactions and their split,
+    /// or an entity table. With a reader format, `data` is the dataset's folder, of which the
+    /// domain keeps only its own table.
     pub fn read_product(
         &self,
         role: NcfRole,
         contract: &Path,
         data: Option<&Path>,
-    ) -> Result<(RetailData, DataProduct), SplitError> {
+    ) -> Result<RetailShare, SplitError> {
         let document = DataContract::from_path(contract)?;
-        let dir = match data {
-            Some(dir) => dir.to_path_buf(),
-            None => {
+        let (path, format) = match data {
+            Some(path) => (
+                path.to_path_buf(),
                 document
-                    .local_source(contract.parent().unwrap_or(Path::new(".")))
-                    .ok_or_else(|| fedmesh_data::DataError::NoSource {
-                        product: document.product_name().to_string(),
-                    })?
-                    .0
-            }
+                    .local_source(Path::new("."))
+                    .and_then(|(_, format)| format),
+            ),
+            None => document
+                .local_source(contract.parent().unwrap_or(Path::new(".")))
+                .ok_or_else(|| fedmesh_data::DataError::NoSource {
+                    product: document.product_name().to_string(),
+                })?,
         };
-        let retail = self.data.read(&dir, contract)?;
-        let product = DataProduct::from_source(document, role.table(&retail))?;
-        Ok((retail, product))
+        match self.data.format {
+            RetailFormat::Tables => {
+                if !path.is_file() {
+                    return Err(SplitError::Spec {
+                        path: contract.to_path_buf(),
+                        message: format!(
+                            "the table {} does not exist: with `format: tables` the contract's server names the domain's own file",
+                            path.display()
+                        ),
+                    });
+                }
+                let table = SourceTable::read(&path, format.as_deref())?;
+                self.share(role, document, &table, None)
+            }
+            RetailFormat::Movielens | RetailFormat::Hm => {
+                let retail = self.data.read(&path, contract)?;
+                self.share(role, document, role.table(&retail), Some(&retail))
+            }
+        }
     }
 
-    /// The leave-one-out split of `data`: its standard one when it has one, else one derived
-    /// from `split_seed`.
-    pub fn split(&self, data: &RetailData) -> Result<LeaveOneOut, SplitError> {
-        Ok(match &data.standard_split {
-            Some(path) => LeaveOneOut::from_file(path, &data.interactions)?,
-            None => LeaveOneOut::derive(&data.interactions, self.split_seed),
-        })
+    /// `role`'s share of its product read from `table`; `dataset` is the reader's dataset the
+    /// table came from, which holds sales's interactions already (and maybe a standard split).
+    fn share(
+        &self,
+        role: NcfRole,
+        contract: DataContract,
+        table: &SourceTable,
+        dataset: Option<&RetailData>,
+    ) -> Result<RetailShare, SplitError> {
+        let product = DataProduct::from_source(contract, table)?;
+        let Some(key) = self.entity_key(role) else {
+            let interactions = match dataset {
+                Some(retail) => retail.interactions.clone(),
+                None => Interactions::from_product(
+                    &product,
+                    &self.data.columns(),
+                    self.data.min_interactions,
+                )?,
+            };
+            if interactions.events.is_empty() {
+                return Err(SplitError::Job {
+                    job: self.name.clone(),
+                    reason: format!(
+                        "data product `{}` holds no user with {} or more distinct items (`data.min_interactions`)",
+                        product.name(),
+                        self.data.min_interactions
+                    ),
+                });
+            }
+            let split = match dataset.and_then(|retail| retail.standard_split.as_deref()) {
+                Some(path) => LeaveOneOut::from_file(path, &interactions)?,
+                None => LeaveOneOut::derive(&interactions, self.split_seed),
+            };
+            return Ok(RetailShare::Sales {
+                product,
+                interactions,
+                split,
+            });
+        };
+        if !product
+            .contract
+            .table()
+            .is_some_and(|t| t.properties.iter().any(|p| p.name == key))
+        {
+            return Err(SplitError::Job {
+                job: self.name.clone(),
+                reason: format!(
+                    "data product `{}` has no key column `{key}` in its contract: name the {} domain's key with `{}.key`",
+                    product.name(),
+                    role.name(),
+                    role.name()
+                ),
+            });
+        }
+        Ok(RetailShare::Entity(EntityTable { product, key }))
     }
 
-    /// Reads the data, checks each product against its contract (and the split model's
-    /// features against the entity tables), and fixes the split.
+    /// Reads every domain's product where its contract says (a reader format: the dataset's
+    /// folder the spec names, read once), checks each against its contract and the split
+    /// model's features against the entity tables, and fixes the split.
     pub fn prepare(self, file: &Path) -> Result<PreparedRecommendation, SplitError> {
         let dir = file.parent().unwrap_or(Path::new("."));
-        let data = self.data.read(&dir.join(&self.data.path), file)?;
-        let mut products = Vec::new();
+        let dataset = match &self.data.path {
+            Some(path) => Some(self.data.read(&dir.join(path), file)?),
+            None => None,
+        };
+        let mut sales = None;
+        let mut entities = Vec::new();
         for role in NcfRole::ALL {
-            let contract = DataContract::from_path(dir.join(&self.domain(role).contract))?;
-            let product = DataProduct::from_source(contract, role.table(&data))?;
-            if let (Some(model), Some(key)) = (&self.split_model, role.entity_key()) {
-                let ids = role.entity_ids(&data.interactions);
-                entity_features(&product, key, ids, model.features(role))?;
+            let contract = dir.join(&self.domain(role).contract);
+            let share = match &dataset {
+                Some(retail) => self.share(
+                    role,
+                    DataContract::from_path(&contract)?,
+                    role.table(retail),
+                    Some(retail),
+                )?,
+                None => self.read_product(role, &contract, None)?,
+            };
+            match share {
+                RetailShare::Sales {
+                    interactions,
+                    split,
+                    ..
+                } => sales = Some((interactions, split)),
+                RetailShare::Entity(table) => entities.push((role, table)),
             }
-            products.push(product);
         }
-        let split = self.split(&data)?;
-        let [_, customer, product]: [DataProduct; 3] =
-            products.try_into().expect("one product per role");
+        let (interactions, split) = sales.expect("sales is a role");
+        if let Some(model) = &self.split_model {
+            for (role, table) in &entities {
+                let ids = role.entity_ids(&interactions);
+                entity_features(table, ids, model.features(*role))?;
+            }
+        }
+        let [(_, customer), (_, product)]: [(NcfRole, EntityTable); 2] =
+            entities.try_into().expect("two entity roles");
         Ok(PreparedRecommendation {
             spec: self,
-            data,
+            interactions,
             split,
-            entity_products: [customer, product],
+            entity_tables: [customer, product],
         })
     }
 }
@@ -704,14 +898,14 @@ impl PreparedRecommendation {
         let sales = NcfParty::sales(
             &self.spec.sales.name,
             spec,
-            &self.data.interactions,
+            &self.interactions,
             self.split.clone(),
             training,
             !share_labels,
             seed,
             trained,
         )?;
-        let [customer, product] = self.entity_products.clone();
+        let [customer, product] = self.entity_tables.clone();
         let customer = NcfParty::entity(
             NcfRole::Customer,
             &self.spec.customer.name,
@@ -745,7 +939,7 @@ impl PreparedRecommendation {
         observer: &dyn Observer,
         stop: &AtomicBool,
     ) -> Result<RunResult, SplitError> {
-        let interactions = &self.data.interactions;
+        let interactions = &self.interactions;
         let run = match config {
             RunConfig::Popularity => RankingRun {
                 metrics: popularity(&self.split, interactions.items.len()),
@@ -832,6 +1026,57 @@ pub fn write_synthetic_movielens_job(
     Ok(file)
 }
 
+/// The MovieLens example's job with `format: tables` over the same synthetic data as
+/// [`write_synthetic_movielens_job`], written to `dir`: each domain's table in a folder of its
+/// own (`sales/ratings.csv`, `customer/viewers.csv`, `product/films.csv`), the example's
+/// contracts pointing at them, and `job.yaml`. Returns the job file.
+pub fn write_synthetic_tables_job(
+    dir: &Path,
+    users: usize,
+    items: usize,
+    per_user: usize,
+) -> Result<PathBuf, SplitError> {
+    const REAL: &str = "shared/data/ml-100k";
+    let tables = [
+        ("sales", "ratings"),
+        ("customer", "viewers"),
+        ("product", "films"),
+    ]
+    .map(|(domain, table)| (domain, dir.join(domain).join(format!("{table}.csv"))));
+    fedmesh_data::recommend::write_synthetic_tables(
+        &tables[0].1,
+        &tables[1].1,
+        &tables[2].1,
+        (users, items, per_user),
+    )?;
+    std::fs::create_dir_all(dir.join("contracts"))?;
+    for ((domain, table), text) in tables.iter().zip([
+        include_str!("../../../examples/movielens/contracts/sales.odcs.yaml"),
+        include_str!("../../../examples/movielens/contracts/customer.odcs.yaml"),
+        include_str!("../../../examples/movielens/contracts/product.odcs.yaml"),
+    ]) {
+        let own = format!(
+            "../{domain}/{}",
+            table.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let text = text.replace(
+            &format!("../../../../{REAL}   # read by the MovieLens reader"),
+            &own,
+        );
+        std::fs::write(
+            dir.join("contracts").join(format!("{domain}.odcs.yaml")),
+            text,
+        )?;
+    }
+    let job = include_str!("../../../examples/movielens/job.yaml").replace(
+        &format!("data: {{ format: movielens, path: ../../../{REAL} }}"),
+        "data: { format: tables, user: user_id, item: item_id, time: time }",
+    );
+    let file = dir.join("job.yaml");
+    std::fs::write(&file, job)?;
+    Ok(file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -857,6 +1102,71 @@ mod tests {
             Interactions::from_events(events.iter().map(|(u, i, t)| (u.as_str(), i.as_str(), *t)));
         let split = LeaveOneOut::derive(&interactions, 5);
         (interactions, split)
+    }
+
+    #[test]
+    fn a_domain_reading_its_own_table_reads_what_the_movielens_reader_gives_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let tables = write_synthetic_tables_job(&dir.path().join("tables"), 60, 200, 12).unwrap();
+        let reader =
+            write_synthetic_movielens_job(&dir.path().join("reader"), 60, 200, 12).unwrap();
+        let prepare = |file: &Path| {
+            let (mut spec, file) = RecommendationSpec::load(file).unwrap();
+            spec.training.epochs = 2;
+            spec.training.batch_size = 64;
+            spec.prepare(&file).unwrap()
+        };
+        let (tables, reader) = (prepare(&tables), prepare(&reader));
+        assert_eq!(tables.spec.data.format, RetailFormat::Tables);
+        assert_eq!(tables.interactions, reader.interactions);
+        assert_eq!(tables.split.test, reader.split.test);
+        assert_eq!(tables.split.train, reader.split.train);
+        // The same data trains the same model, whoever read it.
+        let stop = AtomicBool::new(false);
+        let config = RunConfig::SplitLabelOwner;
+        let (a, b) = (
+            tables.run(&config, 1, &crate::Silent, &stop).unwrap(),
+            reader.run(&config, 1, &crate::Silent, &stop).unwrap(),
+        );
+        assert_eq!(a.metrics, b.metrics);
+        assert_eq!(a.history, b.history);
+    }
+
+    #[test]
+    fn a_tables_spec_takes_no_dataset_folder_and_a_reader_needs_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_synthetic_tables_job(dir.path(), 10, 200, 6).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap();
+        let with_path = text.replace("format: tables,", "format: tables, path: data,");
+        let error = RecommendationSpec::from_yaml(&with_path, &file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("each domain's contract says where"),
+            "{error}"
+        );
+        let reader = text.replace("format: tables,", "format: movielens,");
+        let error = RecommendationSpec::from_yaml(&reader, &file)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("`data.path` is missing"), "{error}");
+        let unknown = text.replace("format: tables,", "format: parquet-lake,");
+        assert!(RecommendationSpec::from_yaml(&unknown, &file).is_err());
+    }
+
+    #[test]
+    fn an_entity_table_without_the_key_column_is_named_with_the_setting_to_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_synthetic_tables_job(dir.path(), 10, 200, 6).unwrap();
+        let text = std::fs::read_to_string(&file).unwrap().replace(
+            "customer: { name: customer,",
+            "customer: { name: customer, key: customer_id,",
+        );
+        std::fs::write(&file, text).unwrap();
+        let (spec, file) = RecommendationSpec::load(&file).unwrap();
+        let error = spec.prepare(&file).map(|_| ()).unwrap_err().to_string();
+        assert!(error.contains("no key column `customer_id`"), "{error}");
+        assert!(error.contains("`customer.key`"), "{error}");
     }
 
     #[test]

@@ -126,15 +126,6 @@ impl NcfRole {
         }
     }
 
-    /// The key column of the entity table customer and product own.
-    pub fn entity_key(self) -> Option<&'static str> {
-        match self {
-            NcfRole::Sales => None,
-            NcfRole::Customer => Some("user_id"),
-            NcfRole::Product => Some("item_id"),
-        }
-    }
-
     /// The ids of the entities this role owns, in the interactions' order (none for sales).
     pub fn entity_ids(self, interactions: &Interactions) -> &[String] {
         match self {
@@ -165,30 +156,43 @@ pub enum ExamplePass {
     Candidates(String),
 }
 
-/// An entity table's features, one row per id of `ids` (in that order).
+/// The table customer or product owns, one row per entity, and its key column.
+#[derive(Debug, Clone)]
+pub struct EntityTable {
+    pub product: DataProduct,
+    pub key: String,
+}
+
+/// An entity table's features, one row per id of `ids` (in that order). An id the table does
+/// not hold fails the run, counted but not named: the ids are the domains' data.
 pub fn entity_features(
-    product: &DataProduct,
-    key: &str,
+    table: &EntityTable,
     ids: &[String],
     features: &[FeatureSpec],
 ) -> Result<FeatureMatrix, SplitError> {
+    let (product, key) = (&table.product, &table.key);
     let keys = product.column_strings(key)?;
     let row_of: std::collections::HashMap<&str, u32> = keys
         .iter()
         .enumerate()
         .filter_map(|(r, k)| k.as_deref().map(|k| (k, r as u32)))
         .collect();
-    let rows = ids
+    let rows: Vec<Option<u32>> = ids
         .iter()
-        .map(|id| {
-            row_of.get(id.as_str()).copied().ok_or_else(|| {
-                SplitError::refused(product.name(), format!(
-                    "data product `{}` has no row for {key} `{id}`, which the interactions name",
-                    product.name()
-                ))
-            })
-        })
-        .collect::<Result<Vec<u32>, _>>()?;
+        .map(|id| row_of.get(id.as_str()).copied())
+        .collect();
+    let missing = rows.iter().filter(|r| r.is_none()).count();
+    if missing > 0 {
+        return Err(SplitError::refused(
+            product.name(),
+            format!(
+                "data product `{}` has no row for {missing} of the {} {key} values the interactions name",
+                product.name(),
+                ids.len()
+            ),
+        ));
+    }
+    let rows: Vec<u32> = rows.into_iter().flatten().collect();
     let all: Vec<u32> = (0..product.rows() as u32).collect();
     // Entity attributes hold no labels: the pipeline is fitted on every entity.
     let pipeline = fedmesh_data::FeaturePipeline::fit(product, features, &all)?;
@@ -313,7 +317,7 @@ struct SalesShare {
 
 /// What customer or product holds of a run besides its bottom.
 struct EntityShare {
-    product: DataProduct,
+    entities: EntityTable,
     /// Its features of each entity sales named, in sales's order.
     table: Option<FeatureMatrix>,
 }
@@ -409,7 +413,7 @@ impl NcfParty {
         role: NcfRole,
         name: impl Into<String>,
         spec: &SplitNcfSpec,
-        product: DataProduct,
+        entities: EntityTable,
         optimizer: &OptimizerSpec,
         seed: u64,
         trained: Option<&Path>,
@@ -429,7 +433,7 @@ impl NcfParty {
             optimizer: optimizer.clone(),
             seed,
             share: Share::Entity(Box::new(EntityShare {
-                product,
+                entities,
                 table: None,
             })),
             trained: trained.map(Path::to_path_buf),
@@ -486,13 +490,13 @@ impl NcfParty {
     /// Customer or product: looks up every entity sales named (an id it does not hold fails,
     /// naming the id) and builds the bottom over their attributes. Returns the cut width.
     pub fn set_entities(&mut self, ids: &[String]) -> Result<usize, SplitError> {
-        let (Share::Entity(share), Some(key)) = (&self.share, self.role.entity_key()) else {
+        let Share::Entity(share) = &self.share else {
             return Err(SplitError::refused(
                 self.name.clone(),
                 "sales names the entities; it is not sent them",
             ));
         };
-        let table = entity_features(&share.product, key, ids, self.spec.features(self.role))?;
+        let table = entity_features(&share.entities, ids, self.spec.features(self.role))?;
         let bottom = self.build_bottom(table.gather(&[]))?;
         let width = bottom.cut_width();
         self.session.set_bottom(bottom);
@@ -967,7 +971,7 @@ mod tests {
         .iter()
         .map(|config| job.run(config, 1, &crate::Silent, &stop).unwrap())
         .collect();
-        let baseline = popularity(&job.split, job.data.interactions.items.len());
+        let baseline = popularity(&job.split, job.interactions.items.len());
         let split = runs[0].metrics.ranking().unwrap();
         assert_eq!(split.users, 60);
         assert!(
@@ -983,7 +987,7 @@ mod tests {
     fn a_trained_run_ranks_each_user_unseen_items_of_their_taste_in_both_configurations() {
         let dir = tempfile::tempdir().unwrap();
         let job = synthetic(dir.path(), 6);
-        let interactions = &job.data.interactions;
+        let interactions = &job.interactions;
         // The synthetic films of one taste group are numbered up to 100, the other's above.
         let action = |item: &str| item.parse::<usize>().unwrap() <= 100;
         let stop = AtomicBool::new(false);
@@ -1066,7 +1070,7 @@ mod tests {
         let parties = &model.transport().parties;
         let [sales, customer, product] =
             [0, 1, 2].map(|d| parties[d].features().expect("bottoms are built"));
-        let interactions = &job.data.interactions;
+        let interactions = &job.interactions;
         // The synthetic films' genres: action (column 1) for one group, romance for the other.
         let action = |item: u32| interactions.items[item as usize].parse::<usize>().unwrap() <= 100;
         let pairs: Vec<(u32, u32)> = sales
@@ -1129,11 +1133,11 @@ mod tests {
     }
 
     #[test]
-    fn an_entity_sales_names_but_the_domain_lacks_is_named() {
+    fn an_entity_sales_names_but_the_domain_lacks_is_counted_not_named() {
         let dir = tempfile::tempdir().unwrap();
         let job = synthetic(dir.path(), 1);
         let spec = job.spec.split_model().unwrap();
-        let [customers, _] = job.entity_products.clone();
+        let [customers, _] = job.entity_tables.clone();
         let mut customer = NcfParty::entity(
             NcfRole::Customer,
             "customer",
@@ -1145,9 +1149,16 @@ mod tests {
         )
         .unwrap();
         let error = customer
-            .set_entities(&["1".into(), "9999".into()])
+            .set_entities(&["1".into(), "9999".into(), "99999".into()])
             .unwrap_err()
             .to_string();
-        assert!(error.contains("no row for user_id `9999`"), "{error}");
+        assert!(
+            error.contains("no row for 2 of the 3 user_id values"),
+            "{error}"
+        );
+        assert!(
+            !error.contains("9999"),
+            "an id is the domains' data: {error}"
+        );
     }
 }

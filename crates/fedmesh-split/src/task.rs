@@ -8,11 +8,13 @@
 //! driver and governance's job service hold, so each has one path for every task.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 
 use crate::SplitError;
-use crate::job::{Job, LabelSharingFallback, RunConfig, read_spec};
-use crate::recommend::RecommendationSpec;
+use crate::job::{Job, LabelSharingFallback, PreparedJob, RunConfig, RunResult, read_spec};
+use crate::recommend::{PreparedRecommendation, RANKING_CONFIGS, RecommendationSpec};
 use crate::split_ncf::NcfRole;
+use crate::trainer::Observer;
 
 /// The split configurations, which run over a mesh: the others need every domain's data in one
 /// place.
@@ -143,7 +145,60 @@ impl AnyJob {
     pub fn file(&self) -> PathBuf {
         match self {
             Self::Vertical(job) => job.file.clone(),
-            Self::Recommendation(spec) => PathBuf::from(format!("job `{}`", spec.name)),
+            Self::Recommendation(spec) => spec.file.clone(),
+        }
+    }
+
+    /// Reads every domain's data in this process and checks it against the contracts, for the
+    /// configurations that run here (and the split ones, unless a mesh runs them). `data`
+    /// replaces a vertical job's products with one table; a recommendation job reads each
+    /// domain's data where its contract says.
+    pub fn prepare(&self, data: Option<&Path>) -> Result<PreparedAnyJob, SplitError> {
+        match self {
+            Self::Vertical(job) => Ok(PreparedAnyJob::Vertical(Box::new(job.prepare(data)?))),
+            Self::Recommendation(spec) => {
+                if data.is_some() {
+                    return Err(SplitError::Job {
+                        job: spec.name.clone(),
+                        reason: "a recommendation job reads each domain's data where its contract says: it takes no data file".into(),
+                    });
+                }
+                let prepared = spec.as_ref().clone().prepare(&spec.file)?;
+                Ok(PreparedAnyJob::Recommendation(Box::new(prepared)))
+            }
+        }
+    }
+}
+
+/// A job of any task with its data read and checked: what runs its configurations in this
+/// process.
+pub enum PreparedAnyJob {
+    Vertical(Box<PreparedJob>),
+    Recommendation(Box<PreparedRecommendation>),
+}
+
+impl PreparedAnyJob {
+    /// The configurations the job compares, in order.
+    pub fn configs(&self) -> Vec<RunConfig> {
+        match self {
+            Self::Vertical(job) => job.configs(),
+            Self::Recommendation(_) => RANKING_CONFIGS.to_vec(),
+        }
+    }
+
+    /// Trains and evaluates one configuration for one seed; with `save_to`, a vertical job
+    /// writes its trained parts there (a recommender's are saved by the mesh that trains it).
+    pub fn run(
+        &self,
+        config: &RunConfig,
+        seed: u64,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+        save_to: Option<&Path>,
+    ) -> Result<RunResult, SplitError> {
+        match self {
+            Self::Vertical(job) => job.run(config, seed, observer, stop, save_to),
+            Self::Recommendation(job) => job.run(config, seed, observer, stop),
         }
     }
 }

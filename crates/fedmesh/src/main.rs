@@ -7,7 +7,6 @@ mod bench;
 mod mesh;
 mod ops;
 mod progress;
-mod recommend;
 mod report;
 mod run;
 

@@ -84,8 +84,11 @@ pub fn table(results: &Results) -> String {
         );
         let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     } else if ranking {
-        let _ = writeln!(out, "| configuration | HR@10 | NDCG@10 | train s |");
-        let _ = writeln!(out, "|---|---|---|---|");
+        let _ = writeln!(
+            out,
+            "| configuration | HR@10 | NDCG@10 | train s | examples/s |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
     } else {
         let _ = writeln!(
             out,
@@ -117,9 +120,16 @@ pub fn table(results: &Results) -> String {
             let ndcg = |r: &RunResult| r.metrics.ranking().map_or(f64::NAN, |m| m.ndcg);
             let _ = writeln!(
                 out,
-                "| {config} | {} | {} | {seconds} |",
+                "| {config} | {} | {} | {seconds} | {:.0} |",
                 cell(&runs, |r| r.metrics.headline()),
-                cell(&runs, ndcg)
+                cell(&runs, ndcg),
+                mean_std(
+                    &runs
+                        .iter()
+                        .map(|r| r.samples_per_second)
+                        .collect::<Vec<_>>()
+                )
+                .0
             );
         } else {
             let _ = writeln!(

@@ -10,6 +10,7 @@ use fedmesh_net::{MeshIdentity, NodeEndpoint};
 use fedmesh_proto::v1::JobRequest;
 use fedmesh_split::AnyJob;
 use fedmesh_split::MESH_CONFIGS;
+use fedmesh_split::PreparedAnyJob;
 use fedmesh_split::SplitError;
 use fedmesh_split::job::{AlignmentMethod, Job, RunConfig, RunResult};
 use serde::{Deserialize, Serialize};
@@ -30,7 +31,22 @@ pub struct Results {
     pub train_rows: usize,
     pub valid_rows: usize,
     pub test_rows: usize,
+    /// A recommendation job's data: `rows` counts its interactions, `train_rows` the
+    /// training positives, `test_rows` the held-out users.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactions: Option<InteractionCounts>,
     pub runs: Vec<RunResult>,
+}
+
+/// What a recommendation job's interactions hold, and where its split comes from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InteractionCounts {
+    pub users: usize,
+    pub items: usize,
+    /// Distinct (user, item) interactions.
+    pub interactions: usize,
+    /// A standard split's file, or the seed the split was derived from.
+    pub split: String,
 }
 
 #[derive(Default)]
@@ -231,25 +247,20 @@ pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Resu
     Ok(())
 }
 
-pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Option<Results>> {
-    let (text, file) = fedmesh_split::job::read_spec(example)?;
-    if fedmesh_split::recommend::is_recommendation(&text) {
-        crate::recommend::run(&file, options, stop)?;
-        return Ok(None);
-    }
-    run_classification(example, options, stop).map(Some)
-}
-
-fn run_classification(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Results> {
-    let mut job = Job::load(example)?;
+/// `fedmesh run`: every configuration of a job of any task, for each seed, in this process (or
+/// its split configurations on a mesh); `results.json` after every run and the report at the
+/// end.
+pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Results> {
+    let mut job = AnyJob::load(example)?;
     if let Some(epochs) = options.epochs {
-        job.spec.training.epochs = fedmesh_split::limits::checked_epochs("--epochs", epochs)
+        let epochs = fedmesh_split::limits::checked_epochs("--epochs", epochs)
             .map_err(anyhow::Error::msg)?;
+        job.set_epochs(epochs)?;
     }
     let out = options
         .out
         .clone()
-        .unwrap_or_else(|| default_out(&job.spec.name));
+        .unwrap_or_else(|| default_out(job.name()));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
     // Checked before any data is read: a typo should not cost a load.
@@ -260,44 +271,10 @@ fn run_classification(example: &Path, options: RunOptions, stop: &AtomicBool) ->
         .collect::<Result<_>>()?;
     println!(
         "loading and validating the data products of `{}`…",
-        job.spec.name
+        job.name()
     );
     let prepared = job.prepare(options.data.as_deref())?;
-    let alignment = &prepared.alignment;
-    if alignment.method == AlignmentMethod::PrivateSetIntersection {
-        let sizes: Vec<String> = alignment
-            .products
-            .iter()
-            .map(|p| format!("{} {}", p.domain, p.rows))
-            .collect();
-        println!(
-            "aligned on the products' keys: {} entities common to all {} products (rows: {}){}",
-            alignment.intersection,
-            alignment.products.len(),
-            sizes.join(", "),
-            if options.mesh.is_some() {
-                "; the mesh finds the same by private set intersection for each split run"
-            } else {
-                ""
-            }
-        );
-    }
-    println!(
-        "{} aligned rows from {} ({} train, {} validation, {} test), {} feature domains",
-        prepared.rows,
-        prepared.source,
-        prepared.partition.train.len(),
-        prepared.partition.valid.len(),
-        prepared.partition.test.len(),
-        prepared.domains.len()
-    );
-    if prepared.synthetic_rows > 0 {
-        println!(
-            "resampling: {} training rows, {} of them synthetic (SMOTE)",
-            prepared.partition.train.len(),
-            prepared.synthetic_rows
-        );
-    }
+    let mut results = describe(&job, &prepared, options.mesh.is_some());
     let configs = if chosen.is_empty() {
         prepared.configs()
     } else {
@@ -306,39 +283,20 @@ fn run_classification(example: &Path, options: RunOptions, stop: &AtomicBool) ->
     let seeds: Vec<u64> = match options.seeds {
         Some(0) => bail!("--seeds must be at least 1"),
         Some(n) => (1..=n as u64)
-            .map(|i| {
-                prepared
-                    .spec
-                    .seeds
-                    .get(i as usize - 1)
-                    .copied()
-                    .unwrap_or(i)
-            })
+            .map(|i| job.seeds().get(i as usize - 1).copied().unwrap_or(i))
             .collect(),
-        None => prepared.spec.seeds.clone(),
+        None => job.seeds().to_vec(),
     };
-
-    let mut results = Results {
-        example: prepared.spec.name.clone(),
-        description: prepared.spec.description.clone(),
-        source: prepared.source.clone(),
-        rows: prepared.rows,
-        train_rows: prepared.partition.train.len(),
-        valid_rows: prepared.partition.valid.len(),
-        test_rows: prepared.partition.test.len(),
-        runs: Vec::new(),
-    };
-    let submitted = AnyJob::Vertical(Box::new(job.clone()));
     for config in &configs {
         for &seed in &seeds {
             let label = format!("{} seed {seed}", config.name());
-            let progress = RunProgress::new(label, prepared.spec.training.epochs);
+            let progress = RunProgress::new(label, job.epochs());
             let models = out
                 .join("models")
                 .join(format!("{}-seed{seed}", config.name().replace(':', "-")));
             let outcome = match &options.mesh {
                 Some(mesh) if MESH_CONFIGS.contains(config) => {
-                    mesh.run(&submitted, config, seed, &progress, stop)
+                    mesh.run(&job, config, seed, &progress, stop)
                 }
                 _ => prepared.run(config, seed, &progress, stop, Some(&models)),
             };
@@ -370,6 +328,97 @@ fn run_classification(example: &Path, options: RunOptions, stop: &AtomicBool) ->
     }
     finish(&out, &results)?;
     Ok(results)
+}
+
+/// Says what was read (and, for a vertical job, how its products were aligned) and returns the
+/// results' header.
+fn describe(job: &AnyJob, prepared: &PreparedAnyJob, on_mesh: bool) -> Results {
+    match prepared {
+        PreparedAnyJob::Vertical(prepared) => {
+            let alignment = &prepared.alignment;
+            if alignment.method == AlignmentMethod::PrivateSetIntersection {
+                let sizes: Vec<String> = alignment
+                    .products
+                    .iter()
+                    .map(|p| format!("{} {}", p.domain, p.rows))
+                    .collect();
+                println!(
+                    "aligned on the products' keys: {} entities common to all {} products (rows: {}){}",
+                    alignment.intersection,
+                    alignment.products.len(),
+                    sizes.join(", "),
+                    if on_mesh {
+                        "; the mesh finds the same by private set intersection for each split run"
+                    } else {
+                        ""
+                    }
+                );
+            }
+            println!(
+                "{} aligned rows from {} ({} train, {} validation, {} test), {} feature domains",
+                prepared.rows,
+                prepared.source,
+                prepared.partition.train.len(),
+                prepared.partition.valid.len(),
+                prepared.partition.test.len(),
+                prepared.domains.len()
+            );
+            if prepared.synthetic_rows > 0 {
+                println!(
+                    "resampling: {} training rows, {} of them synthetic (SMOTE)",
+                    prepared.partition.train.len(),
+                    prepared.synthetic_rows
+                );
+            }
+            Results {
+                example: job.name().to_string(),
+                description: job.description().to_string(),
+                source: prepared.source.clone(),
+                rows: prepared.rows,
+                train_rows: prepared.partition.train.len(),
+                valid_rows: prepared.partition.valid.len(),
+                test_rows: prepared.partition.test.len(),
+                interactions: None,
+                runs: Vec::new(),
+            }
+        }
+        PreparedAnyJob::Recommendation(prepared) => {
+            let data = &prepared.interactions;
+            let interactions = InteractionCounts {
+                users: data.users.len(),
+                items: data.items.len(),
+                interactions: data.events.len(),
+                split: prepared.split.source.clone(),
+            };
+            let source = match &prepared.spec.data.path {
+                Some(path) => format!(
+                    "{:?} reader of {}",
+                    prepared.spec.data.format,
+                    path.display()
+                ),
+                None => "each domain's own table".to_string(),
+            };
+            println!(
+                "{} users, {} items, {} interactions from {source}; {} held out ({})",
+                interactions.users,
+                interactions.items,
+                interactions.interactions,
+                prepared.split.test.len(),
+                interactions.split
+            );
+            Results {
+                example: job.name().to_string(),
+                description: job.description().to_string(),
+                source,
+                rows: interactions.interactions,
+                train_rows: prepared.split.train.len(),
+                valid_rows: 0,
+                test_rows: prepared.split.test.len(),
+                interactions: Some(interactions),
+                runs: Vec::new(),
+            }
+        }
+    }
 }
 
 /// Writes the outputs and prints the table and where they are.
@@ -488,6 +537,7 @@ pub fn submit(
         train_rows: first.map_or(0, |r| r.train_rows),
         valid_rows: first.map_or(0, |r| r.valid_rows),
         test_rows: first.map_or(0, |r| r.test_rows),
+        interactions: None,
         runs,
     };
     if let Some(failure) = failure {

@@ -218,7 +218,9 @@ fn a_recommendation_job_reports_hr_and_ndcg_per_configuration_and_seed() {
         String::from_utf8_lossy(&output.stderr)
     );
     let results = results(out.path());
-    assert_eq!(results["test_users"], 943);
+    assert_eq!(results["test_rows"], 943);
+    assert_eq!(results["interactions"]["users"], 943);
+    assert_eq!(results["interactions"]["items"], 1682);
     let runs = results["runs"].as_array().unwrap();
     assert_eq!(
         runs.len(),
