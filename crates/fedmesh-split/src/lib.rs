@@ -30,7 +30,7 @@ pub mod wire;
 pub use party::{DomainParty, HeadStep, LabelOwner, OptimizerSpec};
 pub use scores::{Curves, EvaluationReport, Metrics};
 pub use session::PartySession;
-pub use task::{AnyJob, MESH_CONFIGS, PreparedAnyJob};
+pub use task::{AnyJob, MESH_CONFIGS, PreparedAnyJob, Task};
 pub use trainer::{
     EpochRecord, FitOutcome, JointNetwork, JointTrainer, LabelPlacement, Observer, Schedule,
     Silent, SplitTrainer, Trainer, TrainingSpec, fit,

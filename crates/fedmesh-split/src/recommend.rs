@@ -27,6 +27,7 @@ use crate::scores::Metrics;
 use crate::split_ncf::{
     EntityTable, NcfInProcess, NcfParty, NcfRole, SplitNcf, SplitNcfSpec, entity_features,
 };
+use crate::task::Task;
 use crate::trainer::EpochRecord;
 use crate::trainer::Observer;
 
@@ -498,7 +499,7 @@ pub struct RecommendationSpec {
     #[serde(default)]
     pub description: String,
     /// Always `recommendation`.
-    pub task: String,
+    pub task: Task,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
     pub data: RetailSource,
@@ -534,16 +535,9 @@ fn default_seeds() -> Vec<u64> {
     vec![1, 2, 3]
 }
 
-/// Whether a job spec's text is a recommendation job.
+/// Whether a job spec's text is a recommendation job (`task: recommendation`).
 pub fn is_recommendation(text: &str) -> bool {
-    serde_norway::from_str::<serde_norway::Value>(text)
-        .ok()
-        .and_then(|v| {
-            v.get("task")
-                .and_then(|t| t.as_str())
-                .map(|t| t == "recommendation")
-        })
-        .unwrap_or(false)
+    crate::task::Task::named_in(text, Path::new("")).is_ok_and(|t| t == Some(Task::Recommendation))
 }
 
 /// The configurations a recommendation job compares, in order.
@@ -636,10 +630,10 @@ impl RecommendationSpec {
         };
         let mut spec: Self = serde_norway::from_str(text).map_err(|e| spec_error(e.to_string()))?;
         spec.file = origin.to_path_buf();
-        if spec.task != "recommendation" {
+        if spec.task != Task::Recommendation {
             return Err(spec_error(format!(
                 "`task: {}` is not `recommendation`",
-                spec.task
+                spec.task.name()
             )));
         }
         match (spec.data.format, &spec.data.path) {

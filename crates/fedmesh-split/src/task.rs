@@ -10,11 +10,55 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+use serde::{Deserialize, Serialize};
+
 use crate::SplitError;
 use crate::job::{Job, LabelSharingFallback, PreparedJob, RunConfig, RunResult, read_spec};
 use crate::recommend::{PreparedRecommendation, RANKING_CONFIGS, RecommendationSpec};
 use crate::split_ncf::NcfRole;
 use crate::trainer::Observer;
+
+/// What a job learns: `task` in `job.yaml`. A vertical job's may be left out (its objective
+/// says it); a recommendation job names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Classes of an entity, from the domains' columns of the same entities (cross-entropy).
+    Classification,
+    /// A number per entity, likewise (mean squared error).
+    Regression,
+    /// Items ranked for users, from interactions and the entity tables of users and items.
+    Recommendation,
+}
+
+impl Task {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Classification => "classification",
+            Self::Regression => "regression",
+            Self::Recommendation => "recommendation",
+        }
+    }
+
+    /// The `task` a spec's text names, if it names one; `file` names the spec in errors.
+    pub fn named_in(text: &str, file: &Path) -> Result<Option<Self>, SplitError> {
+        let error = |message: String| SplitError::Spec {
+            path: file.to_path_buf(),
+            message,
+        };
+        let value: serde_norway::Value =
+            serde_norway::from_str(text).map_err(|e| error(e.to_string()))?;
+        let Some(task) = value.get("task") else {
+            return Ok(None);
+        };
+        serde_norway::from_value(task.clone()).map(Some).map_err(|_| {
+            error(format!(
+                "`task: {}` is not one fedmesh runs: classification, regression or recommendation",
+                task.as_str().unwrap_or("…")
+            ))
+        })
+    }
+}
 
 /// The split configurations, which run over a mesh: the others need every domain's data in one
 /// place.
@@ -38,12 +82,20 @@ impl AnyJob {
 
     /// Reads a job spec sent as text; `file` names it in errors and anchors relative paths.
     pub fn from_yaml(text: &str, file: &Path) -> Result<Self, SplitError> {
-        if crate::recommend::is_recommendation(text) {
+        if Task::named_in(text, file)? == Some(Task::Recommendation) {
             Ok(Self::Recommendation(Box::new(
                 RecommendationSpec::from_yaml(text, file)?,
             )))
         } else {
             Ok(Self::Vertical(Box::new(Job::from_yaml(text, file)?)))
+        }
+    }
+
+    /// What the job learns.
+    pub fn task(&self) -> Task {
+        match self {
+            Self::Vertical(job) => job.spec.task(),
+            Self::Recommendation(_) => Task::Recommendation,
         }
     }
 
@@ -200,5 +252,57 @@ impl PreparedAnyJob {
             Self::Vertical(job) => job.run(config, seed, observer, stop, save_to),
             Self::Recommendation(job) => job.run(config, seed, observer, stop),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(name: &str) -> (String, PathBuf) {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../examples")
+            .join(name);
+        read_spec(&dir).unwrap()
+    }
+
+    #[test]
+    fn every_example_is_one_job_kind_with_a_task() {
+        for (name, task) in [
+            ("credit", Task::Classification),
+            ("fraud", Task::Classification),
+            ("movielens", Task::Recommendation),
+            ("retail", Task::Recommendation),
+        ] {
+            let (text, file) = example(name);
+            assert_eq!(
+                AnyJob::from_yaml(&text, &file).unwrap().task(),
+                task,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_task_is_checked_against_the_objective_and_an_unknown_one_named() {
+        let (text, file) = example("credit");
+        let named =
+            |task: &str| text.replacen("name: credit", &format!("name: credit\ntask: {task}"), 1);
+        let job = AnyJob::from_yaml(&named("classification"), &file).unwrap();
+        assert_eq!(job.task(), Task::Classification);
+        let error = AnyJob::from_yaml(&named("regression"), &file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`task: regression` does not match the objective"),
+            "{error}"
+        );
+        let error = AnyJob::from_yaml(&named("horizontal"), &file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("classification, regression or recommendation"),
+            "{error}"
+        );
     }
 }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
 use crate::limits::{Limits, MAX_BATCH_ROWS, MAX_CLASSES, MAX_EMBEDDING_WIDTH, MAX_SYNTHETIC_ROWS};
+use crate::task::Task;
 use crate::trainer::TrainingSpec;
 
 /// A job spec as written in `job.yaml`.
@@ -20,6 +21,9 @@ pub struct JobSpec {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// `classification` or `regression`; when left out, the objective says which.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<Task>,
     /// Why the model is trained: checked against governance's policies and each product's
     /// `flAllowedPurposes`. A mesh admits no job without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -285,7 +289,20 @@ impl Job {
                 message: limits.join("; "),
             });
         }
-        let problem = if !spec.domains.iter().any(|d| d.name == spec.label.domain) {
+        let problem = if let Some(task) = spec.task.filter(|&t| t != spec.task()) {
+            Some(format!(
+                "`task: {}` does not match the objective: `{}` trains {}",
+                task.name(),
+                match spec.objective {
+                    Objective::CrossEntropy { .. } => "cross-entropy",
+                    Objective::Mse => "mse",
+                },
+                match spec.task() {
+                    Task::Regression => "a regression (`task: regression`)",
+                    _ => "a classifier (`task: classification`)",
+                }
+            ))
+        } else if !spec.domains.iter().any(|d| d.name == spec.label.domain) {
             Some(format!(
                 "the label's domain `{}` is not one of the job's domains",
                 spec.label.domain
@@ -308,6 +325,14 @@ impl Job {
 }
 
 impl JobSpec {
+    /// What the job learns, as its objective says.
+    pub fn task(&self) -> Task {
+        match self.objective {
+            Objective::CrossEntropy { .. } => Task::Classification,
+            Objective::Mse => Task::Regression,
+        }
+    }
+
     /// Every number of the spec outside its range (see [`crate::limits`]), one sentence each.
     pub fn limit_problems(&self) -> Vec<String> {
         let mut limits = Limits::default();
