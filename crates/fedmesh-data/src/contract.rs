@@ -467,13 +467,79 @@ impl SchemaProperty {
 }
 
 /// The federated-learning terms of a contract's `customProperties`.
-pub const FL_TERMS: [&str; 5] = [
+pub const FL_TERMS: [&str; 6] = [
     "flAllowedPurposes",
     "flAllowedTechniques",
     "flLabelColumns",
+    "flLabelProtection",
     "flLabelSharing",
     "flMinRecords",
 ];
+
+/// The label protections a `flLabelProtection` term may name.
+pub const LABEL_PROTECTIONS: [&str; 3] = ["gradient-noise", "shaped-noise", "randomized-response"];
+
+/// One `flLabelProtection` term: a protection the label owner's product trains under, and how
+/// strong it must be: noise at least a scale (`shaped-noise >= 2`), randomized response at
+/// most an ε (`randomized-response <= 1`); a bare name asks for any strength.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelProtectionTerm {
+    pub kind: String,
+    pub bound: Option<f64>,
+}
+
+impl LabelProtectionTerm {
+    /// Reads a term, or says why it cannot.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (kind, bound) = match text.split_once(">=").or_else(|| text.split_once("<=")) {
+            Some((kind, bound)) => {
+                let bound = bound.trim().parse::<f64>().ok().filter(|b| b.is_finite());
+                match bound {
+                    Some(bound) => (kind.trim(), Some(bound)),
+                    None => return Err(format!("`{text}` has no number after its comparison")),
+                }
+            }
+            None => (text.trim(), None),
+        };
+        if !LABEL_PROTECTIONS.contains(&kind) {
+            return Err(format!(
+                "`{kind}` is not a label protection fedmesh has ({})",
+                LABEL_PROTECTIONS.join(", ")
+            ));
+        }
+        let wanted = if kind == "randomized-response" {
+            "<="
+        } else {
+            ">="
+        };
+        if bound.is_some() && !text.contains(wanted) {
+            return Err(format!(
+                "`{text}`: {kind} is bounded with `{wanted}` (stronger is {})",
+                if wanted == "<=" {
+                    "a smaller ε"
+                } else {
+                    "more noise"
+                }
+            ));
+        }
+        Ok(Self {
+            kind: kind.to_string(),
+            bound,
+        })
+    }
+
+    /// Whether a job's protections (kind, scale or ε) meet the term.
+    pub fn met_by(&self, used: &[(String, f64)]) -> bool {
+        used.iter().any(|(kind, strength)| {
+            *kind == self.kind
+                && match self.bound {
+                    None => *strength > 0.0,
+                    Some(bound) if kind == "randomized-response" => *strength <= bound,
+                    Some(bound) => *strength >= bound,
+                }
+        })
+    }
+}
 
 /// The column classifications fedmesh reads; `restricted` and `confidential` columns are never
 /// features.
@@ -558,6 +624,17 @@ fn fl_value_problem(term: &str, value: &Value) -> Option<String> {
                 show(value)
             )),
         },
+        "flLabelProtection" if strings(value) => {
+            let terms: Vec<&str> = match value {
+                Value::String(v) => vec![v.as_str()],
+                Value::Sequence(items) => items.iter().filter_map(Value::as_str).collect(),
+                _ => Vec::new(),
+            };
+            terms
+                .into_iter()
+                .find_map(|t| LabelProtectionTerm::parse(t).err())
+                .map(|problem| format!("customProperties: flLabelProtection: {problem}"))
+        }
         _ if strings(value) => None,
         _ => Some(format!(
             "customProperties: {term} must be a name or a list of names"
@@ -689,6 +766,16 @@ customProperties:
             "property: flLabelColumns",
             "property: lfLabelColumns",
             "`lfLabelColumns` is not a federated-learning term; did you mean `flLabelColumns`?",
+        ),
+        (
+            "{ property: flLabelColumns, value: default }",
+            "{ property: flLabelProtection, value: [shaped-noise >= 2, noise-ish] }",
+            "flLabelProtection: `noise-ish` is not a label protection fedmesh has",
+        ),
+        (
+            "{ property: flLabelColumns, value: default }",
+            "{ property: flLabelProtection, value: randomized-response >= 1 }",
+            "randomized-response is bounded with `<=` (stronger is a smaller ε)",
         ),
         (
             "{ property: flLabelColumns, value: default }",

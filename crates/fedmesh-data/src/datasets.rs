@@ -60,6 +60,11 @@ pub mod fraud {
     /// Amount) — each by about the same amount, so that each domain alone separates the classes
     /// only partly and the three together clearly better.
     pub fn generate(rows: usize, seed: u64) -> SourceTable {
+        generate_with_rate(rows, seed, POSITIVE_RATE)
+    }
+
+    /// [`generate`] with another share of fraud (tests that need many positives).
+    pub fn generate_with_rate(rows: usize, seed: u64, positive_rate: f64) -> SourceTable {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         // About 2 standard deviations of shift per domain: each domain alone reaches a ROC-AUC
         // near 0.9, the three together near 0.99.
@@ -82,7 +87,7 @@ pub mod fraud {
         let mut amount = Vec::with_capacity(rows);
         let mut class = Vec::with_capacity(rows);
         for _ in 0..rows {
-            let fraud = rng.random_bool(POSITIVE_RATE);
+            let fraud = rng.random_bool(positive_rate.clamp(0.0, 1.0));
             time.push((rng.random::<f64>() * 172_792.0).floor());
             for (j, column) in v.iter_mut().enumerate() {
                 let mut x = normal(&mut rng);

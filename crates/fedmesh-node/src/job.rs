@@ -803,7 +803,7 @@ impl NodeJob {
                 let (spec, seed) = (opened.job.spec.clone(), opened.seed);
                 session.with_head_recipe(
                     targets,
-                    Box::new(move |targets, width| Ok(spec.label_owner(targets, width, seed))),
+                    Box::new(move |targets, width| spec.label_owner(targets, width, seed)),
                 )
             };
         }

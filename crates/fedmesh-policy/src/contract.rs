@@ -8,12 +8,19 @@
 //! classified `restricted` or `confidential`, or tagged `pii`, are never features.
 
 use fedmesh_data::DataContract;
+use fedmesh_data::contract::LabelProtectionTerm;
 
-use crate::{Action, Denial, LABEL_SHARING_RULE, Usage};
+use crate::{Action, Denial, LABEL_PROTECTION_RULE, LABEL_SHARING_RULE, Usage};
 
 /// Why the product's contract refuses `usage`; empty when it allows it. `rows` is how many rows
 /// the job would use (the product's, or its aligned rows once known), checked against
 /// `flMinRecords`.
+/// Whether a job's label protections meet one `flLabelProtection` term (see
+/// [`LabelProtectionTerm`]); a term that does not parse is met by nothing.
+fn protection_meets(term: &str, used: &[(String, f64)]) -> bool {
+    LabelProtectionTerm::parse(term).is_ok_and(|term| term.met_by(used))
+}
+
 pub fn check_contract(contract: &DataContract, usage: &Usage, rows: Option<usize>) -> Vec<Denial> {
     let source = format!(
         "data contract `{}` {}",
@@ -86,6 +93,44 @@ pub fn check_contract(contract: &DataContract, usage: &Usage, rows: Option<usize
                     usage.domain
                 ),
             );
+        }
+    }
+    if usage.label_column.is_some() && usage.action == Action::Train {
+        let required = contract.custom_strings(LABEL_PROTECTION_RULE);
+        if !required.is_empty() {
+            let accepted = || listed(&required);
+            if usage.share_labels {
+                deny(
+                    LABEL_PROTECTION_RULE,
+                    format!(
+                        "the labels of `{}` train only under label protection ({}): they may not leave for governance; run split-label-owner",
+                        usage.domain,
+                        accepted()
+                    ),
+                );
+            } else if !required
+                .iter()
+                .any(|term| protection_meets(term, &usage.label_protection))
+            {
+                let used: Vec<String> = usage
+                    .label_protection
+                    .iter()
+                    .map(|(kind, strength)| format!("{kind} {strength}"))
+                    .collect();
+                deny(
+                    LABEL_PROTECTION_RULE,
+                    format!(
+                        "the job protects the labels of `{}` with {}; the contract requires one of: {} (set `label_protection` in the job spec, e.g. `label_protection: {{ shaped_noise: 2 }}`)",
+                        usage.domain,
+                        if used.is_empty() {
+                            "nothing".to_string()
+                        } else {
+                            used.join(", ")
+                        },
+                        accepted()
+                    ),
+                );
+            }
         }
     }
     for column in &usage.columns {
@@ -200,6 +245,66 @@ customProperties:
             "{}",
             denials[0]
         );
+    }
+
+    #[test]
+    fn a_contract_that_requires_label_protection_refuses_a_job_without_enough_of_it() {
+        let contract = DataContract::from_yaml(&CONTRACT.replace(
+            "  - { property: flMinRecords, value: 1000 }",
+            "  - { property: flMinRecords, value: 1000 }\n  - { property: flLabelProtection, value: [shaped-noise >= 2, randomized-response <= 1] }",
+        ))
+        .unwrap();
+        let protected = |protection: &[(&str, f64)], share_labels: bool| Usage {
+            label_protection: protection
+                .iter()
+                .map(|(kind, strength)| (kind.to_string(), *strength))
+                .collect(),
+            share_labels,
+            ..Usage::example()
+        };
+        let denied = |usage: &Usage| {
+            check_contract(&contract, usage, Some(1000))
+                .into_iter()
+                .filter(|d| d.rule == LABEL_PROTECTION_RULE)
+                .map(|d| d.reason)
+                .collect::<Vec<_>>()
+        };
+        let none = denied(&protected(&[], false));
+        assert_eq!(none.len(), 1);
+        assert!(
+            none[0].contains("with nothing") && none[0].contains("shaped_noise"),
+            "{none:?}"
+        );
+        // Too weak a protection is no protection; either term, strong enough, is.
+        assert_eq!(denied(&protected(&[("shaped-noise", 1.0)], false)).len(), 1);
+        assert_eq!(
+            denied(&protected(&[("randomized-response", 2.0)], false)).len(),
+            1
+        );
+        assert_eq!(
+            denied(&protected(&[("gradient-noise", 50.0)], false)).len(),
+            1
+        );
+        assert!(denied(&protected(&[("shaped-noise", 2.0)], false)).is_empty());
+        assert!(denied(&protected(&[("randomized-response", 0.5)], false)).is_empty());
+        // Labels that leave for governance are not protected, whatever the noise.
+        let shared = denied(&protected(&[("shaped-noise", 4.0)], true));
+        assert!(shared[0].contains("may not leave"), "{shared:?}");
+        // The term binds the label owner's product only, and training only.
+        let feature_domain = Usage {
+            label_column: None,
+            ..protected(&[], false)
+        };
+        assert!(denied(&feature_domain).is_empty());
+        let serving = Usage {
+            action: Action::Predict,
+            ..protected(&[], false)
+        };
+        assert!(denied(&serving).is_empty());
+        assert!(!protection_meets(
+            "shaped-noise >= lots",
+            &[("shaped-noise".into(), 9.0)]
+        ));
     }
 
     #[test]

@@ -47,6 +47,8 @@ pub const SPLIT_LEARNING: &str = "split-learning";
 /// The rule a label owner's contract refuses label sharing by. Governance may answer such a
 /// denial by keeping the labels at their owner (configuration 2) when the job spec says so.
 pub const LABEL_SHARING_RULE: &str = "flLabelSharing";
+/// The contract term that admits training on a product's labels only under label protection.
+pub const LABEL_PROTECTION_RULE: &str = "flLabelProtection";
 
 /// What governance's policies are asked to allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +95,11 @@ pub struct Usage {
     pub columns: Vec<String>,
     /// The label column, when this product holds the labels.
     pub label_column: Option<String>,
+    /// How the job protects the labels at their owner: (`gradient-noise` | `shaped-noise` |
+    /// `randomized-response`, its scale or ε), matched against the label owner's
+    /// `flLabelProtection`.
+    #[serde(default)]
+    pub label_protection: Vec<(String, f64)>,
 }
 
 impl Usage {
@@ -111,6 +118,7 @@ impl Usage {
             product_version: "1.0.0".into(),
             columns: vec!["V20".into(), "Amount".into()],
             label_column: Some("Class".into()),
+            label_protection: Vec::new(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! runs them on separate nodes. [`JointTrainer`] trains the same parts as one network: the
 //! centralized baseline, and the computation the split one is tested against.
 
+pub mod attack;
 pub mod bench;
 pub mod inference;
 pub mod job;

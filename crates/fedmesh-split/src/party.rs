@@ -236,10 +236,165 @@ pub struct HeadStep {
     pub gradient: CutLayerGradient,
 }
 
+/// How the label owner hides its labels in what it returns to governance (configuration 2):
+/// every gradient of the tower's output, and so every cut-layer gradient a domain receives,
+/// derives from it. See docs/label-privacy.md for what each setting buys, measured.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelProtection {
+    /// Gaussian noise added to every value of the gradient the label owner returns, with a
+    /// standard deviation of `gradient_noise` times the batch's root-mean-square gradient
+    /// value (0: none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gradient_noise: f64,
+    /// Noise shaped to hide the label (after Marvell, Li et al. 2022), binary jobs: Gaussian
+    /// noise along the line that separates the batch's classes (the difference of the mean
+    /// gradients of positives and negatives), drawn alike for every example, with a standard
+    /// deviation of `shaped_noise` times that difference's length (0: none). It spends the
+    /// noise where the labels show, and none elsewhere.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shaped_noise: f64,
+    /// ε of randomized response: the head trains on labels each kept with probability
+    /// e^ε / (e^ε + k − 1) and otherwise replaced by one of the k − 1 other classes, drawn once
+    /// per run: ε-label differential privacy for everything the label owner sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub randomized_response: Option<f64>,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
+}
+
+impl LabelProtection {
+    /// Whether it protects anything.
+    pub fn is_active(&self) -> bool {
+        self.gradient_noise > 0.0 || self.shaped_noise > 0.0 || self.randomized_response.is_some()
+    }
+
+    /// Each protection in force, as a contract's `flLabelProtection` names it, with its scale
+    /// or ε.
+    pub fn terms(&self) -> Vec<(String, f64)> {
+        let mut terms = Vec::new();
+        if self.gradient_noise > 0.0 {
+            terms.push(("gradient-noise".to_string(), self.gradient_noise));
+        }
+        if self.shaped_noise > 0.0 {
+            terms.push(("shaped-noise".to_string(), self.shaped_noise));
+        }
+        if let Some(epsilon) = self.randomized_response {
+            terms.push(("randomized-response".to_string(), epsilon));
+        }
+        terms
+    }
+
+    /// Labels after randomized response with `epsilon`, over `classes` classes, from `seed`.
+    pub fn randomize(labels: &[i64], classes: usize, epsilon: f64, seed: u64) -> Vec<i64> {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let others = classes.saturating_sub(1).max(1) as f64;
+        let keep = epsilon.exp() / (epsilon.exp() + others);
+        labels
+            .iter()
+            .map(|&label| {
+                if classes < 2 || rng.random::<f64>() < keep {
+                    return label;
+                }
+                // One of the other classes, uniformly.
+                let other = rng.random_range(0..classes as i64 - 1);
+                if other >= label { other + 1 } else { other }
+            })
+            .collect()
+    }
+}
+
+/// Gaussian noise for gradients, drawn from its own stream.
+struct GradientNoise {
+    /// Isotropic: × the batch's root-mean-square gradient value.
+    isotropic: f64,
+    /// Along the classes' separating line: × the length of the class-mean difference.
+    shaped: f64,
+    /// That difference, averaged over the batches that held both classes: a batch of one
+    /// class gets the same noise as any other, or its mere quietness would tell.
+    separation: Option<Vec<f64>>,
+    rng: rand_chacha::ChaCha8Rng,
+}
+
+impl GradientNoise {
+    fn normal(&mut self) -> f64 {
+        use rand::Rng;
+        // Box–Muller: u1 in (0, 1] keeps the logarithm finite.
+        let u1: f64 = 1.0 - self.rng.random::<f64>();
+        let u2: f64 = self.rng.random::<f64>();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+
+    /// Adds the noise to a batch's gradient (one row per example); `positive` marks the rows
+    /// of class 1, for the shaped part.
+    fn add(&mut self, gradient: &mut WireTensor, positive: &[bool]) {
+        let cols = gradient.cols.max(1);
+        if self.isotropic > 0.0 {
+            let n = gradient.data.len().max(1) as f64;
+            let squares: f64 = gradient.data.iter().map(|&v| (v as f64).powi(2)).sum();
+            let std = self.isotropic * (squares / n).sqrt();
+            for k in 0..gradient.data.len() {
+                gradient.data[k] += (std * self.normal()) as f32;
+            }
+        }
+        if self.shaped <= 0.0 {
+            return;
+        }
+        let count = |class: bool| positive.iter().filter(|&&p| p == class).count();
+        let (positives, negatives) = (count(true), count(false));
+        if positives > 0 && negatives > 0 && positive.len() == gradient.rows {
+            let mut difference = vec![0f64; cols];
+            for (row, &is_positive) in gradient.data.chunks(cols).zip(positive) {
+                let weight = if is_positive {
+                    1.0 / positives as f64
+                } else {
+                    -1.0 / negatives as f64
+                };
+                for (d, &v) in difference.iter_mut().zip(row) {
+                    *d += weight * v as f64;
+                }
+            }
+            self.separation = Some(match self.separation.take() {
+                None => difference,
+                Some(average) => average
+                    .iter()
+                    .zip(&difference)
+                    .map(|(a, d)| 0.9 * a + 0.1 * d)
+                    .collect(),
+            });
+        }
+        let Some(separation) = self.separation.clone() else {
+            return;
+        };
+        let length = separation.iter().map(|d| d * d).sum::<f64>().sqrt();
+        if length <= 0.0 || separation.len() != cols {
+            return;
+        }
+        // Along the unit direction, with a standard deviation of `shaped` × the length.
+        let std = self.shaped * length;
+        for r in 0..gradient.rows {
+            let step = std * self.normal() / length;
+            for (v, d) in gradient.data[r * cols..(r + 1) * cols]
+                .iter_mut()
+                .zip(&separation)
+            {
+                *v += (step * d) as f32;
+            }
+        }
+    }
+}
+
 /// The label owner's side without label sharing: the labels, the head, and the evaluation.
 pub struct LabelOwner {
     pub name: String,
     targets: Targets,
+    /// The labels the head trains on, when randomized response replaces some (evaluation keeps
+    /// the true ones: its metrics stay with the label owner, and only aggregates leave).
+    training_targets: Option<Targets>,
+    noise: Option<GradientNoise>,
     objective: Objective,
     head: Head,
     optimizer: ModuleOptimizer,
@@ -259,12 +414,54 @@ impl LabelOwner {
         Self {
             name: name.into(),
             targets,
+            training_targets: None,
+            noise: None,
             objective,
             head,
             optimizer: optimizer.init(),
             device,
             scores: ScoreBook::default(),
         }
+    }
+
+    /// Protects the labels as `protection` says, its draws from `seed`. Randomized response
+    /// needs classes: with values to regress it is refused.
+    pub fn with_protection(
+        mut self,
+        protection: &LabelProtection,
+        seed: u64,
+    ) -> Result<Self, SplitError> {
+        use rand::SeedableRng;
+        if let Some(epsilon) = protection.randomized_response {
+            let (Targets::Classes(labels), Objective::CrossEntropy { classes, .. }) =
+                (&self.targets, &self.objective)
+            else {
+                return Err(SplitError::refused(
+                    self.name.clone(),
+                    "randomized response protects class labels: this job regresses values",
+                ));
+            };
+            self.training_targets = Some(Targets::Classes(LabelProtection::randomize(
+                labels, *classes, epsilon, seed,
+            )));
+        }
+        if protection.shaped_noise > 0.0
+            && !matches!(self.objective, Objective::CrossEntropy { classes: 2, .. })
+        {
+            return Err(SplitError::refused(
+                self.name.clone(),
+                "shaped noise separates two classes: this job's label is not binary",
+            ));
+        }
+        if protection.gradient_noise > 0.0 || protection.shaped_noise > 0.0 {
+            self.noise = Some(GradientNoise {
+                isotropic: protection.gradient_noise,
+                shaped: protection.shaped_noise,
+                separation: None,
+                rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f697365),
+            });
+        }
+        Ok(self)
     }
 
     /// Loss of the batch, the gradient for governance's tower output, and a head step.
@@ -274,14 +471,25 @@ impl LabelOwner {
         tower_output: &CutActivation,
     ) -> Result<HeadStep, SplitError> {
         let z = tower_output.to_tensor(&self.device).require_grad();
-        let targets = self.targets.gather(&plan.rows);
+        let targets = self
+            .training_targets
+            .as_ref()
+            .unwrap_or(&self.targets)
+            .gather(&plan.rows);
         let loss = self.objective.loss(self.head.forward(z.clone()), &targets);
         let loss_value = scalar(&loss);
         let mut grads = loss.backward();
-        let gradient = WireTensor::from_tensor(
+        let mut gradient = WireTensor::from_tensor(
             &z.grad_remove(&mut grads)
                 .expect("the tower output takes part in the loss"),
         );
+        if let Some(noise) = &mut self.noise {
+            let positive: Vec<bool> = match &targets {
+                Targets::Classes(classes) => classes.iter().map(|&c| c == 1).collect(),
+                Targets::Values(_) => Vec::new(),
+            };
+            noise.add(&mut gradient, &positive);
+        }
         let grads = GradientsParams::from_grads(grads, &self.head);
         self.head = self
             .optimizer

@@ -5,6 +5,7 @@
 //! that a domain judges what the job will do rather than what it was told.
 
 use crate::job::Job;
+use crate::party::LabelProtection;
 use crate::recommend::RecommendationSpec;
 use crate::split_ncf::NcfRole;
 use crate::{AnyJob, SplitError};
@@ -45,6 +46,11 @@ pub fn requested(
         product_version: String::new(),
         columns: entry.features.iter().map(|f| f.column.clone()).collect(),
         label_column: (spec.label.domain == domain).then(|| spec.label.column.clone()),
+        label_protection: spec
+            .label_protection
+            .as_ref()
+            .map(LabelProtection::terms)
+            .unwrap_or_default(),
     })
 }
 
@@ -106,6 +112,7 @@ pub fn recommendation_usage(
         product_version: String::new(),
         columns,
         label_column: None,
+        label_protection: Vec::new(),
     })
 }
 

@@ -38,6 +38,8 @@ const TRAINING_PART: u64 = 102;
 pub const TOWER_PART: u64 = 100;
 /// The part number of the head (at governance or at the label owner).
 pub const HEAD_PART: u64 = 101;
+/// The part number of the label owner's protection draws (randomized response, noise).
+const LABEL_PROTECTION_PART: u64 = 103;
 
 pub(super) fn bottom_config(features: &FeatureMatrix, layers: &LayersSpec) -> BottomConfig {
     BottomConfig {
@@ -125,18 +127,29 @@ impl JobSpec {
 
     /// The label owner's party without label sharing: its labels and the head over the tower's
     /// `tower_output` columns.
-    pub fn label_owner(&self, targets: Targets, tower_output: usize, seed: u64) -> LabelOwner {
+    pub fn label_owner(
+        &self,
+        targets: Targets,
+        tower_output: usize,
+        seed: u64,
+    ) -> Result<LabelOwner, SplitError> {
         let device = training_device();
         let head = self.head_config(tower_output);
         let head = seeded(&device, part_seed(seed, HEAD_PART), || head.init(&device));
-        LabelOwner::new(
+        let owner = LabelOwner::new(
             self.label.domain.clone(),
             targets,
             self.objective.clone(),
             head,
             &self.training.optimizer,
             device,
-        )
+        );
+        match &self.label_protection {
+            Some(protection) => {
+                owner.with_protection(protection, part_seed(seed, LABEL_PROTECTION_PART))
+            }
+            None => Ok(owner),
+        }
     }
 
     /// Governance's side of a split run over `transport`: the tower, and the head too when the

@@ -16,8 +16,10 @@ use super::spec::{JobSpec, LayersSpec, WireEncoding};
 use crate::SplitError;
 use crate::party::DomainParty;
 use crate::scores::{Curves, Metrics};
-use crate::trainer::{EpochRecord, JointNetwork, JointTrainer, Observer, Trainer, fit};
-use crate::transport::InProcess;
+use crate::trainer::{
+    EpochRecord, JointNetwork, JointTrainer, Observer, SplitTrainer, Trainer, fit,
+};
+use crate::transport::{InProcess, Transport};
 
 /// A configuration to train.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,24 +209,55 @@ impl PreparedJob {
                 joint(domain.features.clone(), &domain.bottom)
             }
             RunConfig::SplitLabelSharing | RunConfig::SplitLabelOwner => {
-                let domains: Vec<DomainParty> = self
-                    .domains
-                    .iter()
-                    .map(|d| spec.domain_party(d, seed))
-                    .collect::<Result<_, _>>()?;
-                let cut_width = domains.iter().map(DomainParty::cut_width).sum();
                 let share_labels = *config == RunConfig::SplitLabelSharing;
-                let transport = InProcess::new(
-                    domains,
-                    (!share_labels).then(|| {
-                        let tower_output = spec.tower_and_head(cut_width).0.output();
-                        spec.label_owner(self.targets.clone(), tower_output, seed)
-                    }),
-                    share_labels.then(|| self.targets.clone()),
-                );
+                let (transport, cut_width) = self.in_process(share_labels, seed)?;
                 Box::new(spec.split_trainer(transport, share_labels, cut_width, seed)?)
             }
         })
+    }
+
+    /// Governance's side of a split run whose parties are in this process behind the transport
+    /// `wrap` makes of them (an eavesdropper, in the attack harness), built and seeded as
+    /// [`PreparedJob::trainer`] builds them.
+    pub fn split_trainer_over<T: Transport>(
+        &self,
+        share_labels: bool,
+        seed: u64,
+        wrap: impl FnOnce(InProcess) -> T,
+    ) -> Result<SplitTrainer<T>, SplitError> {
+        let (transport, cut_width) = self.in_process(share_labels, seed)?;
+        let trainer = self
+            .spec
+            .split_trainer(wrap(transport), share_labels, cut_width, seed)?;
+        seed_training_randomness(seed);
+        Ok(trainer)
+    }
+
+    /// Every party of a split run in this process, built from `seed`, and the cut width.
+    pub fn in_process(
+        &self,
+        share_labels: bool,
+        seed: u64,
+    ) -> Result<(InProcess, usize), SplitError> {
+        let spec = &self.spec;
+        let domains: Vec<DomainParty> = self
+            .domains
+            .iter()
+            .map(|d| spec.domain_party(d, seed))
+            .collect::<Result<_, _>>()?;
+        let cut_width = domains.iter().map(DomainParty::cut_width).sum();
+        let label_owner = if share_labels {
+            None
+        } else {
+            let tower_output = spec.tower_and_head(cut_width).0.output();
+            Some(spec.label_owner(self.targets.clone(), tower_output, seed)?)
+        };
+        let transport = InProcess::new(
+            domains,
+            label_owner,
+            share_labels.then(|| self.targets.clone()),
+        );
+        Ok((transport, cut_width))
     }
 
     /// Trains and evaluates one configuration for one seed; with `save_to`, writes the trained

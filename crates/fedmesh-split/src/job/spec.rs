@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
 use crate::limits::{Limits, MAX_BATCH_ROWS, MAX_CLASSES, MAX_EMBEDDING_WIDTH, MAX_SYNTHETIC_ROWS};
+use crate::party::LabelProtection;
 use crate::task::Task;
 use crate::trainer::TrainingSpec;
 
@@ -60,6 +61,9 @@ pub struct JobSpec {
     /// SMOTE and/or undersampling of the training rows (binary tasks; off by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resample: Option<ResampleSpec>,
+    /// How the label owner hides its labels in what it returns (configuration 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_protection: Option<LabelProtection>,
     /// How cut-layer tensors travel between nodes (runs over the network only).
     #[serde(default, skip_serializing_if = "WireSpec::is_default")]
     pub wire: WireSpec,
@@ -302,6 +306,24 @@ impl Job {
                     _ => "a classifier (`task: classification`)",
                 }
             ))
+        } else if spec.task() == Task::Regression
+            && spec
+                .label_protection
+                .as_ref()
+                .is_some_and(|p| p.randomized_response.is_some())
+        {
+            Some(
+                "`label_protection.randomized_response` protects class labels: this job regresses values (use `gradient_noise`)".to_string(),
+            )
+        } else if !matches!(spec.objective, Objective::CrossEntropy { classes: 2, .. })
+            && spec
+                .label_protection
+                .as_ref()
+                .is_some_and(|p| p.shaped_noise > 0.0)
+        {
+            Some(
+                "`label_protection.shaped_noise` separates two classes: this job's label is not binary (use `gradient_noise`)".to_string(),
+            )
         } else if !spec.domains.iter().any(|d| d.name == spec.label.domain) {
             Some(format!(
                 "the label's domain `{}` is not one of the job's domains",
@@ -351,6 +373,23 @@ impl JobSpec {
             1,
             MAX_BATCH_ROWS,
         );
+        if let Some(protection) = &self.label_protection {
+            limits.positive(
+                "label_protection.gradient_noise",
+                protection.gradient_noise,
+                true,
+                1000.0,
+            );
+            limits.positive(
+                "label_protection.shaped_noise",
+                protection.shaped_noise,
+                true,
+                1000.0,
+            );
+            if let Some(epsilon) = protection.randomized_response {
+                limits.positive("label_protection.randomized_response", epsilon, false, 50.0);
+            }
+        }
         limits.fraction("split.test_fraction", self.split.test_fraction, true, false);
         limits.fraction(
             "split.valid_fraction",

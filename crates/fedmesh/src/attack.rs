@@ -1,0 +1,250 @@
+//! `fedmesh attack`: how much of the labels each party of a split job could read off the
+//! gradients it receives, without a defence and with each one asked for, beside what the model
+//! then scores (see `fedmesh_split::attack`).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, bail};
+use fedmesh_split::attack::{ATTACKS, AttackRun, attack};
+use fedmesh_split::job::{Job, RunConfig};
+use fedmesh_split::party::LabelProtection;
+use fedmesh_split::{Metrics, SplitError};
+
+use crate::progress::RunProgress;
+use crate::report::mean_std;
+use crate::run::write_json;
+
+/// What `fedmesh attack` runs.
+pub struct AttackOptions {
+    pub data: Option<PathBuf>,
+    pub seeds: usize,
+    pub epochs: Option<usize>,
+    pub configs: Vec<String>,
+    /// Each a setting of its own, beside the job's own protection.
+    pub gradient_noise: Vec<f64>,
+    pub shaped_noise: Vec<f64>,
+    pub randomized_response: Vec<f64>,
+    pub out: Option<PathBuf>,
+}
+
+/// A protection setting's name in the table.
+fn setting_name(protection: &Option<LabelProtection>) -> String {
+    match protection {
+        None => "none".into(),
+        Some(p) => {
+            let mut parts = Vec::new();
+            if p.gradient_noise > 0.0 {
+                parts.push(format!("gradient noise {}", p.gradient_noise));
+            }
+            if p.shaped_noise > 0.0 {
+                parts.push(format!("shaped noise {}", p.shaped_noise));
+            }
+            if let Some(epsilon) = p.randomized_response {
+                parts.push(format!("randomized response ε={epsilon}"));
+            }
+            if parts.is_empty() {
+                "none".into()
+            } else {
+                parts.join(", ")
+            }
+        }
+    }
+}
+
+pub fn run(example: &Path, options: AttackOptions, stop: &AtomicBool) -> Result<Vec<AttackRun>> {
+    let mut job = Job::load(example)?;
+    if let Some(epochs) = options.epochs {
+        job.spec.training.epochs = fedmesh_split::limits::checked_epochs("--epochs", epochs)
+            .map_err(anyhow::Error::msg)?;
+    }
+    if options.seeds == 0 {
+        bail!("--seeds must be at least 1");
+    }
+    let configs: Vec<RunConfig> = if options.configs.is_empty() {
+        vec![RunConfig::SplitLabelSharing, RunConfig::SplitLabelOwner]
+    } else {
+        options
+            .configs
+            .iter()
+            .map(|c| c.parse().map_err(anyhow::Error::msg))
+            .collect::<Result<_>>()?
+    };
+    let mut settings = vec![job.spec.label_protection.clone()];
+    for &noise in &options.gradient_noise {
+        settings.push(Some(LabelProtection {
+            gradient_noise: noise,
+            ..LabelProtection::default()
+        }));
+    }
+    for &noise in &options.shaped_noise {
+        settings.push(Some(LabelProtection {
+            shaped_noise: noise,
+            ..LabelProtection::default()
+        }));
+    }
+    for &epsilon in &options.randomized_response {
+        settings.push(Some(LabelProtection {
+            randomized_response: Some(epsilon),
+            ..LabelProtection::default()
+        }));
+    }
+    let seeds: Vec<u64> = (1..=options.seeds as u64)
+        .map(|i| job.spec.seeds.get(i as usize - 1).copied().unwrap_or(i))
+        .collect();
+    let out = options.out.clone().unwrap_or_else(|| {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        PathBuf::from("runs").join(format!("{}-attack-{stamp}", job.spec.name))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    println!(
+        "loading and validating the data products of `{}`…",
+        job.spec.name
+    );
+    let mut runs = Vec::new();
+    for protection in &settings {
+        // The defence is part of the job: checked and bounded as a spec's would be.
+        let mut defended = job.clone();
+        defended.spec.label_protection = protection.clone();
+        let problems = defended.spec.limit_problems();
+        if !problems.is_empty() {
+            bail!("{}", problems.join("; "));
+        }
+        let prepared = defended.prepare(options.data.as_deref())?;
+        for config in &configs {
+            // The label owner's protections act where it keeps its labels: with label sharing
+            // a protected run is the unprotected one.
+            if *config == RunConfig::SplitLabelSharing && *protection != job.spec.label_protection {
+                continue;
+            }
+            for &seed in &seeds {
+                let label = format!(
+                    "{} seed {seed}, protection: {}",
+                    config.name(),
+                    setting_name(protection)
+                );
+                let progress = RunProgress::new(label, prepared.spec.training.epochs);
+                match attack(&prepared, config, seed, &progress, stop) {
+                    Ok(run) => {
+                        let worst = run.worst_leak().map_or("no leak measured".into(), |l| {
+                            format!("worst leak {:.3} ({} at {})", l.auc, l.attack, l.party)
+                        });
+                        progress.finish(format!(
+                            "{} {:.4}; {worst}",
+                            run.result.metrics.headline_name(),
+                            run.result.metrics.headline()
+                        ));
+                        runs.push(run);
+                        write_json(&out.join("attack.json"), &runs)?;
+                    }
+                    Err(SplitError::Interrupted) => {
+                        progress.abandon();
+                        bail!(
+                            "interrupted: {} finished runs are in {}",
+                            runs.len(),
+                            out.join("attack.json").display()
+                        );
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    let table = table(&job.spec.name, &runs);
+    std::fs::write(out.join("attack.md"), &table)?;
+    println!("\n{table}");
+    println!(
+        "runs:  {}\ntable: {}",
+        out.join("attack.json").display(),
+        out.join("attack.md").display()
+    );
+    Ok(runs)
+}
+
+/// The table: one row per protection setting and configuration; the test ROC-AUC, and for each
+/// attacked party the highest leak AUC over the epochs of each attack (mean ± std over seeds).
+pub fn table(name: &str, runs: &[AttackRun]) -> String {
+    let mut parties: Vec<String> = Vec::new();
+    for run in runs {
+        for leak in &run.leaks {
+            if !parties.contains(&leak.party) {
+                parties.push(leak.party.clone());
+            }
+        }
+    }
+    // Governance first: it is attacked in configuration 2 only.
+    parties.sort_by_key(|p| p != "governance");
+    let mut rows: BTreeMap<(usize, String, String), Vec<&AttackRun>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for run in runs {
+        let setting = setting_name(&run.protection);
+        if !order.contains(&setting) {
+            order.push(setting.clone());
+        }
+        let rank = order.iter().position(|s| *s == setting).unwrap_or(0);
+        rows.entry((rank, setting, run.config.clone()))
+            .or_default()
+            .push(run);
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{name}: leak AUC (max(AUC, 1 − AUC) of each attack's scores against the training labels; the highest over the epochs), as norm / direction / spectral; mean over seeds"
+    );
+    let _ = write!(
+        out,
+        "\n| protection | configuration | seeds | test ROC-AUC |"
+    );
+    for party in &parties {
+        let _ = write!(out, " {party} |");
+    }
+    let _ = write!(out, "\n|---|---|---|---|");
+    for _ in &parties {
+        let _ = write!(out, "---|");
+    }
+    out.push('\n');
+    for ((_, setting, config), runs) in &rows {
+        let auc: Vec<f64> = runs
+            .iter()
+            .filter_map(|r| match &r.result.metrics {
+                Metrics::Binary(m) => Some(m.roc_auc),
+                _ => None,
+            })
+            .collect();
+        let (mean, std) = mean_std(&auc);
+        let _ = write!(
+            out,
+            "| {setting} | {config} | {} | {mean:.4} ± {std:.4} |",
+            runs.len()
+        );
+        for party in &parties {
+            let cells: Vec<String> = ATTACKS
+                .iter()
+                .map(|attack| {
+                    let worst: Vec<f64> = runs
+                        .iter()
+                        .filter_map(|r| {
+                            r.leaks
+                                .iter()
+                                .filter(|l| &l.party == party && l.attack == *attack)
+                                .map(|l| l.auc)
+                                .max_by(f64::total_cmp)
+                        })
+                        .collect();
+                    if worst.is_empty() {
+                        "–".into()
+                    } else {
+                        format!("{:.3}", mean_std(&worst).0)
+                    }
+                })
+                .collect();
+            let _ = write!(out, " {} |", cells.join(" / "));
+        }
+        out.push('\n');
+    }
+    out
+}
