@@ -209,6 +209,48 @@ fn a_label_owner_that_forbids_sharing_gets_configuration_2_or_fails_as_the_spec_
 }
 
 #[test]
+fn a_label_owner_that_requires_label_protection_admits_only_a_job_that_protects_enough() {
+    let example = Example::new();
+    example.edit(&example.contract("fraud-prevention"), |t| {
+        t.replace(
+            "  - property: flLabelSharing",
+            "  - property: flLabelProtection\n    value: [shaped-noise >= 2, randomized-response <= 1]\n  - property: flLabelSharing",
+        )
+    });
+    let mesh = start(&example);
+    // No protection: denied by the label owner, naming the rule and what to set.
+    let job = mesh.submit(&example.job(), &["split-label-owner"]);
+    assert_eq!(job["state"], "denied", "{job}");
+    assert!(reason(&job).contains("rule `flLabelProtection`"), "{job}");
+    assert!(reason(&job).contains("label_protection"), "{job}");
+    // Too little of it: denied too.
+    let protect = |protection: &str| {
+        example.edit("job.yaml", |t| {
+            let kept: String = t
+                .lines()
+                .filter(|l| !l.starts_with("label_protection:"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            format!("{kept}label_protection: {protection}\n")
+        })
+    };
+    protect("{ shaped_noise: 1 }");
+    let job = mesh.submit(&example.job(), &["split-label-owner"]);
+    assert_eq!(job["state"], "denied", "{job}");
+    assert!(reason(&job).contains("shaped-noise 1"), "{job}");
+    // Labels that would leave for governance: denied, protected or not.
+    protect("{ shaped_noise: 2 }");
+    let job = mesh.submit(&example.job(), &["split-label-sharing"]);
+    assert_eq!(job["state"], "denied", "{job}");
+    assert!(reason(&job).contains("may not leave"), "{job}");
+    // Enough of it, labels at home: admitted, and it trains.
+    let job = mesh.submit(&example.job(), &["split-label-owner"]);
+    assert_eq!(job["state"], "admitted", "{job}");
+    let done = mesh.wait(job["id"].as_str().unwrap());
+    assert_eq!(done["state"], "done", "{done}");
+}
+
+#[test]
 fn an_admitted_job_walks_its_states_and_leaves_a_verifiable_record() {
     let example = Example::new();
     let mesh = start(&example);

@@ -314,7 +314,7 @@ struct GradientNoise {
     /// Along the classes' separating line: × the length of the class-mean difference.
     shaped: f64,
     /// That difference, averaged over the batches that held both classes: a batch of one
-    /// class gets the same noise as any other, or its mere quietness would tell.
+    /// class gets noise along it, as loud as any other's, or its quietness would tell.
     separation: Option<Vec<f64>>,
     rng: rand_chacha::ChaCha8Rng,
 }
@@ -358,17 +358,22 @@ impl GradientNoise {
                 }
             }
             self.separation = Some(match self.separation.take() {
-                None => difference,
+                None => difference.clone(),
                 Some(average) => average
                     .iter()
                     .zip(&difference)
                     .map(|(a, d)| 0.9 * a + 0.1 * d)
                     .collect(),
             });
+            self.shape(gradient, &difference);
+        } else if let Some(separation) = self.separation.clone() {
+            self.shape(gradient, &separation);
         }
-        let Some(separation) = self.separation.clone() else {
-            return;
-        };
+    }
+
+    /// Adds noise along `separation`, with a standard deviation of `shaped` × its length.
+    fn shape(&mut self, gradient: &mut WireTensor, separation: &[f64]) {
+        let cols = gradient.cols.max(1);
         let length = separation.iter().map(|d| d * d).sum::<f64>().sqrt();
         if length <= 0.0 || separation.len() != cols {
             return;
@@ -379,7 +384,7 @@ impl GradientNoise {
             let step = std * self.normal() / length;
             for (v, d) in gradient.data[r * cols..(r + 1) * cols]
                 .iter_mut()
-                .zip(&separation)
+                .zip(separation)
             {
                 *v += (step * d) as f32;
             }
@@ -600,4 +605,59 @@ pub(crate) fn record_eval(
 /// The value of a one-element tensor.
 pub(crate) fn scalar(t: &Tensor<1>) -> f32 {
     t.to_data().try_into_vec::<f32>().expect("f32 loss")[0]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn shaped_noise_moves_each_gradient_only_along_the_line_between_the_classes() {
+        // Four examples of width 3: positives around (1, 2, 0), negatives around (-1, 0, 0).
+        let rows = [
+            [1.0, 2.0, 0.5],
+            [1.2, 2.1, -0.5],
+            [-1.0, 0.1, 0.3],
+            [-0.8, -0.1, -0.3],
+        ];
+        let positive = [true, true, false, false];
+        let mut gradient = WireTensor {
+            rows: 4,
+            cols: 3,
+            data: rows.iter().flatten().copied().collect(),
+        };
+        let mut noise = GradientNoise {
+            isotropic: 0.0,
+            shaped: 3.0,
+            separation: None,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(1),
+        };
+        noise.add(&mut gradient, &positive);
+        // The class-mean difference: (2.0, 2.05, 0).
+        let d = [2.0f64, 2.05, 0.0];
+        let length = d.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let mut moved = Vec::new();
+        for (r, row) in rows.iter().enumerate() {
+            let change: Vec<f64> = (0..3)
+                .map(|c| gradient.data[r * 3 + c] as f64 - row[c] as f64)
+                .collect();
+            let along = change.iter().zip(&d).map(|(a, b)| a * b).sum::<f64>() / length;
+            let across: f64 = change
+                .iter()
+                .zip(&d)
+                .map(|(a, b)| (a - along * b / length).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            assert!(across < 1e-5, "row {r} moved across the line by {across}");
+            moved.push(along.abs());
+        }
+        // Each example draws its own amount, of the order of 3 × the length.
+        assert!(moved.iter().any(|&m| m > 0.3 * length), "{moved:?}");
+        assert!(moved.windows(2).all(|w| w[0] != w[1]), "{moved:?}");
+        // A batch of one class is noised along the line seen before, not left quiet.
+        let before = gradient.data.clone();
+        noise.add(&mut gradient, &[false; 4]);
+        assert_ne!(gradient.data, before);
+    }
 }
