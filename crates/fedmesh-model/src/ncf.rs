@@ -116,13 +116,15 @@ mod tests {
     #[test]
     fn neumf_scores_a_batch_of_pairs() {
         let device = Device::flex();
-        let model = NeuMfConfig {
+        // Built under the generator's lock: drawn outside it, its weights would land in the
+        // middle of another test's seeded part (burn's generator is one per process).
+        let config = NeuMfConfig {
             users: 5,
             items: 7,
             factors: 4,
             layers: vec![8, 4],
-        }
-        .init(&device);
+        };
+        let model = crate::seeded(&device, 1, || config.init(&device));
         let users = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 4, 2], [3]), &device);
         let items = Tensor::<1, Int>::from_data(TensorData::new(vec![6i64, 0, 3], [3]), &device);
         assert_eq!(model.forward(users, items).dims(), [3, 1]);

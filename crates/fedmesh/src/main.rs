@@ -5,6 +5,7 @@
 
 mod attack;
 mod bench;
+mod check;
 mod mesh;
 mod ops;
 mod progress;
@@ -65,6 +66,24 @@ enum Command {
         /// baselines still run in this process.
         #[arg(long)]
         mesh: Option<PathBuf>,
+    },
+    /// Check a job's admission before running it: every domain's contract (and, with --mesh,
+    /// its own policy) and governance's policies, for each split configuration; one line per
+    /// reason with the file and the rule to edit. Exits with 1 when nothing would be admitted.
+    Check {
+        /// The job (a folder with job.yaml, or the file).
+        job: PathBuf,
+        /// A mesh folder (`fedmesh mesh up`): its nodes' contracts and policies, and its
+        /// governance policies.
+        #[arg(long)]
+        mesh: Option<PathBuf>,
+        /// Governance's policies, a .cedar file or a folder of them (default: the mesh's, else
+        /// the example set).
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        /// Who submits the job, as the policies see it.
+        #[arg(long, default_value = "operator")]
+        requester: String,
     },
     /// Measure what each party of a split job could read of the labels off the gradients it
     /// receives (norm, direction and spectral attacks), without a defence and with each
@@ -418,6 +437,25 @@ fn run() -> Result<()> {
             &stop,
         )
         .map(|_| ()),
+        Command::Check {
+            job,
+            mesh,
+            policies,
+            requester,
+        } => {
+            let admitted = check::run(
+                &job,
+                &check::CheckOptions {
+                    mesh,
+                    policies,
+                    requester,
+                },
+            )?;
+            if !admitted {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Attack {
             example,
             data,

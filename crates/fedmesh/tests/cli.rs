@@ -241,3 +241,71 @@ fn a_recommendation_job_reports_hr_and_ndcg_per_configuration_and_seed() {
     assert_eq!(metric(4, "hr@10"), metric(6, "hr@10"));
     assert_eq!(metric(5, "ndcg@10"), metric(7, "ndcg@10"));
 }
+
+#[test]
+fn check_says_what_a_mesh_would_deny_with_the_file_and_rule_to_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fraud");
+    let job = dir.path().join("fraud");
+    std::fs::create_dir_all(job.join("contracts")).unwrap();
+    std::fs::copy(example.join("job.yaml"), job.join("job.yaml")).unwrap();
+    for domain in ["digital", "retail", "fraud-prevention"] {
+        let file = format!("contracts/{domain}.odcs.yaml");
+        std::fs::copy(example.join(&file), job.join(&file)).unwrap();
+    }
+    let edit = |file: &str, from: &str, to: &str| {
+        let path = job.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} has no `{from}`");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    };
+    let check = || {
+        let output = fedmesh().arg("check").arg(&job).output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).to_string(),
+        )
+    };
+    // As written: both configurations admitted.
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("split-label-owner: admitted"), "{out}");
+
+    // A purpose no contract allows and governance forbids, and labels that may not leave.
+    edit("job.yaml", "purpose: fraud-detection", "purpose: marketing");
+    edit(
+        "contracts/fraud-prevention.odcs.yaml",
+        "value: allowed",
+        "value: forbidden",
+    );
+    let (code, out) = check();
+    assert_eq!(code, Some(1), "{out}");
+    let digital = job.join("contracts/digital.odcs.yaml");
+    assert!(
+        out.contains(&format!(
+            "{}: rule `flAllowedPurposes` (digital refuses)",
+            digital.display()
+        )),
+        "{out}"
+    );
+    // Governance's rule is said once, for every domain it concerns, in every configuration.
+    assert_eq!(out.matches("rule `no-marketing`").count(), 1, "{out}");
+    assert!(
+        out.contains("(for digital, retail, fraud-prevention)"),
+        "{out}"
+    );
+    assert!(out.contains("every configuration is denied"), "{out}");
+    // Only configuration 1 takes the labels away.
+    let sharing = out
+        .split("split-label-sharing: denied")
+        .nth(1)
+        .unwrap_or("");
+    assert!(sharing.contains("rule `flLabelSharing`"), "{out}");
+
+    // The purpose put right: configuration 2 is admitted, and the check passes.
+    edit("job.yaml", "purpose: marketing", "purpose: fraud-detection");
+    let (code, out) = check();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("split-label-owner: admitted"), "{out}");
+    assert!(out.contains("split-label-sharing: denied"), "{out}");
+}
