@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
@@ -18,15 +18,35 @@ use crate::report::mean_std;
 use crate::run::write_json;
 
 /// What `fedmesh attack` runs.
+#[derive(clap::Args)]
 pub struct AttackOptions {
+    /// The example folder (a binary classification job), e.g. examples/credit.
+    pub example: PathBuf,
+    /// Read every product from this file instead of where its contract says.
+    #[arg(long)]
     pub data: Option<PathBuf>,
+    /// The job's first N seeds.
+    #[arg(long, default_value_t = 1)]
     pub seeds: usize,
+    /// Override the job's epoch count.
+    #[arg(long)]
     pub epochs: Option<usize>,
+    /// split-label-sharing and/or split-label-owner (default: both), comma-separated.
+    #[arg(long, value_delimiter = ',')]
     pub configs: Vec<String>,
-    /// Each a setting of its own, beside the job's own protection.
+    /// Also run with Gaussian noise on the label owner's gradients at each of these scales
+    /// (× the batch's RMS gradient value), comma-separated.
+    #[arg(long, value_delimiter = ',')]
     pub gradient_noise: Vec<f64>,
+    /// Also run with noise shaped to hide the label (along the line between the batch's
+    /// classes) at each of these scales (× that line's length), comma-separated.
+    #[arg(long, value_delimiter = ',')]
     pub shaped_noise: Vec<f64>,
+    /// Also run with randomized response at each of these ε, comma-separated.
+    #[arg(long, value_delimiter = ',')]
     pub randomized_response: Vec<f64>,
+    /// Where attack.json and attack.md go (default: runs/EXAMPLE-attack-TIME).
+    #[arg(long)]
     pub out: Option<PathBuf>,
 }
 
@@ -54,8 +74,8 @@ fn setting_name(protection: &Option<LabelProtection>) -> String {
     }
 }
 
-pub fn run(example: &Path, options: AttackOptions, stop: &AtomicBool) -> Result<Vec<AttackRun>> {
-    let mut job = Job::load(example)?;
+pub fn run(options: AttackOptions, stop: &AtomicBool) -> Result<Vec<AttackRun>> {
+    let mut job = Job::load(&options.example)?;
     if let Some(epochs) = options.epochs {
         job.spec.training.epochs = fedmesh_split::limits::checked_epochs("--epochs", epochs)
             .map_err(anyhow::Error::msg)?;

@@ -88,36 +88,7 @@ enum Command {
     /// Measure what each party of a split job could read of the labels off the gradients it
     /// receives (norm, direction and spectral attacks), without a defence and with each
     /// defence asked for; prints leak AUC per party beside the test ROC-AUC.
-    Attack {
-        /// The example folder (a binary classification job), e.g. examples/credit.
-        example: PathBuf,
-        /// Read every product from this file instead of where its contract says.
-        #[arg(long)]
-        data: Option<PathBuf>,
-        /// The job's first N seeds.
-        #[arg(long, default_value_t = 1)]
-        seeds: usize,
-        /// Override the job's epoch count.
-        #[arg(long)]
-        epochs: Option<usize>,
-        /// split-label-sharing and/or split-label-owner (default: both), comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        configs: Vec<String>,
-        /// Also run with Gaussian noise on the label owner's gradients at each of these
-        /// scales (× the batch's RMS gradient value), comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        gradient_noise: Vec<f64>,
-        /// Also run with noise shaped to hide the label (along the line between the batch's
-        /// classes) at each of these scales (× that line's length), comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        shaped_noise: Vec<f64>,
-        /// Also run with randomized response at each of these ε, comma-separated.
-        #[arg(long, value_delimiter = ',')]
-        randomized_response: Vec<f64>,
-        /// Where attack.json and attack.md go (default: runs/EXAMPLE-attack-TIME).
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Attack(attack::AttackOptions),
     /// Serve a domain's data product as a node of the mesh (gRPC, mutual TLS).
     Node {
         /// The node's config (domain, listen address, certificates, contract, models folder).
@@ -456,31 +427,7 @@ fn run() -> Result<()> {
             }
             Ok(())
         }
-        Command::Attack {
-            example,
-            data,
-            seeds,
-            epochs,
-            configs,
-            gradient_noise,
-            shaped_noise,
-            randomized_response,
-            out,
-        } => attack::run(
-            &example,
-            attack::AttackOptions {
-                data,
-                seeds,
-                epochs,
-                configs,
-                gradient_noise,
-                shaped_noise,
-                randomized_response,
-                out,
-            },
-            &stop,
-        )
-        .map(|_| ()),
+        Command::Attack(options) => attack::run(options, &stop).map(|_| ()),
         Command::Node {
             config,
             exit_with_parent,
