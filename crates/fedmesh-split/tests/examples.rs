@@ -275,6 +275,17 @@ fn unaligned_products_train_exactly_as_the_same_entities_pre_aligned() {
     let unaligned = Job::load(unaligned.path()).unwrap().prepare(None).unwrap();
     let aligned = Job::load(aligned.path()).unwrap().prepare(None).unwrap();
     assert_eq!(unaligned.rows, 569 - 70);
+    // The source names every product's file, with its domain.
+    for (domain, file) in [
+        ("guest", "breast_hetero_guest.csv"),
+        ("host", "breast_hetero_host.csv"),
+    ] {
+        assert!(
+            unaligned.source.contains(file) && unaligned.source.contains(&format!("({domain})")),
+            "{}",
+            unaligned.source
+        );
+    }
     assert_eq!(unaligned.alignment.intersection, 569 - 70);
     let sizes: Vec<usize> = unaligned
         .alignment

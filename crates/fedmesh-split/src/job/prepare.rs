@@ -59,10 +59,22 @@ impl Job {
                 self.load_product(domain, data, self.example_path().as_deref(), &mut cache)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let source = products
-            .last()
-            .map(|(_, origin)| origin.clone())
-            .unwrap_or_default();
+        // Every product's source, each once with the domains read from it.
+        let mut origins: Vec<(&str, Vec<&str>)> = Vec::new();
+        for (domain, (_, origin)) in spec.domains.iter().zip(&products) {
+            match origins.iter_mut().find(|(o, _)| o == origin) {
+                Some((_, domains)) => domains.push(&domain.name),
+                None => origins.push((origin, vec![&domain.name])),
+            }
+        }
+        let source = match origins.as_slice() {
+            [(origin, _)] => origin.to_string(),
+            _ => origins
+                .iter()
+                .map(|(origin, domains)| format!("{origin} ({})", domains.join(", ")))
+                .collect::<Vec<_>>()
+                .join("; "),
+        };
         let products: Vec<DataProduct> = products.into_iter().map(|(p, _)| p).collect();
         let (products, alignment) = align_products(&spec.domains, products)?;
         let rows = alignment.intersection;
