@@ -291,6 +291,9 @@ impl MultiClassMetrics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegressionMetrics {
     pub rmse: f64,
+    /// Mean absolute error (absent from results written before it was reported).
+    #[serde(default)]
+    pub mae: f64,
     pub r2: f64,
 }
 
@@ -304,8 +307,14 @@ impl RegressionMetrics {
             .map(|(&p, &y)| (p as f64 - y as f64).powi(2))
             .sum();
         let ss_tot: f64 = actual.iter().map(|&y| (y as f64 - mean).powi(2)).sum();
+        let abs: f64 = predicted
+            .iter()
+            .zip(actual)
+            .map(|(&p, &y)| (p as f64 - y as f64).abs())
+            .sum();
         Self {
             rmse: (ss_res / n).sqrt(),
+            mae: abs / n,
             r2: if ss_tot > 0.0 {
                 1.0 - ss_res / ss_tot
             } else {
@@ -356,6 +365,7 @@ mod tests {
         let m = MultiClassMetrics::compute(&p, 3, &[0, 1, 2, 2]);
         assert_eq!(m.accuracy, 0.75);
         let r = RegressionMetrics::compute(&[1.0, 2.0, 3.0], &[1.0, 2.0, 4.0]);
+        assert!((r.mae - 1.0 / 3.0).abs() < 1e-9);
         assert!((r.rmse - (1.0f64 / 3.0).sqrt()).abs() < 1e-9);
         assert!((r.r2 - (1.0 - 1.0 / (14.0 / 3.0))).abs() < 1e-6);
     }

@@ -61,6 +61,14 @@ pub fn table(results: &Results) -> String {
         .runs
         .first()
         .is_some_and(|r| matches!(r.metrics, Metrics::Ranking(_)));
+    let regression = results
+        .runs
+        .first()
+        .is_some_and(|r| matches!(r.metrics, Metrics::Regression(_)));
+    let multiclass = results
+        .runs
+        .first()
+        .is_some_and(|r| matches!(r.metrics, Metrics::MultiClass(_)));
     let headline = results
         .runs
         .first()
@@ -89,6 +97,18 @@ pub fn table(results: &Results) -> String {
             "| configuration | HR@10 | NDCG@10 | train s | examples/s |"
         );
         let _ = writeln!(out, "|---|---|---|---|---|");
+    } else if regression {
+        let _ = writeln!(
+            out,
+            "| configuration | RMSE | MAE | R² | train s | cut-layer MB |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+    } else if multiclass {
+        let _ = writeln!(
+            out,
+            "| configuration | accuracy | macro F1 | train s | cut-layer MB |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
     } else {
         let _ = writeln!(
             out,
@@ -115,6 +135,33 @@ pub fn table(results: &Results) -> String {
                 cell(&runs, b(|m| m.f1)),
                 cell(&runs, b(|m| m.f1_at_0_5)),
                 cell(&runs, b(|m| m.hard_label_auc)),
+            );
+        } else if regression {
+            let r = |f: fn(&fedmesh_model::metrics::RegressionMetrics) -> f64| {
+                move |run: &RunResult| match &run.metrics {
+                    Metrics::Regression(m) => f(m),
+                    _ => f64::NAN,
+                }
+            };
+            let _ = writeln!(
+                out,
+                "| {config} | {} | {} | {} | {seconds} | {mb} |",
+                cell(&runs, r(|m| m.rmse)),
+                cell(&runs, r(|m| m.mae)),
+                cell(&runs, r(|m| m.r2)),
+            );
+        } else if multiclass {
+            let m = |f: fn(&fedmesh_model::metrics::MultiClassMetrics) -> f64| {
+                move |run: &RunResult| match &run.metrics {
+                    Metrics::MultiClass(m) => f(m),
+                    _ => f64::NAN,
+                }
+            };
+            let _ = writeln!(
+                out,
+                "| {config} | {} | {} | {seconds} | {mb} |",
+                cell(&runs, m(|m| m.accuracy)),
+                cell(&runs, m(|m| m.macro_f1)),
             );
         } else if ranking {
             let ndcg = |r: &RunResult| r.metrics.ranking().map_or(f64::NAN, |m| m.ndcg);
@@ -265,4 +312,79 @@ fn chart(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedmesh_model::metrics::{MultiClassMetrics, RegressionMetrics};
+
+    fn results(metrics: Vec<Metrics>) -> Results {
+        let runs = metrics
+            .into_iter()
+            .enumerate()
+            .map(|(k, metrics)| RunResult {
+                config: "split-label-owner".into(),
+                seed: k as u64 + 1,
+                metrics,
+                train_rows: 10,
+                valid_rows: 2,
+                test_rows: 4,
+                train_seconds: 1.0,
+                cut_layer_bytes: 0,
+                samples_per_second: 10.0,
+                history: Vec::new(),
+                curves: None,
+                model_files: Vec::new(),
+                wire: None,
+                alignment: None,
+                test_scores: Vec::new(),
+            })
+            .collect();
+        Results {
+            example: "t".into(),
+            description: String::new(),
+            source: "mem".into(),
+            rows: 16,
+            train_rows: 10,
+            valid_rows: 2,
+            test_rows: 4,
+            interactions: None,
+            runs,
+        }
+    }
+
+    #[test]
+    fn a_regression_and_a_multiclass_table_name_each_metric() {
+        let regression = results(vec![
+            Metrics::Regression(RegressionMetrics {
+                rmse: 2.0,
+                mae: 1.5,
+                r2: 0.6,
+            }),
+            Metrics::Regression(RegressionMetrics {
+                rmse: 4.0,
+                mae: 2.5,
+                r2: 0.4,
+            }),
+        ]);
+        let shown = table(&regression);
+        assert!(
+            shown.contains("| configuration | RMSE | MAE | R² |"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains(
+                "| split-label-owner | 3.0000 ± 1.4142 | 2.0000 ± 0.7071 | 0.5000 ± 0.1414 |"
+            ),
+            "{shown}"
+        );
+        let multiclass = results(vec![Metrics::MultiClass(MultiClassMetrics {
+            accuracy: 0.9,
+            macro_f1: 0.8,
+        })]);
+        let shown = table(&multiclass);
+        assert!(shown.contains("| accuracy | macro F1 |"), "{shown}");
+        assert!(shown.contains("| 0.9000 | 0.8000 |"), "{shown}");
+    }
 }
