@@ -507,11 +507,7 @@ impl LabelProtectionTerm {
                 LABEL_PROTECTIONS.join(", ")
             ));
         }
-        let wanted = if kind == "randomized-response" {
-            "<="
-        } else {
-            ">="
-        };
+        let wanted = if Self::at_most(kind) { "<=" } else { ">=" };
         if bound.is_some() && !text.contains(wanted) {
             return Err(format!(
                 "`{text}`: {kind} is bounded with `{wanted}` (stronger is {})",
@@ -528,13 +524,19 @@ impl LabelProtectionTerm {
         })
     }
 
+    /// Whether the kind's strength is bounded from above: a smaller ε of randomized response
+    /// protects more, a larger scale of noise does.
+    fn at_most(kind: &str) -> bool {
+        kind == "randomized-response"
+    }
+
     /// Whether a job's protections (kind, scale or ε) meet the term.
     pub fn met_by(&self, used: &[(String, f64)]) -> bool {
         used.iter().any(|(kind, strength)| {
             *kind == self.kind
                 && match self.bound {
                     None => *strength > 0.0,
-                    Some(bound) if kind == "randomized-response" => *strength <= bound,
+                    Some(bound) if Self::at_most(kind) => *strength <= bound,
                     Some(bound) => *strength >= bound,
                 }
         })

@@ -112,10 +112,7 @@ impl Interception {
             None => (0, -1.0),
         };
         let reference_norm = norm(g[reference]).max(f32::MIN_POSITIVE);
-        let direction = principal_direction(&g, cols);
-        let mean: Vec<f32> = (0..cols)
-            .map(|c| g.iter().map(|row| row[c]).sum::<f32>() / rows as f32)
-            .collect();
+        let (mean, direction) = principal_direction(&g, cols);
         let scores = match self.epoch.iter().position(|p| p.party == party) {
             Some(i) => &mut self.epoch[i],
             None => {
@@ -136,7 +133,7 @@ impl Interception {
                 .iter()
                 .zip(&mean)
                 .zip(&direction)
-                .map(|((x, m), v)| (x - m) * v)
+                .map(|((&x, m), v)| (x as f64 - m) as f32 * v)
                 .sum();
             scores.positive.push(labels[i]);
             scores.scores[0].push(norm(row));
@@ -166,8 +163,9 @@ impl Interception {
     }
 }
 
-/// The first principal direction of the rows (centered), by power iteration: unit length.
-fn principal_direction(rows: &[&[f32]], cols: usize) -> Vec<f32> {
+/// The rows' mean, and their first principal direction (centered) by power iteration, of unit
+/// length.
+fn principal_direction(rows: &[&[f32]], cols: usize) -> (Vec<f64>, Vec<f32>) {
     let n = rows.len() as f64;
     let mean: Vec<f64> = (0..cols)
         .map(|c| rows.iter().map(|r| r[c] as f64).sum::<f64>() / n)
@@ -193,7 +191,7 @@ fn principal_direction(rows: &[&[f32]], cols: usize) -> Vec<f32> {
         }
         v = next.into_iter().map(|x| x / length).collect();
     }
-    v.into_iter().map(|x| x as f32).collect()
+    (mean, v.into_iter().map(|x| x as f32).collect())
 }
 
 /// A transport that hands every message on, and scores each per-example gradient it carries

@@ -266,11 +266,6 @@ fn is_zero(value: &f64) -> bool {
 }
 
 impl LabelProtection {
-    /// Whether it protects anything.
-    pub fn is_active(&self) -> bool {
-        self.gradient_noise > 0.0 || self.shaped_noise > 0.0 || self.randomized_response.is_some()
-    }
-
     /// Each protection in force, as a contract's `flLabelProtection` names it, with its scale
     /// or ε.
     pub fn terms(&self) -> Vec<(String, f64)> {
@@ -321,11 +316,7 @@ struct GradientNoise {
 
 impl GradientNoise {
     fn normal(&mut self) -> f64 {
-        use rand::Rng;
-        // Box–Muller: u1 in (0, 1] keeps the logarithm finite.
-        let u1: f64 = 1.0 - self.rng.random::<f64>();
-        let u2: f64 = self.rng.random::<f64>();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        fedmesh_data::datasets::normal(&mut self.rng)
     }
 
     /// Adds the noise to a batch's gradient (one row per example); `positive` marks the rows

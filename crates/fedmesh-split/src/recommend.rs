@@ -811,11 +811,7 @@ impl RecommendationSpec {
                 split,
             });
         };
-        if !product
-            .contract
-            .table()
-            .is_some_and(|t| t.properties.iter().any(|p| p.name == key))
-        {
+        if product.contract.property(&key).is_none() {
             return Err(SplitError::Job {
                 job: self.name.clone(),
                 reason: format!(
@@ -990,10 +986,55 @@ pub fn write_synthetic_movielens_job(
     items: usize,
     per_user: usize,
 ) -> Result<PathBuf, SplitError> {
-    const REAL: &str = "shared/data/ml-100k";
     fedmesh_data::recommend::write_synthetic_movielens(&dir.join("data"), users, items, per_user)?;
+    write_movielens_example(
+        dir,
+        |_| "../data".into(),
+        "data: { format: movielens, path: data }",
+    )
+}
+
+/// The MovieLens example's job with `format: tables` over the same synthetic data as
+/// [`write_synthetic_movielens_job`], written to `dir`: each domain's table in a folder of its
+/// own (`sales/ratings.csv`, `customer/viewers.csv`, `product/films.csv`), the example's
+/// contracts pointing at them, and `job.yaml`. Returns the job file.
+pub fn write_synthetic_tables_job(
+    dir: &Path,
+    users: usize,
+    items: usize,
+    per_user: usize,
+) -> Result<PathBuf, SplitError> {
+    let table = |domain: &str| {
+        let name = match domain {
+            "sales" => "ratings",
+            "customer" => "viewers",
+            _ => "films",
+        };
+        format!("{domain}/{name}.csv")
+    };
+    fedmesh_data::recommend::write_synthetic_tables(
+        &dir.join(table("sales")),
+        &dir.join(table("customer")),
+        &dir.join(table("product")),
+        (users, items, per_user),
+    )?;
+    write_movielens_example(
+        dir,
+        |domain| format!("../{}", table(domain)),
+        "data: { format: tables, user: user_id, item: item_id, time: time }",
+    )
+}
+
+/// Writes the MovieLens example's contracts to `dir/contracts`, each server's path replaced by
+/// `server(domain)`, and its `job.yaml` with `data` as its data line. Returns the job file.
+fn write_movielens_example(
+    dir: &Path,
+    server: impl Fn(&str) -> String,
+    data: &str,
+) -> Result<PathBuf, SplitError> {
+    const REAL: &str = "shared/data/ml-100k";
     std::fs::create_dir_all(dir.join("contracts"))?;
-    for (name, text) in [
+    for (domain, text) in [
         (
             "sales",
             include_str!("../../../examples/movielens/contracts/sales.odcs.yaml"),
@@ -1007,55 +1048,9 @@ pub fn write_synthetic_movielens_job(
             include_str!("../../../examples/movielens/contracts/product.odcs.yaml"),
         ),
     ] {
-        let text = text.replace(&format!("../../../../{REAL}"), "../data");
-        std::fs::write(
-            dir.join("contracts").join(format!("{name}.odcs.yaml")),
-            text,
-        )?;
-    }
-    let job = include_str!("../../../examples/movielens/job.yaml")
-        .replace(&format!("../../../{REAL}"), "data");
-    let file = dir.join("job.yaml");
-    std::fs::write(&file, job)?;
-    Ok(file)
-}
-
-/// The MovieLens example's job with `format: tables` over the same synthetic data as
-/// [`write_synthetic_movielens_job`], written to `dir`: each domain's table in a folder of its
-/// own (`sales/ratings.csv`, `customer/viewers.csv`, `product/films.csv`), the example's
-/// contracts pointing at them, and `job.yaml`. Returns the job file.
-pub fn write_synthetic_tables_job(
-    dir: &Path,
-    users: usize,
-    items: usize,
-    per_user: usize,
-) -> Result<PathBuf, SplitError> {
-    const REAL: &str = "shared/data/ml-100k";
-    let tables = [
-        ("sales", "ratings"),
-        ("customer", "viewers"),
-        ("product", "films"),
-    ]
-    .map(|(domain, table)| (domain, dir.join(domain).join(format!("{table}.csv"))));
-    fedmesh_data::recommend::write_synthetic_tables(
-        &tables[0].1,
-        &tables[1].1,
-        &tables[2].1,
-        (users, items, per_user),
-    )?;
-    std::fs::create_dir_all(dir.join("contracts"))?;
-    for ((domain, table), text) in tables.iter().zip([
-        include_str!("../../../examples/movielens/contracts/sales.odcs.yaml"),
-        include_str!("../../../examples/movielens/contracts/customer.odcs.yaml"),
-        include_str!("../../../examples/movielens/contracts/product.odcs.yaml"),
-    ]) {
-        let own = format!(
-            "../{domain}/{}",
-            table.file_name().unwrap_or_default().to_string_lossy()
-        );
         let text = text.replace(
             &format!("../../../../{REAL}   # read by the MovieLens reader"),
-            &own,
+            &server(domain),
         );
         std::fs::write(
             dir.join("contracts").join(format!("{domain}.odcs.yaml")),
@@ -1064,7 +1059,7 @@ pub fn write_synthetic_tables_job(
     }
     let job = include_str!("../../../examples/movielens/job.yaml").replace(
         &format!("data: {{ format: movielens, path: ../../../{REAL} }}"),
-        "data: { format: tables, user: user_id, item: item_id, time: time }",
+        data,
     );
     let file = dir.join("job.yaml");
     std::fs::write(&file, job)?;

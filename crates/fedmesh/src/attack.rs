@@ -15,7 +15,7 @@ use fedmesh_split::{Metrics, SplitError};
 
 use crate::progress::RunProgress;
 use crate::report::mean_std;
-use crate::run::write_json;
+use crate::run::{default_out, first_seeds, write_json};
 
 /// What `fedmesh attack` runs.
 #[derive(clap::Args)]
@@ -80,9 +80,6 @@ pub fn run(options: AttackOptions, stop: &AtomicBool) -> Result<Vec<AttackRun>> 
         job.spec.training.epochs = fedmesh_split::limits::checked_epochs("--epochs", epochs)
             .map_err(anyhow::Error::msg)?;
     }
-    if options.seeds == 0 {
-        bail!("--seeds must be at least 1");
-    }
     let configs: Vec<RunConfig> = if options.configs.is_empty() {
         vec![RunConfig::SplitLabelSharing, RunConfig::SplitLabelOwner]
     } else {
@@ -111,30 +108,31 @@ pub fn run(options: AttackOptions, stop: &AtomicBool) -> Result<Vec<AttackRun>> 
             ..LabelProtection::default()
         }));
     }
-    let seeds: Vec<u64> = (1..=options.seeds as u64)
-        .map(|i| job.spec.seeds.get(i as usize - 1).copied().unwrap_or(i))
-        .collect();
-    let out = options.out.clone().unwrap_or_else(|| {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        PathBuf::from("runs").join(format!("{}-attack-{stamp}", job.spec.name))
-    });
+    let seeds = first_seeds(&job.spec.seeds, Some(options.seeds))?;
+    let out = options
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out(&format!("{}-attack", job.spec.name)));
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     println!(
         "loading and validating the data products of `{}`…",
         job.spec.name
     );
-    let mut runs = Vec::new();
+    // Each defence is part of the job: checked and bounded as a spec's would be, before any
+    // data is read.
     for protection in &settings {
-        // The defence is part of the job: checked and bounded as a spec's would be.
-        let mut defended = job.clone();
-        defended.spec.label_protection = protection.clone();
-        let problems = defended.spec.limit_problems();
+        let mut spec = job.spec.clone();
+        spec.label_protection = protection.clone();
+        let problems = spec.limit_problems();
         if !problems.is_empty() {
             bail!("{}", problems.join("; "));
         }
-        let prepared = defended.prepare(options.data.as_deref())?;
+    }
+    // The data is read and aligned once: a protection changes only how the label owner trains.
+    let mut prepared = job.prepare(options.data.as_deref())?;
+    let mut runs = Vec::new();
+    for protection in &settings {
+        prepared.spec.label_protection = protection.clone();
         for config in &configs {
             // The label owner's protections act where it keeps its labels: with label sharing
             // a protected run is the unprotected one.

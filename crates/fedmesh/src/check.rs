@@ -16,7 +16,7 @@ use fedmesh_split::AnyJob;
 use fedmesh_split::job::RunConfig;
 use fedmesh_split::usage::requested_of;
 
-use crate::mesh::{EXAMPLE_POLICIES, MeshLayout, example_domains};
+use crate::mesh::{EXAMPLE_POLICIES, MeshLayout, domains_of};
 
 /// What `fedmesh check` was asked.
 pub struct CheckOptions {
@@ -28,10 +28,12 @@ pub struct CheckOptions {
     pub requester: String,
 }
 
-/// One domain as the check sees it: its contract, and its own policy.
+/// One domain as the check sees it: its contract (read once, or why it cannot be), and its own
+/// policy.
 struct Domain {
     name: String,
     contract: PathBuf,
+    read: Result<DataContract, String>,
     policy: Option<PathBuf>,
 }
 
@@ -39,34 +41,36 @@ struct Domain {
 /// job can run is admitted.
 pub fn run(job_path: &Path, options: &CheckOptions) -> Result<bool> {
     let job = AnyJob::load(job_path)?;
-    let (listed, _) = example_domains(job_path)?;
+    let listed = domains_of(&job);
     let layout = options
         .mesh
         .as_ref()
         .map(|dir| MeshLayout { dir: dir.clone() });
     let domains: Vec<Domain> = listed
         .into_iter()
-        .map(|(name, contract)| match &layout {
-            // On a mesh, a domain answers with its node's contract and policy, not the job's.
-            Some(layout) => {
-                let config = layout.node_config(&name);
-                let node = fedmesh_node::config::NodeConfig::load(&config).with_context(|| {
-                    format!(
-                        "the mesh in {} has no node for domain `{name}`",
-                        layout.dir.display()
-                    )
-                })?;
-                Ok(Domain {
-                    name,
-                    contract: node.contract,
-                    policy: node.policy,
-                })
-            }
-            None => Ok(Domain {
+        .map(|(name, contract)| {
+            let (contract, policy) = match &layout {
+                // On a mesh, a domain answers with its node's contract and policy, not the job's.
+                Some(layout) => {
+                    let config = layout.node_config(&name);
+                    let node =
+                        fedmesh_node::config::NodeConfig::load(&config).with_context(|| {
+                            format!(
+                                "the mesh in {} has no node for domain `{name}`",
+                                layout.dir.display()
+                            )
+                        })?;
+                    (node.contract, node.policy)
+                }
+                None => (contract, None),
+            };
+            let read = DataContract::from_path(&contract).map_err(|e| e.to_string());
+            Ok(Domain {
                 name,
                 contract,
-                policy: None,
-            }),
+                read,
+                policy,
+            })
         })
         .collect::<Result<_>>()?;
     let (policies, policy_origin) = match (&options.policies, &layout) {
@@ -93,7 +97,7 @@ pub fn run(job_path: &Path, options: &CheckOptions) -> Result<bool> {
         // Governance's denials, once per rule and reason, naming every domain they concern.
         let mut governance: Vec<(String, Vec<String>)> = Vec::new();
         for domain in &domains {
-            let contract = match DataContract::from_path(&domain.contract) {
+            let contract = match &domain.read {
                 Ok(contract) => contract,
                 Err(e) => {
                     lines.push(format!("{}: {e}", domain.contract.display()));
@@ -114,7 +118,7 @@ pub fn run(job_path: &Path, options: &CheckOptions) -> Result<bool> {
                 }
             };
             for denial in fedmesh_node::admission::domain_denials(
-                &contract,
+                contract,
                 domain.policy.as_deref(),
                 &usage,
                 None,

@@ -15,8 +15,9 @@ use fedmesh_governance::GovernanceConfig;
 use fedmesh_governance::config::DomainEndpoint;
 use fedmesh_net::{MeshIdentity, NodeEndpoint};
 use fedmesh_node::NodeConfig;
-use fedmesh_split::job::{Job, read_spec};
-use fedmesh_split::recommend::{RecommendationSpec, is_recommendation};
+use fedmesh_split::AnyJob;
+use fedmesh_split::job::Job;
+use fedmesh_split::recommend::RecommendationSpec;
 use tokio::runtime::Runtime;
 
 /// The certificate name `fedmesh job submit` presents.
@@ -85,17 +86,23 @@ pub fn recommendation_domains(spec: &RecommendationSpec, file: &Path) -> Vec<(St
 /// Each domain of a job with its product's contract.
 pub type Domains = Vec<(String, PathBuf)>;
 
+/// The domains of a job of any task, each with its product's contract.
+pub fn domains_of(job: &AnyJob) -> Domains {
+    match job {
+        AnyJob::Vertical(job) => job_domains(job),
+        AnyJob::Recommendation(spec) => recommendation_domains(spec, &spec.file),
+    }
+}
+
 /// The domains of the example (a classification or a recommendation job) in `path`, and the
 /// public table its products are derived from, if they are.
 pub fn example_domains(path: &Path) -> Result<(Domains, Option<PathBuf>)> {
-    let (text, file) = read_spec(path)?;
-    if is_recommendation(&text) {
-        let spec = RecommendationSpec::from_yaml(&text, &file)?;
-        Ok((recommendation_domains(&spec, &file), None))
-    } else {
-        let job = Job::from_yaml(&text, &file)?;
-        Ok((job_domains(&job), job.example_path()))
-    }
+    let job = AnyJob::load(path)?;
+    let example = match &job {
+        AnyJob::Vertical(job) => job.example_path(),
+        AnyJob::Recommendation(_) => None,
+    };
+    Ok((domains_of(&job), example))
 }
 
 /// How to place the mesh's ports.

@@ -280,13 +280,7 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
     } else {
         chosen
     };
-    let seeds: Vec<u64> = match options.seeds {
-        Some(0) => bail!("--seeds must be at least 1"),
-        Some(n) => (1..=n as u64)
-            .map(|i| job.seeds().get(i as usize - 1).copied().unwrap_or(i))
-            .collect(),
-        None => job.seeds().to_vec(),
-    };
+    let seeds = first_seeds(job.seeds(), options.seeds)?;
     for config in &configs {
         for &seed in &seeds {
             let label = format!("{} seed {seed}", config.name());
@@ -448,7 +442,20 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
     Ok(())
 }
 
-fn default_out(name: &str) -> PathBuf {
+/// The seeds `--seeds N` asks for: the spec's first N (then 1, 2, … past its list), or all of
+/// the spec's without it.
+pub fn first_seeds(spec: &[u64], count: Option<usize>) -> Result<Vec<u64>> {
+    match count {
+        Some(0) => bail!("--seeds must be at least 1"),
+        Some(n) => Ok((1..=n as u64)
+            .map(|i| spec.get(i as usize - 1).copied().unwrap_or(i))
+            .collect()),
+        None => Ok(spec.to_vec()),
+    }
+}
+
+/// `runs/NAME-TIME`, where a command writes its outputs when not told.
+pub fn default_out(name: &str) -> PathBuf {
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
