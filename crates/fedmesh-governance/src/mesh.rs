@@ -369,7 +369,8 @@ impl Mesh {
             partition.valid.len(),
             partition.test.len()
         );
-        let trainer = spec.split_trainer(transport, share_labels, cut_width, seed)?;
+        let trainer =
+            spec.split_trainer(transport, share_labels, cut_width, seed, &partition.train)?;
         fedmesh_split::job::seed_training_randomness(seed);
         Ok((trainer, partition))
     }

@@ -81,15 +81,43 @@ fn check_network_equals_in_process(config: RunConfig) {
     };
     for domain in DOMAINS {
         let dir = mesh.models(domain).join("test").join(config.name());
-        // The bottom and the feature pipeline; the label owner's head too without sharing.
-        let expected = if domain == "fraud-prevention" && config == RunConfig::SplitLabelOwner {
-            3
-        } else {
-            2
+        // The bottom and the feature pipeline; the label owner's head too without sharing, and
+        // the run's validation and test keys.
+        let expected = match (domain, &config) {
+            ("fraud-prevention", RunConfig::SplitLabelOwner) => 5,
+            ("fraud-prevention", _) => 4,
+            _ => 2,
         };
         assert_eq!(saved(dir), expected, "{domain}");
     }
     assert!(saved(governance_parts.path().to_path_buf()) >= 1);
+}
+
+/// `keep: best` over the network: every node keeps a copy of its parts at each new best
+/// validation loss and returns to it at the end, as the parties in one process do.
+#[test]
+fn a_network_run_keeps_the_best_epoch_as_the_in_process_run_does() {
+    let mut job = job();
+    job.spec.training.epochs = 6;
+    job.spec.training.optimizer.learning_rate = 0.05;
+    job.spec.training.keep = fedmesh_split::KeptEpoch::Best;
+    let config = RunConfig::SplitLabelOwner;
+    let local = job
+        .prepare(None)
+        .unwrap()
+        .run(&config, 1, &Silent, &AtomicBool::new(false), None)
+        .unwrap();
+    let kept = local
+        .kept_epoch
+        .expect("an earlier epoch than the last was best");
+    let valid = |r: &RunResult| r.history.iter().map(|e| e.valid_loss).collect::<Vec<_>>();
+    let best = valid(&local)[kept - 1].unwrap();
+    assert!(valid(&local).iter().all(|l| l.unwrap() >= best));
+    let mesh = MeshBuilder::for_job(&job).start();
+    let remote = run_on(&mesh.mesh(), &job, &config, &Silent, None).unwrap();
+    assert_eq!(valid(&remote), valid(&local));
+    assert_eq!(remote.kept_epoch, Some(kept));
+    assert_eq!(remote.metrics, local.metrics);
 }
 
 #[test]

@@ -9,6 +9,7 @@
 //!
 //! Model code is written against burn 0.22 (`Tensor<D>`, backend chosen by the device).
 
+pub mod linear;
 pub mod metrics;
 pub mod mlp;
 pub mod ncf;
@@ -18,7 +19,7 @@ pub mod parts;
 pub use burn;
 pub use metrics::{BinaryMetrics, MultiClassMetrics, RegressionMetrics};
 pub use mlp::{Mlp, MlpConfig};
-pub use objective::{Objective, Targets};
+pub use objective::{Objective, TargetScale, Targets};
 pub use parts::{BottomConfig, BottomModel, Head, HeadConfig, Tower, TowerConfig};
 
 use burn::tensor::Device;

@@ -108,3 +108,49 @@ impl Objective {
             .expect("scores are f32")
     }
 }
+
+/// A regression target's mean and standard deviation over the training rows.
+///
+/// A head trained on raw values starts near 0 while a target may sit at 170,000 with a spread
+/// of 130,000: its bias alone would need thousands of optimizer steps to get there, and the
+/// model scores below a constant. The head learns the standardized target instead and maps its
+/// output back ([`crate::Head::forward`]), so that reports and predictions are in the target's
+/// own units and learning behaves the same whatever those units are.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TargetScale {
+    pub mean: f32,
+    pub std: f32,
+}
+
+impl TargetScale {
+    /// The scale of a head before it is fitted or loaded: outputs unchanged.
+    pub const IDENTITY: TargetScale = TargetScale {
+        mean: 0.0,
+        std: 1.0,
+    };
+
+    /// The mean and standard deviation of `targets` over `rows` (the training rows), for
+    /// regression targets; `None` for classes. A constant target keeps a spread of 1.
+    pub fn fit(targets: &Targets, rows: &[u32]) -> Option<TargetScale> {
+        let Targets::Values(values) = targets else {
+            return None;
+        };
+        let n = rows.len().max(1) as f64;
+        let mean = rows.iter().map(|&r| values[r as usize] as f64).sum::<f64>() / n;
+        let var = rows
+            .iter()
+            .map(|&r| (values[r as usize] as f64 - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        let std = var.sqrt();
+        let std = if std.is_finite() && std > 1e-12 * mean.abs().max(1.0) {
+            std
+        } else {
+            1.0
+        };
+        Some(TargetScale {
+            mean: mean as f32,
+            std: std as f32,
+        })
+    }
+}

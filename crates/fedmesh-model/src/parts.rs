@@ -6,11 +6,13 @@
 //!   head:         z ──▶ hidden ──▶ linear ──▶ logits ──▶ loss      (governance or label owner)
 //! ```
 
+use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::mlp::{Mlp, MlpConfig};
+use crate::objective::{Objective, TargetScale, Targets};
 
 /// A domain's bottom network: embeddings for its categorical columns, concatenated with its
 /// numeric columns, then an MLP whose output is the domain's cut-layer activation.
@@ -185,6 +187,11 @@ pub struct HeadConfig {
     #[serde(default)]
     pub layers: Vec<usize>,
     pub outputs: usize,
+    /// Regression: the target's scale; the linear map gives the standardized target and the
+    /// head's output is mapped back to the target's units. A head that will be loaded from a
+    /// record takes [`TargetScale::IDENTITY`] here, and the record's scale replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_scale: Option<TargetScale>,
 }
 
 impl HeadConfig {
@@ -193,19 +200,79 @@ impl HeadConfig {
         Head {
             output: LinearConfig::new(hidden.output(), self.outputs).init(device),
             hidden: hidden.init(device),
+            target_scale: self.target_scale.map(|s| scale_param(s, device)),
         }
     }
+}
+
+fn scale_param(scale: TargetScale, device: &Device) -> Param<Tensor<2>> {
+    Param::from_tensor(Tensor::from_data(
+        TensorData::new(vec![scale.mean, scale.std], [1, 2]),
+        device,
+    ))
 }
 
 #[derive(Module, Debug)]
 pub struct Head {
     pub hidden: Mlp,
     pub output: Linear,
+    /// `[[mean, std]]` of a regression target: saved with the head so that a loaded head maps
+    /// its outputs back as the trained one did. Never trained: it is read detached, so no
+    /// gradient reaches it.
+    pub target_scale: Option<Param<Tensor<2>>>,
 }
 
 impl Head {
+    /// The head's outputs: logits, or values in the target's units.
     pub fn forward(&self, z: Tensor<2>) -> Tensor<2> {
-        self.output.forward(self.hidden.forward(z))
+        let out = self.output.forward(self.hidden.forward(z));
+        match &self.target_scale {
+            Some(scale) => {
+                let scale = scale.val().detach();
+                let mean = scale.clone().slice([0..1, 0..1]);
+                let std = scale.slice([0..1, 1..2]);
+                out * std + mean
+            }
+            None => out,
+        }
+    }
+
+    /// The objective's loss of `outputs` (this head's) against `targets`; for a regression
+    /// target, on the standardized scale (the squared error divided by the target's variance).
+    pub fn loss(&self, objective: &Objective, outputs: Tensor<2>, targets: &Targets) -> Tensor<1> {
+        let loss = objective.loss(outputs, targets);
+        match &self.target_scale {
+            Some(scale) => {
+                let std = scale.val().detach().slice([0..1, 1..2]).reshape([1]);
+                loss / std.square()
+            }
+            None => loss,
+        }
+    }
+
+    /// The same head with its target's scale fitted to `targets` over the training rows `train`
+    /// (regression; a head over classes is returned as it is).
+    pub fn fitted_to(mut self, targets: &Targets, train: &[u32]) -> Self {
+        if let Some(scale) = TargetScale::fit(targets, train) {
+            let device = self.output.weight.device();
+            self.target_scale = Some(scale_param(scale, &device));
+        }
+        self
+    }
+
+    /// The target's scale this head maps its outputs to (regression).
+    pub fn target_scale(&self) -> Option<TargetScale> {
+        let values = self
+            .target_scale
+            .as_ref()?
+            .val()
+            .into_data()
+            .try_into_vec::<f32>()
+            .ok()?;
+        Some(TargetScale {
+            mean: values[0],
+            std: values[1],
+        })
     }
 
     /// Width of the tower output the head takes.

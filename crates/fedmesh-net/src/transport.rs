@@ -969,6 +969,32 @@ impl Transport for GrpcTransport {
             .map(PathBuf::from)
             .collect())
     }
+
+    fn checkpoint(&mut self) -> Result<(), SplitError> {
+        self.call_every(Command::Checkpoint(v1::Empty {}))
+    }
+
+    fn restore(&mut self) -> Result<(), SplitError> {
+        self.call_every(Command::Restore(v1::Empty {}))
+    }
+}
+
+impl GrpcTransport {
+    /// Sends `body` to every party and waits for each one's `ack`.
+    fn call_every(&mut self, body: Command) -> Result<(), SplitError> {
+        let deadline = self.deadline;
+        let calls = self.links.iter_mut().map(|link| {
+            let body = body.clone();
+            async move {
+                match link.call(body, deadline).await? {
+                    Reply::Ack(_) => Ok(()),
+                    other => Err(unexpected(&link.name, &other)),
+                }
+            }
+        });
+        self.runtime.block_on(try_join_all(calls))?;
+        Ok(())
+    }
 }
 
 impl NcfTransport for GrpcTransport {

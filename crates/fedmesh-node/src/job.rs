@@ -18,7 +18,9 @@ use fedmesh_proto::Encoding;
 use fedmesh_proto::v1::domain_message::Body as Reply;
 use fedmesh_proto::v1::governance_message::Body as Command;
 use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
-use fedmesh_split::job::{DomainSpec, Job, PreparedDomain, pipeline_file, product_keys};
+use fedmesh_split::job::{
+    DomainSpec, Job, PreparedDomain, pipeline_file, product_keys, write_split_keys,
+};
 use fedmesh_split::recommend::{RecommendationSpec, RetailShare, is_recommendation};
 use fedmesh_split::split_ncf::{ExamplePass, NcfParty, NcfRole};
 use fedmesh_split::{DomainParty, HoldsSession, PartySession, SplitError};
@@ -175,6 +177,9 @@ struct OpenedJob {
     fingerprint: Option<[u8; 32]>,
     /// Training, validation and test rows, once the partition is known.
     partition_sizes: Option<[usize; 3]>,
+    /// The label owner's keys of its aligned rows and the partition it drew, for the run's
+    /// validation and test keys (written with its saved parts).
+    split_keys: Option<(Vec<String>, Partition)>,
 }
 
 impl OpenedJob {
@@ -493,6 +498,8 @@ impl NodeJob {
             | Command::Gradient(_)
             | Command::HeadTrain(_)
             | Command::Save(_)
+            | Command::Checkpoint(_)
+            | Command::Restore(_)
             | Command::Report(_)
             | Command::Rank(_) => true,
             _ => false,
@@ -635,6 +642,7 @@ impl NodeJob {
             alignment_id: start.alignment_id,
             fingerprint,
             partition_sizes: None,
+            split_keys: None,
         })
     }
 
@@ -801,9 +809,10 @@ impl NodeJob {
                 session.with_shared_labels(targets)
             } else {
                 let (spec, seed) = (opened.job.spec.clone(), opened.seed);
+                let train = partition.train.clone();
                 session.with_head_recipe(
                     targets,
-                    Box::new(move |targets, width| spec.label_owner(targets, width, seed)),
+                    Box::new(move |targets, width| spec.label_owner(targets, &train, width, seed)),
                 )
             };
         }
@@ -829,6 +838,9 @@ impl NodeJob {
             let path = dir.join(pipeline_file(&prepared.name));
             std::fs::write(&path, prepared.pipeline.to_json())?;
             parts.push(path);
+        }
+        if let Some((keys, partition)) = &self.opened()?.split_keys {
+            parts.extend(write_split_keys(&dir, keys, partition)?);
         }
         Ok(parts)
     }
@@ -1107,6 +1119,8 @@ impl NodeJob {
                 }
                 let (targets, partition) = opened.job.labels_and_partition(&opened.product)?;
                 opened.targets = Some(targets);
+                opened.split_keys =
+                    product_keys(&opened.product)?.map(|keys| (keys, partition.clone()));
                 Reply::Partition(v1::Partition {
                     train: partition.train,
                     valid: partition.valid,
@@ -1157,6 +1171,14 @@ impl NodeJob {
                 Reply::ReportJson(serde_json::to_string(&report).expect("reports serialize"))
             }
             Command::Labels(_) => Reply::Labels(labels_to_wire(self.session()?.shared_labels()?)),
+            Command::Checkpoint(_) => {
+                self.session()?.checkpoint();
+                Reply::Ack(v1::Empty {})
+            }
+            Command::Restore(_) => {
+                self.session()?.restore()?;
+                Reply::Ack(v1::Empty {})
+            }
             Command::Save(_) => Reply::Saved(v1::Saved {
                 parts: self
                     .save()?

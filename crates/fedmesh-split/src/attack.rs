@@ -264,6 +264,14 @@ impl<T: Transport> Transport for Eavesdropper<T> {
     fn save_parts(&mut self, dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, SplitError> {
         self.inner.save_parts(dir)
     }
+
+    fn checkpoint(&mut self) -> Result<(), SplitError> {
+        self.inner.checkpoint()
+    }
+
+    fn restore(&mut self) -> Result<(), SplitError> {
+        self.inner.restore()
+    }
 }
 
 /// Closes each epoch's scores, and tells the caller's observer everything.

@@ -88,6 +88,7 @@ fn throughput(bench: &SplitBench, joint: bool) -> f64 {
         input: 32,
         layers: Vec::new(),
         outputs: 2,
+        target_scale: None,
     }
     .init(&device);
     let objective = Objective::CrossEntropy {
@@ -116,7 +117,9 @@ fn throughput(bench: &SplitBench, joint: bool) -> f64 {
             SplitTrainer::new(
                 InProcess::new(domains, None, Some(labels)),
                 tower,
-                LabelPlacement::Governance { head },
+                LabelPlacement::Governance {
+                    head: Box::new(head),
+                },
                 objective,
                 &optimizer,
                 device,

@@ -33,8 +33,8 @@ pub use scores::{Curves, EvaluationReport, Metrics};
 pub use session::PartySession;
 pub use task::{AnyJob, MESH_CONFIGS, PreparedAnyJob, Task};
 pub use trainer::{
-    EpochRecord, FitOutcome, JointNetwork, JointTrainer, LabelPlacement, Observer, Schedule,
-    Silent, SplitTrainer, Trainer, TrainingSpec, fit,
+    EarlyStopping, EpochRecord, FitOutcome, JointNetwork, JointTrainer, KeptEpoch, LabelPlacement,
+    Observer, Schedule, Silent, SplitTrainer, Trainer, TrainingSpec, fit,
 };
 pub use transport::{HoldsSession, InProcess, Transport};
 pub use wire::{BatchPlan, CutActivation, CutLayerGradient, Part, Pass, WireTensor};

@@ -11,7 +11,7 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, decay::WeightDecayConfig};
 use burn::prelude::*;
 use fedmesh_data::FeatureMatrix;
-use fedmesh_model::{BottomModel, Head, Objective, Targets};
+use fedmesh_model::{BottomModel, Head, Objective, Targets, deep_copy};
 use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
@@ -102,6 +102,7 @@ pub struct DomainParty {
     device: Device,
     /// The training activation awaiting its gradient, and the step's learning rate.
     pending: Option<(Tensor<2>, f64)>,
+    kept: Kept<BottomModel>,
 }
 
 impl DomainParty {
@@ -119,7 +120,26 @@ impl DomainParty {
             optimizer: optimizer.init(),
             device,
             pending: None,
+            kept: Kept::default(),
         }
+    }
+
+    /// Keeps a copy of the bottom as it is now, for [`DomainParty::restore`].
+    pub fn checkpoint(&mut self) {
+        self.kept.keep(&self.model);
+    }
+
+    /// The bottom back to its last checkpoint. Refused without one, or while a training step
+    /// waits for its gradient.
+    pub fn restore(&mut self) -> Result<(), SplitError> {
+        if self.pending.is_some() {
+            return Err(SplitError::refused(
+                self.name.clone(),
+                "restore while a training step waits for its gradient",
+            ));
+        }
+        self.model = self.kept.restored(&self.name)?;
+        Ok(())
     }
 
     /// The cut-layer activation of the plan's rows. For training, the activation is kept until
@@ -396,6 +416,7 @@ pub struct LabelOwner {
     optimizer: ModuleOptimizer,
     device: Device,
     scores: ScoreBook,
+    kept: Kept<Head>,
 }
 
 impl LabelOwner {
@@ -417,7 +438,19 @@ impl LabelOwner {
             optimizer: optimizer.init(),
             device,
             scores: ScoreBook::default(),
+            kept: Kept::default(),
         }
+    }
+
+    /// Keeps a copy of the head as it is now, for [`LabelOwner::restore`].
+    pub fn checkpoint(&mut self) {
+        self.kept.keep(&self.head);
+    }
+
+    /// The head back to its last checkpoint; refused without one.
+    pub fn restore(&mut self) -> Result<(), SplitError> {
+        self.head = self.kept.restored(&self.name)?;
+        Ok(())
     }
 
     /// Protects the labels as `protection` says, its draws from `seed`. Randomized response
@@ -472,7 +505,9 @@ impl LabelOwner {
             .as_ref()
             .unwrap_or(&self.targets)
             .gather(&plan.rows);
-        let loss = self.objective.loss(self.head.forward(z.clone()), &targets);
+        let loss = self
+            .head
+            .loss(&self.objective, self.head.forward(z.clone()), &targets);
         let loss_value = scalar(&loss);
         let mut grads = loss.backward();
         let mut gradient = WireTensor::from_tensor(
@@ -509,10 +544,12 @@ impl LabelOwner {
             ));
         };
         let device = self.device.clone().inner();
-        let outputs = self.head.valid().forward(tower_output.to_tensor(&device));
+        let head = self.head.valid();
+        let outputs = head.forward(tower_output.to_tensor(&device));
         record_eval(
             &mut self.scores,
             &self.objective,
+            &head,
             &self.targets,
             part,
             &plan.rows,
@@ -552,6 +589,34 @@ impl LabelOwner {
     }
 }
 
+/// A part as it was at its last checkpoint (the best epoch so far), to return to at the end of
+/// training. The optimizer's state is not kept: training does not go on after a restore.
+pub(crate) struct Kept<M>(Option<M>);
+
+impl<M> Default for Kept<M> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<M: Module> Kept<M> {
+    /// Keeps a deep copy: a clone would share BatchNorm's running statistics with the part that
+    /// trains on.
+    pub(crate) fn keep(&mut self, part: &M) {
+        self.0 = Some(deep_copy(part));
+    }
+
+    /// A copy of the kept part; refused (as `holder`) when nothing was kept.
+    pub(crate) fn restored(&self, holder: &str) -> Result<M, SplitError> {
+        self.0.as_ref().map(deep_copy).ok_or_else(|| {
+            SplitError::refused(
+                holder.to_string(),
+                "restore without a checkpoint to return to",
+            )
+        })
+    }
+}
+
 /// Writes a module's parameters (burnpack) to `dir/<name>.bpk`.
 pub fn save_part<M: Module>(module: &M, dir: &Path, name: &str) -> Result<PathBuf, SplitError> {
     std::fs::create_dir_all(dir)?;
@@ -583,13 +648,15 @@ pub fn load_part<M: Module>(module: M, path: &Path) -> Result<M, SplitError> {
 pub(crate) fn record_eval(
     book: &mut ScoreBook,
     objective: &Objective,
+    head: &Head,
     targets: &Targets,
     part: crate::wire::Part,
     rows: &[u32],
     outputs: Tensor<2>,
 ) {
     let batch_targets = targets.gather(rows);
-    let loss = scalar(&objective.loss(outputs.clone(), &batch_targets)) as f64 * rows.len() as f64;
+    let loss =
+        scalar(&head.loss(objective, outputs.clone(), &batch_targets)) as f64 * rows.len() as f64;
     book.record(part, rows, objective.scores(outputs), loss);
 }
 

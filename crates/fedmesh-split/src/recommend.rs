@@ -574,6 +574,7 @@ impl RunResult {
                     valid_headline: Some(e.metrics.hit_ratio),
                 })
                 .collect(),
+            kept_epoch: None,
             curves: None,
             model_files: Vec::new(),
             wire: None,
@@ -943,7 +944,7 @@ impl PreparedRecommendation {
                     self.in_process_ncf(*config == RunConfig::SplitLabelSharing, seed, None)?;
                 fit_ranking(&mut model, &self.spec.training, observer, stop)?
             }
-            RunConfig::SingleDomain(_) => {
+            RunConfig::SingleDomain(_) | RunConfig::Linear => {
                 return Err(SplitError::Spec {
                     path: PathBuf::from(&self.spec.name),
                     message: format!(

@@ -276,6 +276,29 @@ impl PartySession {
     }
 
     /// Saves the bottom and the head (when built) under `dir`.
+    /// Keeps a copy of every part this party holds (the best epoch so far). A head still
+    /// waiting to be built has nothing to keep yet.
+    pub fn checkpoint(&mut self) {
+        if let Some(bottom) = &mut self.bottom {
+            bottom.checkpoint();
+        }
+        if let HeadSlot::Built(head) = &mut self.head {
+            head.checkpoint();
+        }
+    }
+
+    /// Every part this party holds back to its last checkpoint; refused for a part that has
+    /// none.
+    pub fn restore(&mut self) -> Result<(), SplitError> {
+        if let Some(bottom) = &mut self.bottom {
+            bottom.restore()?;
+        }
+        if let HeadSlot::Built(head) = &mut self.head {
+            head.restore()?;
+        }
+        Ok(())
+    }
+
     pub fn save(&self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
         let mut written = Vec::new();
         if let Some(bottom) = &self.bottom {
@@ -475,6 +498,7 @@ mod tests {
             input: width,
             layers: vec![],
             outputs: 2,
+            target_scale: None,
         };
         let head = seeded(&device, 2, || config.init(&device));
         let objective = Objective::CrossEntropy {

@@ -707,6 +707,7 @@ fn sales_head(
         input: width,
         layers: Vec::new(),
         outputs: 2,
+        target_scale: None,
     };
     let head = seeded(&device, part_seed(seed, HEAD_PART), || config.init(&device));
     LabelOwner::new(name, targets, objective(), head, optimizer, device)
@@ -814,9 +815,12 @@ impl<T: NcfTransport> SplitNcf<T> {
                 input: tower.output(),
                 layers: Vec::new(),
                 outputs: 2,
+                target_scale: None,
             };
             LabelPlacement::Governance {
-                head: seeded(&device, part_seed(seed, HEAD_PART), || head.init(&device)),
+                head: Box::new(seeded(&device, part_seed(seed, HEAD_PART), || {
+                    head.init(&device)
+                })),
             }
         } else {
             LabelPlacement::LabelOwner

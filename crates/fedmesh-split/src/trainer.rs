@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
-use crate::party::{OptimizerSpec, batch_inputs, load_part, record_eval, save_part, scalar};
+use crate::party::{Kept, OptimizerSpec, batch_inputs, load_part, record_eval, save_part, scalar};
 use crate::scores::{EvaluationReport, ScoreBook};
 use crate::transport::Transport;
 use crate::wire::{BatchPlan, Part, Pass, WireTensor};
@@ -40,12 +40,16 @@ pub trait Trainer {
     }
     /// Saves every part where its holder keeps it; returns what was written.
     fn save(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError>;
+    /// Every holder keeps a copy of its parts as they are now (the best epoch so far).
+    fn checkpoint(&mut self) -> Result<(), SplitError>;
+    /// Every part back to its last checkpoint.
+    fn restore(&mut self) -> Result<(), SplitError>;
 }
 
 /// Where the labels and the loss live in a split job.
 pub enum LabelPlacement {
     /// Configuration 1: the label owner shared its labels; governance holds the head too.
-    Governance { head: Head },
+    Governance { head: Box<Head> },
     /// Configuration 2 (U-shaped): the label owner keeps labels and head.
     LabelOwner,
 }
@@ -55,6 +59,7 @@ struct SharedLabels {
     optimizer: ModuleOptimizer,
     targets: Targets,
     scores: ScoreBook,
+    kept: Kept<Head>,
 }
 
 /// Governance's side of split training.
@@ -68,6 +73,7 @@ pub struct SplitTrainer<T: Transport> {
     cut_layer_bytes: u64,
     /// The training plan after the current one, when known.
     next_plan: Option<BatchPlan>,
+    kept: Kept<Tower>,
 }
 
 impl<T: Transport> SplitTrainer<T> {
@@ -81,10 +87,11 @@ impl<T: Transport> SplitTrainer<T> {
     ) -> Result<Self, SplitError> {
         let labels = match placement {
             LabelPlacement::Governance { head } => Some(SharedLabels {
-                head,
+                head: *head,
                 optimizer: optimizer.init(),
                 targets: transport.shared_labels()?,
                 scores: ScoreBook::default(),
+                kept: Kept::default(),
             }),
             LabelPlacement::LabelOwner => None,
         };
@@ -97,7 +104,16 @@ impl<T: Transport> SplitTrainer<T> {
             device,
             cut_layer_bytes: 0,
             next_plan: None,
+            kept: Kept::default(),
         })
+    }
+
+    /// With label sharing, fits the head's target scale on the training rows `train` of the
+    /// labels the label owner sent (regression).
+    pub fn fit_target_scale(&mut self, train: &[u32]) {
+        if let Some(shared) = &mut self.labels {
+            shared.head = shared.head.clone().fitted_to(&shared.targets, train);
+        }
     }
 
     pub fn tower(&self) -> &Tower {
@@ -169,7 +185,9 @@ impl<T: Transport> Trainer for SplitTrainer<T> {
         let (loss, mut grads) = match &mut self.labels {
             Some(shared) => {
                 let targets = shared.targets.gather(&plan.rows);
-                let loss = self.objective.loss(shared.head.forward(z), &targets);
+                let loss = shared
+                    .head
+                    .loss(&self.objective, shared.head.forward(z), &targets);
                 (scalar(&loss), loss.backward())
             }
             None => {
@@ -224,10 +242,12 @@ impl<T: Transport> Trainer for SplitTrainer<T> {
         let z = self.tower.valid().forward(cut);
         match &mut self.labels {
             Some(shared) => {
-                let outputs = shared.head.valid().forward(z);
+                let head = shared.head.valid();
+                let outputs = head.forward(z);
                 record_eval(
                     &mut shared.scores,
                     &self.objective,
+                    &head,
                     &shared.targets,
                     part,
                     &plan.rows,
@@ -262,6 +282,24 @@ impl<T: Transport> Trainer for SplitTrainer<T> {
         }
         Ok(written)
     }
+
+    fn checkpoint(&mut self) -> Result<(), SplitError> {
+        self.transport.checkpoint()?;
+        self.kept.keep(&self.tower);
+        if let Some(shared) = &mut self.labels {
+            shared.kept.keep(&shared.head);
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self) -> Result<(), SplitError> {
+        self.transport.restore()?;
+        self.tower = self.kept.restored("governance")?;
+        if let Some(shared) = &mut self.labels {
+            shared.head = shared.kept.restored("governance")?;
+        }
+        Ok(())
+    }
 }
 
 /// Every part of a split network in one module: the function the split computation must equal.
@@ -293,6 +331,7 @@ pub struct JointTrainer {
     optimizer: ModuleOptimizer,
     device: Device,
     scores: ScoreBook,
+    kept: Kept<JointNetwork>,
 }
 
 impl JointTrainer {
@@ -313,6 +352,7 @@ impl JointTrainer {
             optimizer: optimizer.init(),
             device,
             scores: ScoreBook::default(),
+            kept: Kept::default(),
         }
     }
 
@@ -327,9 +367,10 @@ impl JointTrainer {
 impl Trainer for JointTrainer {
     fn train_step(&mut self, plan: &BatchPlan) -> Result<f32, SplitError> {
         let outputs = self.network.forward(self.inputs(&plan.rows, &self.device));
-        let loss = self
-            .objective
-            .loss(outputs, &self.targets.gather(&plan.rows));
+        let loss =
+            self.network
+                .head
+                .loss(&self.objective, outputs, &self.targets.gather(&plan.rows));
         let value = scalar(&loss);
         let grads = GradientsParams::from_grads(loss.backward(), &self.network);
         self.network = self
@@ -346,13 +387,12 @@ impl Trainer for JointTrainer {
             ));
         };
         let device = self.device.clone().inner();
-        let outputs = self
-            .network
-            .valid()
-            .forward(self.inputs(&plan.rows, &device));
+        let network = self.network.valid();
+        let outputs = network.forward(self.inputs(&plan.rows, &device));
         record_eval(
             &mut self.scores,
             &self.objective,
+            &network.head,
             &self.targets,
             part,
             &plan.rows,
@@ -367,6 +407,16 @@ impl Trainer for JointTrainer {
 
     fn save(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError> {
         Ok(vec![save_part(&self.network, dir, "joint")?])
+    }
+
+    fn checkpoint(&mut self) -> Result<(), SplitError> {
+        self.kept.keep(&self.network);
+        Ok(())
+    }
+
+    fn restore(&mut self) -> Result<(), SplitError> {
+        self.network = self.kept.restored("the centralized trainer")?;
+        Ok(())
     }
 }
 
@@ -383,6 +433,40 @@ pub struct TrainingSpec {
     pub optimizer: OptimizerSpec,
     #[serde(default)]
     pub schedule: Schedule,
+    /// Which epoch's parts the run keeps: the last, or the one of lowest validation loss.
+    #[serde(default, skip_serializing_if = "KeptEpoch::is_default")]
+    pub keep: KeptEpoch,
+    /// Stop once the validation loss has not improved for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
+}
+
+/// Which epoch's parts a run keeps (and evaluates on the test rows, and saves).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeptEpoch {
+    /// The parts as the last epoch left them.
+    #[default]
+    Last,
+    /// The parts of the epoch with the lowest validation loss: every holder keeps a copy of
+    /// its parts at each new best, and returns to it when training ends.
+    Best,
+}
+
+impl KeptEpoch {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Stops training once `patience` epochs in a row have not lowered the validation loss by more
+/// than `min_delta`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStopping {
+    pub patience: usize,
+    #[serde(default)]
+    pub min_delta: f64,
 }
 
 /// How the learning rate moves over training.
@@ -454,7 +538,10 @@ impl Observer for Silent {}
 /// What a finished run produced.
 #[derive(Debug, Clone)]
 pub struct FitOutcome {
+    /// One record per epoch trained (fewer than the spec's epochs after an early stop).
     pub history: Vec<EpochRecord>,
+    /// The epoch whose parts were kept, evaluated and saved.
+    pub kept_epoch: usize,
     pub report: EvaluationReport,
     pub train_seconds: f64,
     pub cut_layer_bytes: u64,
@@ -462,7 +549,8 @@ pub struct FitOutcome {
 
 /// Trains for `spec.epochs` over shuffled batches of `partition.train` (the order drawn from
 /// `seed`), evaluates the validation slice after each epoch, and evaluates validation and test at
-/// the end. Stops between batches, with [`SplitError::Interrupted`], once `stop` is set.
+/// the end, on the epoch `spec.keep` names. Stops early as `spec.early_stopping` says, and
+/// between batches, with [`SplitError::Interrupted`], once `stop` is set.
 pub fn fit(
     trainer: &mut dyn Trainer,
     partition: &Partition,
@@ -481,6 +569,16 @@ pub fn fit(
         .count();
     let total_steps = steps_per_epoch * spec.epochs;
     let mut step = 0;
+    let tracks_validation = spec.keep == KeptEpoch::Best || spec.early_stopping.is_some();
+    if tracks_validation && partition.valid.is_empty() {
+        return Err(SplitError::refused(
+            "governance",
+            "`training.keep: best` and `training.early_stopping` need validation rows: set `split.valid_fraction` above 0",
+        ));
+    }
+    let min_delta = spec.early_stopping.map_or(0.0, |e| e.min_delta);
+    // The epoch of the lowest validation loss so far, and that loss.
+    let mut best: Option<(usize, f64)> = None;
     observer.training_started();
     for epoch in 1..=spec.epochs {
         order.shuffle(&mut rng);
@@ -508,8 +606,42 @@ pub fn fit(
             valid_headline: report.valid_headline,
         };
         observer.epoch_done(&record);
+        let valid_loss = record.valid_loss;
         history.push(record);
+        if tracks_validation {
+            let loss = valid_loss.filter(|l| l.is_finite()).ok_or_else(|| {
+                SplitError::refused(
+                    "governance",
+                    format!(
+                        "the label holder reported no finite validation loss for epoch {epoch}"
+                    ),
+                )
+            })?;
+            if best.is_none_or(|(_, b)| loss < b - min_delta) {
+                best = Some((epoch, loss));
+                if spec.keep == KeptEpoch::Best && epoch < spec.epochs {
+                    trainer.checkpoint()?;
+                }
+            } else if let (Some(early), Some((at, _))) = (spec.early_stopping, best)
+                && epoch - at >= early.patience
+            {
+                tracing::info!(
+                    "early stop after epoch {epoch}: the best validation loss was epoch {at}'s"
+                );
+                break;
+            }
+        }
     }
+    let last = history.len();
+    let kept_epoch = match (spec.keep, best) {
+        (KeptEpoch::Best, Some((epoch, _))) => {
+            if epoch < last {
+                trainer.restore()?;
+            }
+            epoch
+        }
+        _ => last,
+    };
     let train_seconds = started.elapsed().as_secs_f64();
     observer.evaluation_started();
     evaluate(trainer, &partition.valid, Part::Valid, spec.eval_batch_size)?;
@@ -517,6 +649,7 @@ pub fn fit(
     let report = trainer.report()?;
     Ok(FitOutcome {
         history,
+        kept_epoch,
         report,
         train_seconds,
         cut_layer_bytes: trainer.cut_layer_bytes(),

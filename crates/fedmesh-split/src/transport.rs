@@ -52,6 +52,12 @@ pub trait Transport {
     /// Every party saves the parts it holds under `dir` in its own storage; returns what was
     /// written.
     fn save_parts(&mut self, dir: &Path) -> Result<Vec<PathBuf>, SplitError>;
+
+    /// Every party keeps a copy of the parts it holds (the best epoch so far).
+    fn checkpoint(&mut self) -> Result<(), SplitError>;
+
+    /// Every party puts the parts it holds back to their last checkpoint.
+    fn restore(&mut self) -> Result<(), SplitError>;
 }
 
 /// Refuses a gradient list that does not hold one gradient per feature domain.
@@ -211,5 +217,19 @@ impl<P: HoldsSession> Transport for InProcess<P> {
             written.extend(party.session().save(dir)?);
         }
         Ok(written)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), SplitError> {
+        for party in &mut self.parties {
+            party.session_mut().checkpoint();
+        }
+        Ok(())
+    }
+
+    fn restore(&mut self) -> Result<(), SplitError> {
+        for party in &mut self.parties {
+            party.session_mut().restore()?;
+        }
+        Ok(())
     }
 }

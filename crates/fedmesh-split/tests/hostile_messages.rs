@@ -45,6 +45,7 @@ fn session() -> PartySession {
                     input: width,
                     layers: vec![],
                     outputs: 2,
+                    target_scale: None,
                 };
                 let head = seeded(&device, 2, || config.init(&device));
                 let objective = Objective::CrossEntropy {

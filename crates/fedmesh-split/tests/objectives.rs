@@ -7,8 +7,8 @@ use fedmesh_model::{
     BottomConfig, HeadConfig, Objective, Targets, TowerConfig, seeded, training_device,
 };
 use fedmesh_split::{
-    DomainParty, InProcess, LabelOwner, LabelPlacement, Metrics, OptimizerSpec, Silent,
-    SplitTrainer, TrainingSpec, fit,
+    DomainParty, EarlyStopping, FitOutcome, InProcess, KeptEpoch, LabelOwner, LabelPlacement,
+    Metrics, OptimizerSpec, Silent, SplitTrainer, TrainingSpec, fit,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -31,11 +31,43 @@ fn data(rng: &mut ChaCha8Rng) -> (Vec<FeatureMatrix>, Vec<[f32; 4]>) {
 }
 
 fn train(objective: Objective, targets: Targets, features: Vec<FeatureMatrix>) -> Metrics {
-    let device = training_device();
-    let optimizer = OptimizerSpec {
+    let partition = Partition {
+        train: (0..2000).collect(),
+        valid: (2000..2300).collect(),
+        test: (2300..ROWS as u32).collect(),
+    };
+    let spec = TrainingSpec {
+        epochs: 40,
+        batch_size: 64,
+        eval_batch_size: 1024,
+        optimizer: optimizer(),
+        schedule: Default::default(),
+        keep: Default::default(),
+        early_stopping: None,
+    };
+    train_on(objective, targets, features, &partition, &spec)
+        .report
+        .metrics
+        .unwrap()
+}
+
+fn optimizer() -> OptimizerSpec {
+    OptimizerSpec {
         learning_rate: 0.01,
         ..OptimizerSpec::default()
-    };
+    }
+}
+
+/// Trains a split network of two domains, the label owner's head fitted to the training rows.
+fn train_on(
+    objective: Objective,
+    targets: Targets,
+    features: Vec<FeatureMatrix>,
+    partition: &Partition,
+    spec: &TrainingSpec,
+) -> FitOutcome {
+    let device = training_device();
+    let optimizer = spec.optimizer.clone();
     let domains = features
         .into_iter()
         .enumerate()
@@ -64,8 +96,9 @@ fn train(objective: Objective, targets: Targets, features: Vec<FeatureMatrix>) -
         input: 16,
         layers: vec![],
         outputs: objective.outputs(),
+        target_scale: None,
     };
-    let head = seeded(&device, 11, || head.init(&device));
+    let head = seeded(&device, 11, || head.init(&device)).fitted_to(&targets, &partition.train);
     let owner = LabelOwner::new(
         "owner",
         targets,
@@ -83,29 +116,14 @@ fn train(objective: Objective, targets: Targets, features: Vec<FeatureMatrix>) -
         device,
     )
     .unwrap();
-    let partition = Partition {
-        train: (0..2000).collect(),
-        valid: (2000..2300).collect(),
-        test: (2300..ROWS as u32).collect(),
-    };
-    let spec = TrainingSpec {
-        epochs: 40,
-        batch_size: 64,
-        eval_batch_size: 1024,
-        optimizer,
-        schedule: Default::default(),
-    };
     fit(
         &mut trainer,
-        &partition,
-        &spec,
+        partition,
+        spec,
         1,
         &Silent,
         &AtomicBool::new(false),
     )
-    .unwrap()
-    .report
-    .metrics
     .unwrap()
 }
 
@@ -161,4 +179,91 @@ fn regression_reaches_high_r2() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A target far from zero in large units (a credit limit: mean 170,000, spread 90,000) trains
+/// as well as a standardized one: the head learns the standardized target and maps it back, so
+/// the metrics come out in the target's units.
+#[test]
+fn a_regression_target_in_large_units_is_learned_on_its_standardized_scale() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let (features, xs) = data(&mut rng);
+    let values: Vec<f32> = xs
+        .iter()
+        .map(|x| 170_000.0 + 90_000.0 * (x[0] * x[3] + x[1] - x[2]) / 2.0)
+        .collect();
+    let test = &values[2300..];
+    let mean = test.iter().map(|&y| y as f64).sum::<f64>() / test.len() as f64;
+    let spread =
+        (test.iter().map(|&y| (y as f64 - mean).powi(2)).sum::<f64>() / test.len() as f64).sqrt();
+    match train(Objective::Mse, Targets::Values(values), features) {
+        Metrics::Regression(m) => {
+            assert!(m.r2 > 0.9, "R² {}", m.r2);
+            // In NT$, not in standard deviations: the error is a fraction of the spread.
+            assert!(
+                m.rmse > 0.01 * spread && m.rmse < 0.35 * spread,
+                "RMSE {} (spread {spread})",
+                m.rmse
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// With `keep: best`, the parts evaluated at the end are those of the epoch of lowest
+/// validation loss, restored at every party; early stopping ends training `patience` epochs
+/// after that epoch. A small training set makes the network overfit, so both happen.
+#[test]
+fn the_best_epoch_is_restored_and_training_stops_once_it_is_old_enough() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (features, xs) = data(&mut rng);
+    let values: Vec<f32> = xs
+        .iter()
+        .map(|x| x[0] * x[3] + x[1] - x[2] + (rng.random::<f32>() - 0.5))
+        .collect();
+    let partition = Partition {
+        train: (0..60).collect(),
+        valid: (2000..2300).collect(),
+        test: (2300..ROWS as u32).collect(),
+    };
+    let spec = TrainingSpec {
+        epochs: 300,
+        batch_size: 8,
+        eval_batch_size: 1024,
+        optimizer: OptimizerSpec {
+            learning_rate: 0.02,
+            ..OptimizerSpec::default()
+        },
+        schedule: Default::default(),
+        keep: KeptEpoch::Best,
+        early_stopping: Some(EarlyStopping {
+            patience: 10,
+            min_delta: 0.0,
+        }),
+    };
+    let outcome = train_on(
+        Objective::Mse,
+        Targets::Values(values),
+        features,
+        &partition,
+        &spec,
+    );
+    let epochs = outcome.history.len();
+    assert!(epochs < 300, "never stopped early");
+    assert_eq!(outcome.kept_epoch + 10, epochs);
+    let best = outcome
+        .history
+        .iter()
+        .map(|e| e.valid_loss.unwrap())
+        .fold(f64::INFINITY, f64::min);
+    let kept = outcome.history[outcome.kept_epoch - 1].valid_loss.unwrap();
+    assert_eq!(kept, best);
+    let last = outcome.history.last().unwrap().valid_loss.unwrap();
+    assert!(last > best, "the last epoch {last} is the best {best}");
+    // The final evaluation scores the restored parts: their validation loss is the best one.
+    let final_loss = outcome.report.valid_loss.unwrap();
+    assert!(
+        (final_loss - best).abs() < 1e-6 * best.max(1.0),
+        "restored parts score {final_loss}, the best epoch {best}"
+    );
 }

@@ -53,6 +53,12 @@ impl Transport for Recording {
     fn save_parts(&mut self, dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, SplitError> {
         self.inner.save_parts(dir)
     }
+    fn checkpoint(&mut self) -> Result<(), SplitError> {
+        self.inner.checkpoint()
+    }
+    fn restore(&mut self) -> Result<(), SplitError> {
+        self.inner.restore()
+    }
 }
 
 fn features(rng: &mut ChaCha8Rng, numeric: usize, cardinalities: &[usize]) -> FeatureMatrix {
@@ -124,6 +130,7 @@ fn fixture() -> Fixture {
         input: 6,
         layers: vec![5],
         outputs: 2,
+        target_scale: None,
     };
     let head = seeded(&device, 21, || head.init(&device));
     Fixture {
@@ -164,7 +171,7 @@ fn split_trainer(f: &Fixture, share_labels: bool) -> SplitTrainer<Recording> {
             None,
             Some(f.targets.clone()),
             LabelPlacement::Governance {
-                head: f.network.head.clone(),
+                head: Box::new(f.network.head.clone()),
             },
         )
     } else {

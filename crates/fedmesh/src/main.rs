@@ -6,6 +6,7 @@
 mod attack;
 mod bench;
 mod check;
+mod init;
 mod mesh;
 mod ops;
 mod progress;
@@ -89,6 +90,9 @@ enum Command {
     /// receives (norm, direction and spectral attacks), without a defence and with each
     /// defence asked for; prints leak AUC per party beside the test ROC-AUC.
     Attack(attack::AttackOptions),
+    /// Write a job skeleton and one data contract per file (types, key, rules and usage terms
+    /// inferred from the files), for you to read and edit before `fedmesh check` and `run`.
+    Init(init::InitOptions),
     /// Serve a domain's data product as a node of the mesh (gRPC, mutual TLS).
     Node {
         /// The node's config (domain, listen address, certificates, contract, models folder).
@@ -428,6 +432,7 @@ fn run() -> Result<()> {
             Ok(())
         }
         Command::Attack(options) => attack::run(options, &stop).map(|_| ()),
+        Command::Init(options) => init::run(&options).map(|_| ()),
         Command::Node {
             config,
             exit_with_parent,

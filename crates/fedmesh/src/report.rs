@@ -334,6 +334,7 @@ mod tests {
                 cut_layer_bytes: 0,
                 samples_per_second: 10.0,
                 history: Vec::new(),
+                kept_epoch: None,
                 curves: None,
                 model_files: Vec::new(),
                 wire: None,

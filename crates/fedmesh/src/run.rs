@@ -12,7 +12,7 @@ use fedmesh_split::AnyJob;
 use fedmesh_split::MESH_CONFIGS;
 use fedmesh_split::PreparedAnyJob;
 use fedmesh_split::SplitError;
-use fedmesh_split::job::{AlignmentMethod, Job, RunConfig, RunResult};
+use fedmesh_split::job::{AlignmentMethod, Job, RunConfig, RunResult, write_split_keys};
 use serde::{Deserialize, Serialize};
 use tokio::runtime::Runtime;
 
@@ -274,6 +274,19 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
         job.name()
     );
     let prepared = job.prepare(options.data.as_deref())?;
+    if let PreparedAnyJob::Vertical(vertical) = &prepared
+        && let Some(keys) = &vertical.keys
+    {
+        let files = write_split_keys(&out, keys, &vertical.partition)?;
+        println!(
+            "validation and test keys: {}",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let mut results = describe(&job, &prepared, options.mesh.is_some());
     let configs = if chosen.is_empty() {
         prepared.configs()

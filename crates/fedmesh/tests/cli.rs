@@ -309,3 +309,180 @@ fn check_says_what_a_mesh_would_deny_with_the_file_and_rule_to_edit() {
     assert!(out.contains("split-label-owner: admitted"), "{out}");
     assert!(out.contains("split-label-sharing: denied"), "{out}");
 }
+
+/// Two domains' raw tables as a new user brings them: a guest with a label, a regression target
+/// and a few measurements, a host with other measurements, a category and an amount; each holds
+/// some clients the other lacks, in an order of its own. Returns the two files.
+fn two_party_tables(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    // A small deterministic generator: the test needs no randomness crate.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut uniform = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let rows = 1200;
+    let mut guest = vec!["client_id,label,spend,g0,g1,g2".to_string()];
+    let mut host = vec!["client_id,h0,h1,segment,amount".to_string()];
+    let colours = ["north", "south", "east", "west"];
+    for i in 0..rows {
+        let g: Vec<f64> = (0..3).map(|_| uniform() * 2.0 - 1.0).collect();
+        let h: Vec<f64> = (0..2).map(|_| uniform() * 2.0 - 1.0).collect();
+        let segment = (uniform() * 4.0) as usize;
+        let amount = (uniform() * 6.0).exp();
+        // Both domains are needed, and not linearly.
+        let score = g[0] * h[0] + g[1] - h[1] + 0.5 * (segment as f64 - 1.5);
+        let label = u8::from(score + 0.3 * (uniform() - 0.5) > 0.0);
+        let spend = 300.0 + 120.0 * (g[0] * h[0] * 2.0 + (3.0 * h[1]).sin() + g[2].abs());
+        let id = 10_000 + i * 7;
+        if i % 13 != 0 {
+            guest.push(format!(
+                "{id},{label},{spend:.2},{:.4},{:.4},{:.4}",
+                g[0], g[1], g[2]
+            ));
+        }
+        if i % 17 != 0 {
+            host.push(format!(
+                "{id},{:.4},{:.4},{},{amount:.2}",
+                h[0], h[1], colours[segment]
+            ));
+        }
+    }
+    // The host's rows in another order.
+    let header = host.remove(0);
+    host.reverse();
+    host.insert(0, header);
+    let (g, h) = (dir.join("guest.csv"), dir.join("host.csv"));
+    std::fs::write(&g, guest.join("\n") + "\n").unwrap();
+    std::fs::write(&h, host.join("\n") + "\n").unwrap();
+    (g, h)
+}
+
+fn succeeds(command: &mut Command) -> String {
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+/// The path for a new user: raw CSVs → `init` → `check` → `run`, with no hand edit, for
+/// a classification label and a regression target of the same two tables.
+#[test]
+fn raw_tables_go_through_init_check_and_run_without_a_hand_edit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (guest, host) = two_party_tables(dir.path());
+
+    // Classification.
+    let job = dir.path().join("churn");
+    let said = succeeds(
+        fedmesh()
+            .arg("init")
+            .args([&guest, &host])
+            .args(["--label", "label", "--out"])
+            .arg(&job),
+    );
+    assert!(said.contains("key: `client_id`"), "{said}");
+    assert!(said.contains("classification, 2 classes"), "{said}");
+    let spec = std::fs::read_to_string(job.join("job.yaml")).unwrap();
+    // Every usable column, with a transform that fits it; the other target is a feature here.
+    for line in [
+        "{ column: segment, transform: embedding }",
+        "{ column: amount, transform: log-standardize }",
+        "{ column: spend }",
+        "{ column: h0 }",
+    ] {
+        assert!(spec.contains(line), "{line} missing from\n{spec}");
+    }
+    assert!(!spec.contains("{ column: client_id"), "{spec}");
+    let contract = std::fs::read_to_string(job.join("contracts/guest.odcs.yaml")).unwrap();
+    assert!(contract.contains("primaryKey: true"), "{contract}");
+    assert!(contract.contains("value: forbidden"), "{contract}");
+    // Nothing is overwritten.
+    let again = fedmesh()
+        .arg("init")
+        .args([&guest, &host])
+        .args(["--label", "label", "--out"])
+        .arg(&job)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("overwrites nothing"));
+
+    let checked = succeeds(fedmesh().arg("check").arg(&job));
+    assert!(checked.contains("split-label-owner: admitted"), "{checked}");
+    let out = dir.path().join("churn-out");
+    succeeds(
+        fedmesh()
+            .arg("run")
+            .arg(&job)
+            .args(["--seeds", "1", "--out"])
+            .arg(&out),
+    );
+    let classified = results(&out);
+    let runs = classified["runs"].as_array().unwrap();
+    let owner = runs
+        .iter()
+        .find(|r| r["config"] == "split-label-owner")
+        .unwrap();
+    let auc = owner["metrics"]["roc_auc"].as_f64().unwrap();
+    assert!(auc > 0.9, "ROC-AUC {auc}");
+    // The run wrote the keys of its validation and test rows, one per line.
+    for (file, rows) in [
+        ("valid-keys.txt", "valid_rows"),
+        ("test-keys.txt", "test_rows"),
+    ] {
+        let keys = std::fs::read_to_string(out.join(file)).unwrap();
+        assert_eq!(
+            keys.lines().count() as u64,
+            owner[rows].as_u64().unwrap(),
+            "{file}"
+        );
+        assert!(
+            keys.lines()
+                .all(|k| k.parse::<u32>().is_ok_and(|k| k >= 10_000))
+        );
+    }
+
+    // Regression: the guest's spend, beside the least-squares baseline.
+    let job = dir.path().join("spend");
+    let said = succeeds(
+        fedmesh()
+            .arg("init")
+            .args([&guest, &host])
+            .args(["--label", "spend", "--out"])
+            .arg(&job),
+    );
+    assert!(said.contains("regression"), "{said}");
+    succeeds(fedmesh().arg("check").arg(&job));
+    let out = dir.path().join("spend-out");
+    succeeds(
+        fedmesh()
+            .arg("run")
+            .arg(&job)
+            .args(["--seeds", "1", "--out"])
+            .arg(&out),
+    );
+    let regressed = results(&out);
+    let r2 = |config: &str| {
+        regressed["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["config"] == config)
+            .unwrap_or_else(|| panic!("no {config} run"))["metrics"]["r2"]
+            .as_f64()
+            .unwrap()
+    };
+    let (linear, split) = (r2("linear"), r2("split-label-owner"));
+    assert!(
+        split > linear + 0.1 && split > 0.6,
+        "split R² {split}, linear {linear}"
+    );
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("| RMSE | MAE | R² |"), "{report}");
+}

@@ -4,7 +4,8 @@
 
 use fedmesh_data::{DataProduct, FeatureMatrix, FeaturePipeline};
 use fedmesh_model::{
-    BottomConfig, HeadConfig, Targets, TowerConfig, reseed, seeded, training_device,
+    BottomConfig, HeadConfig, Objective, TargetScale, Targets, TowerConfig, reseed, seeded,
+    training_device,
 };
 
 use super::prepare::PreparedDomain;
@@ -73,6 +74,7 @@ impl JobSpec {
             input,
             layers: self.model.head.clone(),
             outputs: self.objective.outputs(),
+            target_scale: matches!(self.objective, Objective::Mse).then_some(TargetScale::IDENTITY),
         }
     }
 
@@ -126,16 +128,18 @@ impl JobSpec {
     }
 
     /// The label owner's party without label sharing: its labels and the head over the tower's
-    /// `tower_output` columns.
+    /// `tower_output` columns, its target's scale fitted on the training rows `train`.
     pub fn label_owner(
         &self,
         targets: Targets,
+        train: &[u32],
         tower_output: usize,
         seed: u64,
     ) -> Result<LabelOwner, SplitError> {
         let device = training_device();
         let head = self.head_config(tower_output);
-        let head = seeded(&device, part_seed(seed, HEAD_PART), || head.init(&device));
+        let head = seeded(&device, part_seed(seed, HEAD_PART), || head.init(&device))
+            .fitted_to(&targets, train);
         let owner = LabelOwner::new(
             self.label.domain.clone(),
             targets,
@@ -153,32 +157,37 @@ impl JobSpec {
     }
 
     /// Governance's side of a split run over `transport`: the tower, and the head too when the
-    /// labels are shared.
+    /// labels are shared (its target's scale fitted on the training rows `train`).
     pub fn split_trainer<T: Transport>(
         &self,
         transport: T,
         share_labels: bool,
         cut_width: usize,
         seed: u64,
+        train: &[u32],
     ) -> Result<SplitTrainer<T>, SplitError> {
         let device = training_device();
         let (tower, head) = self.tower_and_head(cut_width);
         let tower = seeded(&device, part_seed(seed, TOWER_PART), || tower.init(&device));
         let placement = if share_labels {
             LabelPlacement::Governance {
-                head: seeded(&device, part_seed(seed, HEAD_PART), || head.init(&device)),
+                head: Box::new(seeded(&device, part_seed(seed, HEAD_PART), || {
+                    head.init(&device)
+                })),
             }
         } else {
             LabelPlacement::LabelOwner
         };
-        SplitTrainer::new(
+        let mut trainer = SplitTrainer::new(
             transport,
             tower,
             placement,
             self.objective.clone(),
             &self.training.optimizer,
             device,
-        )
+        )?;
+        trainer.fit_target_scale(train);
+        Ok(trainer)
     }
 }
 

@@ -43,6 +43,8 @@ pub struct PreparedJob {
     pub synthetic_rows: usize,
     /// Where the data came from, for the report.
     pub source: String,
+    /// The label owner's key of each aligned row, when its product declares a key column.
+    pub keys: Option<Vec<String>>,
 }
 
 impl Job {
@@ -84,6 +86,7 @@ impl Job {
             .position(|d| d.name == spec.label.domain)
             .expect("checked when the spec was read");
         let (mut targets, mut partition) = self.labels_and_partition(&products[owner])?;
+        let keys = product_keys(&products[owner])?;
         let mut domains = Vec::new();
         for (domain, product) in spec.domains.iter().zip(&products) {
             if let Some(prepared) = self.prepare_domain(domain, product, &partition.train)? {
@@ -145,6 +148,7 @@ impl Job {
             alignment,
             synthetic_rows,
             source,
+            keys,
         })
     }
 
@@ -368,6 +372,38 @@ pub struct ProductRows {
     pub rows: usize,
 }
 
+/// The files a run's validation and test keys are written to, one key per line: the format
+/// `split.test_keys` reads, so that another run can be held to the same test rows.
+pub const SPLIT_KEY_FILES: [&str; 2] = ["valid-keys.txt", "test-keys.txt"];
+
+/// Writes the keys of the validation and test rows of `partition` to `dir` (see
+/// [`SPLIT_KEY_FILES`]); `keys` holds each aligned row's key. Returns the files written.
+pub fn write_split_keys(
+    dir: &Path,
+    keys: &[String],
+    partition: &Partition,
+) -> Result<Vec<PathBuf>, SplitError> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    for (file, rows) in SPLIT_KEY_FILES
+        .iter()
+        .zip([&partition.valid, &partition.test])
+    {
+        let mut text = String::new();
+        for &row in rows.iter() {
+            // Rows past the keys are synthetic (SMOTE): never in validation or test.
+            if let Some(key) = keys.get(row as usize) {
+                text.push_str(key);
+                text.push('\n');
+            }
+        }
+        let path = dir.join(file);
+        std::fs::write(&path, text)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 /// Refuses a key column that cannot align rows (an empty or repeated key), naming the product
 /// and the first offending row, and returns the keys; `None` for a product without one.
 pub fn product_keys(product: &DataProduct) -> Result<Option<Vec<String>>, SplitError> {
@@ -495,11 +531,13 @@ fn read_targets(
         Objective::CrossEntropy { classes, .. } => {
             let mut labels = Vec::with_capacity(product.rows());
             for (row, v) in values.enumerate() {
+                // The value itself stays out of the message: errors travel to governance.
                 if v.fract() != 0.0 || v < 0.0 || v as usize >= *classes {
                     return Err(DataError::Invalid(format!(
-                        "data product `{}`, column `{column}`, row {}: label {v} is not a class in 0..{classes}",
+                        "data product `{}`, column `{column}`, row {}: the label is not a class in 0..{classes} (an integer from 0 to {})",
                         product.name(),
-                        row + 1
+                        row + 1,
+                        classes - 1
                     ))
                     .into());
                 }
@@ -507,6 +545,20 @@ fn read_targets(
             }
             Targets::Classes(labels)
         }
-        Objective::Mse => Targets::Values(values.map(|v| v as f32).collect()),
+        Objective::Mse => {
+            let mut targets = Vec::with_capacity(product.rows());
+            for (row, v) in values.enumerate() {
+                if !(v as f32).is_finite() {
+                    return Err(DataError::Invalid(format!(
+                        "data product `{}`, column `{column}`, row {}: the label is not a finite number a 32-bit float can hold",
+                        product.name(),
+                        row + 1
+                    ))
+                    .into());
+                }
+                targets.push(v as f32);
+            }
+            Targets::Values(targets)
+        }
     })
 }

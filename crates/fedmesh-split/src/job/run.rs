@@ -3,9 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::time::Instant;
 
 use fedmesh_data::{FeatureMatrix, Partition};
-use fedmesh_model::{seeded, training_device};
+use fedmesh_model::linear::LeastSquares;
+use fedmesh_model::{TargetScale, Targets, seeded, training_device};
 use serde::{Deserialize, Serialize};
 
 use super::build::{
@@ -15,11 +17,13 @@ use super::prepare::{AlignmentSummary, PreparedJob};
 use super::spec::{JobSpec, LayersSpec, WireEncoding};
 use crate::SplitError;
 use crate::party::DomainParty;
-use crate::scores::{Curves, Metrics};
+use crate::scores::{Curves, Metrics, ScoreBook};
+use crate::task::Task;
 use crate::trainer::{
     EpochRecord, JointNetwork, JointTrainer, Observer, SplitTrainer, Trainer, fit,
 };
 use crate::transport::{InProcess, Transport};
+use crate::wire::Part;
 
 /// A configuration to train.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,6 +37,8 @@ pub enum RunConfig {
     SplitLabelOwner,
     /// One domain's features alone, trained centrally.
     SingleDomain(String),
+    /// A regression job's baseline: least squares over every domain's features in one place.
+    Linear,
 }
 
 impl RunConfig {
@@ -44,6 +50,7 @@ impl RunConfig {
             RunConfig::SplitLabelSharing => "split-label-sharing".into(),
             RunConfig::SplitLabelOwner => "split-label-owner".into(),
             RunConfig::SingleDomain(d) => format!("single-domain:{d}"),
+            RunConfig::Linear => "linear".into(),
         }
     }
 }
@@ -53,13 +60,14 @@ impl std::str::FromStr for RunConfig {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "popularity" => Ok(RunConfig::Popularity),
+            "linear" => Ok(RunConfig::Linear),
             "centralized" => Ok(RunConfig::Centralized),
             "split-label-sharing" => Ok(RunConfig::SplitLabelSharing),
             "split-label-owner" => Ok(RunConfig::SplitLabelOwner),
             other => match other.strip_prefix("single-domain:") {
                 Some(d) => Ok(RunConfig::SingleDomain(d.to_string())),
                 None => Err(format!(
-                    "unknown configuration `{other}`: use centralized, split-label-sharing, split-label-owner, single-domain:NAME, or popularity (recommendation jobs)"
+                    "unknown configuration `{other}`: use centralized, split-label-sharing, split-label-owner, single-domain:NAME, linear (regression jobs), or popularity (recommendation jobs)"
                 )),
             },
         }
@@ -83,6 +91,10 @@ pub struct RunResult {
     pub cut_layer_bytes: u64,
     pub samples_per_second: f64,
     pub history: Vec<EpochRecord>,
+    /// The epoch whose parts were evaluated and saved, when it is not the last one trained
+    /// (`training.keep: best`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_epoch: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub curves: Option<Curves>,
     /// Trained parts and feature pipelines, when saved.
@@ -118,6 +130,9 @@ impl PreparedJob {
             RunConfig::SplitLabelSharing,
             RunConfig::SplitLabelOwner,
         ];
+        if self.spec.task() == Task::Regression {
+            configs.insert(0, RunConfig::Linear);
+        }
         if self.spec.single_domain_baselines {
             configs.extend(
                 self.domains
@@ -169,7 +184,8 @@ impl PreparedJob {
             let bottoms = vec![seeded(&device, part_seed(seed, 0), || bottom.init(&device))];
             let (tower, head) = spec.tower_and_head(bottom.output());
             let tower = seeded(&device, part_seed(seed, TOWER_PART), || tower.init(&device));
-            let head = seeded(&device, part_seed(seed, HEAD_PART), || head.init(&device));
+            let head = seeded(&device, part_seed(seed, HEAD_PART), || head.init(&device))
+                .fitted_to(&self.targets, &self.partition.train);
             Box::new(JointTrainer::new(
                 JointNetwork {
                     bottoms,
@@ -188,6 +204,12 @@ impl PreparedJob {
                 return Err(SplitError::Spec {
                     path: PathBuf::from(&self.spec.name),
                     message: "`popularity` ranks items: it is a baseline of recommendation jobs (`task: recommendation`)".into(),
+                });
+            }
+            RunConfig::Linear => {
+                return Err(SplitError::Spec {
+                    path: PathBuf::from(&self.spec.name),
+                    message: "`linear` is solved in closed form, not trained step by step".into(),
                 });
             }
             RunConfig::Centralized => {
@@ -211,7 +233,13 @@ impl PreparedJob {
             RunConfig::SplitLabelSharing | RunConfig::SplitLabelOwner => {
                 let share_labels = *config == RunConfig::SplitLabelSharing;
                 let (transport, cut_width) = self.in_process(share_labels, seed)?;
-                Box::new(spec.split_trainer(transport, share_labels, cut_width, seed)?)
+                Box::new(spec.split_trainer(
+                    transport,
+                    share_labels,
+                    cut_width,
+                    seed,
+                    &self.partition.train,
+                )?)
             }
         })
     }
@@ -226,9 +254,13 @@ impl PreparedJob {
         wrap: impl FnOnce(InProcess) -> T,
     ) -> Result<SplitTrainer<T>, SplitError> {
         let (transport, cut_width) = self.in_process(share_labels, seed)?;
-        let trainer = self
-            .spec
-            .split_trainer(wrap(transport), share_labels, cut_width, seed)?;
+        let trainer = self.spec.split_trainer(
+            wrap(transport),
+            share_labels,
+            cut_width,
+            seed,
+            &self.partition.train,
+        )?;
         seed_training_randomness(seed);
         Ok(trainer)
     }
@@ -250,7 +282,12 @@ impl PreparedJob {
             None
         } else {
             let tower_output = spec.tower_and_head(cut_width).0.output();
-            Some(spec.label_owner(self.targets.clone(), tower_output, seed)?)
+            Some(spec.label_owner(
+                self.targets.clone(),
+                &self.partition.train,
+                tower_output,
+                seed,
+            )?)
         };
         let transport = InProcess::new(
             domains,
@@ -270,6 +307,11 @@ impl PreparedJob {
         stop: &AtomicBool,
         save_to: Option<&Path>,
     ) -> Result<RunResult, SplitError> {
+        if *config == RunConfig::Linear {
+            let mut result = self.least_squares(seed)?;
+            result.alignment = Some(self.alignment.clone());
+            return Ok(result);
+        }
         let mut trainer = self.trainer(config, seed)?;
         let mut result = self.spec.train_and_evaluate(
             trainer.as_mut(),
@@ -290,6 +332,97 @@ impl PreparedJob {
         result.alignment = Some(self.alignment.clone());
         Ok(result)
     }
+}
+
+impl PreparedJob {
+    /// The `linear` baseline: least squares over every domain's features in one place (numeric
+    /// columns as the pipelines standardized them, categorical ones one-hot), fitted on the
+    /// training rows and scored on validation and test as every other configuration is. The
+    /// same for every seed: there is nothing random in it.
+    fn least_squares(&self, seed: u64) -> Result<RunResult, SplitError> {
+        let started = Instant::now();
+        let Targets::Values(values) = &self.targets else {
+            return Err(SplitError::Spec {
+                path: PathBuf::from(&self.spec.name),
+                message: "`linear` is least squares: a baseline of regression jobs".into(),
+            });
+        };
+        let parts: Vec<&FeatureMatrix> = self.domains.iter().map(|d| &d.features).collect();
+        let (x, width) = design_matrix(&FeatureMatrix::concat_columns(&parts));
+        let row = |r: u32| &x[r as usize * width..(r as usize + 1) * width];
+        let train = &self.partition.train;
+        let train_x: Vec<f64> = train.iter().flat_map(|&r| row(r).to_vec()).collect();
+        let train_y: Vec<f64> = train.iter().map(|&r| values[r as usize] as f64).collect();
+        let fit = LeastSquares::fit(&train_x, width, &train_y, 1e-6).ok_or_else(|| {
+            SplitError::refused(
+                "the linear baseline",
+                "least squares has no solution on the training rows",
+            )
+        })?;
+        let scale = TargetScale::fit(&self.targets, train).unwrap_or(TargetScale::IDENTITY);
+        let mut book = ScoreBook::default();
+        for (part, rows) in [
+            (Part::Valid, &self.partition.valid),
+            (Part::Test, &self.partition.test),
+        ] {
+            let scores: Vec<f32> = rows.iter().map(|&r| fit.predict(row(r)) as f32).collect();
+            // The loss on the standardized scale, as a head reports it.
+            let loss: f64 = rows
+                .iter()
+                .zip(&scores)
+                .map(|(&r, &s)| ((s - values[r as usize]) as f64 / scale.std as f64).powi(2))
+                .sum();
+            book.record(part, rows, scores, loss);
+        }
+        let report = book.report(&self.spec.objective, &self.targets);
+        let metrics = report.metrics.ok_or_else(|| {
+            SplitError::refused("the linear baseline", "there are no test rows to score")
+        })?;
+        let train_seconds = started.elapsed().as_secs_f64();
+        Ok(RunResult {
+            config: RunConfig::Linear.name(),
+            seed,
+            metrics,
+            train_rows: train.len(),
+            valid_rows: self.partition.valid.len(),
+            test_rows: self.partition.test.len(),
+            train_seconds,
+            cut_layer_bytes: 0,
+            samples_per_second: train.len() as f64 / train_seconds.max(1e-9),
+            history: Vec::new(),
+            kept_epoch: None,
+            curves: None,
+            model_files: Vec::new(),
+            wire: None,
+            alignment: None,
+            test_scores: report.test_scores,
+        })
+    }
+}
+
+/// Features as least squares reads them: each row's numeric columns, then each categorical
+/// column one-hot over its table; row-major, with the row width.
+fn design_matrix(features: &FeatureMatrix) -> (Vec<f64>, usize) {
+    let tables: Vec<usize> = features.embeddings.iter().map(|e| e.0).collect();
+    let width = features.numeric_width + tables.iter().sum::<usize>();
+    let mut x = vec![0.0; features.rows * width];
+    for r in 0..features.rows {
+        let out = &mut x[r * width..(r + 1) * width];
+        let numeric =
+            &features.numeric[r * features.numeric_width..(r + 1) * features.numeric_width];
+        for (o, &v) in out.iter_mut().zip(numeric) {
+            *o = v as f64;
+        }
+        let mut at = features.numeric_width;
+        for (c, &table) in tables.iter().enumerate() {
+            let index = features.categorical[r * tables.len() + c];
+            if (0..table as i64).contains(&index) {
+                out[at + index as usize] = 1.0;
+            }
+            at += table;
+        }
+    }
+    (x, width)
 }
 
 impl JobSpec {
@@ -318,7 +451,9 @@ impl JobSpec {
                 .collect(),
             None => Vec::new(),
         };
-        let samples = (partition.train.len() * self.training.epochs) as f64;
+        let samples = (partition.train.len() * outcome.history.len()) as f64;
+        let kept_epoch =
+            (outcome.kept_epoch != outcome.history.len()).then_some(outcome.kept_epoch);
         Ok(RunResult {
             model_files,
             config: config.name(),
@@ -331,6 +466,7 @@ impl JobSpec {
             cut_layer_bytes: outcome.cut_layer_bytes,
             samples_per_second: samples / outcome.train_seconds.max(1e-9),
             history: outcome.history,
+            kept_epoch,
             curves: outcome.report.curves,
             wire: None,
             alignment: None,
