@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{DataError, DataProduct};
 
 /// How one column becomes model input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum FeatureKind {
     /// (x − mean) / std.
@@ -28,10 +28,12 @@ pub enum FeatureKind {
 }
 
 /// One column of a domain's feature list, as a job spec states it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FeatureSpec {
+    /// The product's column.
     pub column: String,
+    /// How the column becomes model input (fitted on training rows only).
     #[serde(default = "default_kind")]
     pub transform: FeatureKind,
     /// Embedding width (for `embedding`; default: min(16, ⌈1.6·cardinality^0.56⌉)).

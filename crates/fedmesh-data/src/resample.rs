@@ -17,7 +17,7 @@ use crate::FeatureMatrix;
 
 /// Target class ratios (minority / majority) after each step, as imbalanced-learn's
 /// `sampling_strategy`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ResampleSpec {
     /// Oversample the minority class with SMOTE up to this ratio (e.g. 0.1).

@@ -19,6 +19,7 @@ pub mod job;
 pub mod limits;
 pub mod party;
 pub mod recommend;
+pub mod schema;
 pub mod scores;
 pub mod session;
 pub mod split_ncf;

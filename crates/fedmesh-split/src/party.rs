@@ -19,15 +19,19 @@ use crate::scores::{EvaluationReport, ScoreBook};
 use crate::wire::{BatchPlan, CutActivation, CutLayerGradient, Pass, WireTensor};
 
 /// Adam, with PyTorch's defaults (ε = 1e-8, not burn's 1e-5) unless configured.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptimizerSpec {
+    /// Adam's step size (the schedule's start).
     #[serde(default = "default_lr")]
     pub learning_rate: f64,
+    /// Adam's ε.
     #[serde(default = "default_epsilon")]
     pub epsilon: f32,
+    /// Adam's β₁.
     #[serde(default = "default_beta_1")]
     pub beta_1: f32,
+    /// Adam's β₂.
     #[serde(default = "default_beta_2")]
     pub beta_2: f32,
     /// L2 penalty added to gradients (PyTorch `Adam(weight_decay=…)`).
@@ -259,7 +263,7 @@ pub struct HeadStep {
 /// How the label owner hides its labels in what it returns to governance (configuration 2):
 /// every gradient of the tower's output, and so every cut-layer gradient a domain receives,
 /// derives from it. See docs/label-privacy.md for what each setting buys, measured.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelProtection {
     /// Gaussian noise added to every value of the gradient the label owner returns, with a

@@ -90,16 +90,19 @@ pub fn popularity(split: &LeaveOneOut, items: usize) -> RankingMetrics {
 }
 
 /// How NeuMF trains: the paper's defaults.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NcfTraining {
+    /// Passes over the training interactions.
     #[serde(default = "default_epochs")]
     pub epochs: usize,
+    /// Examples per step.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
     /// Sampled negatives per positive, drawn afresh every epoch.
     #[serde(default = "default_negatives")]
     pub negatives: usize,
+    /// Adam's settings.
     #[serde(default)]
     pub optimizer: OptimizerSpec,
 }
@@ -370,7 +373,7 @@ pub fn evaluate_neumf(net: &NeuMf, split: &LeaveOneOut) -> Result<RankingMetrics
 }
 
 /// How a recommendation job's domains hold their data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RetailFormat {
     /// Each domain reads its own table where its contract's server says: sales the
@@ -384,9 +387,10 @@ pub enum RetailFormat {
 }
 
 /// Where a recommendation job's data comes from, and which columns join it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetailSource {
+    /// `tables` (each domain reads its own table) or a reader: `movielens`, `hm`.
     pub format: RetailFormat,
     /// `movielens` and `hm`: the dataset's folder, relative to the job spec. `tables` takes
     /// none: each domain's contract says where its table is.
@@ -462,10 +466,12 @@ impl RetailSource {
 }
 
 /// One domain of the retail mesh and its product's contract.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetailDomain {
+    /// The domain's name.
     pub name: String,
+    /// Its product's contract, relative to the job file.
     pub contract: std::path::PathBuf,
     /// Customer and product: the key column of the domain's entity table, when it is not the
     /// interaction table's user (item) column.
@@ -474,11 +480,13 @@ pub struct RetailDomain {
 }
 
 /// NeuMF's shape in a job spec.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NcfModelSpec {
+    /// Width of the GMF embeddings.
     #[serde(default = "default_factors")]
     pub factors: usize,
+    /// Widths of the MLP layers (the first is the two MLP embeddings together).
     #[serde(default = "default_layers")]
     pub layers: Vec<usize>,
 }
@@ -492,16 +500,20 @@ fn default_layers() -> Vec<usize> {
 
 /// A recommendation job (`task: recommendation` in `job.yaml`): the retail mesh's three
 /// domains, the NCF protocol, the models.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecommendationSpec {
+    /// The job's name.
     pub name: String,
+    /// What the job is for, in a sentence.
     #[serde(default)]
     pub description: String,
     /// Always `recommendation`.
     pub task: Task,
+    /// Why the model is trained: checked against policies and contracts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose: Option<String>,
+    /// Where the interactions and entity tables are, and their columns.
     pub data: RetailSource,
     /// Owns the interactions (and the labels).
     pub sales: RetailDomain,
@@ -518,8 +530,10 @@ pub struct RecommendationSpec {
     /// The split NCF's shape (the split configurations need it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub split_model: Option<SplitNcfSpec>,
+    /// Epochs, batches, sampled negatives, optimizer.
     #[serde(default)]
     pub training: NcfTraining,
+    /// The training seeds.
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
     /// The spec file (or what names a spec sent as text); its folder is where relative paths

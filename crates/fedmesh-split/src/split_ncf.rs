@@ -36,7 +36,7 @@ use crate::transport::{HoldsSession, InProcess, Transport};
 use crate::wire::{BatchPlan, Part};
 
 /// The split NCF's shape: what each domain's bottom reads and how wide the parts are.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitNcfSpec {
     /// Width of the sales domain's user and item embeddings.
@@ -47,6 +47,7 @@ pub struct SplitNcfSpec {
     pub sales: Vec<usize>,
     /// The customer domain's features (its entity table's columns) and bottom layers.
     pub customer: EntityBottomSpec,
+    /// The product domain's bottom: item features.
     pub product: EntityBottomSpec,
     /// Governance's tower over the three activations; a linear head follows.
     #[serde(default = "default_tower")]
@@ -83,10 +84,12 @@ fn default_tower() -> Vec<usize> {
     vec![32, 16]
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EntityBottomSpec {
+    /// The entity table's columns the bottom reads.
     pub features: Vec<FeatureSpec>,
+    /// Widths of the bottom's layers.
     #[serde(default = "default_entity_layers")]
     pub layers: Vec<usize>,
 }

@@ -20,7 +20,7 @@ use crate::trainer::Observer;
 
 /// What a job learns: `task` in `job.yaml`. A vertical job's may be left out (its objective
 /// says it); a recommendation job names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     /// Classes of an entity, from the domains' columns of the same entities (cross-entropy).

@@ -421,16 +421,21 @@ impl Trainer for JointTrainer {
 }
 
 /// Epochs, batches and evaluation cadence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainingSpec {
+    /// Passes over the training rows (fewer with early stopping).
     pub epochs: usize,
+    /// Training rows per step.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Rows per evaluation batch (memory, not results).
     #[serde(default = "default_eval_batch")]
     pub eval_batch_size: usize,
+    /// Adam's settings.
     #[serde(default)]
     pub optimizer: OptimizerSpec,
+    /// `constant` or `cosine` learning rate.
     #[serde(default)]
     pub schedule: Schedule,
     /// Which epoch's parts the run keeps: the last, or the one of lowest validation loss.
@@ -442,7 +447,9 @@ pub struct TrainingSpec {
 }
 
 /// Which epoch's parts a run keeps (and evaluates on the test rows, and saves).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum KeptEpoch {
     /// The parts as the last epoch left them.
@@ -461,16 +468,20 @@ impl KeptEpoch {
 
 /// Stops training once `patience` epochs in a row have not lowered the validation loss by more
 /// than `min_delta`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EarlyStopping {
+    /// Epochs without a new best validation loss before training stops (at least 1).
     pub patience: usize,
+    /// How much lower than the best a validation loss must be to count as a new best.
     #[serde(default)]
     pub min_delta: f64,
 }
 
 /// How the learning rate moves over training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Schedule {
     /// The optimizer's learning rate throughout.

@@ -93,6 +93,15 @@ enum Command {
     /// Write a job skeleton and one data contract per file (types, key, rules and usage terms
     /// inferred from the files), for you to read and edit before `fedmesh check` and `run`.
     Init(init::InitOptions),
+    /// Print the JSON Schema of job.yaml (for editors that validate and complete YAML), or with
+    /// --reference its field reference in Markdown; --write DIR updates DIR/job-spec.schema.json
+    /// and the reference in DIR/job-spec.md.
+    Schema {
+        #[arg(long)]
+        reference: bool,
+        #[arg(long)]
+        write: Option<PathBuf>,
+    },
     /// Serve a domain's data product as a node of the mesh (gRPC, mutual TLS).
     Node {
         /// The node's config (domain, listen address, certificates, contract, models folder).
@@ -433,6 +442,7 @@ fn run() -> Result<()> {
         }
         Command::Attack(options) => attack::run(options, &stop).map(|_| ()),
         Command::Init(options) => init::run(&options).map(|_| ()),
+        Command::Schema { reference, write } => init::schema(reference, write.as_deref()),
         Command::Node {
             config,
             exit_with_parent,

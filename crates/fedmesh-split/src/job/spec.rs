@@ -16,10 +16,12 @@ use crate::task::Task;
 use crate::trainer::TrainingSpec;
 
 /// A job spec as written in `job.yaml`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
+    /// The job's name: in results, the registry and audit records.
     pub name: String,
+    /// What the job is for, in a sentence (shown in reports and `job list`).
     #[serde(default)]
     pub description: String,
     /// `classification` or `regression`; when left out, the objective says which.
@@ -47,12 +49,19 @@ pub struct JobSpec {
     /// file is absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub example_data: Option<ExampleData>,
+    /// The loss the head trains on: `{ kind: cross-entropy, classes: k }` or `{ kind: mse }`.
     pub objective: Objective,
+    /// Which domain owns the label, and its column.
     pub label: LabelSpec,
+    /// How the aligned rows are divided into training, validation and test rows.
     pub split: SplitSpec,
+    /// Every domain of the job: its product's contract and the columns it contributes.
     pub domains: Vec<DomainSpec>,
+    /// The split network's layers.
     pub model: ModelSpec,
+    /// Epochs, batches, optimizer, schedule, which epoch is kept, early stopping.
     pub training: TrainingSpec,
+    /// The training seeds: every configuration runs once per seed (`--seeds N`: the first N).
     #[serde(default = "default_seeds")]
     pub seeds: Vec<u64>,
     /// Also train each feature domain alone (to show what the mesh adds).
@@ -73,8 +82,11 @@ fn default_technique() -> String {
     "split-learning".into()
 }
 
-/// See [`JobSpec::on_label_sharing_forbidden`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// What a mesh does when a job asks for `split-label-sharing` and the label owner's contract
+/// forbids label sharing.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum LabelSharingFallback {
     /// Keep the labels at their owner: configuration 2 runs in place of configuration 1.
@@ -91,9 +103,10 @@ impl LabelSharingFallback {
 }
 
 /// How tensors are encoded on the wire.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WireSpec {
+    /// `f32` (exact), `f16` or `bf16` (half the bytes).
     #[serde(default)]
     pub encoding: WireEncoding,
 }
@@ -106,7 +119,9 @@ impl WireSpec {
 
 /// `f32` is exact; `f16` and `bf16` halve the bytes of activations and gradients at the cost of
 /// precision (the run then no longer equals the in-process one bit for bit).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum WireEncoding {
     #[default]
@@ -120,16 +135,18 @@ fn default_seeds() -> Vec<u64> {
 }
 
 /// The label: a column of one domain's product (that domain is the label owner).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelSpec {
+    /// The domain whose product holds the label (the label owner).
     pub domain: String,
+    /// The label column of that product.
     pub column: String,
 }
 
 /// Products derived from one public table, for examples (see [`datasets::example_product`]):
 /// each domain holds the entities all share and some of its own, in an order of its own.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExampleData {
     /// The table, relative to the job file. When it is absent, a known dataset's generator
@@ -138,12 +155,13 @@ pub struct ExampleData {
     /// Probability that an entity is held by every domain; any other is held by each domain
     /// with probability 1/2.
     pub shared: f64,
+    /// Seeds which entities each domain holds, and their order.
     #[serde(default = "default_split_seed")]
     pub seed: u64,
 }
 
 /// How aligned rows are partitioned.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SplitSpec {
     /// A file of keys (one per line) that make up the test part, relative to the job file; when
@@ -154,8 +172,10 @@ pub struct SplitSpec {
     /// reads no file a job spec names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_key_values: Option<Vec<String>>,
+    /// Share of the aligned rows held out for test when no test keys are given (stratified by class).
     #[serde(default = "default_test_fraction")]
     pub test_fraction: f64,
+    /// Share of the remaining rows held out for validation: per-epoch losses, the decision threshold, `keep: best` and early stopping.
     #[serde(default = "default_valid_fraction")]
     pub valid_fraction: f64,
     /// Seed of the partition, fixed across training seeds so that runs compare.
@@ -174,12 +194,14 @@ fn default_split_seed() -> u64 {
 }
 
 /// One domain of the job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DomainSpec {
+    /// The domain's name, as its node and contract call it.
     pub name: String,
     /// The product's ODCS contract, relative to the job file.
     pub contract: PathBuf,
+    /// The product's columns this domain's bottom reads, each with its transform (none: a pure label owner).
     #[serde(default)]
     pub features: Vec<FeatureSpec>,
     /// This domain's bottom, when it differs from `model.bottom`.
@@ -188,18 +210,21 @@ pub struct DomainSpec {
 }
 
 /// Hidden layers of an MLP.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LayersSpec {
+    /// Widths of the hidden layers, first to last (ReLU between).
     pub layers: Vec<usize>,
+    /// Batch normalization after each hidden layer.
     #[serde(default)]
     pub batch_norm: bool,
+    /// Dropout probability after each hidden layer (0: none).
     #[serde(default)]
     pub dropout: f64,
 }
 
 /// The split network's shape.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     /// Every domain's bottom unless the domain says otherwise.
