@@ -37,11 +37,67 @@ struct Domain {
     policy: Option<PathBuf>,
 }
 
-/// Checks the job; prints one line per reason, and returns whether every configuration the
-/// job can run is admitted.
+/// What a mesh would decide: per split configuration, the reasons it would be denied (none:
+/// admitted).
+pub struct Admission {
+    /// Which policies were applied, in words.
+    pub policy_origin: String,
+    pub reasons: Vec<(RunConfig, Vec<String>)>,
+}
+
+/// Checks the job; prints one line per reason, and returns whether any configuration the job
+/// can run is admitted.
 pub fn run(job_path: &Path, options: &CheckOptions) -> Result<bool> {
     let job = AnyJob::load(job_path)?;
-    let listed = domains_of(&job);
+    let Admission {
+        policy_origin,
+        reasons,
+    } = admission(&job, options)?;
+    let domains = domains_of(&job).len();
+    println!(
+        "checking `{}` ({}) against {domains} domain contracts and {policy_origin}",
+        job.name(),
+        job.task().name(),
+    );
+    // A reason that denies every configuration is said once.
+    let common: Vec<String> = reasons[0]
+        .1
+        .iter()
+        .filter(|line| reasons.iter().all(|(_, lines)| lines.contains(line)))
+        .cloned()
+        .collect();
+    if !common.is_empty() {
+        println!("every configuration is denied:");
+        for line in &common {
+            println!("  {line}");
+        }
+    }
+    let mut admitted_any = false;
+    for (config, lines) in &reasons {
+        let own: Vec<&String> = lines.iter().filter(|l| !common.contains(l)).collect();
+        if lines.is_empty() {
+            admitted_any = true;
+            println!("{}: admitted", config.name());
+        } else if !own.is_empty() {
+            println!(
+                "{}: denied{}",
+                config.name(),
+                if common.is_empty() { "" } else { " (also)" }
+            );
+            for line in own {
+                println!("  {line}");
+            }
+        }
+    }
+    if admitted_any {
+        println!("the rows' counts and quality rules are checked when the job runs");
+    }
+    Ok(admitted_any)
+}
+
+/// The admission of `job` as a mesh would decide it, without printing.
+pub fn admission(job: &AnyJob, options: &CheckOptions) -> Result<Admission> {
+    let listed = domains_of(job);
     let layout = options
         .mesh
         .as_ref()
@@ -84,12 +140,6 @@ pub fn run(job_path: &Path, options: &CheckOptions) -> Result<bool> {
             "the example policies (examples/policies/governance.cedar; --policies or --mesh for others)".to_string(),
         ),
     };
-    println!(
-        "checking `{}` ({}) against {} domain contracts and {policy_origin}",
-        job.name(),
-        job.task().name(),
-        domains.len()
-    );
     let mut reasons: Vec<(RunConfig, Vec<String>)> = Vec::new();
     for config in [RunConfig::SplitLabelSharing, RunConfig::SplitLabelOwner] {
         let share_labels = config == RunConfig::SplitLabelSharing;
@@ -104,7 +154,7 @@ pub fn run(job_path: &Path, options: &CheckOptions) -> Result<bool> {
                     continue;
                 }
             };
-            let usage = match requested_of(&job, &domain.name, Action::Train, share_labels) {
+            let usage = match requested_of(job, &domain.name, Action::Train, share_labels) {
                 Ok(usage) => Usage {
                     job: job.name().to_string(),
                     requester: options.requester.clone(),
@@ -150,38 +200,8 @@ pub fn run(job_path: &Path, options: &CheckOptions) -> Result<bool> {
         lines.dedup();
         reasons.push((config, lines));
     }
-    // A reason that denies every configuration is said once.
-    let common: Vec<String> = reasons[0]
-        .1
-        .iter()
-        .filter(|line| reasons.iter().all(|(_, lines)| lines.contains(line)))
-        .cloned()
-        .collect();
-    if !common.is_empty() {
-        println!("every configuration is denied:");
-        for line in &common {
-            println!("  {line}");
-        }
-    }
-    let mut admitted_any = false;
-    for (config, lines) in &reasons {
-        let own: Vec<&String> = lines.iter().filter(|l| !common.contains(l)).collect();
-        if lines.is_empty() {
-            admitted_any = true;
-            println!("{}: admitted", config.name());
-        } else if !own.is_empty() {
-            println!(
-                "{}: denied{}",
-                config.name(),
-                if common.is_empty() { "" } else { " (also)" }
-            );
-            for line in own {
-                println!("  {line}");
-            }
-        }
-    }
-    if admitted_any {
-        println!("the rows' counts and quality rules are checked when the job runs");
-    }
-    Ok(admitted_any)
+    Ok(Admission {
+        policy_origin,
+        reasons,
+    })
 }

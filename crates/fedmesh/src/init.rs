@@ -160,7 +160,12 @@ impl Column {
             Kind::Date => {
                 Err("a date: derive the features you need from it (a month, an age in days)".into())
             }
-            Kind::Text | Kind::Integer if self.distinct == self.rows - self.missing => {
+            // Text never the same twice, or whole numbers never the same twice under a name like
+            // an id's: labels of entities, not properties of them.
+            Kind::Text | Kind::Integer
+                if self.distinct == self.rows - self.missing
+                    && (self.kind == Kind::Text || self.id_name() > 0) =>
+            {
                 Err("a different value on every row (an identifier?): it cannot generalise".into())
             }
             Kind::Text if self.distinct > 50 => Err(format!(
@@ -785,12 +790,9 @@ mod tests {
             amount.feature().unwrap(),
             "{ column: amount, transform: log-standardize }"
         );
-        let age = column(
-            "age",
-            &[
-                "31", "45", "31", "52", "60", "29", "45", "38", "41", "33", "70", "21", "55",
-            ],
-        );
+        let ages: Vec<String> = (0..40).map(|i| (20 + i * 7 % 45).to_string()).collect();
+        let ages: Vec<&str> = ages.iter().map(String::as_str).collect();
+        let age = column("age", &ages);
         assert_eq!(age.feature().unwrap(), "{ column: age }");
         let colour = column("colour", &["red", "blue", "", "red"]);
         assert_eq!(colour.kind, Kind::Text);

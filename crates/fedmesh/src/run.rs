@@ -293,6 +293,9 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
     } else {
         chosen
     };
+    if options.mesh.is_none() {
+        note_mesh_denials(&job, example, &configs);
+    }
     let seeds = first_seeds(job.seeds(), options.seeds)?;
     for config in &configs {
         for &seed in &seeds {
@@ -335,6 +338,32 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
     }
     finish(&out, &results)?;
     Ok(results)
+}
+
+/// This process runs what a mesh might refuse: says, before training, which of `configs` a mesh
+/// with the example policies would deny and the first reason (`fedmesh check` gives them all).
+fn note_mesh_denials(job: &AnyJob, path: &Path, configs: &[RunConfig]) {
+    let options = crate::check::CheckOptions {
+        mesh: None,
+        policies: None,
+        requester: "operator".into(),
+    };
+    let admission = match crate::check::admission(job, &options) {
+        Ok(admission) => admission,
+        Err(e) => {
+            tracing::debug!("no admission check before the run: {e:#}");
+            return;
+        }
+    };
+    for (config, reasons) in &admission.reasons {
+        if let (true, Some(first)) = (configs.contains(config), reasons.first()) {
+            println!(
+                "note: a mesh would deny {} ({first}); `fedmesh check {}` lists every reason",
+                config.name(),
+                path.display()
+            );
+        }
+    }
 }
 
 /// Says what was read (and, for a vertical job, how its products were aligned) and returns the

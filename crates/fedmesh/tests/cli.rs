@@ -416,12 +416,18 @@ fn raw_tables_go_through_init_check_and_run_without_a_hand_edit() {
     let checked = succeeds(fedmesh().arg("check").arg(&job));
     assert!(checked.contains("split-label-owner: admitted"), "{checked}");
     let out = dir.path().join("churn-out");
-    succeeds(
+    let said = succeeds(
         fedmesh()
             .arg("run")
             .arg(&job)
             .args(["--seeds", "1", "--out"])
             .arg(&out),
+    );
+    // In one process every configuration runs; the run says which one a mesh would refuse.
+    assert!(
+        said.contains("note: a mesh would deny split-label-sharing")
+            && !said.contains("deny split-label-owner"),
+        "{said}"
     );
     let classified = results(&out);
     let runs = classified["runs"].as_array().unwrap();
