@@ -839,7 +839,8 @@ impl NodeJob {
             std::fs::write(&path, prepared.pipeline.to_json())?;
             parts.push(path);
         }
-        if let Some((keys, partition)) = &self.opened()?.split_keys {
+        // A vertical job's label owner (a recommendation job opens no such job).
+        if let Some((keys, partition)) = self.opened.as_ref().and_then(|o| o.split_keys.as_ref()) {
             parts.extend(write_split_keys(&dir, keys, partition)?);
         }
         Ok(parts)
