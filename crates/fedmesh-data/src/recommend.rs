@@ -200,6 +200,9 @@ pub struct LeaveOneOut {
     /// (user, item) training positives, in source order.
     pub train: Vec<(u32, u32)>,
     pub test: Vec<TestCase>,
+    /// Validation cases, held out of `train` as the test cases are out of all interactions
+    /// (see [`LeaveOneOut::with_validation`]); empty unless asked for.
+    pub valid: Vec<TestCase>,
     /// Where the split came from: a standard file, or the seed it was derived from.
     pub source: String,
 }
@@ -273,8 +276,63 @@ impl LeaveOneOut {
         Self {
             train,
             test,
+            valid: Vec::new(),
             source,
         }
+    }
+
+    /// The same split with a validation case per user, for choosing an epoch without looking at
+    /// the test cases: each user's latest training interaction (ties: the first in the source)
+    /// is held out of training and ranked against 99 items the user never interacted with,
+    /// drawn from `seed`. A user left with fewer than two training interactions, or without 99
+    /// unseen items, keeps them all for training.
+    pub fn with_validation(mut self, interactions: &Interactions, seed: u64) -> Self {
+        let time: HashMap<(u32, u32), i64> = interactions
+            .events
+            .iter()
+            .map(|&(u, i, t)| ((u, i), t))
+            .collect();
+        let users = interactions.users.len();
+        let mut count = vec![0usize; users];
+        let mut latest: Vec<Option<usize>> = vec![None; users];
+        for (k, &(u, i)) in self.train.iter().enumerate() {
+            count[u as usize] += 1;
+            let slot = &mut latest[u as usize];
+            if slot.is_none_or(|l| time[&self.train[l]] < time[&(u, i)]) {
+                *slot = Some(k);
+            }
+        }
+        let seen = interactions.seen();
+        let items = interactions.items.len() as u32;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut held = HashSet::new();
+        for (u, position) in latest.iter().enumerate() {
+            let Some(k) = *position else { continue };
+            if count[u] < 2 || (items as usize) - seen[u].len() < TEST_NEGATIVES {
+                continue;
+            }
+            held.insert(k);
+            let mut negatives = Vec::with_capacity(TEST_NEGATIVES);
+            let mut drawn = HashSet::new();
+            while negatives.len() < TEST_NEGATIVES {
+                let i = rng.random_range(0..items);
+                if !seen[u].contains(&i) && drawn.insert(i) {
+                    negatives.push(i);
+                }
+            }
+            self.valid.push(TestCase {
+                user: u as u32,
+                item: self.train[k].1,
+                negatives,
+            });
+        }
+        self.train = std::mem::take(&mut self.train)
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| !held.contains(k))
+            .map(|(_, pair)| pair)
+            .collect();
+        self
     }
 
     /// Reads a standard split (`user <TAB> held-out item <TAB> 99 space-separated negatives`, raw
@@ -916,6 +974,47 @@ schema:
             split,
             "deterministic in its seed"
         );
+    }
+
+    #[test]
+    fn validation_holds_out_each_users_latest_training_interaction() {
+        let data = toy();
+        let split = LeaveOneOut::derive(&data, 7);
+        let with = split.clone().with_validation(&data, 9);
+        assert_eq!(with.test, split.test);
+        assert!(!with.valid.is_empty());
+        let seen = data.seen();
+        for case in &with.valid {
+            assert_eq!(case.negatives.len(), TEST_NEGATIVES);
+            assert!(
+                case.negatives
+                    .iter()
+                    .all(|n| !seen[case.user as usize].contains(n))
+            );
+            // Out of training, and the latest of what the user trains on otherwise.
+            assert!(!with.train.contains(&(case.user, case.item)));
+            let time = |item: u32| {
+                data.events
+                    .iter()
+                    .find(|e| e.0 == case.user && e.1 == item)
+                    .unwrap()
+                    .2
+            };
+            assert!(
+                with.train
+                    .iter()
+                    .filter(|p| p.0 == case.user)
+                    .all(|p| time(p.1) <= time(case.item))
+            );
+            // Never the test item.
+            assert!(
+                split
+                    .test
+                    .iter()
+                    .all(|t| (t.user, t.item) != (case.user, case.item))
+            );
+        }
+        assert_eq!(with.train.len() + with.valid.len(), split.train.len());
     }
 
     #[test]

@@ -804,3 +804,39 @@ fn a_node_that_lies_fails_the_run_by_name_and_the_mesh_then_runs_a_good_job() {
     .unwrap();
     assert!(result.test_rows > 0);
 }
+
+/// A split NCF that validates over the network: sales holds out the same validation cases as
+/// the in-process run, every node keeps and restores its parts with the same epoch, and the
+/// test cases are ranked once, by those parts.
+#[test]
+fn a_validating_split_ncf_over_the_network_keeps_the_epoch_the_in_process_one_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_synthetic_movielens_job(dir.path(), 60, 200, 12).unwrap();
+    let (mut spec, file) = RecommendationSpec::load(&file).unwrap();
+    spec.training.epochs = 8;
+    spec.training.batch_size = 64;
+    spec.training.optimizer.learning_rate = 0.05;
+    spec.training.keep = fedmesh_split::KeptEpoch::Best;
+    let prepared = spec.clone().prepare(&file).unwrap();
+    let config = RunConfig::SplitLabelOwner;
+    let stop = AtomicBool::new(false);
+    let local = prepared.run(&config, 1, &Silent, &stop).unwrap();
+    let kept = local
+        .kept_epoch
+        .expect("an earlier epoch than the last was best");
+    let nodes = recommendation_nodes(&spec, dir.path());
+    let job = AnyJob::Recommendation(Box::new(spec.clone()));
+    let remote = nodes
+        .mesh()
+        .run(&job, &run("test/ncf-valid", &config, None), &Silent, &stop)
+        .unwrap();
+    let hr = |r: &RunResult| {
+        r.history
+            .iter()
+            .map(|e| e.valid_headline)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(hr(&remote), hr(&local));
+    assert_eq!(remote.kept_epoch, Some(kept));
+    assert_eq!(remote.metrics, local.metrics);
+}

@@ -1009,6 +1009,7 @@ impl NcfTransport for GrpcTransport {
         let (pass, user) = match pass {
             ExamplePass::Training => (v1::examples_request::Pass::Train, String::new()),
             ExamplePass::Test => (v1::examples_request::Pass::Test, String::new()),
+            ExamplePass::Validation => (v1::examples_request::Pass::Validation, String::new()),
             ExamplePass::Candidates(user) => (v1::examples_request::Pass::Candidates, user),
         };
         let request = Command::ExamplesRequest(v1::ExamplesRequest {

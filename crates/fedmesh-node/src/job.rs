@@ -540,9 +540,16 @@ impl NodeJob {
                 })
             }
             Command::ExamplesRequest(request) => {
-                let pass = match request.pass() {
+                let pass = v1::examples_request::Pass::try_from(request.pass).map_err(|_| {
+                    refused(format!(
+                        "pass {} is not one fedmesh draws examples for",
+                        request.pass
+                    ))
+                })?;
+                let pass = match pass {
                     v1::examples_request::Pass::Train => ExamplePass::Training,
                     v1::examples_request::Pass::Test => ExamplePass::Test,
+                    v1::examples_request::Pass::Validation => ExamplePass::Validation,
                     v1::examples_request::Pass::Candidates => {
                         ncf.served_users += 1;
                         ExamplePass::Candidates(request.user)

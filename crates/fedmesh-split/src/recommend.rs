@@ -10,7 +10,8 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use fedmesh_data::product::SourceTable;
 use fedmesh_data::recommend::{
-    InteractionColumns, Interactions, LeaveOneOut, NegativeSampler, RetailData, rank_metrics,
+    InteractionColumns, Interactions, LeaveOneOut, NegativeSampler, RetailData, TestCase,
+    rank_metrics,
 };
 use fedmesh_data::{DataContract, DataProduct};
 use fedmesh_model::ncf::{NeuMf, NeuMfConfig, binary_cross_entropy};
@@ -30,6 +31,7 @@ use crate::split_ncf::{
 use crate::task::Task;
 use crate::trainer::EpochRecord;
 use crate::trainer::Observer;
+use crate::trainer::{EarlyStopping, KeptEpoch};
 
 /// The cut-off of the ranking metrics.
 pub const TOP_K: usize = 10;
@@ -48,11 +50,19 @@ pub struct RankingMetrics {
 /// many test cases at a time) and averages HR@10 and NDCG@10.
 pub fn evaluate(
     split: &LeaveOneOut,
+    score: impl FnMut(&[u32], &[u32]) -> Result<Vec<f32>, SplitError>,
+) -> Result<RankingMetrics, SplitError> {
+    rank_all(&split.test, score)
+}
+
+/// HR@10 and NDCG@10 over `all` cases (test or validation), each ranked by `score`.
+pub fn rank_all(
+    all: &[TestCase],
     mut score: impl FnMut(&[u32], &[u32]) -> Result<Vec<f32>, SplitError>,
 ) -> Result<RankingMetrics, SplitError> {
     const CASES_PER_CALL: usize = 64;
     let (mut hits, mut ndcg) = (0.0, 0.0);
-    for cases in split.test.chunks(CASES_PER_CALL) {
+    for cases in all.chunks(CASES_PER_CALL) {
         let mut users = Vec::new();
         let mut items = Vec::new();
         for case in cases {
@@ -69,7 +79,7 @@ pub fn evaluate(
             ndcg += n;
         }
     }
-    let users = split.test.len();
+    let users = all.len();
     Ok(RankingMetrics {
         hit_ratio: hits / users.max(1) as f64,
         ndcg: ndcg / users.max(1) as f64,
@@ -105,6 +115,21 @@ pub struct NcfTraining {
     /// Adam's settings.
     #[serde(default)]
     pub optimizer: OptimizerSpec,
+    /// Which epoch's parts the run keeps: the last, or the one of best validation HR@10.
+    #[serde(default, skip_serializing_if = "KeptEpoch::is_default")]
+    pub keep: KeptEpoch,
+    /// Stop once the validation HR@10 has not improved for a while (`min_delta` in HR@10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStopping>,
+}
+
+impl NcfTraining {
+    /// Whether the run holds out validation cases: to keep its best epoch, or to stop early.
+    /// Without either, every epoch ranks the test cases (the NCF protocol's curve) and the last
+    /// epoch's ranking is the result.
+    pub fn validates(&self) -> bool {
+        self.keep == KeptEpoch::Best || self.early_stopping.is_some()
+    }
 }
 
 fn default_epochs() -> usize {
@@ -124,11 +149,14 @@ impl Default for NcfTraining {
             batch_size: default_batch(),
             negatives: default_negatives(),
             optimizer: OptimizerSpec::default(),
+            keep: KeptEpoch::default(),
+            early_stopping: None,
         }
     }
 }
 
-/// One epoch of a recommender's training, and how it then ranked.
+/// One epoch of a recommender's training, and how it then ranked (the validation cases when the
+/// run validates, else the test cases).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RankingEpoch {
     pub epoch: usize,
@@ -147,6 +175,9 @@ pub struct RankingRun {
     /// Training examples of the last epoch (positives and negatives).
     #[serde(default)]
     pub examples_per_epoch: usize,
+    /// The epoch whose parts were ranked on the test cases (a validating run's best).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept_epoch: Option<usize>,
 }
 
 fn ids(values: &[u32], device: &Device) -> Tensor<1, Int> {
@@ -164,10 +195,31 @@ pub struct SalesExamples {
     /// Every test case's candidates (user, item, label), case after case, each case's in an
     /// order of their own: whoever scores them cannot tell the held-out item by its place.
     test: Vec<(u32, u32, f32)>,
+    /// The validation cases' candidates, likewise.
+    valid: Vec<(u32, u32, f32)>,
 }
 
-/// The part number of the stream that orders each test case's candidates.
+/// The part numbers of the streams that order each test and validation case's candidates.
 const TEST_ORDER_PART: u64 = 102;
+const VALID_ORDER_PART: u64 = 103;
+
+/// Every case's candidates (user, item, label), case after case, shuffled within each case by
+/// the stream `part` of `seed`.
+fn candidates_of(cases: &[TestCase], seed: u64, part: u64) -> Vec<(u32, u32, f32)> {
+    let mut order = ChaCha8Rng::seed_from_u64(crate::job::part_seed(seed, part));
+    cases
+        .iter()
+        .flat_map(|case| {
+            let mut candidates: Vec<(u32, u32, f32)> = case
+                .candidates()
+                .enumerate()
+                .map(|(k, item)| (case.user, item, if k == 0 { 1.0 } else { 0.0 }))
+                .collect();
+            candidates.shuffle(&mut order);
+            candidates
+        })
+        .collect()
+}
 
 impl SalesExamples {
     /// `negatives` per positive each epoch; the draws (and the training order) from `seed`.
@@ -177,25 +229,12 @@ impl SalesExamples {
         negatives: usize,
         seed: u64,
     ) -> Self {
-        let mut order = ChaCha8Rng::seed_from_u64(crate::job::part_seed(seed, TEST_ORDER_PART));
-        let test = split
-            .test
-            .iter()
-            .flat_map(|case| {
-                let mut candidates: Vec<(u32, u32, f32)> = case
-                    .candidates()
-                    .enumerate()
-                    .map(|(k, item)| (case.user, item, if k == 0 { 1.0 } else { 0.0 }))
-                    .collect();
-                candidates.shuffle(&mut order);
-                candidates
-            })
-            .collect();
         Self {
             sampler: NegativeSampler::new(interactions, negatives),
+            test: candidates_of(&split.test, seed, TEST_ORDER_PART),
+            valid: candidates_of(&split.valid, seed, VALID_ORDER_PART),
             split,
             rng: ChaCha8Rng::seed_from_u64(seed),
-            test,
         }
     }
 
@@ -210,6 +249,11 @@ impl SalesExamples {
     /// Every test case's 100 candidates, case after case.
     pub fn test(&self) -> &[(u32, u32, f32)] {
         &self.test
+    }
+
+    /// Every validation case's 100 candidates, case after case.
+    pub fn valid(&self) -> &[(u32, u32, f32)] {
+        &self.valid
     }
 
     pub fn split(&self) -> &LeaveOneOut {
@@ -232,12 +276,28 @@ pub trait Recommender {
         stop: &AtomicBool,
     ) -> Result<f64, SplitError>;
 
-    /// HR@10 and NDCG@10 over the test cases.
-    fn evaluate(&mut self) -> Result<RankingMetrics, SplitError>;
+    /// HR@10 and NDCG@10 over the test cases, or over the validation cases.
+    fn evaluate(&mut self, cases: Cases) -> Result<RankingMetrics, SplitError>;
+
+    /// Every holder keeps a copy of its parts as they are now (the best epoch so far).
+    fn checkpoint(&mut self) -> Result<(), SplitError>;
+
+    /// Every part back to its last checkpoint.
+    fn restore(&mut self) -> Result<(), SplitError>;
 }
 
-/// Trains `model` for `training.epochs` epochs (fresh negatives every epoch) and ranks the test
-/// cases after every epoch; the result is the last epoch's ranking. The training time includes
+/// Which held-out cases a recommender ranks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cases {
+    Test,
+    Validation,
+}
+
+/// Trains `model` for `training.epochs` epochs (fresh negatives every epoch). Without
+/// validation, ranks the test cases after every epoch and the result is the last epoch's
+/// ranking (the NCF protocol). With it (`keep: best` or early stopping), ranks the validation
+/// cases after every epoch, keeps the parts of the best HR@10 as `keep` says, stops early as
+/// `early_stopping` says, and ranks the test cases once at the end. The training time includes
 /// drawing and handing out each epoch's examples.
 pub fn fit_ranking(
     model: &mut dyn Recommender,
@@ -249,6 +309,10 @@ pub fn fit_ranking(
     let mut samples = 0usize;
     let mut examples_per_epoch = 0;
     let mut history = Vec::new();
+    let validates = training.validates();
+    let min_delta = training.early_stopping.map_or(0.0, |e| e.min_delta);
+    // The epoch of the best validation HR@10 so far, and that HR@10.
+    let mut best: Option<(usize, f64)> = None;
     observer.training_started();
     for epoch in 1..=training.epochs {
         let started = Instant::now();
@@ -258,7 +322,11 @@ pub fn fit_ranking(
         let train_loss = model.train_epoch(training, observer, stop)?;
         trained += started.elapsed();
         samples += examples;
-        let metrics = model.evaluate()?;
+        let metrics = model.evaluate(if validates {
+            Cases::Validation
+        } else {
+            Cases::Test
+        })?;
         observer.epoch_done(&crate::trainer::EpochRecord {
             epoch,
             train_loss,
@@ -270,24 +338,58 @@ pub fn fit_ranking(
             train_loss,
             metrics,
         });
+        if !validates {
+            continue;
+        }
+        let hr = metrics.hit_ratio;
+        if best.is_none_or(|(_, b)| hr > b + min_delta) {
+            best = Some((epoch, hr));
+            if training.keep == KeptEpoch::Best && epoch < training.epochs {
+                model.checkpoint()?;
+            }
+        } else if let (Some(early), Some((at, _))) = (training.early_stopping, best)
+            && epoch - at >= early.patience
+        {
+            tracing::info!(
+                "early stop after epoch {epoch}: the best validation HR@10 was epoch {at}'s"
+            );
+            break;
+        }
     }
     observer.evaluation_started();
-    let metrics = history
-        .last()
-        .map(|e| e.metrics)
-        .map_or_else(|| model.evaluate(), Ok)?;
+    let last = history.len();
+    let (metrics, kept_epoch) = if validates {
+        let kept = match (training.keep, best) {
+            (KeptEpoch::Best, Some((epoch, _))) => {
+                if epoch < last {
+                    model.restore()?;
+                }
+                epoch
+            }
+            _ => last,
+        };
+        (model.evaluate(Cases::Test)?, (kept != last).then_some(kept))
+    } else {
+        let metrics = history
+            .last()
+            .map(|e| e.metrics)
+            .map_or_else(|| model.evaluate(Cases::Test), Ok)?;
+        (metrics, None)
+    };
     Ok(RankingRun {
         metrics,
         history,
         train_seconds: trained.as_secs_f64(),
         samples_per_second: samples as f64 / trained.as_secs_f64().max(1e-9),
         examples_per_epoch,
+        kept_epoch,
     })
 }
 
 /// NeuMF with its optimizer and the interactions, as a [`Recommender`].
 struct NeuMfTrainer {
     net: NeuMf,
+    kept: crate::party::Kept<NeuMf>,
     optimizer: burn::optim::ModuleOptimizer,
     device: Device,
     examples: SalesExamples,
@@ -331,8 +433,23 @@ impl Recommender for NeuMfTrainer {
         Ok(loss_sum / self.epoch.len().max(1) as f64)
     }
 
-    fn evaluate(&mut self) -> Result<RankingMetrics, SplitError> {
-        evaluate_neumf(&self.net, self.examples.split())
+    fn evaluate(&mut self, cases: Cases) -> Result<RankingMetrics, SplitError> {
+        let split = self.examples.split();
+        let cases = match cases {
+            Cases::Test => &split.test,
+            Cases::Validation => &split.valid,
+        };
+        rank_neumf(&self.net, cases)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), SplitError> {
+        self.kept.keep(&self.net);
+        Ok(())
+    }
+
+    fn restore(&mut self) -> Result<(), SplitError> {
+        self.net = self.kept.restored("the centralized recommender")?;
+        Ok(())
     }
 }
 
@@ -351,6 +468,7 @@ pub fn train_neumf(
     let device = training_device();
     let mut trainer = NeuMfTrainer {
         net: seeded(&device, seed, || model.init(&device)),
+        kept: Default::default(),
         optimizer: training.optimizer.init(),
         device,
         examples: SalesExamples::new(interactions, split.clone(), training.negatives, seed),
@@ -361,9 +479,14 @@ pub fn train_neumf(
 
 /// Ranks the test cases with NeuMF in inference mode.
 pub fn evaluate_neumf(net: &NeuMf, split: &LeaveOneOut) -> Result<RankingMetrics, SplitError> {
+    rank_neumf(net, &split.test)
+}
+
+/// Ranks `cases` with NeuMF in inference mode.
+fn rank_neumf(net: &NeuMf, cases: &[TestCase]) -> Result<RankingMetrics, SplitError> {
     let net = net.valid();
     let device = training_device().inner();
-    evaluate(split, |users, items| {
+    rank_all(cases, |users, items| {
         let logits = net.forward(ids(users, &device), ids(items, &device));
         Ok(logits
             .into_data()
@@ -588,7 +711,7 @@ impl RunResult {
                     valid_headline: Some(e.metrics.hit_ratio),
                 })
                 .collect(),
-            kept_epoch: None,
+            kept_epoch: run.kept_epoch,
             curves: None,
             model_files: Vec::new(),
             wire: None,
@@ -684,6 +807,20 @@ impl RecommendationSpec {
             &self.seeds,
         );
         limits.count("training.negatives", training.negatives, 1, MAX_NEGATIVES);
+        if let Some(early) = &training.early_stopping {
+            limits.count(
+                "training.early_stopping.patience",
+                early.patience,
+                1,
+                training.epochs.max(1),
+            );
+            limits.fraction(
+                "training.early_stopping.min_delta",
+                early.min_delta,
+                false,
+                false,
+            );
+        }
         if let Some(model) = &self.model {
             limits.count("model.factors", model.factors, 1, MAX_EMBEDDING_WIDTH);
             limits.layers("model.layers", &model.layers, true);
@@ -816,10 +953,13 @@ impl RecommendationSpec {
                     ),
                 });
             }
-            let split = match dataset.and_then(|retail| retail.standard_split.as_deref()) {
+            let mut split = match dataset.and_then(|retail| retail.standard_split.as_deref()) {
                 Some(path) => LeaveOneOut::from_file(path, &interactions)?,
                 None => LeaveOneOut::derive(&interactions, self.split_seed),
             };
+            if self.training.validates() {
+                split = split.with_validation(&interactions, self.split_seed);
+            }
             return Ok(RetailShare::Sales {
                 product,
                 interactions,
@@ -952,6 +1092,7 @@ impl PreparedRecommendation {
                 train_seconds: 0.0,
                 samples_per_second: 0.0,
                 examples_per_epoch: 0,
+                kept_epoch: None,
             },
             RunConfig::SplitLabelSharing | RunConfig::SplitLabelOwner => {
                 let mut model =
@@ -1134,6 +1275,61 @@ mod tests {
         );
         assert_eq!(a.metrics, b.metrics);
         assert_eq!(a.history, b.history);
+    }
+
+    /// With `keep: best` and early stopping, each epoch ranks validation cases held out of
+    /// training (never the test cases), the run stops `patience` epochs after its best, and the
+    /// test cases are ranked once, by the best epoch's parts.
+    #[test]
+    fn a_validating_recommender_keeps_its_best_epoch_and_stops_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_synthetic_tables_job(dir.path(), 60, 200, 12).unwrap();
+        let (mut spec, file) = RecommendationSpec::load(&file).unwrap();
+        spec.training.epochs = 40;
+        spec.training.batch_size = 64;
+        spec.training.optimizer.learning_rate = 0.02;
+        spec.training.keep = KeptEpoch::Best;
+        spec.training.early_stopping = Some(EarlyStopping {
+            patience: 3,
+            min_delta: 0.0,
+        });
+        let plain = {
+            let mut spec = spec.clone();
+            spec.training.keep = KeptEpoch::Last;
+            spec.training.early_stopping = None;
+            spec.prepare(&file).unwrap()
+        };
+        let prepared = spec.prepare(&file).unwrap();
+        let valid = &prepared.split.valid;
+        assert!(valid.len() > 40, "{} validation cases", valid.len());
+        assert_eq!(prepared.split.test, plain.split.test);
+        assert_eq!(
+            prepared.split.train.len() + valid.len(),
+            plain.split.train.len()
+        );
+        let stop = AtomicBool::new(false);
+        for config in [RunConfig::Centralized, RunConfig::SplitLabelOwner] {
+            let run = prepared.run(&config, 1, &crate::Silent, &stop).unwrap();
+            let hr: Vec<f64> = run
+                .history
+                .iter()
+                .map(|e| e.valid_headline.unwrap())
+                .collect();
+            let best = hr.iter().copied().fold(f64::MIN, f64::max);
+            let kept = run.kept_epoch.unwrap_or(hr.len());
+            assert_eq!(hr[kept - 1], best, "{}: {hr:?}", config.name());
+            assert!(
+                hr[..kept - 1].iter().all(|&h| h < best),
+                "the first best is kept"
+            );
+            if hr.len() < 40 {
+                assert_eq!(kept + 3, hr.len(), "{}: {hr:?}", config.name());
+            }
+            assert_eq!(
+                run.metrics.ranking().unwrap().users,
+                prepared.split.test.len()
+            );
+        }
     }
 
     #[test]

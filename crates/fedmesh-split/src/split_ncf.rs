@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::SplitError;
 use crate::job::{HEAD_PART, TOWER_PART, part_seed};
 use crate::party::{DomainParty, LabelOwner, OptimizerSpec};
-use crate::recommend::{NcfTraining, RankingMetrics, Recommender, SalesExamples, TOP_K};
+use crate::recommend::{Cases, NcfTraining, RankingMetrics, Recommender, SalesExamples, TOP_K};
 use crate::scores::EvaluationReport;
 use crate::session::PartySession;
 use crate::trainer::{LabelPlacement, Observer, SplitTrainer, Trainer, evaluate, train_epoch};
@@ -155,6 +155,8 @@ pub enum ExamplePass {
     Training,
     /// Every test case's 100 candidates, case after case.
     Test,
+    /// Every validation case's 100 candidates, case after case.
+    Validation,
     /// Serving: the user with this id, and every item as a candidate.
     Candidates(String),
 }
@@ -517,7 +519,7 @@ impl NcfParty {
         let share = self.sales_share()?;
         // The test cases are sales's own, fixed for the run: read in place, not copied.
         let drawn: std::borrow::Cow<[(u32, u32, f32)]> = match pass {
-            ExamplePass::Training | ExamplePass::Test if serving => {
+            ExamplePass::Training | ExamplePass::Test | ExamplePass::Validation if serving => {
                 return Err(SplitError::refused(
                     name.clone(),
                     format!(
@@ -527,6 +529,7 @@ impl NcfParty {
             }
             ExamplePass::Training => share.examples.training().into(),
             ExamplePass::Test => share.examples.test().into(),
+            ExamplePass::Validation => share.examples.valid().into(),
             ExamplePass::Candidates(_) if !serving => {
                 return Err(SplitError::refused(
                     name.clone(),
@@ -920,10 +923,13 @@ impl<T: NcfTransport> Recommender for SplitNcf<T> {
         Ok(loss_sum / self.examples.max(1) as f64)
     }
 
-    /// Ranks the test cases: every candidate scored with its own user's and item's attributes;
-    /// the label holder ranks them.
-    fn evaluate(&mut self) -> Result<RankingMetrics, SplitError> {
-        let n = self.take_examples(ExamplePass::Test)?;
+    /// Ranks the test (or validation) cases: every candidate scored with its own user's and
+    /// item's attributes; the label holder ranks them.
+    fn evaluate(&mut self, cases: Cases) -> Result<RankingMetrics, SplitError> {
+        let n = self.take_examples(match cases {
+            Cases::Test => ExamplePass::Test,
+            Cases::Validation => ExamplePass::Validation,
+        })?;
         let rows: Vec<u32> = (0..n as u32).collect();
         evaluate(&mut self.trainer, &rows, Part::Test, EVAL_BATCH)?;
         if !self.share_labels {
@@ -937,6 +943,14 @@ impl<T: NcfTransport> Recommender for SplitNcf<T> {
             ));
         };
         rank_cases(&scores, labels)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), SplitError> {
+        self.trainer.checkpoint()
+    }
+
+    fn restore(&mut self) -> Result<(), SplitError> {
+        self.trainer.restore()
     }
 }
 

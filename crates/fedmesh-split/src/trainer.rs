@@ -461,7 +461,7 @@ pub enum KeptEpoch {
 }
 
 impl KeptEpoch {
-    fn is_default(&self) -> bool {
+    pub(crate) fn is_default(&self) -> bool {
         *self == Self::default()
     }
 }

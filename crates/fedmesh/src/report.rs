@@ -43,10 +43,13 @@ fn runs_of<'a>(results: &'a Results, config: &str) -> Vec<&'a RunResult> {
 fn cell(runs: &[&RunResult], metric: impl Fn(&RunResult) -> f64) -> String {
     let values: Vec<f64> = runs.iter().map(|r| metric(r)).collect();
     let (mean, std) = mean_std(&values);
+    // Four decimals for scores and seconds; whole units for errors in a target's own large
+    // units (an RMSE of 95,262 NT$ gains nothing from .3552).
+    let places = if mean.abs() >= 1000.0 { 0 } else { 4 };
     if values.len() > 1 {
-        format!("{mean:.4} ± {std:.4}")
+        format!("{mean:.places$} ± {std:.places$}")
     } else {
-        format!("{mean:.4}")
+        format!("{mean:.places$}")
     }
 }
 
