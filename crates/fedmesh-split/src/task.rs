@@ -305,4 +305,24 @@ mod tests {
             "{error}"
         );
     }
+
+    #[test]
+    fn a_technique_fedmesh_does_not_run_is_refused_not_run_as_split_learning() {
+        let (text, file) = example("credit");
+        let with = |technique: &str| {
+            text.replacen(
+                "name: credit",
+                &format!("name: credit\ntechnique: {technique}"),
+                1,
+            )
+        };
+        assert!(AnyJob::from_yaml(&with("split-learning"), &file).is_ok());
+        let error = AnyJob::from_yaml(&with("fedavg"), &file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`technique: fedavg` is not one fedmesh runs"),
+            "{error}"
+        );
+    }
 }

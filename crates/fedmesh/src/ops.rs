@@ -507,7 +507,7 @@ pub fn read_keys(path: &Path, column: Option<&str>) -> Result<Vec<String>> {
 }
 
 /// `fedmesh predict --model NAME --keys keys.csv`: scores as CSV (`key,score` for two
-/// classes, one column per output otherwise); keys no domain can score are reported on stderr.
+/// classes, `key,prediction` for a regression, one column per class otherwise); keys no domain can score are reported on stderr.
 /// For a recommender (`--user U`), each user's `top` items as `user,rank,item,score`.
 pub fn predict(
     mesh: &Path,
@@ -546,8 +546,14 @@ pub fn predict(
             .first()
             .and_then(|s| s["scores"].as_array())
             .map_or(1, Vec::len);
-        text.push_str(if width == 2 { "key,score\n" } else { "key" });
-        if width != 2 {
+        // Two classes: the positive class's probability; one output: the value (regression, in
+        // the target's units); more: one probability per class.
+        text.push_str(match width {
+            2 => "key,score\n",
+            1 => "key,prediction\n",
+            _ => "key",
+        });
+        if width > 2 {
             for i in 0..width {
                 text.push_str(&format!(",score_{i}"));
             }

@@ -318,7 +318,14 @@ impl Job {
                 message: limits.join("; "),
             });
         }
-        let problem = if let Some(task) = spec.task.filter(|&t| t != spec.task()) {
+        let problem = if spec.technique != default_technique() {
+            // Anything else would run split learning under another name, and contracts would
+            // admit it under the technique it claims.
+            Some(format!(
+                "`technique: {}` is not one fedmesh runs: a job over domains that hold different columns of the same entities trains by `split-learning` (federated averaging, for domains holding the same columns of different entities, is not built yet)",
+                spec.technique
+            ))
+        } else if let Some(task) = spec.task.filter(|&t| t != spec.task()) {
             Some(format!(
                 "`task: {}` does not match the objective: `{}` trains {}",
                 task.name(),
