@@ -25,6 +25,15 @@ fn shared_data(relative: &str) -> Option<PathBuf> {
     }
 }
 
+/// burn has one random generator per process: a test training with dropout draws from it while
+/// another initializes its parts, and moves that other test's weights. These tests compare runs
+/// exactly, so they take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn run(job: &PreparedJob, config: RunConfig, seed: u64) -> RunResult {
     job.run(
         &config,
@@ -47,6 +56,7 @@ fn roc_auc(result: &RunResult) -> f64 {
 /// the claim is the mean over the job's three seeds.
 #[test]
 fn breast_split_reaches_0_99_roc_auc() {
+    let _turn = one_at_a_time();
     if shared_data("breast").is_none() {
         return;
     }
@@ -78,6 +88,7 @@ fn breast_split_reaches_0_99_roc_auc() {
 
 #[test]
 fn credit_split_is_close_to_centralized_on_one_seed() {
+    let _turn = one_at_a_time();
     if shared_data("uci-credit/UCI_Credit_Card.csv").is_none() {
         return;
     }
@@ -107,6 +118,7 @@ fn credit_split_is_close_to_centralized_on_one_seed() {
 /// squares over the same features on the same split (docs/results.md: 0.45 against 0.27).
 #[test]
 fn credit_limit_regression_beats_least_squares_on_one_seed() {
+    let _turn = one_at_a_time();
     if shared_data("uci-credit/UCI_Credit_Card.csv").is_none() {
         return;
     }
@@ -131,6 +143,7 @@ fn credit_limit_regression_beats_least_squares_on_one_seed() {
 #[test]
 #[ignore = "trains 15 models on 21,000 rows (about 30 s in release)"]
 fn credit_split_matches_centralized_over_five_seeds() {
+    let _turn = one_at_a_time();
     if shared_data("uci-credit/UCI_Credit_Card.csv").is_none() {
         return;
     }
@@ -160,6 +173,7 @@ fn credit_split_matches_centralized_over_five_seeds() {
 
 #[test]
 fn synthetic_fraud_needs_all_three_domains() {
+    let _turn = one_at_a_time();
     let mut job = Job::load(&example("fraud")).unwrap();
     job.spec.synthetic_rows = Some(100_000);
     job.spec.training.epochs = 3;
@@ -178,6 +192,7 @@ fn synthetic_fraud_needs_all_three_domains() {
 
 #[test]
 fn smote_and_undersampling_rebalance_the_training_rows() {
+    let _turn = one_at_a_time();
     let mut job = Job::load(&example("fraud")).unwrap();
     job.spec.synthetic_rows = Some(50_000);
     job.spec.training.epochs = 2;
@@ -207,6 +222,7 @@ fn smote_and_undersampling_rebalance_the_training_rows() {
 
 #[test]
 fn a_real_fraud_file_of_the_wrong_shape_is_refused() {
+    let _turn = one_at_a_time();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("creditcard.csv");
     let table = fedmesh_data::datasets::fraud::generate(2_000, 3);
@@ -219,6 +235,7 @@ fn a_real_fraud_file_of_the_wrong_shape_is_refused() {
 
 #[test]
 fn the_fraud_example_products_overlap_without_matching() {
+    let _turn = one_at_a_time();
     let mut job = Job::load(&example("fraud")).unwrap();
     job.spec.synthetic_rows = Some(20_000);
     let prepared = job.prepare(None).unwrap();
@@ -270,6 +287,7 @@ fn breast_copy(dir: &Path, data: &Path, rows: impl Fn(&str, Vec<&str>) -> Vec<St
 
 #[test]
 fn unaligned_products_train_exactly_as_the_same_entities_pre_aligned() {
+    let _turn = one_at_a_time();
     let Some(data) = shared_data("breast") else {
         return;
     };
@@ -331,6 +349,7 @@ fn unaligned_products_train_exactly_as_the_same_entities_pre_aligned() {
 
 #[test]
 fn products_that_share_no_entity_are_refused_with_their_sizes() {
+    let _turn = one_at_a_time();
     let Some(data) = shared_data("breast") else {
         return;
     };
@@ -357,6 +376,7 @@ fn products_that_share_no_entity_are_refused_with_their_sizes() {
 
 #[test]
 fn a_repeated_key_is_refused_naming_the_product_and_row() {
+    let _turn = one_at_a_time();
     let Some(data) = shared_data("breast") else {
         return;
     };
