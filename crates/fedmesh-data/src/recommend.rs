@@ -220,6 +220,20 @@ fn latest_events(interactions: &Interactions) -> Vec<Option<usize>> {
     latest
 }
 
+/// [`TEST_NEGATIVES`] distinct items drawn uniformly from those not in `seen` (the caller
+/// checks there are enough).
+fn draw_negatives(rng: &mut ChaCha8Rng, items: u32, seen: &HashSet<u32>) -> Vec<u32> {
+    let mut negatives = Vec::with_capacity(TEST_NEGATIVES);
+    let mut drawn = HashSet::new();
+    while negatives.len() < TEST_NEGATIVES {
+        let i = rng.random_range(0..items);
+        if !seen.contains(&i) && drawn.insert(i) {
+            negatives.push(i);
+        }
+    }
+    negatives
+}
+
 impl LeaveOneOut {
     /// Derives the split from `seed`: each user's latest interaction is held out and ranked
     /// against 99 items drawn uniformly from those the user never interacted with.
@@ -238,14 +252,7 @@ impl LeaveOneOut {
                 continue;
             }
             held.insert(*e);
-            let mut negatives = Vec::with_capacity(TEST_NEGATIVES);
-            let mut drawn = HashSet::new();
-            while negatives.len() < TEST_NEGATIVES {
-                let i = rng.random_range(0..items);
-                if !seen[u].contains(&i) && drawn.insert(i) {
-                    negatives.push(i);
-                }
-            }
+            let negatives = draw_negatives(&mut rng, items, &seen[u]);
             test.push(TestCase {
                 user: u as u32,
                 item: interactions.events[*e].1,
@@ -312,14 +319,7 @@ impl LeaveOneOut {
                 continue;
             }
             held.insert(k);
-            let mut negatives = Vec::with_capacity(TEST_NEGATIVES);
-            let mut drawn = HashSet::new();
-            while negatives.len() < TEST_NEGATIVES {
-                let i = rng.random_range(0..items);
-                if !seen[u].contains(&i) && drawn.insert(i) {
-                    negatives.push(i);
-                }
-            }
+            let negatives = draw_negatives(&mut rng, items, &seen[u]);
             self.valid.push(TestCase {
                 user: u as u32,
                 item: self.train[k].1,

@@ -167,4 +167,23 @@ impl Limits {
         self.optimizer("training.optimizer", optimizer);
         self.seeds("seeds", seeds);
     }
+
+    /// `training.early_stopping`: a patience of 1 to `epochs` epochs, a non-negative
+    /// `min_delta`.
+    pub fn early_stopping(&mut self, early: Option<&crate::EarlyStopping>, epochs: usize) {
+        if let Some(early) = early {
+            self.count(
+                "training.early_stopping.patience",
+                early.patience,
+                1,
+                epochs.max(1),
+            );
+            self.positive(
+                "training.early_stopping.min_delta",
+                early.min_delta,
+                true,
+                1e6,
+            );
+        }
+    }
 }

@@ -31,7 +31,7 @@ use crate::split_ncf::{
 use crate::task::Task;
 use crate::trainer::EpochRecord;
 use crate::trainer::Observer;
-use crate::trainer::{EarlyStopping, KeptEpoch};
+use crate::trainer::{AfterEpoch, EarlyStopping, EpochChoice, KeptEpoch};
 
 /// The cut-off of the ranking metrics.
 pub const TOP_K: usize = 10;
@@ -128,7 +128,7 @@ impl NcfTraining {
     /// Without either, every epoch ranks the test cases (the NCF protocol's curve) and the last
     /// epoch's ranking is the result.
     pub fn validates(&self) -> bool {
-        self.keep == KeptEpoch::Best || self.early_stopping.is_some()
+        EpochChoice::new(self.keep, self.early_stopping, self.epochs).validates()
     }
 }
 
@@ -309,10 +309,8 @@ pub fn fit_ranking(
     let mut samples = 0usize;
     let mut examples_per_epoch = 0;
     let mut history = Vec::new();
-    let validates = training.validates();
-    let min_delta = training.early_stopping.map_or(0.0, |e| e.min_delta);
-    // The epoch of the best validation HR@10 so far, and that HR@10.
-    let mut best: Option<(usize, f64)> = None;
+    let mut choice = EpochChoice::new(training.keep, training.early_stopping, training.epochs);
+    let validates = choice.validates();
     observer.training_started();
     for epoch in 1..=training.epochs {
         let started = Instant::now();
@@ -338,36 +336,22 @@ pub fn fit_ranking(
             train_loss,
             metrics,
         });
-        if !validates {
-            continue;
-        }
-        let hr = metrics.hit_ratio;
-        if best.is_none_or(|(_, b)| hr > b + min_delta) {
-            best = Some((epoch, hr));
-            if training.keep == KeptEpoch::Best && epoch < training.epochs {
-                model.checkpoint()?;
+        if validates {
+            // Higher HR@10 is better: its negation is the loss the choice minimizes.
+            match choice.after(epoch, -metrics.hit_ratio) {
+                AfterEpoch::Checkpoint => model.checkpoint()?,
+                AfterEpoch::Stop => break,
+                AfterEpoch::Continue => {}
             }
-        } else if let (Some(early), Some((at, _))) = (training.early_stopping, best)
-            && epoch - at >= early.patience
-        {
-            tracing::info!(
-                "early stop after epoch {epoch}: the best validation HR@10 was epoch {at}'s"
-            );
-            break;
         }
     }
     observer.evaluation_started();
     let last = history.len();
     let (metrics, kept_epoch) = if validates {
-        let kept = match (training.keep, best) {
-            (KeptEpoch::Best, Some((epoch, _))) => {
-                if epoch < last {
-                    model.restore()?;
-                }
-                epoch
-            }
-            _ => last,
-        };
+        let (kept, restore) = choice.kept(last);
+        if restore {
+            model.restore()?;
+        }
         (model.evaluate(Cases::Test)?, (kept != last).then_some(kept))
     } else {
         let metrics = history
@@ -807,20 +791,7 @@ impl RecommendationSpec {
             &self.seeds,
         );
         limits.count("training.negatives", training.negatives, 1, MAX_NEGATIVES);
-        if let Some(early) = &training.early_stopping {
-            limits.count(
-                "training.early_stopping.patience",
-                early.patience,
-                1,
-                training.epochs.max(1),
-            );
-            limits.fraction(
-                "training.early_stopping.min_delta",
-                early.min_delta,
-                false,
-                false,
-            );
-        }
+        limits.early_stopping(training.early_stopping.as_ref(), training.epochs);
         if let Some(model) = &self.model {
             limits.count("model.factors", model.factors, 1, MAX_EMBEDDING_WIDTH);
             limits.layers("model.layers", &model.layers, true);

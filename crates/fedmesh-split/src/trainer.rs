@@ -466,6 +466,69 @@ impl KeptEpoch {
     }
 }
 
+/// Which epoch a run keeps and when it stops, from each epoch's validation loss: the one rule of
+/// every task (a recommender's loss is its negated validation HR@10).
+pub(crate) struct EpochChoice {
+    keep: KeptEpoch,
+    early: Option<EarlyStopping>,
+    epochs: usize,
+    /// The epoch of the best loss so far, and that loss.
+    best: Option<(usize, f64)>,
+}
+
+/// What a run does after an epoch, as [`EpochChoice::after`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterEpoch {
+    Continue,
+    /// A new best that may be returned to: every holder keeps a copy of its parts.
+    Checkpoint,
+    Stop,
+}
+
+impl EpochChoice {
+    pub(crate) fn new(keep: KeptEpoch, early: Option<EarlyStopping>, epochs: usize) -> Self {
+        Self {
+            keep,
+            early,
+            epochs,
+            best: None,
+        }
+    }
+
+    /// Whether the run needs a validation score each epoch.
+    pub(crate) fn validates(&self) -> bool {
+        self.keep == KeptEpoch::Best || self.early.is_some()
+    }
+
+    /// After epoch `epoch` (from 1) of validation loss `loss`: a new best is one lower than the
+    /// best by more than `min_delta`; the run stops `patience` epochs after its best.
+    pub(crate) fn after(&mut self, epoch: usize, loss: f64) -> AfterEpoch {
+        let min_delta = self.early.map_or(0.0, |e| e.min_delta);
+        if self.best.is_none_or(|(_, b)| loss < b - min_delta) {
+            self.best = Some((epoch, loss));
+            // The last epoch needs no copy: training ends on it.
+            if self.keep == KeptEpoch::Best && epoch < self.epochs {
+                return AfterEpoch::Checkpoint;
+            }
+        } else if let (Some(early), Some((at, _))) = (self.early, self.best)
+            && epoch - at >= early.patience
+        {
+            tracing::info!("early stop after epoch {epoch}: the best validation epoch was {at}");
+            return AfterEpoch::Stop;
+        }
+        AfterEpoch::Continue
+    }
+
+    /// The epoch whose parts the run keeps when training ended after `last` epochs, and whether
+    /// the holders must return to their checkpoint for it.
+    pub(crate) fn kept(&self, last: usize) -> (usize, bool) {
+        match (self.keep, self.best) {
+            (KeptEpoch::Best, Some((epoch, _))) => (epoch, epoch < last),
+            _ => (last, false),
+        }
+    }
+}
+
 /// Stops training once `patience` epochs in a row have not lowered the validation loss by more
 /// than `min_delta`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -580,16 +643,13 @@ pub fn fit(
         .count();
     let total_steps = steps_per_epoch * spec.epochs;
     let mut step = 0;
-    let tracks_validation = spec.keep == KeptEpoch::Best || spec.early_stopping.is_some();
-    if tracks_validation && partition.valid.is_empty() {
+    let mut choice = EpochChoice::new(spec.keep, spec.early_stopping, spec.epochs);
+    if choice.validates() && partition.valid.is_empty() {
         return Err(SplitError::refused(
             "governance",
             "`training.keep: best` and `training.early_stopping` need validation rows: set `split.valid_fraction` above 0",
         ));
     }
-    let min_delta = spec.early_stopping.map_or(0.0, |e| e.min_delta);
-    // The epoch of the lowest validation loss so far, and that loss.
-    let mut best: Option<(usize, f64)> = None;
     observer.training_started();
     for epoch in 1..=spec.epochs {
         order.shuffle(&mut rng);
@@ -619,7 +679,7 @@ pub fn fit(
         observer.epoch_done(&record);
         let valid_loss = record.valid_loss;
         history.push(record);
-        if tracks_validation {
+        if choice.validates() {
             let loss = valid_loss.filter(|l| l.is_finite()).ok_or_else(|| {
                 SplitError::refused(
                     "governance",
@@ -628,31 +688,17 @@ pub fn fit(
                     ),
                 )
             })?;
-            if best.is_none_or(|(_, b)| loss < b - min_delta) {
-                best = Some((epoch, loss));
-                if spec.keep == KeptEpoch::Best && epoch < spec.epochs {
-                    trainer.checkpoint()?;
-                }
-            } else if let (Some(early), Some((at, _))) = (spec.early_stopping, best)
-                && epoch - at >= early.patience
-            {
-                tracing::info!(
-                    "early stop after epoch {epoch}: the best validation loss was epoch {at}'s"
-                );
-                break;
+            match choice.after(epoch, loss) {
+                AfterEpoch::Checkpoint => trainer.checkpoint()?,
+                AfterEpoch::Stop => break,
+                AfterEpoch::Continue => {}
             }
         }
     }
-    let last = history.len();
-    let kept_epoch = match (spec.keep, best) {
-        (KeptEpoch::Best, Some((epoch, _))) => {
-            if epoch < last {
-                trainer.restore()?;
-            }
-            epoch
-        }
-        _ => last,
-    };
+    let (kept_epoch, restore) = choice.kept(history.len());
+    if restore {
+        trainer.restore()?;
+    }
     let train_seconds = started.elapsed().as_secs_f64();
     observer.evaluation_started();
     evaluate(trainer, &partition.valid, Part::Valid, spec.eval_batch_size)?;

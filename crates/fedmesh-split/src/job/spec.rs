@@ -405,20 +405,7 @@ impl JobSpec {
             1,
             MAX_BATCH_ROWS,
         );
-        if let Some(early) = &training.early_stopping {
-            limits.count(
-                "training.early_stopping.patience",
-                early.patience,
-                1,
-                training.epochs.max(1),
-            );
-            limits.positive(
-                "training.early_stopping.min_delta",
-                early.min_delta,
-                true,
-                1e6,
-            );
-        }
+        limits.early_stopping(training.early_stopping.as_ref(), training.epochs);
         if let Some(protection) = &self.label_protection {
             limits.positive(
                 "label_protection.gradient_noise",
