@@ -139,7 +139,10 @@ impl DomainParty {
         if self.pending.is_some() {
             return Err(SplitError::refused(
                 self.name.clone(),
-                "restore while a training step waits for its gradient",
+                format!(
+                    "`{}` was asked to restore its bottom while a training step waits for its gradient",
+                    self.name
+                ),
             ));
         }
         self.model = self.kept.restored(&self.name)?;
@@ -615,7 +618,7 @@ impl<M: Module> Kept<M> {
         self.0.as_ref().map(deep_copy).ok_or_else(|| {
             SplitError::refused(
                 holder.to_string(),
-                "restore without a checkpoint to return to",
+                format!("`{holder}` was asked to restore its parts, but it kept no checkpoint"),
             )
         })
     }

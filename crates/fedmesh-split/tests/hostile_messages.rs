@@ -1,7 +1,8 @@
 //! Whatever governance sends, a domain's session answers with its result or a named error:
 //! never a panic, never a NaN passed on. Sequences of cut-layer messages with NaN, infinite,
 //! huge, zero, negative and truncated values, rows the domain does not hold and plans of the
-//! wrong kind, in any order; after them the same session still takes a good step.
+//! wrong kind, checkpoints and restores, in any order; after them the same session still takes a
+//! good step.
 
 use fedmesh_data::FeatureMatrix;
 use fedmesh_model::{BottomConfig, HeadConfig, Objective, Targets, seeded, training_device};
@@ -124,6 +125,8 @@ enum Message {
     HeadEval(BatchPlan, WireTensor),
     Report,
     Labels,
+    Checkpoint,
+    Restore,
 }
 
 fn message() -> impl Strategy<Value = Message> {
@@ -135,6 +138,8 @@ fn message() -> impl Strategy<Value = Message> {
         (plan(), tensor()).prop_map(|(p, z)| Message::HeadEval(p, z)),
         Just(Message::Report),
         Just(Message::Labels),
+        Just(Message::Checkpoint),
+        Just(Message::Restore),
     ]
 }
 
@@ -151,6 +156,12 @@ fn send(session: &mut PartySession, message: &Message) -> Result<(), SplitError>
         Message::HeadEval(plan, z) => session.head_eval(plan, z),
         Message::Report => session.head_report().map(|_| ()),
         Message::Labels => session.shared_labels().map(|_| ()),
+        Message::Checkpoint => {
+            session.checkpoint();
+            Ok(())
+        }
+        // Without a checkpoint, or while a step waits for its gradient: refused.
+        Message::Restore => session.restore(),
     };
     if let Err(e) = &result {
         let text = e.to_string();
