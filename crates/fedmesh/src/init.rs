@@ -596,7 +596,11 @@ fn contract_yaml(
     writeln!(y, "  - server: local")?;
     writeln!(y, "    type: local")?;
     writeln!(y, "    format: {}", table.format)?;
-    writeln!(y, "    path: {}", relative_to(&table.file, contracts)?)?;
+    writeln!(
+        y,
+        "    path: {}",
+        yaml_key(&relative_to(&table.file, contracts)?)
+    )?;
     writeln!(y, "schema:")?;
     writeln!(y, "  - name: {d}")?;
     writeln!(y, "    physicalType: table")?;
