@@ -9,6 +9,7 @@
 //!
 //! Model code is written against burn 0.22 (`Tensor<D>`, backend chosen by the device).
 
+pub mod average;
 pub mod linear;
 pub mod metrics;
 pub mod mlp;
