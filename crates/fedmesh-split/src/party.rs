@@ -330,7 +330,7 @@ impl LabelProtection {
 }
 
 /// Gaussian noise for gradients, drawn from its own stream.
-struct GradientNoise {
+pub(crate) struct GradientNoise {
     /// Isotropic: × the batch's root-mean-square gradient value.
     isotropic: f64,
     /// Along the classes' separating line: × the length of the class-mean difference.
@@ -342,13 +342,24 @@ struct GradientNoise {
 }
 
 impl GradientNoise {
+    /// The noise `protection` asks for, drawn from `seed`; `None` when it asks for none.
+    pub(crate) fn of(protection: &LabelProtection, seed: u64) -> Option<Self> {
+        use rand::SeedableRng;
+        (protection.gradient_noise > 0.0 || protection.shaped_noise > 0.0).then(|| GradientNoise {
+            isotropic: protection.gradient_noise,
+            shaped: protection.shaped_noise,
+            separation: None,
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f697365),
+        })
+    }
+
     fn normal(&mut self) -> f64 {
         fedmesh_data::datasets::normal(&mut self.rng)
     }
 
     /// Adds the noise to a batch's gradient (one row per example); `positive` marks the rows
     /// of class 1, for the shaped part.
-    fn add(&mut self, gradient: &mut WireTensor, positive: &[bool]) {
+    pub(crate) fn add(&mut self, gradient: &mut WireTensor, positive: &[bool]) {
         let cols = gradient.cols.max(1);
         if self.isotropic > 0.0 {
             let n = gradient.data.len().max(1) as f64;
@@ -467,7 +478,6 @@ impl LabelOwner {
         protection: &LabelProtection,
         seed: u64,
     ) -> Result<Self, SplitError> {
-        use rand::SeedableRng;
         if let Some(epsilon) = protection.randomized_response {
             let (Targets::Classes(labels), Objective::CrossEntropy { classes, .. }) =
                 (&self.targets, &self.objective)
@@ -489,14 +499,7 @@ impl LabelOwner {
                 "shaped noise separates two classes: this job's label is not binary",
             ));
         }
-        if protection.gradient_noise > 0.0 || protection.shaped_noise > 0.0 {
-            self.noise = Some(GradientNoise {
-                isotropic: protection.gradient_noise,
-                shaped: protection.shaped_noise,
-                separation: None,
-                rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f697365),
-            });
-        }
+        self.noise = GradientNoise::of(protection, seed);
         Ok(self)
     }
 

@@ -17,7 +17,10 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
-use crate::party::{Kept, OptimizerSpec, batch_inputs, load_part, record_eval, save_part, scalar};
+use crate::party::{
+    GradientNoise, Kept, LabelProtection, OptimizerSpec, batch_inputs, load_part, record_eval,
+    save_part, scalar,
+};
 use crate::scores::{EvaluationReport, ScoreBook};
 use crate::transport::Transport;
 use crate::wire::{BatchPlan, Part, Pass, WireTensor};
@@ -60,6 +63,9 @@ struct SharedLabels {
     targets: Targets,
     scores: ScoreBook,
     kept: Kept<Head>,
+    /// Noise on the head's gradient before it reaches the tower (and so the domains), when the
+    /// job asks for label protection.
+    noise: Option<GradientNoise>,
 }
 
 /// Governance's side of split training.
@@ -92,6 +98,7 @@ impl<T: Transport> SplitTrainer<T> {
                 targets: transport.shared_labels()?,
                 scores: ScoreBook::default(),
                 kept: Kept::default(),
+                noise: None,
             }),
             LabelPlacement::LabelOwner => None,
         };
@@ -114,6 +121,31 @@ impl<T: Transport> SplitTrainer<T> {
         if let Some(shared) = &mut self.labels {
             shared.head = shared.head.clone().fitted_to(&shared.targets, train);
         }
+    }
+
+    /// With label sharing, governance holds the labels, and protects them from the domains as
+    /// the label owner does in configuration 2: noise on the head's gradient at the tower
+    /// output, before it carries back through the tower to the cut layer (`gradient_noise`,
+    /// `shaped_noise`; randomized response protects labels from whoever receives them, and
+    /// here governance holds them). Refused for shaped noise on a label that is not binary.
+    pub fn protect_labels(
+        &mut self,
+        protection: &LabelProtection,
+        seed: u64,
+    ) -> Result<(), SplitError> {
+        let Some(shared) = &mut self.labels else {
+            return Ok(());
+        };
+        if protection.shaped_noise > 0.0
+            && !matches!(self.objective, Objective::CrossEntropy { classes: 2, .. })
+        {
+            return Err(SplitError::refused(
+                "governance",
+                "shaped noise separates two classes: this job's label is not binary",
+            ));
+        }
+        shared.noise = GradientNoise::of(protection, seed);
+        Ok(())
     }
 
     pub fn tower(&self) -> &Tower {
@@ -182,7 +214,41 @@ impl<T: Transport> Trainer for SplitTrainer<T> {
 
         // 3. Loss: at governance with shared labels, else at the label owner, which returns
         //    d loss / d z; `(z · dz).sum()` then carries it back through the tower.
+        let mut head_stepped = false;
         let (loss, mut grads) = match &mut self.labels {
+            Some(shared) if shared.noise.is_some() => {
+                // As the label owner does in configuration 2: the head's gradient at the tower
+                // output, noised, is what carries back through the tower.
+                let z_head = z.clone().detach().require_grad();
+                let targets = shared.targets.gather(&plan.rows);
+                let loss = shared.head.loss(
+                    &self.objective,
+                    shared.head.forward(z_head.clone()),
+                    &targets,
+                );
+                let value = scalar(&loss);
+                let mut head_grads = loss.backward();
+                let mut gradient = WireTensor::from_tensor(
+                    &z_head
+                        .grad_remove(&mut head_grads)
+                        .expect("the tower output takes part in the loss"),
+                );
+                let positive: Vec<bool> = match &targets {
+                    Targets::Classes(classes) => classes.iter().map(|&c| c == 1).collect(),
+                    Targets::Values(_) => Vec::new(),
+                };
+                if let Some(noise) = &mut shared.noise {
+                    noise.add(&mut gradient, &positive);
+                }
+                let head_grads = GradientsParams::from_grads(head_grads, &shared.head);
+                shared.head =
+                    shared
+                        .optimizer
+                        .step(plan.learning_rate, shared.head.clone(), head_grads);
+                head_stepped = true;
+                let grads = (z * gradient.to_tensor(&self.device)).sum().backward();
+                (value, grads)
+            }
             Some(shared) => {
                 let targets = shared.targets.gather(&plan.rows);
                 let loss = shared
@@ -218,7 +284,7 @@ impl<T: Transport> Trainer for SplitTrainer<T> {
         self.tower = self
             .optimizer
             .step(plan.learning_rate, self.tower.clone(), tower_grads);
-        if let Some(shared) = &mut self.labels {
+        if let Some(shared) = self.labels.as_mut().filter(|_| !head_stepped) {
             let head_grads = GradientsParams::from_module(&mut grads, &shared.head);
             shared.head =
                 shared

@@ -115,6 +115,34 @@ fn noise_shaped_to_hide_the_label_leaves_every_party_near_a_guess() {
     );
 }
 
+/// With label sharing (configuration 1) governance holds the labels and the head; the same
+/// protection, applied by governance to the head's gradient before it reaches the tower,
+/// keeps the domains near a guess.
+#[test]
+fn with_label_sharing_governance_protects_the_labels_from_the_domains() {
+    let undefended = attacked(&fraud(None), RunConfig::SplitLabelSharing);
+    let defended = attacked(
+        &fraud(Some(LabelProtection {
+            shaped_noise: 8.0,
+            ..LabelProtection::default()
+        })),
+        RunConfig::SplitLabelSharing,
+    );
+    for party in ["digital", "retail"] {
+        assert!(leak(&undefended, party, "direction") > 0.9);
+        for attack in ["norm", "direction", "spectral"] {
+            let (before, after) = (
+                leak(&undefended, party, attack),
+                leak(&defended, party, attack),
+            );
+            assert!(
+                after < 0.65,
+                "{attack} at {party}: {before:.3} undefended, {after:.3} defended"
+            );
+        }
+    }
+}
+
 #[test]
 fn randomized_response_keeps_each_label_with_the_probability_its_epsilon_gives() {
     let labels: Vec<i64> = (0..100_000).map(|i| i % 2).collect();

@@ -134,9 +134,16 @@ pub fn run(options: AttackOptions, stop: &AtomicBool) -> Result<Vec<AttackRun>> 
     for protection in &settings {
         prepared.spec.label_protection = protection.clone();
         for config in &configs {
-            // The label owner's protections act where it keeps its labels: with label sharing
-            // a protected run is the unprotected one.
-            if *config == RunConfig::SplitLabelSharing && *protection != job.spec.label_protection {
+            // With label sharing governance holds the labels and adds the noise against the
+            // domains; randomized response protects labels from their receiver, governance
+            // here, so such a run is the unprotected one.
+            let noise = protection
+                .as_ref()
+                .is_some_and(|p| p.gradient_noise > 0.0 || p.shaped_noise > 0.0);
+            if *config == RunConfig::SplitLabelSharing
+                && *protection != job.spec.label_protection
+                && !noise
+            {
                 continue;
             }
             for &seed in &seeds {

@@ -187,6 +187,9 @@ impl JobSpec {
             device,
         )?;
         trainer.fit_target_scale(train);
+        if let Some(protection) = &self.label_protection {
+            trainer.protect_labels(protection, part_seed(seed, LABEL_PROTECTION_PART))?;
+        }
         Ok(trainer)
     }
 }
