@@ -342,15 +342,34 @@ pub(crate) struct GradientNoise {
 }
 
 impl GradientNoise {
-    /// The noise `protection` asks for, drawn from `seed`; `None` when it asks for none.
-    pub(crate) fn of(protection: &LabelProtection, seed: u64) -> Option<Self> {
+    /// The noise `protection` asks for of the head of `objective` held by `holder`, drawn
+    /// from `seed`; `None` when it asks for none. Shaped noise on a label that is not binary is
+    /// refused.
+    pub(crate) fn of(
+        protection: &LabelProtection,
+        objective: &Objective,
+        holder: &str,
+        seed: u64,
+    ) -> Result<Option<Self>, SplitError> {
         use rand::SeedableRng;
-        (protection.gradient_noise > 0.0 || protection.shaped_noise > 0.0).then(|| GradientNoise {
-            isotropic: protection.gradient_noise,
-            shaped: protection.shaped_noise,
-            separation: None,
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f697365),
-        })
+        if protection.shaped_noise > 0.0
+            && !matches!(objective, Objective::CrossEntropy { classes: 2, .. })
+        {
+            return Err(SplitError::refused(
+                holder.to_string(),
+                "shaped noise separates two classes: this job's label is not binary",
+            ));
+        }
+        Ok(
+            (protection.gradient_noise > 0.0 || protection.shaped_noise > 0.0).then(|| {
+                GradientNoise {
+                    isotropic: protection.gradient_noise,
+                    shaped: protection.shaped_noise,
+                    separation: None,
+                    rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f697365),
+                }
+            }),
+        )
     }
 
     fn normal(&mut self) -> f64 {
@@ -491,15 +510,7 @@ impl LabelOwner {
                 labels, *classes, epsilon, seed,
             )));
         }
-        if protection.shaped_noise > 0.0
-            && !matches!(self.objective, Objective::CrossEntropy { classes: 2, .. })
-        {
-            return Err(SplitError::refused(
-                self.name.clone(),
-                "shaped noise separates two classes: this job's label is not binary",
-            ));
-        }
-        self.noise = GradientNoise::of(protection, seed);
+        self.noise = GradientNoise::of(protection, &self.objective, &self.name, seed)?;
         Ok(self)
     }
 
@@ -509,36 +520,20 @@ impl LabelOwner {
         plan: &BatchPlan,
         tower_output: &CutActivation,
     ) -> Result<HeadStep, SplitError> {
-        let z = tower_output.to_tensor(&self.device).require_grad();
         let targets = self
             .training_targets
             .as_ref()
             .unwrap_or(&self.targets)
             .gather(&plan.rows);
-        let loss = self
-            .head
-            .loss(&self.objective, self.head.forward(z.clone()), &targets);
-        let loss_value = scalar(&loss);
-        let mut grads = loss.backward();
-        let mut gradient = WireTensor::from_tensor(
-            &z.grad_remove(&mut grads)
-                .expect("the tower output takes part in the loss"),
-        );
-        if let Some(noise) = &mut self.noise {
-            let positive: Vec<bool> = match &targets {
-                Targets::Classes(classes) => classes.iter().map(|&c| c == 1).collect(),
-                Targets::Values(_) => Vec::new(),
-            };
-            noise.add(&mut gradient, &positive);
-        }
-        let grads = GradientsParams::from_grads(grads, &self.head);
-        self.head = self
-            .optimizer
-            .step(plan.learning_rate, self.head.clone(), grads);
-        Ok(HeadStep {
-            loss: loss_value,
-            gradient,
-        })
+        Ok(head_step(
+            &mut self.head,
+            &mut self.optimizer,
+            &self.objective,
+            tower_output.to_tensor(&self.device),
+            &targets,
+            self.noise.as_mut(),
+            plan.learning_rate,
+        ))
     }
 
     /// Scores an evaluation batch and keeps the scores for [`LabelOwner::report`].
@@ -596,6 +591,42 @@ impl LabelOwner {
     pub fn load(mut self, dir: &Path) -> Result<Self, SplitError> {
         self.head = load_part(self.head, &dir.join(format!("head-{}.bpk", self.name)))?;
         Ok(self)
+    }
+}
+
+/// A head's training step on the tower output `z`: the batch loss against `targets`, and the
+/// loss's gradient at `z`, with `noise` added when the labels are protected; the head steps.
+/// Whoever holds the head takes it so: the label owner in configuration 2, governance in
+/// configuration 1 when it protects the labels from the domains.
+pub(crate) fn head_step(
+    head: &mut Head,
+    optimizer: &mut ModuleOptimizer,
+    objective: &Objective,
+    z: Tensor<2>,
+    targets: &Targets,
+    noise: Option<&mut GradientNoise>,
+    learning_rate: f64,
+) -> HeadStep {
+    let z = z.require_grad();
+    let loss = head.loss(objective, head.forward(z.clone()), targets);
+    let loss_value = scalar(&loss);
+    let mut grads = loss.backward();
+    let mut gradient = WireTensor::from_tensor(
+        &z.grad_remove(&mut grads)
+            .expect("the tower output takes part in the loss"),
+    );
+    if let Some(noise) = noise {
+        let positive: Vec<bool> = match targets {
+            Targets::Classes(classes) => classes.iter().map(|&c| c == 1).collect(),
+            Targets::Values(_) => Vec::new(),
+        };
+        noise.add(&mut gradient, &positive);
+    }
+    let grads = GradientsParams::from_grads(grads, &*head);
+    *head = optimizer.step(learning_rate, head.clone(), grads);
+    HeadStep {
+        loss: loss_value,
+        gradient,
     }
 }
 

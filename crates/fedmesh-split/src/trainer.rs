@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
 use crate::party::{
-    GradientNoise, Kept, LabelProtection, OptimizerSpec, batch_inputs, load_part, record_eval,
-    save_part, scalar,
+    GradientNoise, Kept, LabelProtection, OptimizerSpec, batch_inputs, head_step, load_part,
+    record_eval, save_part, scalar,
 };
 use crate::scores::{EvaluationReport, ScoreBook};
 use crate::transport::Transport;
@@ -133,18 +133,9 @@ impl<T: Transport> SplitTrainer<T> {
         protection: &LabelProtection,
         seed: u64,
     ) -> Result<(), SplitError> {
-        let Some(shared) = &mut self.labels else {
-            return Ok(());
-        };
-        if protection.shaped_noise > 0.0
-            && !matches!(self.objective, Objective::CrossEntropy { classes: 2, .. })
-        {
-            return Err(SplitError::refused(
-                "governance",
-                "shaped noise separates two classes: this job's label is not binary",
-            ));
+        if let Some(shared) = &mut self.labels {
+            shared.noise = GradientNoise::of(protection, &self.objective, "governance", seed)?;
         }
-        shared.noise = GradientNoise::of(protection, seed);
         Ok(())
     }
 
@@ -219,35 +210,18 @@ impl<T: Transport> Trainer for SplitTrainer<T> {
             Some(shared) if shared.noise.is_some() => {
                 // As the label owner does in configuration 2: the head's gradient at the tower
                 // output, noised, is what carries back through the tower.
-                let z_head = z.clone().detach().require_grad();
-                let targets = shared.targets.gather(&plan.rows);
-                let loss = shared.head.loss(
+                let step = head_step(
+                    &mut shared.head,
+                    &mut shared.optimizer,
                     &self.objective,
-                    shared.head.forward(z_head.clone()),
-                    &targets,
+                    z.clone().detach(),
+                    &shared.targets.gather(&plan.rows),
+                    shared.noise.as_mut(),
+                    plan.learning_rate,
                 );
-                let value = scalar(&loss);
-                let mut head_grads = loss.backward();
-                let mut gradient = WireTensor::from_tensor(
-                    &z_head
-                        .grad_remove(&mut head_grads)
-                        .expect("the tower output takes part in the loss"),
-                );
-                let positive: Vec<bool> = match &targets {
-                    Targets::Classes(classes) => classes.iter().map(|&c| c == 1).collect(),
-                    Targets::Values(_) => Vec::new(),
-                };
-                if let Some(noise) = &mut shared.noise {
-                    noise.add(&mut gradient, &positive);
-                }
-                let head_grads = GradientsParams::from_grads(head_grads, &shared.head);
-                shared.head =
-                    shared
-                        .optimizer
-                        .step(plan.learning_rate, shared.head.clone(), head_grads);
                 head_stepped = true;
-                let grads = (z * gradient.to_tensor(&self.device)).sum().backward();
-                (value, grads)
+                let grads = (z * step.gradient.to_tensor(&self.device)).sum().backward();
+                (step.loss, grads)
             }
             Some(shared) => {
                 let targets = shared.targets.gather(&plan.rows);
