@@ -505,50 +505,6 @@ pub fn run(options: &InitOptions) -> Result<PathBuf> {
     Ok(job_file)
 }
 
-/// `fedmesh schema`: the JSON Schema of job.yaml, or its field reference; with `write`, both
-/// written to the docs folder (the reference between the markers of job-spec.md).
-pub fn schema(reference: bool, write: Option<&Path>) -> Result<()> {
-    use fedmesh_split::schema::{REFERENCE_BEGIN, REFERENCE_END, job_reference, job_schema};
-    let schema = job_schema();
-    let json = serde_json::to_string_pretty(&schema)? + "\n";
-    let Some(dir) = write else {
-        print!(
-            "{}",
-            if reference {
-                job_reference(&schema)
-            } else {
-                json
-            }
-        );
-        return Ok(());
-    };
-    let schema_file = dir.join("job-spec.schema.json");
-    std::fs::write(&schema_file, json)
-        .with_context(|| format!("writing {}", schema_file.display()))?;
-    let doc = dir.join("job-spec.md");
-    let text =
-        std::fs::read_to_string(&doc).with_context(|| format!("reading {}", doc.display()))?;
-    let (Some(begin), Some(end)) = (text.find(REFERENCE_BEGIN), text.find(REFERENCE_END)) else {
-        bail!(
-            "{} has no `{REFERENCE_BEGIN}` … `{REFERENCE_END}` markers to write the reference between",
-            doc.display()
-        );
-    };
-    let updated = format!(
-        "{}{REFERENCE_BEGIN}\n\n{}{}",
-        &text[..begin],
-        job_reference(&schema),
-        &text[end..]
-    );
-    std::fs::write(&doc, updated).with_context(|| format!("writing {}", doc.display()))?;
-    println!(
-        "wrote {} and the reference in {}",
-        schema_file.display(),
-        doc.display()
-    );
-    Ok(())
-}
-
 /// `to` relative to the folder `from` when both can be made absolute, else `to` absolute.
 fn relative_to(to: &Path, from: &Path) -> Result<String> {
     let to = std::path::absolute(to)?;

@@ -12,6 +12,7 @@ mod ops;
 mod progress;
 mod report;
 mod run;
+mod schema;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -442,7 +443,7 @@ fn run() -> Result<()> {
         }
         Command::Attack(options) => attack::run(options, &stop).map(|_| ()),
         Command::Init(options) => init::run(&options).map(|_| ()),
-        Command::Schema { reference, write } => init::schema(reference, write.as_deref()),
+        Command::Schema { reference, write } => schema::run(reference, write.as_deref()),
         Command::Node {
             config,
             exit_with_parent,
