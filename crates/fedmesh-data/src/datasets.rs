@@ -192,9 +192,147 @@ pub fn example_product(
     Ok(SourceTable::from_batch(source.origin.clone(), batch))
 }
 
+/// The rows of `source` whose `column` reads as one of `values`, in the source's order: one
+/// domain's product in a horizontal example split by a natural attribute (a region, a branch, a
+/// level of education).
+pub fn rows_where(
+    source: &SourceTable,
+    column: &str,
+    values: &[String],
+) -> Result<SourceTable, DataError> {
+    let index = source.batch.schema().index_of(column).map_err(|_| {
+        DataError::Invalid(format!(
+            "{} has no column `{column}` to divide its rows by",
+            source.origin
+        ))
+    })?;
+    let wanted: HashSet<&str> = values.iter().map(String::as_str).collect();
+    let rows: Vec<u32> = crate::product::column_as_strings(source.batch.column(index))
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.as_deref().is_some_and(|v| wanted.contains(v)))
+        .map(|(r, _)| r as u32)
+        .collect();
+    take(source, rows)
+}
+
+/// One domain's rows when each class's rows are dealt to `domains` domains in proportions drawn
+/// from a symmetric Dirichlet(`alpha`), the label-skew partition of Hsu et al. 2019 (small
+/// `alpha`: each domain sees mostly some classes). Every row goes to exactly one domain;
+/// deterministic in `seed`, so every node derives its own rows alone.
+pub fn label_skewed_rows(
+    source: &SourceTable,
+    label: &str,
+    domains: usize,
+    domain: usize,
+    alpha: f64,
+    seed: u64,
+) -> Result<SourceTable, DataError> {
+    use rand::seq::SliceRandom;
+    let index = source.batch.schema().index_of(label).map_err(|_| {
+        DataError::Invalid(format!("{} has no label column `{label}`", source.origin))
+    })?;
+    let values = crate::product::column_as_strings(source.batch.column(index));
+    let mut classes: Vec<&str> = values.iter().filter_map(|v| v.as_deref()).collect();
+    classes.sort_unstable();
+    classes.dedup();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut mine = Vec::new();
+    for class in classes {
+        let mut rows: Vec<u32> = (0..values.len() as u32)
+            .filter(|&r| values[r as usize].as_deref() == Some(class))
+            .collect();
+        rows.shuffle(&mut rng);
+        let shares: Vec<f64> = (0..domains).map(|_| gamma(alpha, &mut rng)).collect();
+        let total: f64 = shares.iter().sum();
+        // Cumulative cut points, so that the domains' slices cover the class exactly once.
+        let cut = |d: usize| -> usize {
+            let before: f64 = shares[..d].iter().sum();
+            ((before / total) * rows.len() as f64).round() as usize
+        };
+        let (start, end) = (
+            cut(domain),
+            if domain + 1 == domains {
+                rows.len()
+            } else {
+                cut(domain + 1)
+            },
+        );
+        mine.extend_from_slice(&rows[start..end.max(start)]);
+    }
+    mine.sort_unstable();
+    take(source, mine)
+}
+
+/// A Gamma(`shape`, 1) draw (Marsaglia and Tsang 2000), for Dirichlet proportions.
+fn gamma(shape: f64, rng: &mut ChaCha8Rng) -> f64 {
+    if shape < 1.0 {
+        let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        return gamma(shape + 1.0, rng) * u.powf(1.0 / shape);
+    }
+    let d = shape - 1.0 / 3.0;
+    let c = 1.0 / (9.0 * d).sqrt();
+    loop {
+        // A standard normal draw (Box–Muller).
+        let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
+        let x = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        let v = (1.0 + c * x).powi(3);
+        if v <= 0.0 {
+            continue;
+        }
+        let u: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+        if u.ln() < 0.5 * x * x + d - d * v + d * v.ln() {
+            return d * v;
+        }
+    }
+}
+
+fn take(source: &SourceTable, rows: Vec<u32>) -> Result<SourceTable, DataError> {
+    let indices = arrow::array::UInt32Array::from(rows);
+    let batch = arrow::compute::take_record_batch(&source.batch, &indices)
+        .map_err(|e| DataError::Invalid(format!("{}: {e}", source.origin)))?;
+    Ok(SourceTable::from_batch(source.origin.clone(), batch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The label-skew partition gives every row to exactly one domain, and a small alpha skews
+    /// the domains' class mixes apart.
+    #[test]
+    fn label_skewed_domains_cover_every_row_once_with_different_class_mixes() {
+        let rows: Vec<Vec<String>> = (0..2000)
+            .map(|i| vec![i.to_string(), (i % 2).to_string()])
+            .collect();
+        let table = crate::product::text_table("mem", &["id", "y"], &rows);
+        let parts: Vec<SourceTable> = (0..3)
+            .map(|d| label_skewed_rows(&table, "y", 3, d, 0.3, 5).unwrap())
+            .collect();
+        let mut ids: Vec<String> = parts
+            .iter()
+            .flat_map(|p| crate::product::column_as_strings(p.batch.column(0)))
+            .map(Option::unwrap)
+            .collect();
+        assert_eq!(ids.len(), 2000);
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 2000);
+        let positive_share: Vec<f64> = parts
+            .iter()
+            .map(|p| {
+                let y = crate::product::column_as_strings(p.batch.column(1));
+                y.iter().filter(|v| v.as_deref() == Some("1")).count() as f64
+                    / y.len().max(1) as f64
+            })
+            .collect();
+        let spread = positive_share.iter().cloned().fold(f64::MIN, f64::max)
+            - positive_share.iter().cloned().fold(f64::MAX, f64::min);
+        assert!(spread > 0.2, "{positive_share:?}");
+        let graduate = rows_where(&table, "y", &["1".into()]).unwrap();
+        assert_eq!(graduate.batch.num_rows(), 1000);
+        assert!(rows_where(&table, "nope", &[]).is_err());
+    }
 
     #[test]
     fn generated_fraud_data_has_the_published_schema() {

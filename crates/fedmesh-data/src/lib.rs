@@ -22,7 +22,9 @@ pub mod validate;
 use std::path::PathBuf;
 
 pub use contract::{DataContract, LogicalType, QualityRule, SchemaProperty};
-pub use pipeline::{FeatureKind, FeatureMatrix, FeaturePipeline, FeatureSpec};
+pub use pipeline::{
+    Category, FeatureKind, FeatureMatrix, FeaturePipeline, FeatureSpec, NumericSums,
+};
 pub use product::{DataProduct, SourceCache, SourceTable};
 pub use split::Partition;
 pub use validate::QualityReport;

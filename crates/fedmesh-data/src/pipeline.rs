@@ -39,6 +39,73 @@ pub struct FeatureSpec {
     /// Embedding width (for `embedding`; default: min(16, ⌈1.6·cardinality^0.56⌉)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dim: Option<usize>,
+    /// The categories of an `embedding` or `one-hot` column, when the job fixes them rather
+    /// than taking those seen in training; any other value is "unseen". A horizontal job must
+    /// list them: its domains share one model, so they must agree on what each index means
+    /// without showing each other their values.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<Category>>,
+}
+
+/// One category of a column, as a job spec lists it (`1`, `"gold"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum Category {
+    Integer(i64),
+    Text(String),
+}
+
+impl Category {
+    /// The category as a column's values read as text.
+    pub fn as_text(&self) -> String {
+        match self {
+            Category::Integer(i) => i.to_string(),
+            Category::Text(t) => t.clone(),
+        }
+    }
+}
+
+/// Count, sum and sum of squares of a numeric feature's training values (after its logarithm,
+/// if any): all a mean and a standard deviation need, and what adds up across domains that hold
+/// different rows of the same columns (a horizontal job's pipeline).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct NumericSums {
+    pub count: f64,
+    pub sum: f64,
+    pub sum_of_squares: f64,
+}
+
+/// Both domains' rows together.
+impl std::ops::Add for NumericSums {
+    type Output = NumericSums;
+    fn add(self, other: NumericSums) -> NumericSums {
+        NumericSums {
+            count: self.count + other.count,
+            sum: self.sum + other.sum,
+            sum_of_squares: self.sum_of_squares + other.sum_of_squares,
+        }
+    }
+}
+
+impl NumericSums {
+    fn of(xs: &[f64]) -> NumericSums {
+        NumericSums {
+            count: xs.len() as f64,
+            sum: xs.iter().sum(),
+            sum_of_squares: xs.iter().map(|x| x * x).sum(),
+        }
+    }
+
+    /// Mean and standard deviation as [`FeaturePipeline::fit`] computes them from the values.
+    fn mean_std(&self) -> (f64, f64) {
+        if self.count.is_nan() || self.count <= 0.0 {
+            return (0.0, 1.0);
+        }
+        let mean = self.sum / self.count;
+        let var = (self.sum_of_squares / self.count - mean * mean).max(0.0);
+        let std = var.sqrt();
+        (mean, if std > 1e-12 { std } else { 1.0 })
+    }
 }
 
 fn default_kind() -> FeatureKind {
@@ -51,6 +118,7 @@ impl FeatureSpec {
             column: column.into(),
             transform,
             dim: None,
+            categories: None,
         }
     }
 }
@@ -118,6 +186,32 @@ impl FeatureMatrix {
         out
     }
 
+    /// The rows of several matrices of the same columns, one after another (the rows of a
+    /// horizontal job's domains, pooled for the centralized baseline); `None` when they differ in
+    /// columns.
+    pub fn stack_rows(parts: &[&FeatureMatrix]) -> Option<FeatureMatrix> {
+        let first = parts.first()?;
+        if parts
+            .iter()
+            .any(|p| p.numeric_width != first.numeric_width || p.embeddings != first.embeddings)
+        {
+            return None;
+        }
+        Some(FeatureMatrix {
+            rows: parts.iter().map(|p| p.rows).sum(),
+            numeric: parts
+                .iter()
+                .flat_map(|p| p.numeric.iter().copied())
+                .collect(),
+            numeric_width: first.numeric_width,
+            categorical: parts
+                .iter()
+                .flat_map(|p| p.categorical.iter().copied())
+                .collect(),
+            embeddings: first.embeddings.clone(),
+        })
+    }
+
     /// Columns of several matrices side by side (the centralized baseline's input).
     pub fn concat_columns(parts: &[&FeatureMatrix]) -> FeatureMatrix {
         let rows = parts.first().map_or(0, |p| p.rows);
@@ -163,71 +257,107 @@ impl FeaturePipeline {
         specs: &[FeatureSpec],
         train: &[u32],
     ) -> Result<Self, DataError> {
-        let name = product.name().to_string();
         let mut features = Vec::with_capacity(specs.len());
         for spec in specs {
-            let property = product.contract.property(&spec.column).ok_or_else(|| {
-                DataError::UnknownColumn {
-                    product: name.clone(),
-                    column: spec.column.clone(),
-                }
-            })?;
-            if property.is_sensitive() {
-                return Err(DataError::SensitiveFeature {
-                    product: name.clone(),
-                    column: spec.column.clone(),
-                });
-            }
+            check_feature(product, spec)?;
             let fitted = match spec.transform {
                 FeatureKind::Embedding | FeatureKind::OneHot => {
-                    let values = product.column_strings(&spec.column)?;
-                    let mut vocabulary: Vec<String> = train
-                        .iter()
-                        .filter_map(|&r| values[r as usize].clone())
-                        .collect();
-                    vocabulary.sort_unstable();
-                    vocabulary.dedup();
-                    if spec.transform == FeatureKind::OneHot {
-                        FittedFeature::OneHot {
-                            column: spec.column.clone(),
-                            vocabulary,
+                    let vocabulary = match &spec.categories {
+                        Some(categories) => listed(categories),
+                        None => {
+                            let values = product.column_strings(&spec.column)?;
+                            let mut seen: Vec<String> = train
+                                .iter()
+                                .filter_map(|&r| values[r as usize].clone())
+                                .collect();
+                            seen.sort_unstable();
+                            seen.dedup();
+                            seen
                         }
-                    } else {
-                        let dim = spec
-                            .dim
-                            .unwrap_or_else(|| default_dim(vocabulary.len() + 1));
-                        FittedFeature::Embedding {
-                            column: spec.column.clone(),
-                            vocabulary,
-                            dim,
-                        }
-                    }
+                    };
+                    categorical(spec, vocabulary)
                 }
                 kind => {
-                    let values = product.column_f64(&spec.column)?;
-                    let log = kind == FeatureKind::LogStandardize;
-                    let mut xs: Vec<f64> = train
-                        .iter()
-                        .filter_map(|&r| values[r as usize])
-                        .map(|x| if log { signed_log1p(x) } else { x })
-                        .collect();
+                    let mut xs = numeric_values(product, spec, train)?;
                     let (center, scale) = match kind {
                         FeatureKind::Passthrough => (0.0, 1.0),
                         FeatureKind::RobustScale => robust_stats(&mut xs),
                         _ => mean_std(&xs),
                     };
-                    FittedFeature::Numeric {
-                        column: spec.column.clone(),
-                        log,
-                        center,
-                        scale,
-                    }
+                    numeric(spec, center, scale)
                 }
             };
             features.push(fitted);
         }
         Ok(Self {
-            product: name,
+            product: product.name().to_string(),
+            features,
+        })
+    }
+
+    /// Each feature's [`NumericSums`] over the rows `train` (all zero for a categorical one): what
+    /// a domain of a horizontal job contributes to the pipeline every domain applies.
+    pub fn numeric_sums(
+        product: &DataProduct,
+        specs: &[FeatureSpec],
+        train: &[u32],
+    ) -> Result<Vec<NumericSums>, DataError> {
+        specs
+            .iter()
+            .map(|spec| {
+                check_feature(product, spec)?;
+                Ok(match spec.transform {
+                    FeatureKind::Embedding | FeatureKind::OneHot => NumericSums::default(),
+                    _ => NumericSums::of(&numeric_values(product, spec, train)?),
+                })
+            })
+            .collect()
+    }
+
+    /// The pipeline of a horizontal job, the same at every domain: numeric features scaled by
+    /// `sums` (every domain's [`NumericSums`] added up), categorical ones indexed by the
+    /// categories the spec lists. Equal to [`FeaturePipeline::fit`] on all domains' training
+    /// rows together, except for `robust-scale`, whose quantiles no sum gives: it is refused.
+    pub fn from_sums(
+        product: &DataProduct,
+        specs: &[FeatureSpec],
+        sums: &[NumericSums],
+    ) -> Result<Self, DataError> {
+        if sums.len() != specs.len() {
+            return Err(DataError::Invalid(format!(
+                "{} feature sums for {} features",
+                sums.len(),
+                specs.len()
+            )));
+        }
+        let mut features = Vec::with_capacity(specs.len());
+        for (spec, sums) in specs.iter().zip(sums) {
+            check_feature(product, spec)?;
+            features.push(match spec.transform {
+                FeatureKind::Embedding | FeatureKind::OneHot => {
+                    let categories = spec.categories.as_ref().ok_or_else(|| {
+                        DataError::Invalid(format!(
+                            "feature `{}` is a category index: a horizontal job lists its `categories`, since the domains share one model and must agree on what each index means",
+                            spec.column
+                        ))
+                    })?;
+                    categorical(spec, listed(categories))
+                }
+                FeatureKind::RobustScale => {
+                    return Err(DataError::Invalid(format!(
+                        "feature `{}` is robust-scaled: its median and quartiles need every domain's values in one place; use `standardize` or `log-standardize` in a horizontal job",
+                        spec.column
+                    )));
+                }
+                FeatureKind::Passthrough => numeric(spec, 0.0, 1.0),
+                _ => {
+                    let (center, scale) = sums.mean_std();
+                    numeric(spec, center, scale)
+                }
+            });
+        }
+        Ok(Self {
+            product: product.name().to_string(),
             features,
         })
     }
@@ -317,6 +447,75 @@ fn interleave<T: Copy + Default>(columns: &[Vec<T>], rows: usize) -> Vec<T> {
     out
 }
 
+/// A column a model may read: one of the product's, and not a sensitive one.
+fn check_feature(product: &DataProduct, spec: &FeatureSpec) -> Result<(), DataError> {
+    let property =
+        product
+            .contract
+            .property(&spec.column)
+            .ok_or_else(|| DataError::UnknownColumn {
+                product: product.name().to_string(),
+                column: spec.column.clone(),
+            })?;
+    if property.is_sensitive() {
+        return Err(DataError::SensitiveFeature {
+            product: product.name().to_string(),
+            column: spec.column.clone(),
+        });
+    }
+    Ok(())
+}
+
+/// The training values of a numeric feature, after its logarithm if it takes one.
+fn numeric_values(
+    product: &DataProduct,
+    spec: &FeatureSpec,
+    train: &[u32],
+) -> Result<Vec<f64>, DataError> {
+    let values = product.column_f64(&spec.column)?;
+    let log = spec.transform == FeatureKind::LogStandardize;
+    Ok(train
+        .iter()
+        .filter_map(|&r| values[r as usize])
+        .map(|x| if log { signed_log1p(x) } else { x })
+        .collect())
+}
+
+fn numeric(spec: &FeatureSpec, center: f64, scale: f64) -> FittedFeature {
+    FittedFeature::Numeric {
+        column: spec.column.clone(),
+        log: spec.transform == FeatureKind::LogStandardize,
+        center,
+        scale,
+    }
+}
+
+fn categorical(spec: &FeatureSpec, vocabulary: Vec<String>) -> FittedFeature {
+    if spec.transform == FeatureKind::OneHot {
+        FittedFeature::OneHot {
+            column: spec.column.clone(),
+            vocabulary,
+        }
+    } else {
+        let dim = spec
+            .dim
+            .unwrap_or_else(|| default_dim(vocabulary.len() + 1));
+        FittedFeature::Embedding {
+            column: spec.column.clone(),
+            vocabulary,
+            dim,
+        }
+    }
+}
+
+/// A spec's categories as a sorted vocabulary (lookups are binary searches).
+fn listed(categories: &[Category]) -> Vec<String> {
+    let mut vocabulary: Vec<String> = categories.iter().map(Category::as_text).collect();
+    vocabulary.sort_unstable();
+    vocabulary.dedup();
+    vocabulary
+}
+
 fn category_index(vocabulary: &[String], value: Option<&str>) -> usize {
     value
         .and_then(|v| vocabulary.binary_search_by(|x| x.as_str().cmp(v)).ok())
@@ -391,6 +590,73 @@ schema:
         .collect();
         let table = text_table("mem", &["id", "amount", "colour"], &rows);
         DataProduct::from_source(contract, &table).unwrap()
+    }
+
+    /// A horizontal job's pipeline, from sums two domains add up, is the one fitted on both
+    /// domains' training rows in one place; a categorical column needs its categories listed, and
+    /// robust scaling (quantiles) is refused.
+    #[test]
+    fn sums_from_two_domains_give_the_pipeline_fitted_on_their_rows_together() {
+        let p = product();
+        let mut colour = FeatureSpec::new("colour", FeatureKind::Embedding);
+        let specs = vec![
+            FeatureSpec::new("amount", FeatureKind::Standardize),
+            FeatureSpec::new("amount", FeatureKind::LogStandardize),
+            colour.clone(),
+        ];
+        let (a, b) = (p.take_rows(&[0, 1]).unwrap(), p.take_rows(&[2, 3]).unwrap());
+        let sums =
+            |part: &DataProduct| FeaturePipeline::numeric_sums(part, &specs, &[0, 1]).unwrap();
+        let total: Vec<NumericSums> = sums(&a)
+            .into_iter()
+            .zip(sums(&b))
+            .map(|(x, y)| x + y)
+            .collect();
+        let error = FeaturePipeline::from_sums(&a, &specs, &total)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("lists its `categories`"), "{error}");
+        colour.categories = Some(vec![
+            Category::Text("red".into()),
+            Category::Text("blue".into()),
+            Category::Text("green".into()),
+        ]);
+        let specs = vec![specs[0].clone(), specs[1].clone(), colour];
+        let federated = FeaturePipeline::from_sums(&a, &specs, &total).unwrap();
+        let pooled = FeaturePipeline::fit(&p, &specs, &[0, 1, 2, 3]).unwrap();
+        for (f, c) in federated.features.iter().zip(&pooled.features) {
+            match (f, c) {
+                (
+                    FittedFeature::Numeric {
+                        center: cf,
+                        scale: sf,
+                        ..
+                    },
+                    FittedFeature::Numeric {
+                        center: cc,
+                        scale: sc,
+                        ..
+                    },
+                ) => {
+                    assert!((cf - cc).abs() < 1e-9 * cc.abs().max(1.0), "{cf} {cc}");
+                    assert!((sf - sc).abs() < 1e-9 * sc.abs().max(1.0), "{sf} {sc}");
+                }
+                (f, c) => assert_eq!(f, c),
+            }
+        }
+        // Domain b transforms its rows as the pooled pipeline transforms them.
+        let mine = federated.transform(&b).unwrap();
+        let all = pooled.transform(&p).unwrap().gather(&[2, 3]);
+        assert_eq!(mine.embeddings, all.embeddings);
+        assert_eq!(mine.categorical, all.categorical);
+        for (x, y) in mine.numeric.iter().zip(&all.numeric) {
+            assert!((x - y).abs() < 1e-6);
+        }
+        let robust = vec![FeatureSpec::new("amount", FeatureKind::RobustScale)];
+        let error = FeaturePipeline::from_sums(&a, &robust, &total[..1])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("robust-scaled"), "{error}");
     }
 
     #[test]

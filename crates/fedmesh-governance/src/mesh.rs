@@ -149,6 +149,7 @@ impl Mesh {
         match job {
             AnyJob::Vertical(job) => self.run_vertical(job, run, observer, stop),
             AnyJob::Recommendation(spec) => self.run_ranking(spec, run, observer, stop),
+            AnyJob::Horizontal(job) => Err(horizontal_not_on_a_mesh(&job.spec.name)),
         }
     }
 
@@ -416,5 +417,13 @@ fn check_mesh_config(config: &RunConfig) -> Result<(), SplitError> {
                 config.name()
             ),
         ))
+    }
+}
+
+/// A horizontal job asked of a mesh: refused, saying where it runs today.
+pub fn horizontal_not_on_a_mesh(job: &str) -> SplitError {
+    SplitError::Job {
+        job: job.to_string(),
+        reason: "horizontal jobs (`technique: fedavg` or `fedprox`) run in one process with `fedmesh run` for now: a mesh does not run their rounds yet".into(),
     }
 }

@@ -173,6 +173,9 @@ struct Plan {
 fn plan(request: &JobRequest) -> Result<Plan, String> {
     let origin = PathBuf::from("the submitted job spec");
     let mut job = AnyJob::from_yaml(&request.spec_yaml, &origin).map_err(|e| e.to_string())?;
+    if let AnyJob::Horizontal(horizontal) = &job {
+        return Err(crate::mesh::horizontal_not_on_a_mesh(&horizontal.spec.name).to_string());
+    }
     // Governance reads no file a job spec names (it would read its own disk for a stranger).
     if let AnyJob::Vertical(vertical) = &job
         && let Some(keys) = &vertical.spec.split.test_keys
@@ -434,6 +437,7 @@ fn register_model(
                 AnyJob::Recommendation(_) => {
                     "its parts stay with their holders (rankings are not served yet)".into()
                 }
+                AnyJob::Horizontal(_) => "horizontal models are not served yet".into(),
             };
             observer.log(&format!(
                 "registered model `{}@{version}` ({run_name}); {how}",
@@ -983,6 +987,11 @@ fn predict(
     let parts = state.runs.join(&model.run);
     let job = match any_job {
         AnyJob::Vertical(job) => job,
+        AnyJob::Horizontal(job) => {
+            return Err(Status::failed_precondition(
+                crate::mesh::horizontal_not_on_a_mesh(&job.spec.name).to_string(),
+            ));
+        }
         AnyJob::Recommendation(spec) => {
             return recommend(
                 state,

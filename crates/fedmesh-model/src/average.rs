@@ -48,6 +48,54 @@ pub fn float_tensors<M: Module>(module: &M) -> Vec<Vec<f32>> {
     collect.0
 }
 
+/// `module` with its float tensors, in [`float_tensors`]'s order, replaced by `values`; `None`
+/// when `values` does not have the module's shape.
+pub fn with_float_tensors<M: Module>(module: M, values: Vec<Vec<f32>>) -> Option<M> {
+    let shape: Vec<usize> = float_tensors(&module).iter().map(Vec::len).collect();
+    if values.iter().map(Vec::len).collect::<Vec<_>>() != shape {
+        return None;
+    }
+    Some(module.map(&mut Replace(values.into_iter())))
+}
+
+/// Every trainable tensor of a module, flattened (buffers such as BatchNorm's running
+/// statistics left out), still on the autodiff graph.
+struct Trainable(Vec<Tensor<1>>);
+
+impl ModuleVisitor for Trainable {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let tensor = param.val();
+        if tensor.is_require_grad() {
+            self.0.push(tensor.flatten::<1>(0, D - 1));
+        }
+    }
+}
+
+/// FedProx's anchor: the trainable tensors of the round's global model, detached.
+pub fn proximal_anchor<M: Module>(global: &M) -> Vec<Tensor<1>> {
+    let mut trainable = Trainable(Vec::new());
+    global.visit(&mut trainable);
+    trainable.0.into_iter().map(Tensor::detach).collect()
+}
+
+/// FedProx's proximal term μ/2·‖w − w₀‖² over the trainable tensors of `module`, against the
+/// `anchor` of [`proximal_anchor`]: added to a local loss, it holds local training near the
+/// round's global model (Li et al. 2020).
+pub fn proximal_term<M: Module>(module: &M, anchor: &[Tensor<1>], mu: f64) -> Option<Tensor<1>> {
+    let mut trainable = Trainable(Vec::new());
+    module.visit(&mut trainable);
+    if trainable.0.len() != anchor.len() {
+        return None;
+    }
+    trainable
+        .0
+        .into_iter()
+        .zip(anchor)
+        .map(|(w, a)| (w - a.clone()).powi_scalar(2).sum())
+        .reduce(|a, b| a + b)
+        .map(|sum| sum.mul_scalar(mu / 2.0))
+}
+
 /// Σ wₖ·mₖ / Σ wₖ, tensor by tensor, on the first module's structure; `None` when there is no
 /// module, a weight is negative or not finite, the weights sum to 0, or the modules differ in
 /// shape.
@@ -79,7 +127,7 @@ pub fn weighted_average<M: Module + Clone>(models: &[(M, f64)]) -> Option<M> {
                 .collect()
         })
         .collect();
-    Some(first.clone().map(&mut Replace(averaged.into_iter())))
+    with_float_tensors(first.clone(), averaged)
 }
 
 #[cfg(test)]
@@ -115,6 +163,46 @@ mod tests {
         assert!(weighted_average::<crate::Head>(&[]).is_none());
         assert!(weighted_average(&[(a.clone(), -1.0), (b.clone(), 2.0)]).is_none());
         assert!(weighted_average(&[(a, 0.0), (b, 0.0)]).is_none());
+    }
+
+    /// FedProx's term is μ/2·‖w − w₀‖², and its gradient μ·(w − w₀) (checked through one SGD
+    /// step of rate 1: w − μ(w − w₀)).
+    #[test]
+    fn the_proximal_term_pulls_each_weight_towards_the_anchor() {
+        let (anchor_model, model) = (head(5), head(6));
+        let anchor = proximal_anchor(&anchor_model);
+        let mu = 0.5;
+        let term = proximal_term(&model, &anchor, mu).unwrap();
+        let expected: f64 = float_tensors(&model)
+            .iter()
+            .zip(float_tensors(&anchor_model))
+            .flat_map(|(w, a)| {
+                w.iter()
+                    .zip(a)
+                    .map(|(w, a)| ((w - a) as f64).powi(2))
+                    .collect::<Vec<_>>()
+            })
+            .sum::<f64>()
+            * mu
+            / 2.0;
+        let value = term.clone().into_data().try_to_vec::<f32>().unwrap()[0] as f64;
+        assert!(
+            (value - expected).abs() < 1e-4 * expected.max(1.0),
+            "{value} {expected}"
+        );
+        let grads = GradientsParams::from_grads(term.backward(), &model);
+        let stepped = SgdConfig::new().init().step(1.0, model.clone(), grads);
+        for ((s, w), a) in float_tensors(&stepped)
+            .iter()
+            .zip(float_tensors(&model))
+            .zip(float_tensors(&anchor_model))
+        {
+            for ((s, w), a) in s.iter().zip(&w).zip(&a) {
+                let want = w - mu as f32 * (w - a);
+                assert!((s - want).abs() < 1e-5, "{s} {want}");
+            }
+        }
+        assert!(proximal_term(&model, &anchor[1..], mu).is_none());
     }
 
     /// Federated averaging checked against the joint computation: two clients each take one SGD

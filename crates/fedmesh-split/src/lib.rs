@@ -14,6 +14,7 @@
 
 pub mod attack;
 pub mod bench;
+pub mod horizontal;
 pub mod inference;
 pub mod job;
 pub mod limits;

@@ -700,6 +700,7 @@ impl RunResult {
             model_files: Vec::new(),
             wire: None,
             alignment: None,
+            federation: None,
             test_scores: Vec::new(),
         }
     }
@@ -1070,7 +1071,7 @@ impl PreparedRecommendation {
                     self.in_process_ncf(*config == RunConfig::SplitLabelSharing, seed, None)?;
                 fit_ranking(&mut model, &self.spec.training, observer, stop)?
             }
-            RunConfig::SingleDomain(_) | RunConfig::Linear => {
+            RunConfig::SingleDomain(_) | RunConfig::Linear | RunConfig::Federated { .. } => {
                 return Err(SplitError::Spec {
                     path: PathBuf::from(&self.spec.name),
                     message: format!(

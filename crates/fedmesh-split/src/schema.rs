@@ -8,6 +8,7 @@
 use schemars::JsonSchema;
 use serde_json::{Map, Value};
 
+use crate::horizontal::HorizontalSpec;
 use crate::job::JobSpec;
 use crate::recommend::RecommendationSpec;
 
@@ -25,6 +26,9 @@ enum AnyJobSpec {
     /// Recommendation (`task: recommendation`): a neural collaborative filter over sales,
     /// customer and product domains.
     Recommendation(Box<RecommendationSpec>),
+    /// Horizontal learning (`technique: fedavg` or `fedprox`): domains holding the same columns
+    /// of different entities train one model by federated averaging.
+    Horizontal(Box<HorizontalSpec>),
 }
 
 /// The JSON Schema of `job.yaml` (draft 2020-12).
@@ -38,12 +42,16 @@ pub fn job_schema() -> Value {
 }
 
 /// The field reference of `job.yaml` in Markdown: one table per part of the spec, in the order a
-/// reader meets them (the two kinds of job first, then each part they name).
+/// reader meets them (the three kinds of job first, then each part they name).
 pub fn job_reference(schema: &Value) -> String {
     let empty = Map::new();
     let defs = schema["$defs"].as_object().unwrap_or(&empty);
     let mut order: Vec<String> = Vec::new();
-    let mut queue: Vec<String> = vec!["JobSpec".into(), "RecommendationSpec".into()];
+    let mut queue: Vec<String> = vec![
+        "JobSpec".into(),
+        "RecommendationSpec".into(),
+        "HorizontalSpec".into(),
+    ];
     while let Some(name) = queue.first().cloned() {
         queue.remove(0);
         if order.contains(&name) || !defs.contains_key(&name) {

@@ -13,6 +13,7 @@ use std::sync::atomic::AtomicBool;
 use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
+use crate::horizontal::{HorizontalJob, HorizontalSpec, PreparedHorizontal, is_horizontal};
 use crate::job::{Job, LabelSharingFallback, PreparedJob, RunConfig, RunResult, read_spec};
 use crate::recommend::{PreparedRecommendation, RANKING_CONFIGS, RecommendationSpec};
 use crate::split_ncf::NcfRole;
@@ -71,6 +72,9 @@ pub enum AnyJob {
     Vertical(Box<Job>),
     /// Ranking items for users (`task: recommendation`).
     Recommendation(Box<RecommendationSpec>),
+    /// Classification or regression over domains that hold the same columns of different
+    /// entities (`technique: fedavg` or `fedprox`).
+    Horizontal(Box<HorizontalJob>),
 }
 
 impl AnyJob {
@@ -82,7 +86,12 @@ impl AnyJob {
 
     /// Reads a job spec sent as text; `file` names it in errors and anchors relative paths.
     pub fn from_yaml(text: &str, file: &Path) -> Result<Self, SplitError> {
-        if Task::named_in(text, file)? == Some(Task::Recommendation) {
+        if is_horizontal(text) {
+            Ok(Self::Horizontal(Box::new(HorizontalJob {
+                spec: HorizontalSpec::from_yaml(text, file)?,
+                file: file.to_path_buf(),
+            })))
+        } else if Task::named_in(text, file)? == Some(Task::Recommendation) {
             Ok(Self::Recommendation(Box::new(
                 RecommendationSpec::from_yaml(text, file)?,
             )))
@@ -96,6 +105,7 @@ impl AnyJob {
         match self {
             Self::Vertical(job) => job.spec.task(),
             Self::Recommendation(_) => Task::Recommendation,
+            Self::Horizontal(job) => job.spec.task(),
         }
     }
 
@@ -103,6 +113,7 @@ impl AnyJob {
         match self {
             Self::Vertical(job) => &job.spec.name,
             Self::Recommendation(spec) => &spec.name,
+            Self::Horizontal(job) => &job.spec.name,
         }
     }
 
@@ -110,6 +121,7 @@ impl AnyJob {
         match self {
             Self::Vertical(job) => &job.spec.description,
             Self::Recommendation(spec) => &spec.description,
+            Self::Horizontal(job) => &job.spec.description,
         }
     }
 
@@ -118,6 +130,7 @@ impl AnyJob {
         match self {
             Self::Vertical(job) => job.spec.purpose.as_deref(),
             Self::Recommendation(spec) => spec.purpose.as_deref(),
+            Self::Horizontal(job) => job.spec.purpose.as_deref(),
         }
     }
 
@@ -126,6 +139,7 @@ impl AnyJob {
         match self {
             Self::Vertical(job) => &job.spec.technique,
             Self::Recommendation(_) => "split-learning",
+            Self::Horizontal(job) => &job.spec.technique,
         }
     }
 
@@ -133,6 +147,7 @@ impl AnyJob {
         match self {
             Self::Vertical(job) => &job.spec.seeds,
             Self::Recommendation(spec) => &spec.seeds,
+            Self::Horizontal(job) => &job.spec.seeds,
         }
     }
 
@@ -140,6 +155,8 @@ impl AnyJob {
         match self {
             Self::Vertical(job) => job.spec.training.epochs,
             Self::Recommendation(spec) => spec.training.epochs,
+            // A horizontal job's progress is counted in rounds.
+            Self::Horizontal(job) => job.spec.federation.rounds,
         }
     }
 
@@ -154,6 +171,7 @@ impl AnyJob {
         match self {
             Self::Vertical(job) => job.spec.training.epochs = epochs,
             Self::Recommendation(spec) => spec.training.epochs = epochs,
+            Self::Horizontal(job) => job.spec.federation.rounds = epochs,
         }
         Ok(())
     }
@@ -165,6 +183,7 @@ impl AnyJob {
             Self::Recommendation(spec) => NcfRole::ALL
                 .map(|role| spec.domain(role).name.as_str())
                 .to_vec(),
+            Self::Horizontal(job) => job.spec.domains.iter().map(|d| d.name.as_str()).collect(),
         }
     }
 
@@ -173,6 +192,8 @@ impl AnyJob {
         match self {
             Self::Vertical(job) => &job.spec.label.domain,
             Self::Recommendation(spec) => &spec.sales.name,
+            // Every domain of a horizontal job holds its own labels; none owns them all.
+            Self::Horizontal(job) => &job.spec.domains[0].name,
         }
     }
 
@@ -180,7 +201,7 @@ impl AnyJob {
     pub fn on_label_sharing_forbidden(&self) -> LabelSharingFallback {
         match self {
             Self::Vertical(job) => job.spec.on_label_sharing_forbidden,
-            Self::Recommendation(_) => LabelSharingFallback::SplitLabelOwner,
+            Self::Recommendation(_) | Self::Horizontal(_) => LabelSharingFallback::SplitLabelOwner,
         }
     }
 
@@ -190,6 +211,7 @@ impl AnyJob {
         match self {
             Self::Vertical(job) => job.to_portable_yaml(),
             Self::Recommendation(spec) => Ok(spec.to_yaml()),
+            Self::Horizontal(job) => job.to_portable_yaml(),
         }
     }
 
@@ -198,6 +220,7 @@ impl AnyJob {
         match self {
             Self::Vertical(job) => job.file.clone(),
             Self::Recommendation(spec) => spec.file.clone(),
+            Self::Horizontal(job) => job.file.clone(),
         }
     }
 
@@ -218,6 +241,15 @@ impl AnyJob {
                 let prepared = spec.as_ref().clone().prepare(&spec.file)?;
                 Ok(PreparedAnyJob::Recommendation(Box::new(prepared)))
             }
+            Self::Horizontal(job) => {
+                if data.is_some() {
+                    return Err(SplitError::Job {
+                        job: job.spec.name.clone(),
+                        reason: "a horizontal job reads each domain's rows where its contract says: it takes no data file".into(),
+                    });
+                }
+                Ok(PreparedAnyJob::Horizontal(Box::new(job.prepare()?)))
+            }
         }
     }
 }
@@ -227,6 +259,7 @@ impl AnyJob {
 pub enum PreparedAnyJob {
     Vertical(Box<PreparedJob>),
     Recommendation(Box<PreparedRecommendation>),
+    Horizontal(Box<PreparedHorizontal>),
 }
 
 impl PreparedAnyJob {
@@ -235,6 +268,7 @@ impl PreparedAnyJob {
         match self {
             Self::Vertical(job) => job.configs(),
             Self::Recommendation(_) => RANKING_CONFIGS.to_vec(),
+            Self::Horizontal(job) => job.configs(),
         }
     }
 
@@ -251,6 +285,7 @@ impl PreparedAnyJob {
         match self {
             Self::Vertical(job) => job.run(config, seed, observer, stop, save_to),
             Self::Recommendation(job) => job.run(config, seed, observer, stop),
+            Self::Horizontal(job) => job.run(config, seed, observer, stop, save_to),
         }
     }
 }
@@ -270,6 +305,7 @@ mod tests {
     fn every_example_is_one_job_kind_with_a_task() {
         for (name, task) in [
             ("credit", Task::Classification),
+            ("credit-branches", Task::Classification),
             ("fraud", Task::Classification),
             ("movielens", Task::Recommendation),
             ("retail", Task::Recommendation),
@@ -321,7 +357,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            error.contains("`technique: fedavg` is not one fedmesh runs"),
+            error.contains("this spec is shaped for split learning"),
+            "{error}"
+        );
+        let error = AnyJob::from_yaml(&with("gossip"), &file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("`technique: gossip` is not one a split job runs"),
             "{error}"
         );
     }

@@ -368,10 +368,13 @@ pub struct JointTrainer {
     features: Vec<FeatureMatrix>,
     targets: Targets,
     objective: Objective,
+    optimizer_spec: OptimizerSpec,
     optimizer: ModuleOptimizer,
     device: Device,
     scores: ScoreBook,
     kept: Kept<JointNetwork>,
+    /// FedProx: μ and the round's global model's trainable tensors.
+    proximal: Option<(f64, Vec<Tensor<1>>)>,
 }
 
 impl JointTrainer {
@@ -389,11 +392,27 @@ impl JointTrainer {
             features,
             targets,
             objective,
+            optimizer_spec: optimizer.clone(),
             optimizer: optimizer.init(),
             device,
             scores: ScoreBook::default(),
             kept: Kept::default(),
+            proximal: None,
         }
+    }
+
+    /// Starts over from `network` with a fresh optimizer, as a domain does each round of
+    /// federated averaging; with `proximal_mu` above 0 (FedProx) every step's loss adds
+    /// μ/2·‖w − w₀‖², w₀ being `network` as given.
+    pub fn restart(&mut self, network: JointNetwork, proximal_mu: f64) {
+        self.proximal = (proximal_mu > 0.0).then(|| {
+            (
+                proximal_mu,
+                fedmesh_model::average::proximal_anchor(&network),
+            )
+        });
+        self.network = network;
+        self.optimizer = self.optimizer_spec.init();
     }
 
     fn inputs(&self, rows: &[u32], device: &Device) -> Vec<(Tensor<2>, Option<Tensor<2, Int>>)> {
@@ -412,6 +431,19 @@ impl Trainer for JointTrainer {
                 .head
                 .loss(&self.objective, outputs, &self.targets.gather(&plan.rows));
         let value = scalar(&loss);
+        let loss = match &self.proximal {
+            Some((mu, anchor)) => {
+                let term = fedmesh_model::average::proximal_term(&self.network, anchor, *mu)
+                    .ok_or_else(|| {
+                        SplitError::refused(
+                            "a domain",
+                            "the proximal anchor does not fit the model",
+                        )
+                    })?;
+                loss + term
+            }
+            None => loss,
+        };
         let grads = GradientsParams::from_grads(loss.backward(), &self.network);
         self.network = self
             .optimizer

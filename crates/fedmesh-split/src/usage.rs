@@ -4,6 +4,7 @@
 //! Governance and the domain node both derive it from the job spec, each on its own side, so
 //! that a domain judges what the job will do rather than what it was told.
 
+use crate::horizontal::HorizontalSpec;
 use crate::job::Job;
 use crate::party::LabelProtection;
 use crate::recommend::RecommendationSpec;
@@ -71,7 +72,43 @@ pub fn requested_of(
             })?;
             recommendation_usage(spec, role, action, share_labels)
         }
+        AnyJob::Horizontal(job) => horizontal_usage(&job.spec, domain, action),
     }
+}
+
+/// What a horizontal job asks of `domain`'s product: the purpose, its technique, the feature
+/// columns, and the label column, which stays at the domain (each domain is the label owner of
+/// its own rows; nothing per row leaves it).
+pub fn horizontal_usage(
+    spec: &HorizontalSpec,
+    domain: &str,
+    action: Action,
+) -> Result<Usage, SplitError> {
+    let purpose = spec.purpose.clone().ok_or_else(|| SplitError::Job {
+        job: spec.name.clone(),
+        reason: "it declares no `purpose`: a mesh admits no job without one".into(),
+    })?;
+    if !spec.domains.iter().any(|d| d.name == domain) {
+        return Err(SplitError::Job {
+            job: spec.name.clone(),
+            reason: format!("it has no domain `{domain}`"),
+        });
+    }
+    Ok(Usage {
+        action,
+        job: String::new(),
+        requester: String::new(),
+        purpose,
+        technique: spec.technique.clone(),
+        share_labels: false,
+        label_domain: domain.to_string(),
+        domain: domain.to_string(),
+        product: String::new(),
+        product_version: String::new(),
+        columns: spec.features.iter().map(|f| f.column.clone()).collect(),
+        label_column: Some(spec.label.clone()),
+        label_protection: Vec::new(),
+    })
 }
 
 /// What a recommendation job asks of the product `role` serves, for `action`: the purpose,

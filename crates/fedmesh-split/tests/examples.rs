@@ -139,6 +139,41 @@ fn credit_limit_regression_beats_least_squares_on_one_seed() {
     );
 }
 
+/// Three branches holding different clients (dealt by education) train by federated averaging
+/// to within 0.01 ROC-AUC of the same model trained on their rows pooled, and secure aggregation
+/// changes the result by no more than quantization does (docs/horizontal.md: over 3 seeds,
+/// 0.7680 against 0.7710).
+#[test]
+fn credit_branches_federated_averaging_matches_the_pooled_baseline_on_one_seed() {
+    let _turn = one_at_a_time();
+    if shared_data("uci-credit/UCI_Credit_Card.csv").is_none() {
+        return;
+    }
+    let job = fedmesh_split::horizontal::HorizontalJob::load(&example("credit-branches"))
+        .unwrap()
+        .prepare()
+        .unwrap();
+    let stop = AtomicBool::new(false);
+    let auc = |config: RunConfig| {
+        roc_auc(
+            &job.run(&config, 1, &fedmesh_split::Silent, &stop, None)
+                .unwrap(),
+        )
+    };
+    let centralized = auc(RunConfig::Centralized);
+    let federated = auc(RunConfig::Federated { secure: false });
+    let secure = auc(RunConfig::Federated { secure: true });
+    assert!(centralized > 0.76, "centralized {centralized}");
+    assert!(
+        federated > centralized - 0.01,
+        "federated {federated}, centralized {centralized}"
+    );
+    assert!(
+        (secure - federated).abs() < 0.001,
+        "secure {secure}, plain {federated}"
+    );
+}
+
 /// The claim, over the job's 5 seeds: `cargo test --release -- --ignored`.
 #[test]
 #[ignore = "trains 15 models on 21,000 rows (about 30 s in release)"]

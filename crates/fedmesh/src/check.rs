@@ -1,6 +1,6 @@
 //! `fedmesh check JOB`: the admission a mesh would give a job, decided here, before anything
 //! runs: every domain's contract (and, with `--mesh`, its own policy) and governance's policies,
-//! for each split configuration, one line per reason with the file and the rule to edit.
+//! for each configuration a mesh runs, one line per reason with the file and the rule to edit.
 //!
 //! The rules are those of the mesh (`fedmesh_policy::check_contract`, the domain's policy,
 //! governance's Cedar policies) applied to the usage `fedmesh_split::usage` derives from the
@@ -141,7 +141,14 @@ pub fn admission(job: &AnyJob, options: &CheckOptions) -> Result<Admission> {
         ),
     };
     let mut reasons: Vec<(RunConfig, Vec<String>)> = Vec::new();
-    for config in [RunConfig::SplitLabelSharing, RunConfig::SplitLabelOwner] {
+    let configs = match job {
+        AnyJob::Horizontal(_) => vec![
+            RunConfig::Federated { secure: false },
+            RunConfig::Federated { secure: true },
+        ],
+        _ => vec![RunConfig::SplitLabelSharing, RunConfig::SplitLabelOwner],
+    };
+    for config in configs {
         let share_labels = config == RunConfig::SplitLabelSharing;
         let mut lines = Vec::new();
         // Governance's denials, once per rule and reason, naming every domain they concern.

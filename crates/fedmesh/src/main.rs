@@ -55,10 +55,11 @@ enum Command {
         #[arg(long)]
         seeds: Option<usize>,
         /// Only these configurations (centralized, split-label-sharing, split-label-owner,
-        /// single-domain:NAME), comma-separated.
+        /// single-domain:NAME, linear; federated and federated-secure for horizontal jobs),
+        /// comma-separated.
         #[arg(long, value_delimiter = ',')]
         configs: Vec<String>,
-        /// Override the job's epoch count.
+        /// Override the job's epoch count (a horizontal job's rounds).
         #[arg(long)]
         epochs: Option<usize>,
         /// Where results.json and the report go (default: runs/EXAMPLE-TIME).

@@ -91,6 +91,14 @@ pub fn domains_of(job: &AnyJob) -> Domains {
     match job {
         AnyJob::Vertical(job) => job_domains(job),
         AnyJob::Recommendation(spec) => recommendation_domains(spec, &spec.file),
+        AnyJob::Horizontal(job) => {
+            let dir = job.file.parent().unwrap_or(Path::new("."));
+            job.spec
+                .domains
+                .iter()
+                .map(|d| (d.name.clone(), dir.join(&d.contract)))
+                .collect()
+        }
     }
 }
 
@@ -100,7 +108,7 @@ pub fn example_domains(path: &Path) -> Result<(Domains, Option<PathBuf>)> {
     let job = AnyJob::load(path)?;
     let example = match &job {
         AnyJob::Vertical(job) => job.example_path(),
-        AnyJob::Recommendation(_) => None,
+        AnyJob::Recommendation(_) | AnyJob::Horizontal(_) => None,
     };
     Ok((domains_of(&job), example))
 }

@@ -80,6 +80,14 @@ pub fn table(results: &Results) -> String {
         .runs
         .first()
         .map_or(0, |r| runs_of(results, &r.config).len());
+    // A horizontal job sends no cut layer: its last column is the time of a round (of an
+    // epoch, for the centralized baseline).
+    let horizontal = results.runs.iter().any(|r| r.federation.is_some());
+    let last = if horizontal {
+        "s/round"
+    } else {
+        "cut-layer MB"
+    };
     let _ = writeln!(
         out,
         "{} — {} runs, {} seed(s) each, test rows: {}",
@@ -91,7 +99,7 @@ pub fn table(results: &Results) -> String {
     if binary {
         let _ = writeln!(
             out,
-            "| configuration | ROC-AUC | PR-AUC | F1 (valid. threshold) | F1 @0.5 | hard-label AUC | train s | cut-layer MB |"
+            "| configuration | ROC-AUC | PR-AUC | F1 (valid. threshold) | F1 @0.5 | hard-label AUC | train s | {last} |"
         );
         let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
     } else if ranking {
@@ -103,26 +111,27 @@ pub fn table(results: &Results) -> String {
     } else if regression {
         let _ = writeln!(
             out,
-            "| configuration | RMSE | MAE | R² | train s | cut-layer MB |"
+            "| configuration | RMSE | MAE | R² | train s | {last} |"
         );
         let _ = writeln!(out, "|---|---|---|---|---|---|");
     } else if multiclass {
         let _ = writeln!(
             out,
-            "| configuration | accuracy | macro F1 | train s | cut-layer MB |"
+            "| configuration | accuracy | macro F1 | train s | {last} |"
         );
         let _ = writeln!(out, "|---|---|---|---|---|");
     } else {
-        let _ = writeln!(
-            out,
-            "| configuration | {headline} | train s | cut-layer MB |"
-        );
+        let _ = writeln!(out, "| configuration | {headline} | train s | {last} |");
         let _ = writeln!(out, "|---|---|---|---|");
     }
     for config in configs(results) {
         let runs = runs_of(results, config);
         let seconds = cell(&runs, |r| r.train_seconds);
-        let mb = cell(&runs, |r| r.cut_layer_bytes as f64 / 1e6);
+        let mb = if horizontal {
+            cell(&runs, |r| r.train_seconds / r.history.len().max(1) as f64)
+        } else {
+            cell(&runs, |r| r.cut_layer_bytes as f64 / 1e6)
+        };
         if binary {
             let b = |f: fn(&fedmesh_model::BinaryMetrics) -> f64| {
                 move |r: &RunResult| match &r.metrics {
@@ -342,6 +351,7 @@ mod tests {
                 model_files: Vec::new(),
                 wire: None,
                 alignment: None,
+                federation: None,
                 test_scores: Vec::new(),
             })
             .collect();

@@ -252,6 +252,14 @@ pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Resu
 /// end.
 pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Results> {
     let mut job = AnyJob::load(example)?;
+    if options.mesh.is_some()
+        && let AnyJob::Horizontal(horizontal) = &job
+    {
+        bail!(
+            "{}",
+            fedmesh_governance::mesh::horizontal_not_on_a_mesh(&horizontal.spec.name)
+        );
+    }
     if let Some(epochs) = options.epochs {
         let epochs = fedmesh_split::limits::checked_epochs("--epochs", epochs)
             .map_err(anyhow::Error::msg)?;
@@ -451,6 +459,39 @@ fn describe(job: &AnyJob, prepared: &PreparedAnyJob, on_mesh: bool) -> Results {
                 valid_rows: 0,
                 test_rows: prepared.split.test.len(),
                 interactions: Some(interactions),
+                runs: Vec::new(),
+            }
+        }
+        PreparedAnyJob::Horizontal(prepared) => {
+            let (_, _, partition) = prepared.pooled();
+            let rows: Vec<String> = prepared
+                .parties
+                .iter()
+                .map(|p| format!("{} {}", p.name, p.features.rows))
+                .collect();
+            let spec = &prepared.spec;
+            println!(
+                "{} rows in {} domains ({}) from {} ({} train, {} validation, {} test); {} over {} rounds of {} local epoch(s)",
+                partition.len(),
+                prepared.parties.len(),
+                rows.join(", "),
+                prepared.source,
+                partition.train.len(),
+                partition.valid.len(),
+                partition.test.len(),
+                spec.technique,
+                spec.federation.rounds,
+                spec.training.epochs
+            );
+            Results {
+                example: job.name().to_string(),
+                description: job.description().to_string(),
+                source: prepared.source.clone(),
+                rows: partition.len(),
+                train_rows: partition.train.len(),
+                valid_rows: partition.valid.len(),
+                test_rows: partition.test.len(),
+                interactions: None,
                 runs: Vec::new(),
             }
         }

@@ -512,7 +512,7 @@ pub fn check_intersection(intersection: usize, sizes: &[ProductRows]) -> Result<
     Ok(())
 }
 
-fn read_targets(
+pub(crate) fn read_targets(
     product: &DataProduct,
     column: &str,
     objective: &Objective,

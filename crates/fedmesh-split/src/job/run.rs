@@ -39,6 +39,11 @@ pub enum RunConfig {
     SingleDomain(String),
     /// A regression job's baseline: least squares over every domain's features in one place.
     Linear,
+    /// A horizontal job's federated averaging (or FedProx), its updates summed in the clear or
+    /// by secure aggregation.
+    Federated {
+        secure: bool,
+    },
 }
 
 impl RunConfig {
@@ -51,6 +56,8 @@ impl RunConfig {
             RunConfig::SplitLabelOwner => "split-label-owner".into(),
             RunConfig::SingleDomain(d) => format!("single-domain:{d}"),
             RunConfig::Linear => "linear".into(),
+            RunConfig::Federated { secure: false } => "federated".into(),
+            RunConfig::Federated { secure: true } => "federated-secure".into(),
         }
     }
 }
@@ -61,13 +68,15 @@ impl std::str::FromStr for RunConfig {
         match s {
             "popularity" => Ok(RunConfig::Popularity),
             "linear" => Ok(RunConfig::Linear),
+            "federated" => Ok(RunConfig::Federated { secure: false }),
+            "federated-secure" => Ok(RunConfig::Federated { secure: true }),
             "centralized" => Ok(RunConfig::Centralized),
             "split-label-sharing" => Ok(RunConfig::SplitLabelSharing),
             "split-label-owner" => Ok(RunConfig::SplitLabelOwner),
             other => match other.strip_prefix("single-domain:") {
                 Some(d) => Ok(RunConfig::SingleDomain(d.to_string())),
                 None => Err(format!(
-                    "unknown configuration `{other}`: use centralized, split-label-sharing, split-label-owner, single-domain:NAME, linear (regression jobs), or popularity (recommendation jobs)"
+                    "unknown configuration `{other}`: use centralized, split-label-sharing, split-label-owner, single-domain:NAME, linear (regression jobs), popularity (recommendation jobs), or federated and federated-secure (horizontal jobs)"
                 )),
             },
         }
@@ -106,10 +115,33 @@ pub struct RunResult {
     /// How the domains' rows were aligned before the partition was drawn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alignment: Option<AlignmentSummary>,
+    /// A horizontal run's rounds: who took part, who dropped out, how long a round took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub federation: Option<FederationSummary>,
     /// Each test row's scores, when this process held the head (in-process runs, and label
     /// sharing); never written to `results.json`.
     #[serde(skip)]
     pub test_scores: Vec<(u32, Vec<f32>)>,
+}
+
+/// A horizontal run's rounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FederationSummary {
+    /// `fedavg` or `fedprox`.
+    pub technique: String,
+    /// Whether the updates were summed by secure aggregation.
+    pub secure_aggregation: bool,
+    /// Rounds trained (fewer than the spec's after an early stop).
+    pub rounds: usize,
+    /// Wall time of a round, on average: local training, aggregation and evaluation.
+    pub seconds_per_round: f64,
+    /// Values in one domain's update (every float tensor of the model).
+    pub update_values: usize,
+    /// Training rows per domain, in the spec's order.
+    pub domain_rows: Vec<(String, usize)>,
+    /// The rounds in which a domain dropped out, and which.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dropped: Vec<(usize, String)>,
 }
 
 /// What a run over the network sent, counted as encoded protobuf messages.
@@ -210,6 +242,15 @@ impl PreparedJob {
                 return Err(SplitError::Spec {
                     path: PathBuf::from(&self.spec.name),
                     message: "`linear` is solved in closed form, not trained step by step".into(),
+                });
+            }
+            RunConfig::Federated { .. } => {
+                return Err(SplitError::Spec {
+                    path: PathBuf::from(&self.spec.name),
+                    message: format!(
+                        "`{}` is a configuration of horizontal jobs (`technique: fedavg` or `fedprox`): this job is split across the domains' columns",
+                        config.name()
+                    ),
                 });
             }
             RunConfig::Centralized => {
@@ -395,6 +436,7 @@ impl PreparedJob {
             model_files: Vec::new(),
             wire: None,
             alignment: None,
+            federation: None,
             test_scores: report.test_scores,
         })
     }
@@ -470,6 +512,7 @@ impl JobSpec {
             curves: outcome.report.curves,
             wire: None,
             alignment: None,
+            federation: None,
             test_scores: outcome.report.test_scores,
         })
     }

@@ -322,7 +322,7 @@ impl Job {
             // Anything else would run split learning under another name, and contracts would
             // admit it under the technique it claims.
             Some(format!(
-                "`technique: {}` is not one fedmesh runs: a job over domains that hold different columns of the same entities trains by `split-learning` (federated averaging, for domains holding the same columns of different entities, is not built yet)",
+                "`technique: {}` is not one a split job runs: domains that hold different columns of the same entities train by `split-learning`; domains that hold the same columns of different entities train by `fedavg` or `fedprox`, in a horizontal spec (docs/job-spec.md)",
                 spec.technique
             ))
         } else if let Some(task) = spec.task.filter(|&t| t != spec.task()) {
