@@ -264,6 +264,12 @@ pub fn label_skewed_rows(
     take(source, mine)
 }
 
+/// A standard normal draw (Box–Muller).
+pub fn standard_normal(rng: &mut impl Rng) -> f64 {
+    let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+}
+
 /// A Gamma(`shape`, 1) draw (Marsaglia and Tsang 2000), for Dirichlet proportions.
 fn gamma(shape: f64, rng: &mut ChaCha8Rng) -> f64 {
     if shape < 1.0 {
@@ -273,9 +279,7 @@ fn gamma(shape: f64, rng: &mut ChaCha8Rng) -> f64 {
     let d = shape - 1.0 / 3.0;
     let c = 1.0 / (9.0 * d).sqrt();
     loop {
-        // A standard normal draw (Box–Muller).
-        let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
-        let x = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos();
+        let x = standard_normal(rng);
         let v = (1.0 + c * x).powi(3);
         if v <= 0.0 {
             continue;

@@ -514,15 +514,16 @@ fn drive(state: &GovernanceState, plan: Plan, requester: String, admission: Admi
         ),
     };
     tracing::info!("job `{}` {to}: {reason}", plan.id);
-    if let Err(e) = state.store.set_state(&plan.id, to, &reason) {
-        tracing::error!("job `{}`: cannot record its end: {e}", plan.id);
-    }
+    // The audit record first: whoever sees the job's final state finds its record on file.
     if let Err(e) = state.audit(
         state
             .entry(&format!("job.{to}"), &plan.id)
             .detail("reason", &reason),
     ) {
         tracing::error!("job `{}`: its end is not on record: {e}", plan.id);
+    }
+    if let Err(e) = state.store.set_state(&plan.id, to, &reason) {
+        tracing::error!("job `{}`: cannot record its end: {e}", plan.id);
     }
 }
 
@@ -805,6 +806,9 @@ impl Governance for GovernanceService {
             }
             None => {
                 state
+                    .audit(state.entry("job.cancelled", &id).detail("by", &caller))
+                    .map_err(unrecorded)?;
+                state
                     .store
                     .set_state(
                         &id,
@@ -812,9 +816,6 @@ impl Governance for GovernanceService {
                         &format!("cancelled by `{caller}`"),
                     )
                     .map_err(internal)?;
-                state
-                    .audit(state.entry("job.cancelled", &id).detail("by", &caller))
-                    .map_err(unrecorded)?;
             }
         }
         Ok(json(&state.store.job(&id).map_err(internal)?))

@@ -567,6 +567,23 @@ impl EpochChoice {
         }
     }
 
+    /// The choice `spec` asks for over `epochs` epochs; refused when it needs validation rows and
+    /// `partition` has none.
+    pub(crate) fn checked(
+        spec: &TrainingSpec,
+        epochs: usize,
+        partition: &Partition,
+    ) -> Result<Self, SplitError> {
+        let choice = Self::new(spec.keep, spec.early_stopping, epochs);
+        if choice.validates() && partition.valid.is_empty() {
+            return Err(SplitError::refused(
+                "governance",
+                "`training.keep: best` and `training.early_stopping` need validation rows: set `split.valid_fraction` above 0",
+            ));
+        }
+        Ok(choice)
+    }
+
     /// Whether the run needs a validation score each epoch.
     pub(crate) fn validates(&self) -> bool {
         self.keep == KeptEpoch::Best || self.early.is_some()
@@ -715,13 +732,7 @@ pub fn fit(
         .count();
     let total_steps = steps_per_epoch * spec.epochs;
     let mut step = 0;
-    let mut choice = EpochChoice::new(spec.keep, spec.early_stopping, spec.epochs);
-    if choice.validates() && partition.valid.is_empty() {
-        return Err(SplitError::refused(
-            "governance",
-            "`training.keep: best` and `training.early_stopping` need validation rows: set `split.valid_fraction` above 0",
-        ));
-    }
+    let mut choice = EpochChoice::checked(spec, spec.epochs, partition)?;
     observer.training_started();
     for epoch in 1..=spec.epochs {
         order.shuffle(&mut rng);
@@ -740,42 +751,31 @@ pub fn fit(
             .collect();
         step += plans.len();
         let loss_sum = train_epoch(trainer, &plans, epoch, observer, stop)?;
-        evaluate(trainer, &partition.valid, Part::Valid, spec.eval_batch_size)?;
-        let report = trainer.report()?;
-        let record = EpochRecord {
+        let train_loss = loss_sum / order.len().max(1) as f64;
+        match close_epoch(
+            trainer,
+            &partition.valid,
+            spec.eval_batch_size,
             epoch,
-            train_loss: loss_sum / order.len().max(1) as f64,
-            valid_loss: report.valid_loss,
-            valid_headline: report.valid_headline,
-        };
-        observer.epoch_done(&record);
-        let valid_loss = record.valid_loss;
-        history.push(record);
-        if choice.validates() {
-            let loss = valid_loss.filter(|l| l.is_finite()).ok_or_else(|| {
-                SplitError::refused(
-                    "governance",
-                    format!(
-                        "the label holder reported no finite validation loss for epoch {epoch}"
-                    ),
-                )
-            })?;
-            match choice.after(epoch, loss) {
-                AfterEpoch::Checkpoint => trainer.checkpoint()?,
-                AfterEpoch::Stop => break,
-                AfterEpoch::Continue => {}
-            }
+            train_loss,
+            &mut choice,
+            observer,
+            &mut history,
+        )? {
+            AfterEpoch::Checkpoint => trainer.checkpoint()?,
+            AfterEpoch::Stop => break,
+            AfterEpoch::Continue => {}
         }
     }
-    let (kept_epoch, restore) = choice.kept(history.len());
-    if restore {
-        trainer.restore()?;
-    }
     let train_seconds = started.elapsed().as_secs_f64();
-    observer.evaluation_started();
-    evaluate(trainer, &partition.valid, Part::Valid, spec.eval_batch_size)?;
-    evaluate(trainer, &partition.test, Part::Test, spec.eval_batch_size)?;
-    let report = trainer.report()?;
+    let (kept_epoch, report) = final_evaluation(
+        trainer,
+        partition,
+        &choice,
+        history.len(),
+        spec.eval_batch_size,
+        observer,
+    )?;
     Ok(FitOutcome {
         history,
         kept_epoch,
@@ -783,6 +783,63 @@ pub fn fit(
         train_seconds,
         cut_layer_bytes: trainer.cut_layer_bytes(),
     })
+}
+
+/// After epoch `epoch` (a round, for a horizontal job) of training loss `train_loss`: scores
+/// the validation rows, records the epoch, and says by `choice` whether the holders keep a
+/// checkpoint, training stops, or goes on.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn close_epoch(
+    trainer: &mut dyn Trainer,
+    valid: &[u32],
+    eval_batch_size: usize,
+    epoch: usize,
+    train_loss: f64,
+    choice: &mut EpochChoice,
+    observer: &dyn Observer,
+    history: &mut Vec<EpochRecord>,
+) -> Result<AfterEpoch, SplitError> {
+    evaluate(trainer, valid, Part::Valid, eval_batch_size)?;
+    let report = trainer.report()?;
+    let record = EpochRecord {
+        epoch,
+        train_loss,
+        valid_loss: report.valid_loss,
+        valid_headline: report.valid_headline,
+    };
+    observer.epoch_done(&record);
+    let valid_loss = record.valid_loss;
+    history.push(record);
+    if !choice.validates() {
+        return Ok(AfterEpoch::Continue);
+    }
+    let loss = valid_loss.filter(|l| l.is_finite()).ok_or_else(|| {
+        SplitError::refused(
+            "governance",
+            format!("the label holder reported no finite validation loss for epoch {epoch}"),
+        )
+    })?;
+    Ok(choice.after(epoch, loss))
+}
+
+/// Once training ended after `epochs` epochs: the holders return to the epoch `choice` keeps,
+/// and the validation and test rows are scored. Returns the kept epoch and the report.
+pub(crate) fn final_evaluation(
+    trainer: &mut dyn Trainer,
+    partition: &Partition,
+    choice: &EpochChoice,
+    epochs: usize,
+    eval_batch_size: usize,
+    observer: &dyn Observer,
+) -> Result<(usize, EvaluationReport), SplitError> {
+    let (kept_epoch, restore) = choice.kept(epochs);
+    if restore {
+        trainer.restore()?;
+    }
+    observer.evaluation_started();
+    evaluate(trainer, &partition.valid, Part::Valid, eval_batch_size)?;
+    evaluate(trainer, &partition.test, Part::Test, eval_batch_size)?;
+    Ok((kept_epoch, trainer.report()?))
 }
 
 /// One epoch's training steps, for every task: each plan in turn, the next one announced (so

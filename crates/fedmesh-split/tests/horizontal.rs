@@ -277,3 +277,80 @@ fn a_horizontal_spec_says_what_a_shared_model_needs() {
         "{error}"
     );
 }
+
+/// `keep: best` and early stopping count rounds: the run stops `patience` rounds after its best
+/// validation loss and returns to that round's global model.
+#[test]
+fn the_best_round_is_kept_and_training_stops_once_it_is_old_enough() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write_job(dir.path(), "");
+    let spec = std::fs::read_to_string(&file).unwrap().replace(
+        "optimizer: { learning_rate: 0.01 } }",
+        "optimizer: { learning_rate: 0.05 }, keep: best, early_stopping: { patience: 2 } }",
+    );
+    std::fs::write(&file, spec).unwrap();
+    let job = HorizontalJob::load(&file).unwrap().prepare().unwrap();
+    let result = run(&job, RunConfig::Federated { secure: false });
+    let losses: Vec<f64> = result
+        .history
+        .iter()
+        .map(|r| r.valid_loss.unwrap())
+        .collect();
+    let best = 1 + losses
+        .iter()
+        .enumerate()
+        .min_by(|a, b| a.1.total_cmp(b.1))
+        .unwrap()
+        .0;
+    assert_eq!(
+        result.kept_epoch.unwrap_or(losses.len()),
+        best,
+        "{losses:?}"
+    );
+    // At this learning rate the validation loss turns up early: the run stops before its 16
+    // rounds, exactly 2 after its best, and returns to it.
+    assert_eq!(losses.len(), best + 2, "{losses:?}");
+    assert!(
+        losses.len() < 16 && result.kept_epoch.is_some(),
+        "{losses:?}"
+    );
+}
+
+/// Differential privacy: updates clipped, noise on every round's sum (added by the domains under
+/// secure aggregation), and the ε spent reported; more noise, a smaller ε and a worse model.
+#[test]
+fn differential_privacy_reports_what_it_spent_and_costs_accuracy_with_noise() {
+    let with_noise = |z: f64| {
+        let dir = tempfile::tempdir().unwrap();
+        let file = write_job(dir.path(), "");
+        let spec = std::fs::read_to_string(&file).unwrap().replace(
+            "federation: { rounds: 16, min_clients: 2 }",
+            &format!(
+                "federation: {{ rounds: 16, min_clients: 2, differential_privacy: {{ clip_norm: 0.5, noise_multiplier: {z} }} }}"
+            ),
+        );
+        std::fs::write(&file, spec).unwrap();
+        let job = HorizontalJob::load(&file).unwrap().prepare().unwrap();
+        let plain = run(&job, RunConfig::Federated { secure: false });
+        let secure = run(&job, RunConfig::Federated { secure: true });
+        (plain, secure)
+    };
+    let (quiet, quiet_secure) = with_noise(0.01);
+    let (loud, _) = with_noise(20.0);
+    let spent = |r: &RunResult| r.federation.as_ref().unwrap().privacy.unwrap();
+    let mut accountant = fedmesh_split::horizontal::RdpAccountant::default();
+    for _ in 0..16 {
+        accountant.round(20.0);
+    }
+    assert!((spent(&loud).epsilon - accountant.epsilon(1e-5)).abs() < 1e-9);
+    assert_eq!(spent(&quiet).epsilon, spent(&quiet_secure).epsilon);
+    assert!(spent(&loud).epsilon < spent(&quiet).epsilon);
+    assert!(auc(&quiet) > 0.85, "{}", auc(&quiet));
+    assert!(auc(&quiet_secure) > 0.85, "{}", auc(&quiet_secure));
+    assert!(
+        auc(&loud) < auc(&quiet) - 0.02,
+        "loud {} quiet {}",
+        auc(&loud),
+        auc(&quiet)
+    );
+}

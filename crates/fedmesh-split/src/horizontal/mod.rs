@@ -13,6 +13,8 @@
 //!   share, the next global model;
 //! - `aggregate.rs`: how the round's updates are summed, in the clear or by secure aggregation
 //!   (`fedmesh-secagg`), where governance learns only the sum and survives drop-outs;
+//! - `privacy.rs`: optional differential privacy of each domain's contribution (clipping,
+//!   Gaussian noise, the accounting of ε);
 //! - `run.rs`: the configurations run in one process (the centralized baseline on all rows
 //!   pooled, federated averaging with and without secure aggregation).
 //!
@@ -38,11 +40,13 @@
 
 mod aggregate;
 mod prepare;
+mod privacy;
 mod run;
 mod spec;
 mod strategy;
 
 pub use aggregate::{RoundSum, plain_sum, quantization, secure_sum, threshold};
 pub use prepare::{HorizontalParty, PreparedHorizontal};
+pub use privacy::{DifferentialPrivacySpec, PrivacySpent, RdpAccountant, add_noise, clip_to_norm};
 pub use spec::*;
 pub use strategy::FedAvg;

@@ -17,6 +17,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::aggregate::{plain_sum, secure_sum};
 use super::prepare::PreparedHorizontal;
+use super::privacy::{PrivacySpent, RdpAccountant, add_noise, clip_to_norm};
 use super::strategy::FedAvg;
 use crate::SplitError;
 use crate::job::{
@@ -25,10 +26,10 @@ use crate::job::{
 };
 use crate::party::save_part;
 use crate::trainer::{
-    AfterEpoch, EpochChoice, EpochRecord, JointNetwork, JointTrainer, Observer, Trainer,
-    TrainingSpec, evaluate, fit, train_epoch,
+    AfterEpoch, EpochChoice, JointNetwork, JointTrainer, Observer, Trainer, TrainingSpec,
+    close_epoch, final_evaluation, fit, train_epoch,
 };
-use crate::wire::{BatchPlan, Part};
+use crate::wire::BatchPlan;
 
 /// The part number of a horizontal job's rounds' draws (which rows, in which order).
 const ROUND_PART: u64 = 104;
@@ -218,11 +219,13 @@ impl PreparedHorizontal {
             client_fraction: federation.client_fraction,
             min_clients: federation.min_clients,
         };
-        let mut global = self.network(seed);
+        // The evaluator holds the global model: it scores the domains' validation rows after
+        // each round, and keeps the copy a `keep: best` run returns to.
+        let global = self.network(seed);
         seed_training_randomness(seed);
         let (pooled, pooled_targets, pooled_partition) = self.pooled();
         let mut evaluator = JointTrainer::new(
-            deep_copy(&global),
+            global,
             vec![pooled],
             pooled_targets,
             spec.objective.clone(),
@@ -234,7 +237,7 @@ impl PreparedHorizontal {
             .iter()
             .map(|party| {
                 JointTrainer::new(
-                    deep_copy(&global),
+                    deep_copy(&evaluator.network),
                     vec![party.features.clone()],
                     party.targets.clone(),
                     spec.objective.clone(),
@@ -243,7 +246,7 @@ impl PreparedHorizontal {
                 )
             })
             .collect();
-        let update_values: usize = float_tensors(&global).iter().map(Vec::len).sum();
+        let update_values: usize = float_tensors(&evaluator.network).iter().map(Vec::len).sum();
         let mut choice =
             EpochChoice::new(training.keep, training.early_stopping, federation.rounds);
         if choice.validates() && pooled_partition.valid.is_empty() {
@@ -252,9 +255,9 @@ impl PreparedHorizontal {
                 "`training.keep: best` and `training.early_stopping` need validation rows: set `split.valid_fraction` above 0",
             ));
         }
-        let mut kept: Option<JointNetwork> = None;
         let mut history = Vec::with_capacity(federation.rounds);
         let mut dropped = Vec::new();
+        let mut accountant = RdpAccountant::default();
         let mut rows_trained = 0usize;
         let started = Instant::now();
         observer.training_started();
@@ -269,19 +272,26 @@ impl PreparedHorizontal {
                 .collect();
             let shares = FedAvg::shares(&rows);
             let learning_rate = training.learning_rate(round - 1, federation.rounds);
+            let dp = federation.differential_privacy.as_ref();
+            // The most one domain can move the sum: its share times the clipping bound.
+            let noise_std = dp.map(|dp| {
+                dp.noise_multiplier * dp.clip_norm * shares.iter().cloned().fold(0.0, f64::max)
+            });
+            let mut noise_rng =
+                ChaCha8Rng::seed_from_u64(part_seed(seed, ROUND_PART + 500 + round as u64));
             let batches: usize = rows
                 .iter()
                 .map(|&r| r.div_ceil(training.batch_size) * training.epochs)
                 .sum();
             observer.epoch_started(round, batches);
-            let before = float_tensors(&global);
+            let before = float_tensors(&evaluator.network);
             let mut updates: Vec<Option<Vec<f32>>> = Vec::with_capacity(chosen.len());
             let mut loss_sum = 0.0;
             let mut loss_rows = 0usize;
             for (&k, share) in chosen.iter().zip(&shares) {
                 let party = &self.parties[k];
                 let client = &mut clients[k];
-                client.restart(deep_copy(&global), federation.proximal_mu);
+                client.restart(deep_copy(&evaluator.network), federation.proximal_mu);
                 let mut rng = ChaCha8Rng::seed_from_u64(part_seed(
                     seed,
                     ROUND_PART + 1000 * round as u64 + k as u64,
@@ -305,14 +315,26 @@ impl PreparedHorizontal {
                     continue;
                 }
                 let after = float_tensors(&client.network);
-                updates.push(Some(
-                    after
-                        .iter()
-                        .flatten()
-                        .zip(before.iter().flatten())
-                        .map(|(a, b)| ((a - b) as f64 * share) as f32)
-                        .collect(),
-                ));
+                let mut update: Vec<f32> = after
+                    .iter()
+                    .flatten()
+                    .zip(before.iter().flatten())
+                    .map(|(a, b)| a - b)
+                    .collect();
+                if let Some(dp) = dp {
+                    clip_to_norm(&mut update, dp.clip_norm);
+                }
+                let mut weighted: Vec<f64> = update.iter().map(|&u| u as f64 * share).collect();
+                if let (true, Some(std)) = (secure, noise_std) {
+                    // Under secure aggregation every domain adds its part of the noise, so that
+                    // governance never sees a sum without it.
+                    add_noise(
+                        &mut weighted,
+                        std / (chosen.len() as f64).sqrt(),
+                        &mut noise_rng,
+                    );
+                }
+                updates.push(Some(weighted.into_iter().map(|v| v as f32).collect()));
             }
             let sum = if secure {
                 secure_sum(
@@ -323,8 +345,21 @@ impl PreparedHorizontal {
                 )
                 .map_err(|e| round_failed(&spec.name, round, &e.to_string()))?
             } else {
-                plain_sum(&updates)
+                let mut sum = plain_sum(&updates);
+                if let Some(std) = noise_std {
+                    add_noise(&mut sum.values, std, &mut noise_rng);
+                }
+                sum
             };
+            if let Some(dp) = dp {
+                // Secure aggregation's sum carries the noise of the domains that sent theirs.
+                let carried = if secure {
+                    sum.contributors.len() as f64 / chosen.len() as f64
+                } else {
+                    1.0
+                };
+                accountant.round(dp.noise_multiplier * carried.sqrt());
+            }
             if sum.contributors.len() < federation.min_clients {
                 return Err(round_failed(
                     &spec.name,
@@ -343,63 +378,43 @@ impl PreparedHorizontal {
             }
             let arrived: f64 = sum.contributors.iter().map(|&c| shares[c]).sum();
             let next = FedAvg::next_global(&before, &sum.values, arrived);
-            global = with_float_tensors(global, next).ok_or_else(|| {
+            let moved = with_float_tensors(evaluator.network.clone(), next).ok_or_else(|| {
                 SplitError::refused("governance", "the round's sum does not fit the model")
             })?;
-            global = deep_copy(&global);
-            evaluator.network = deep_copy(&global);
-            evaluate(
+            evaluator.network = deep_copy(&moved);
+            match close_epoch(
                 &mut evaluator,
                 &pooled_partition.valid,
-                Part::Valid,
                 training.eval_batch_size,
-            )?;
-            let report = evaluator.report()?;
-            let record = EpochRecord {
-                epoch: round,
-                train_loss: loss_sum / loss_rows.max(1) as f64,
-                valid_loss: report.valid_loss,
-                valid_headline: report.valid_headline,
-            };
-            observer.epoch_done(&record);
-            let valid_loss = record.valid_loss;
-            history.push(record);
-            if choice.validates() {
-                let loss = valid_loss.filter(|l| l.is_finite()).ok_or_else(|| {
-                    round_failed(&spec.name, round, "the validation loss is not finite")
-                })?;
-                match choice.after(round, loss) {
-                    AfterEpoch::Checkpoint => kept = Some(deep_copy(&global)),
-                    AfterEpoch::Stop => break,
-                    AfterEpoch::Continue => {}
-                }
+                round,
+                loss_sum / loss_rows.max(1) as f64,
+                &mut choice,
+                observer,
+                &mut history,
+            )? {
+                AfterEpoch::Checkpoint => evaluator.checkpoint()?,
+                AfterEpoch::Stop => break,
+                AfterEpoch::Continue => {}
             }
         }
-        let (kept_round, restore) = choice.kept(history.len());
-        if restore && let Some(kept) = kept {
-            global = kept;
-        }
         let train_seconds = started.elapsed().as_secs_f64();
-        observer.evaluation_started();
-        evaluator.network = deep_copy(&global);
-        evaluate(
+        let (kept_round, report) = final_evaluation(
             &mut evaluator,
-            &pooled_partition.valid,
-            Part::Valid,
+            &pooled_partition,
+            &choice,
+            history.len(),
             training.eval_batch_size,
+            observer,
         )?;
-        evaluate(
-            &mut evaluator,
-            &pooled_partition.test,
-            Part::Test,
-            training.eval_batch_size,
-        )?;
-        let report = evaluator.report()?;
         let metrics = report
             .metrics
             .ok_or_else(|| SplitError::refused("governance", "no test rows"))?;
         let model_files = match save_to {
-            Some(dir) => vec![save_part(&global, dir, "model")?.display().to_string()],
+            Some(dir) => vec![
+                save_part(&evaluator.network, dir, "model")?
+                    .display()
+                    .to_string(),
+            ],
             None => Vec::new(),
         };
         let rounds = history.len();
@@ -431,6 +446,15 @@ impl PreparedHorizontal {
                     .map(|p| (p.name.clone(), p.partition.train.len()))
                     .collect(),
                 dropped,
+                privacy: federation
+                    .differential_privacy
+                    .as_ref()
+                    .map(|dp| PrivacySpent {
+                        epsilon: accountant.epsilon(dp.delta),
+                        delta: dp.delta,
+                        noise_multiplier: dp.noise_multiplier,
+                        clip_norm: dp.clip_norm,
+                    }),
             }),
             test_scores: report.test_scores,
         })

@@ -128,6 +128,10 @@ pub struct FederationSpec {
     /// domains' updates.
     #[serde(default)]
     pub secure_aggregation: SecureAggregationSpec,
+    /// Differential privacy of each domain's contribution (DP-FedAvg): updates clipped, Gaussian
+    /// noise on every round's sum, the (ε, δ) spent reported with the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub differential_privacy: Option<super::privacy::DifferentialPrivacySpec>,
 }
 
 fn default_fraction() -> f64 {
@@ -385,6 +389,17 @@ impl HorizontalSpec {
             false,
             1e6,
         );
+        if let Some(dp) = &self.federation.differential_privacy {
+            let field = "federation.differential_privacy";
+            limits.positive(&format!("{field}.clip_norm"), dp.clip_norm, false, 1e6);
+            limits.positive(
+                &format!("{field}.noise_multiplier"),
+                dp.noise_multiplier,
+                false,
+                1e3,
+            );
+            limits.fraction(&format!("{field}.delta"), dp.delta, true, false);
+        }
         if let Some(threshold) = self.federation.secure_aggregation.threshold {
             limits.count(
                 "federation.secure_aggregation.threshold",

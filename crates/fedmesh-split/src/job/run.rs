@@ -142,6 +142,9 @@ pub struct FederationSummary {
     /// The rounds in which a domain dropped out, and which.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dropped: Vec<(usize, String)>,
+    /// With differential privacy: the (ε, δ) the run spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub privacy: Option<crate::horizontal::PrivacySpent>,
 }
 
 /// What a run over the network sent, counted as encoded protobuf messages.
