@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+use fedmesh_data::Partition;
 use fedmesh_model::average::{float_tensors, with_float_tensors};
 use fedmesh_model::{
     BottomConfig, HeadConfig, Objective, TargetScale, TowerConfig, deep_copy, seeded,
@@ -26,8 +27,8 @@ use crate::job::{
 };
 use crate::party::save_part;
 use crate::trainer::{
-    AfterEpoch, EpochChoice, JointNetwork, JointTrainer, Observer, Trainer, TrainingSpec,
-    close_epoch, final_evaluation, fit, train_epoch,
+    AfterEpoch, EpochChoice, FitOutcome, JointNetwork, JointTrainer, Observer, Trainer,
+    TrainingSpec, close_epoch, final_evaluation, fit, train_epoch,
 };
 use crate::wire::BatchPlan;
 
@@ -162,39 +163,17 @@ impl PreparedHorizontal {
             ..spec.training.clone()
         };
         let outcome = fit(&mut trainer, &partition, &training, seed, observer, stop)?;
-        let metrics = outcome
-            .report
-            .metrics
-            .ok_or_else(|| SplitError::refused("the centralized trainer", "no test rows"))?;
-        let model_files = match save_to {
-            Some(dir) => vec![
-                save_part(&trainer.network, dir, "model")?
-                    .display()
-                    .to_string(),
-            ],
-            None => Vec::new(),
-        };
-        let epochs = outcome.history.len();
-        Ok(RunResult {
-            config: RunConfig::Centralized.name(),
+        let rows_trained = partition.train.len() * outcome.history.len();
+        finished(
+            RunConfig::Centralized,
             seed,
-            metrics,
-            train_rows: partition.train.len(),
-            valid_rows: partition.valid.len(),
-            test_rows: partition.test.len(),
-            train_seconds: outcome.train_seconds,
-            cut_layer_bytes: 0,
-            samples_per_second: (partition.train.len() * epochs) as f64
-                / outcome.train_seconds.max(1e-9),
-            history: outcome.history,
-            kept_epoch: (outcome.kept_epoch != epochs).then_some(outcome.kept_epoch),
-            curves: outcome.report.curves,
-            model_files,
-            wire: None,
-            alignment: None,
-            federation: None,
-            test_scores: outcome.report.test_scores,
-        })
+            outcome,
+            rows_trained,
+            &partition,
+            &trainer.network,
+            save_to,
+            None,
+        )
     }
 
     /// Federated averaging: each round the strategy draws domains; each trains the global model
@@ -406,59 +385,89 @@ impl PreparedHorizontal {
             training.eval_batch_size,
             observer,
         )?;
-        let metrics = report
-            .metrics
-            .ok_or_else(|| SplitError::refused("governance", "no test rows"))?;
-        let model_files = match save_to {
-            Some(dir) => vec![
-                save_part(&evaluator.network, dir, "model")?
-                    .display()
-                    .to_string(),
-            ],
-            None => Vec::new(),
-        };
         let rounds = history.len();
-        Ok(RunResult {
-            config: RunConfig::Federated { secure }.name(),
-            seed,
-            metrics,
-            train_rows: pooled_partition.train.len(),
-            valid_rows: pooled_partition.valid.len(),
-            test_rows: pooled_partition.test.len(),
+        let summary = FederationSummary {
+            technique: spec.technique.clone(),
+            secure_aggregation: secure,
+            rounds,
+            seconds_per_round: train_seconds / rounds.max(1) as f64,
+            update_values,
+            domain_rows: self
+                .parties
+                .iter()
+                .map(|p| (p.name.clone(), p.partition.train.len()))
+                .collect(),
+            dropped,
+            privacy: federation
+                .differential_privacy
+                .as_ref()
+                .map(|dp| PrivacySpent {
+                    epsilon: accountant.epsilon(dp.delta),
+                    delta: dp.delta,
+                    noise_multiplier: dp.noise_multiplier,
+                    clip_norm: dp.clip_norm,
+                }),
+        };
+        let outcome = FitOutcome {
+            history,
+            kept_epoch: kept_round,
+            report,
             train_seconds,
             cut_layer_bytes: 0,
-            samples_per_second: rows_trained as f64 / train_seconds.max(1e-9),
-            history,
-            kept_epoch: (kept_round != rounds).then_some(kept_round),
-            curves: report.curves,
-            model_files,
-            wire: None,
-            alignment: None,
-            federation: Some(FederationSummary {
-                technique: spec.technique.clone(),
-                secure_aggregation: secure,
-                rounds,
-                seconds_per_round: train_seconds / rounds.max(1) as f64,
-                update_values,
-                domain_rows: self
-                    .parties
-                    .iter()
-                    .map(|p| (p.name.clone(), p.partition.train.len()))
-                    .collect(),
-                dropped,
-                privacy: federation
-                    .differential_privacy
-                    .as_ref()
-                    .map(|dp| PrivacySpent {
-                        epsilon: accountant.epsilon(dp.delta),
-                        delta: dp.delta,
-                        noise_multiplier: dp.noise_multiplier,
-                        clip_norm: dp.clip_norm,
-                    }),
-            }),
-            test_scores: report.test_scores,
-        })
+        };
+        finished(
+            RunConfig::Federated { secure },
+            seed,
+            outcome,
+            rows_trained,
+            &pooled_partition,
+            &evaluator.network,
+            save_to,
+            Some(summary),
+        )
     }
+}
+
+/// A configuration's result from its training: the test metrics, the model saved where asked.
+#[allow(clippy::too_many_arguments)]
+fn finished(
+    config: RunConfig,
+    seed: u64,
+    outcome: FitOutcome,
+    rows_trained: usize,
+    partition: &Partition,
+    model: &JointNetwork,
+    save_to: Option<&Path>,
+    federation: Option<FederationSummary>,
+) -> Result<RunResult, SplitError> {
+    let metrics = outcome
+        .report
+        .metrics
+        .ok_or_else(|| SplitError::refused("governance", "there are no test rows to score"))?;
+    let model_files = match save_to {
+        Some(dir) => vec![save_part(model, dir, "model")?.display().to_string()],
+        None => Vec::new(),
+    };
+    let epochs = outcome.history.len();
+    Ok(RunResult {
+        config: config.name(),
+        seed,
+        metrics,
+        train_rows: partition.train.len(),
+        valid_rows: partition.valid.len(),
+        test_rows: partition.test.len(),
+        train_seconds: outcome.train_seconds,
+        cut_layer_bytes: 0,
+        samples_per_second: rows_trained as f64 / outcome.train_seconds.max(1e-9),
+        history: outcome.history,
+        kept_epoch: (outcome.kept_epoch != epochs).then_some(outcome.kept_epoch),
+        curves: outcome.report.curves,
+        model_files,
+        wire: None,
+        alignment: None,
+        federation,
+        test_scores: outcome.report.test_scores,
+    })
 }
 
 fn round_failed(job: &str, round: usize, reason: &str) -> SplitError {
