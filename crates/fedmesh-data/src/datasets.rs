@@ -186,10 +186,7 @@ pub fn example_product(
             DataError::Invalid(format!("numbering the rows of {}: {e}", source.origin))
         })?;
     }
-    let indices = arrow::array::UInt32Array::from(kept);
-    let batch = arrow::compute::take_record_batch(&batch, &indices)
-        .map_err(|e| DataError::Invalid(format!("{}: {e}", source.origin)))?;
-    Ok(SourceTable::from_batch(source.origin.clone(), batch))
+    take(&SourceTable::from_batch(source.origin.clone(), batch), kept)
 }
 
 /// The rows of `source` whose `column` reads as one of `values`, in the source's order: one
@@ -264,12 +261,6 @@ pub fn label_skewed_rows(
     take(source, mine)
 }
 
-/// A standard normal draw (Box–Muller).
-pub fn standard_normal(rng: &mut impl Rng) -> f64 {
-    let (u1, u2): (f64, f64) = (rng.random::<f64>().max(f64::MIN_POSITIVE), rng.random());
-    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-}
-
 /// A Gamma(`shape`, 1) draw (Marsaglia and Tsang 2000), for Dirichlet proportions.
 fn gamma(shape: f64, rng: &mut ChaCha8Rng) -> f64 {
     if shape < 1.0 {
@@ -279,7 +270,7 @@ fn gamma(shape: f64, rng: &mut ChaCha8Rng) -> f64 {
     let d = shape - 1.0 / 3.0;
     let c = 1.0 / (9.0 * d).sqrt();
     loop {
-        let x = standard_normal(rng);
+        let x = normal(rng);
         let v = (1.0 + c * x).powi(3);
         if v <= 0.0 {
             continue;

@@ -463,7 +463,7 @@ fn describe(job: &AnyJob, prepared: &PreparedAnyJob, on_mesh: bool) -> Results {
             }
         }
         PreparedAnyJob::Horizontal(prepared) => {
-            let (_, _, partition) = prepared.pooled();
+            let (_, partition) = prepared.pooled_labels();
             let rows: Vec<String> = prepared
                 .parties
                 .iter()

@@ -2,7 +2,6 @@
 //! own rows partitioned, and the one feature pipeline every domain applies, fitted from sums the
 //! domains add up (no domain shows another a value).
 
-use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use fedmesh_data::datasets;
@@ -115,6 +114,13 @@ impl PreparedHorizontal {
     pub fn pooled(&self) -> (FeatureMatrix, Targets, Partition) {
         let matrices: Vec<&FeatureMatrix> = self.parties.iter().map(|p| &p.features).collect();
         let features = FeatureMatrix::stack_rows(&matrices).expect("one pipeline for every domain");
+        let (targets, partition) = self.pooled_labels();
+        (features, targets, partition)
+    }
+
+    /// The labels and the partition of [`PreparedHorizontal::pooled`], without copying the
+    /// features.
+    pub fn pooled_labels(&self) -> (Targets, Partition) {
         let mut partition = Partition {
             train: Vec::new(),
             valid: Vec::new(),
@@ -148,7 +154,7 @@ impl PreparedHorizontal {
                     .collect(),
             ),
         };
-        (features, targets, partition)
+        (targets, partition)
     }
 }
 
@@ -161,36 +167,13 @@ fn labels_and_partition(
     index: usize,
 ) -> Result<(Targets, Partition), SplitError> {
     let targets = read_targets(product, &spec.label, &spec.objective)?;
-    let seed = spec.split.seed.wrapping_add(index as u64);
-    let test_keys: Option<HashSet<String>> =
-        match (&spec.split.test_key_values, &spec.split.test_keys) {
-            (Some(values), _) => Some(values.iter().cloned().collect()),
-            (None, Some(file)) => Some(datasets::read_key_list(&dir.join(file))?),
-            (None, None) => None,
-        };
-    let partition = match test_keys {
-        Some(test_keys) => {
-            let keys = product.keys()?.ok_or_else(|| {
-                DataError::Invalid(format!(
-                    "the split names test keys, but data product `{}` declares no key column (primaryKey)",
-                    product.name()
-                ))
-            })?;
-            Partition::with_test_keys(
-                &keys,
-                &test_keys,
-                &targets.strata(),
-                spec.split.valid_fraction,
-                seed,
-            )
-        }
-        None => Partition::stratified(
-            &targets.strata(),
-            spec.split.test_fraction,
-            spec.split.valid_fraction,
-            seed,
-        ),
-    };
+    // Each domain holds only its own clients' share of the test keys: the rest are not missing.
+    let (partition, _) = spec.split.partition(
+        dir,
+        product,
+        &targets,
+        spec.split.seed.wrapping_add(index as u64),
+    )?;
     Ok((targets, partition))
 }
 

@@ -55,7 +55,7 @@ pub fn clip_to_norm(update: &mut [f32], bound: f64) {
 /// Adds Gaussian noise of standard deviation `std` to every value.
 pub fn add_noise(values: &mut [f64], std: f64, rng: &mut impl Rng) {
     for v in values {
-        *v += std * fedmesh_data::datasets::standard_normal(rng);
+        *v += std * fedmesh_data::datasets::normal(rng);
     }
 }
 

@@ -75,7 +75,7 @@ impl PreparedHorizontal {
             outputs: spec.objective.outputs(),
             target_scale: matches!(spec.objective, Objective::Mse).then_some(TargetScale::IDENTITY),
         };
-        let (_, targets, partition) = self.pooled();
+        let (targets, partition) = self.pooled_labels();
         JointNetwork {
             bottoms: vec![seeded(&device, part_seed(seed, 0), || bottom.init(&device))],
             tower: seeded(&device, part_seed(seed, TOWER_PART), || tower.init(&device)),
@@ -226,16 +226,10 @@ impl PreparedHorizontal {
             })
             .collect();
         let update_values: usize = float_tensors(&evaluator.network).iter().map(Vec::len).sum();
-        let mut choice =
-            EpochChoice::new(training.keep, training.early_stopping, federation.rounds);
-        if choice.validates() && pooled_partition.valid.is_empty() {
-            return Err(SplitError::refused(
-                "governance",
-                "`training.keep: best` and `training.early_stopping` need validation rows: set `split.valid_fraction` above 0",
-            ));
-        }
+        let mut choice = EpochChoice::checked(training, federation.rounds, &pooled_partition)?;
         let mut history = Vec::with_capacity(federation.rounds);
         let mut dropped = Vec::new();
+        let dp = federation.differential_privacy.as_ref();
         let mut accountant = RdpAccountant::default();
         let mut rows_trained = 0usize;
         let started = Instant::now();
@@ -251,7 +245,6 @@ impl PreparedHorizontal {
                 .collect();
             let shares = FedAvg::shares(&rows);
             let learning_rate = training.learning_rate(round - 1, federation.rounds);
-            let dp = federation.differential_privacy.as_ref();
             // The most one domain can move the sum: its share times the clipping bound.
             let noise_std = dp.map(|dp| {
                 dp.noise_multiplier * dp.clip_norm * shares.iter().cloned().fold(0.0, f64::max)
@@ -398,15 +391,12 @@ impl PreparedHorizontal {
                 .map(|p| (p.name.clone(), p.partition.train.len()))
                 .collect(),
             dropped,
-            privacy: federation
-                .differential_privacy
-                .as_ref()
-                .map(|dp| PrivacySpent {
-                    epsilon: accountant.epsilon(dp.delta),
-                    delta: dp.delta,
-                    noise_multiplier: dp.noise_multiplier,
-                    clip_norm: dp.clip_norm,
-                }),
+            privacy: dp.map(|dp| PrivacySpent {
+                epsilon: accountant.epsilon(dp.delta),
+                delta: dp.delta,
+                noise_multiplier: dp.noise_multiplier,
+                clip_norm: dp.clip_norm,
+            }),
         };
         let outcome = FitOutcome {
             history,

@@ -228,13 +228,7 @@ impl HorizontalJob {
         if let Some(example) = &mut spec.example_data {
             example.source = dir.join(&example.source);
         }
-        if let Some(keys) = spec.split.test_keys.take() {
-            let mut values: Vec<String> = fedmesh_data::datasets::read_key_list(&dir.join(keys))?
-                .into_iter()
-                .collect();
-            values.sort();
-            spec.split.test_key_values = Some(values);
-        }
+        spec.split.inline_test_keys(&dir)?;
         Ok(serde_norway::to_string(&spec).expect("job specs serialize"))
     }
 }

@@ -15,7 +15,7 @@ use fedmesh_data::{
 use fedmesh_model::{Objective, Targets};
 use serde::{Deserialize, Serialize};
 
-use super::spec::{DomainSpec, Job, JobSpec, LayersSpec};
+use super::spec::{DomainSpec, Job, JobSpec, LayersSpec, SplitSpec};
 use crate::SplitError;
 
 /// A domain after loading, validation and feature fitting.
@@ -263,49 +263,12 @@ impl Job {
     ) -> Result<(Targets, Partition), SplitError> {
         let spec = &self.spec;
         let targets = read_targets(owner, &spec.label.column, &spec.objective)?;
-        let test_keys = match (&spec.split.test_key_values, &spec.split.test_keys) {
-            (Some(values), _) => Some(values.iter().cloned().collect()),
-            (None, Some(file)) => Some(datasets::read_key_list(&self.dir().join(file))?),
-            (None, None) => None,
-        };
-        let partition = match test_keys {
-            Some(test_keys) => {
-                let key = owner
-                    .contract
-                    .key_column()
-                    .ok_or_else(|| {
-                        DataError::Invalid(format!(
-                            "the split names test keys, but data product `{}` declares no key column (primaryKey)",
-                            owner.name()
-                        ))
-                    })?
-                    .name
-                    .clone();
-                let keys: Vec<String> = owner
-                    .column_strings(&key)?
-                    .into_iter()
-                    .map(Option::unwrap_or_default)
-                    .collect();
-                let known: HashSet<&String> = keys.iter().collect();
-                let missing = test_keys.iter().filter(|k| !known.contains(k)).count();
-                if missing > 0 {
-                    tracing::warn!("{missing} test keys are not in the data");
-                }
-                Partition::with_test_keys(
-                    &keys,
-                    &test_keys,
-                    &targets.strata(),
-                    spec.split.valid_fraction,
-                    spec.split.seed,
-                )
-            }
-            None => Partition::stratified(
-                &targets.strata(),
-                spec.split.test_fraction,
-                spec.split.valid_fraction,
-                spec.split.seed,
-            ),
-        };
+        let (partition, missing) =
+            spec.split
+                .partition(self.dir(), owner, &targets, spec.split.seed)?;
+        if missing > 0 {
+            tracing::warn!("{missing} test keys are not in the data");
+        }
         Ok((targets, partition))
     }
 
@@ -337,6 +300,52 @@ impl Job {
         }
         let pipeline = FeaturePipeline::fit(product, &domain.features, train)?;
         spec.prepared_domain(domain, product, pipeline).map(Some)
+    }
+}
+
+impl SplitSpec {
+    /// The partition of `product`'s rows, labelled `targets`: the rows whose key is one of the
+    /// split's test keys (`test_key_values`, or the file `test_keys` relative to `dir`) are the
+    /// test rows, or, without test keys, a stratified `test_fraction` of them; a stratified
+    /// `valid_fraction` of the rest validates. Drawn from `seed`. Also returns how many of the
+    /// test keys the product does not hold.
+    pub(crate) fn partition(
+        &self,
+        dir: &Path,
+        product: &DataProduct,
+        targets: &Targets,
+        seed: u64,
+    ) -> Result<(Partition, usize), SplitError> {
+        let test_keys: Option<HashSet<String>> = match (&self.test_key_values, &self.test_keys) {
+            (Some(values), _) => Some(values.iter().cloned().collect()),
+            (None, Some(file)) => Some(datasets::read_key_list(&dir.join(file))?),
+            (None, None) => None,
+        };
+        let Some(test_keys) = test_keys else {
+            let partition = Partition::stratified(
+                &targets.strata(),
+                self.test_fraction,
+                self.valid_fraction,
+                seed,
+            );
+            return Ok((partition, 0));
+        };
+        let keys = product.keys()?.ok_or_else(|| {
+            DataError::Invalid(format!(
+                "the split names test keys, but data product `{}` declares no key column (primaryKey)",
+                product.name()
+            ))
+        })?;
+        let known: HashSet<&String> = keys.iter().collect();
+        let missing = test_keys.iter().filter(|k| !known.contains(k)).count();
+        let partition = Partition::with_test_keys(
+            &keys,
+            &test_keys,
+            &targets.strata(),
+            self.valid_fraction,
+            seed,
+        );
+        Ok((partition, missing))
     }
 }
 

@@ -183,6 +183,21 @@ pub struct SplitSpec {
     pub seed: u64,
 }
 
+impl SplitSpec {
+    /// Replaces the file of test keys (relative to `dir`) by the keys themselves, for a spec
+    /// sent to other parties: a node reads no file a job spec names.
+    pub(crate) fn inline_test_keys(&mut self, dir: &Path) -> Result<(), SplitError> {
+        if let Some(keys) = self.test_keys.take() {
+            let mut values: Vec<String> = datasets::read_key_list(&dir.join(keys))?
+                .into_iter()
+                .collect();
+            values.sort();
+            self.test_key_values = Some(values);
+        }
+        Ok(())
+    }
+}
+
 fn default_test_fraction() -> f64 {
     0.3
 }
@@ -296,13 +311,7 @@ impl Job {
         if let Some(example) = &mut spec.example_data {
             example.source = dir.join(&example.source);
         }
-        if let Some(keys) = spec.split.test_keys.take() {
-            let mut values: Vec<String> = datasets::read_key_list(&dir.join(keys))?
-                .into_iter()
-                .collect();
-            values.sort();
-            spec.split.test_key_values = Some(values);
-        }
+        spec.split.inline_test_keys(&dir)?;
         Ok(serde_norway::to_string(&spec).expect("job specs serialize"))
     }
 
