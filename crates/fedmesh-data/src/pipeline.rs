@@ -88,7 +88,7 @@ impl std::ops::Add for NumericSums {
 }
 
 impl NumericSums {
-    fn of(xs: &[f64]) -> NumericSums {
+    pub fn of(xs: &[f64]) -> NumericSums {
         NumericSums {
             count: xs.len() as f64,
             sum: xs.iter().sum(),
@@ -424,6 +424,25 @@ impl FeaturePipeline {
             categorical: interleave(&categorical_cols, rows),
             embeddings,
         })
+    }
+
+    /// The model input [`FeaturePipeline::transform`] gives: the numeric width and each
+    /// embedding's (table size, width), known without any row.
+    pub fn shape(&self) -> (usize, Vec<(usize, usize)>) {
+        let mut numeric = 0;
+        let mut embeddings = Vec::new();
+        for feature in &self.features {
+            match feature {
+                FittedFeature::Numeric { .. } => numeric += 1,
+                FittedFeature::Embedding {
+                    vocabulary, dim, ..
+                } => {
+                    embeddings.push((vocabulary.len() + 1, *dim));
+                }
+                FittedFeature::OneHot { vocabulary, .. } => numeric += vocabulary.len(),
+            }
+        }
+        (numeric, embeddings)
     }
 
     /// Saves the pipeline as JSON beside a model.

@@ -1,8 +1,10 @@
-//! Governance's side of one run: a split job's configuration and seed over the domain nodes.
+//! Governance's side of one run: a job's configuration and seed over the domain nodes.
 //!
 //! [`Mesh::run`] opens the job on every domain's node, aligns their products, has the label
 //! owner draw the partition, and then drives the same [`fedmesh_split::SplitTrainer`] as an
-//! in-process run, with [`GrpcTransport`] in place of the in-process transport.
+//! in-process run, with [`GrpcTransport`] in place of the in-process transport. A horizontal
+//! job's run drives the same federated averaging as `fedmesh run`
+//! ([`fedmesh_split::horizontal::train_federated`]) over [`GrpcFederation`].
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,12 +16,13 @@ use fedmesh_data::Partition;
 use fedmesh_net::convert::{audit_head_from_wire, audit_head_to_wire};
 use fedmesh_proto::Encoding;
 use fedmesh_proto::v1;
+use fedmesh_split::horizontal::{HorizontalJob, federated_pipeline, train_federated};
 use fedmesh_split::job::{AlignmentMethod, Job, RunConfig, RunResult, WireBytes, WireEncoding};
 use fedmesh_split::recommend::{RecommendationSpec, fit_ranking};
 use fedmesh_split::split_ncf::SplitNcf;
 use fedmesh_split::{AnyJob, MESH_CONFIGS, Observer, SplitError, SplitTrainer};
 
-use fedmesh_net::{GrpcTransport, MeshIdentity, NodeEndpoint};
+use fedmesh_net::{GrpcFederation, GrpcTransport, MeshIdentity, NodeEndpoint};
 
 /// One run of a job on the mesh: its id (`<job id>/<run>`, under which the nodes keep its
 /// parts), who asked, the configuration and seed, and where governance keeps its own parts
@@ -149,8 +152,85 @@ impl Mesh {
         match job {
             AnyJob::Vertical(job) => self.run_vertical(job, run, observer, stop),
             AnyJob::Recommendation(spec) => self.run_ranking(spec, run, observer, stop),
-            AnyJob::Horizontal(job) => Err(horizontal_not_on_a_mesh(&job.spec.name)),
+            AnyJob::Horizontal(job) => self.run_horizontal(job, run, observer, stop),
         }
+    }
+
+    /// A horizontal run: federated averaging over the domains' nodes, each training on its own
+    /// rows; governance fits the pipeline from their sums, runs the rounds (and routes secure
+    /// aggregation's messages), and scores the model from their evaluation sums.
+    fn run_horizontal(
+        &self,
+        job: &HorizontalJob,
+        run: &MeshRun,
+        observer: &dyn Observer,
+        stop: &AtomicBool,
+    ) -> Result<RunResult, SplitError> {
+        let &MeshRun {
+            id: run_id,
+            requester,
+            config,
+            seed,
+            save_to,
+        } = run;
+        let RunConfig::Federated { secure } = *config else {
+            return Err(SplitError::refused(
+                "governance",
+                format!(
+                    "`{}` cannot run over the mesh: a horizontal job runs `federated` or `federated-secure` there",
+                    config.name()
+                ),
+            ));
+        };
+        let nodes = job
+            .spec
+            .domains
+            .iter()
+            .map(|d| self.node(&d.name))
+            .collect::<Result<Vec<_>, _>>()?;
+        let start = v1::JobStart {
+            job_id: run_id.to_string(),
+            spec_yaml: job.to_portable_yaml()?,
+            domain: String::new(),
+            seed,
+            encoding: Encoding::F32 as i32,
+            share_labels: false,
+            requester: requester.to_string(),
+            trained_run: String::new(),
+            governance_audit: self.audit_head()?,
+            alignment_id: String::new(),
+        };
+        let mut federation = GrpcFederation::connect(&self.identity, &nodes, start, self.deadline)?;
+        let fitted = federated_pipeline(&job.spec, &mut federation)?;
+        let trained = train_federated(
+            &job.spec,
+            &mut federation,
+            &fitted,
+            secure,
+            seed,
+            observer,
+            stop,
+        )?;
+        let mut result = trained.result(seed, save_to)?;
+        if let Some(dir) = save_to {
+            let path = dir.join("pipeline.json");
+            std::fs::write(&path, fitted.pipeline.to_json())?;
+            result.model_files.push(path.display().to_string());
+            result
+                .model_files
+                .extend(federation.save()?.iter().map(|p| p.display().to_string()));
+        }
+        let (to_domains, from_domains) = federation.bytes();
+        result.wire = Some(WireBytes {
+            encoding: WireEncoding::F32,
+            to_domains,
+            from_domains,
+        });
+        match federation.finish() {
+            Ok(heads) => self.anchor(run_id, heads)?,
+            Err(e) => tracing::warn!("run `{run_id}` finished, but {e}"),
+        }
+        Ok(result)
     }
 
     /// A split NCF run: every domain's share of an in-process run, on its own node.
@@ -417,13 +497,5 @@ fn check_mesh_config(config: &RunConfig) -> Result<(), SplitError> {
                 config.name()
             ),
         ))
-    }
-}
-
-/// A horizontal job asked of a mesh: refused, saying where it runs today.
-pub fn horizontal_not_on_a_mesh(job: &str) -> SplitError {
-    SplitError::Job {
-        job: job.to_string(),
-        reason: "horizontal jobs (`technique: fedavg` or `fedprox`) run in one process with `fedmesh run` for now: a mesh does not run their rounds yet".into(),
     }
 }

@@ -152,3 +152,87 @@ pub fn predict(
         Ok(Prediction { scores, missing })
     })
 }
+
+/// Scoring with a horizontal model: every domain holds the whole model and some of the
+/// entities, so each requested key is scored at the domain that holds it (the first in domain
+/// order, should two hold it), with the model and pipeline it saved; governance only gathers
+/// the scores.
+pub fn predict_horizontal(
+    identity: &MeshIdentity,
+    nodes: &[NodeEndpoint],
+    start: v1::PredictStart,
+    deadline: Duration,
+) -> Result<Prediction, SplitError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let keys = start.keys.clone();
+        let mut links = try_join_all(nodes.iter().map(|node| async {
+            let mut link = Link::open(identity, node, deadline).await?;
+            let mut start = start.clone();
+            start.domain = node.name.clone();
+            match link.call(Command::Predict(start), deadline).await? {
+                Reply::Found(found) => Ok(Holder {
+                    link,
+                    cut_width: 0,
+                    positions: found.positions,
+                }),
+                other => Err(unexpected(&node.name, &other)),
+            }
+        }))
+        .await?;
+        let mut scorer: Vec<Option<usize>> = vec![None; keys.len()];
+        for (d, holder) in links.iter_mut().enumerate() {
+            holder.positions.retain(|&p| {
+                let first = scorer.get(p as usize).is_some_and(Option::is_none);
+                if first {
+                    scorer[p as usize] = Some(d);
+                }
+                first
+            });
+        }
+        let mut found: Vec<Option<Vec<f32>>> = vec![None; keys.len()];
+        for Holder {
+            link, positions, ..
+        } in &mut links
+        {
+            for batch in positions.chunks(PREDICT_BATCH) {
+                let request = v1::PredictRows {
+                    positions: batch.to_vec(),
+                };
+                let (values, cols) =
+                    match link.call(Command::PredictRows(request), deadline).await? {
+                        Reply::Scores(s) => (s.values, s.cols as usize),
+                        other => return Err(unexpected(link.name(), &other)),
+                    };
+                if cols == 0 || values.len() != batch.len() * cols {
+                    return Err(SplitError::Node {
+                        node: link.name().to_string(),
+                        message: format!(
+                            "sent {} scores for {} entities",
+                            values.len(),
+                            batch.len()
+                        ),
+                    });
+                }
+                for (&p, row) in batch.iter().zip(values.chunks(cols)) {
+                    found[p as usize] = Some(row.to_vec());
+                }
+            }
+        }
+        for Holder { link, .. } in &mut links {
+            let _ = link.call(Command::Finish(v1::Empty {}), deadline).await;
+        }
+        let domains: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+        let mut scores = Vec::new();
+        let mut missing = Vec::new();
+        for (key, row) in keys.into_iter().zip(found) {
+            match row {
+                Some(row) => scores.push((key, row)),
+                None => missing.push((key, domains.clone())),
+            }
+        }
+        Ok(Prediction { scores, missing })
+    })
+}

@@ -20,7 +20,7 @@ use fedmesh_policy::{Denial, Policies};
 use fedmesh_proto::v1::governance_server::Governance;
 use fedmesh_proto::v1::{self, JobEvent, JobRequest, job_event};
 use fedmesh_split::job::{RunConfig, RunResult};
-use fedmesh_split::{AnyJob, EpochRecord, MESH_CONFIGS, Observer, SplitError};
+use fedmesh_split::{AnyJob, EpochRecord, Observer, SplitError};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -173,9 +173,6 @@ struct Plan {
 fn plan(request: &JobRequest) -> Result<Plan, String> {
     let origin = PathBuf::from("the submitted job spec");
     let mut job = AnyJob::from_yaml(&request.spec_yaml, &origin).map_err(|e| e.to_string())?;
-    if let AnyJob::Horizontal(horizontal) = &job {
-        return Err(crate::mesh::horizontal_not_on_a_mesh(&horizontal.spec.name).to_string());
-    }
     // Governance reads no file a job spec names (it would read its own disk for a stranger).
     if let AnyJob::Vertical(vertical) = &job
         && let Some(keys) = &vertical.spec.split.test_keys
@@ -201,8 +198,9 @@ fn plan(request: &JobRequest) -> Result<Plan, String> {
         job.set_epochs(request.epochs as usize)
             .map_err(|e| e.to_string())?;
     }
+    let mesh_configs = job.mesh_configs();
     let configs = if request.configs.is_empty() {
-        MESH_CONFIGS.to_vec()
+        mesh_configs.clone()
     } else {
         request
             .configs
@@ -210,7 +208,7 @@ fn plan(request: &JobRequest) -> Result<Plan, String> {
             .map(|c| c.parse::<RunConfig>())
             .collect::<Result<Vec<_>, _>>()?
     };
-    if let Some(c) = configs.iter().find(|c| !MESH_CONFIGS.contains(c)) {
+    if let Some(c) = configs.iter().find(|c| !mesh_configs.contains(c)) {
         return Err(format!(
             "`{}` cannot run over the mesh: it needs every domain's rows in one place (run it with `fedmesh run`)",
             c.name()
@@ -437,7 +435,10 @@ fn register_model(
                 AnyJob::Recommendation(_) => {
                     "its parts stay with their holders (rankings are not served yet)".into()
                 }
-                AnyJob::Horizontal(_) => "horizontal models are not served yet".into(),
+                AnyJob::Horizontal(_) => format!(
+                    "score with `fedmesh predict --model {}@{version} --keys FILE` (each key at the domain that holds it)",
+                    entry.name
+                ),
             };
             observer.log(&format!(
                 "registered model `{}@{version}` ({run_name}); {how}",
@@ -986,13 +987,55 @@ fn predict(
         return Err(Status::permission_denied(reasons.join("\n")));
     }
     let parts = state.runs.join(&model.run);
-    let job = match any_job {
-        AnyJob::Vertical(job) => job,
-        AnyJob::Horizontal(job) => {
-            return Err(Status::failed_precondition(
-                crate::mesh::horizontal_not_on_a_mesh(&job.spec.name).to_string(),
-            ));
-        }
+    let node_of = |name: &str| {
+        state
+            .mesh
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+            .ok_or_else(|| {
+                Status::failed_precondition(format!("the mesh has no node for domain `{name}`"))
+            })
+    };
+    let start = v1::PredictStart {
+        run_id: model.run.clone(),
+        spec_yaml: record.spec_yaml.clone(),
+        domain: String::new(),
+        keys: request.keys.clone(),
+        requester: requester.to_string(),
+        share_labels,
+    };
+    let prediction = match any_job {
+        AnyJob::Vertical(job) => crate::predict::predict(
+            &state.mesh.identity,
+            &job.spec
+                .domains
+                .iter()
+                .map(|d| node_of(&d.name))
+                .collect::<Result<Vec<_>, _>>()?,
+            &job.spec.label.domain,
+            start,
+            state.mesh.deadline,
+            |cut_width| {
+                fedmesh_split::inference::TopScorer::load(
+                    &job.spec,
+                    cut_width,
+                    &parts,
+                    share_labels,
+                )
+            },
+        ),
+        AnyJob::Horizontal(job) => crate::predict::predict_horizontal(
+            &state.mesh.identity,
+            &job.spec
+                .domains
+                .iter()
+                .map(|d| node_of(&d.name))
+                .collect::<Result<Vec<_>, _>>()?,
+            start,
+            state.mesh.deadline,
+        ),
         AnyJob::Recommendation(spec) => {
             return recommend(
                 state,
@@ -1005,42 +1048,7 @@ fn predict(
                 share_labels,
             );
         }
-    };
-    let start = v1::PredictStart {
-        run_id: model.run.clone(),
-        spec_yaml: record.spec_yaml.clone(),
-        domain: String::new(),
-        keys: request.keys.clone(),
-        requester: requester.to_string(),
-        share_labels,
-    };
-    let prediction = crate::predict::predict(
-        &state.mesh.identity,
-        &job.spec
-            .domains
-            .iter()
-            .map(|d| {
-                state
-                    .mesh
-                    .nodes
-                    .iter()
-                    .find(|n| n.name == d.name)
-                    .cloned()
-                    .ok_or_else(|| {
-                        Status::failed_precondition(format!(
-                            "the mesh has no node for domain `{}`",
-                            d.name
-                        ))
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?,
-        &job.spec.label.domain,
-        start,
-        state.mesh.deadline,
-        |cut_width| {
-            fedmesh_split::inference::TopScorer::load(&job.spec, cut_width, &parts, share_labels)
-        },
-    )
+    }
     .map_err(|e| Status::failed_precondition(e.to_string()))?;
     state
         .audit(

@@ -129,6 +129,24 @@ impl TargetScale {
         std: 1.0,
     };
 
+    /// The mean and (population) standard deviation of targets from their count, sum and sum
+    /// of squares, as the domains of a horizontal job add them up; a constant target keeps a
+    /// spread of 1, as in [`TargetScale::fit`].
+    pub fn from_sums(count: f64, sum: f64, sum_of_squares: f64) -> TargetScale {
+        let n = count.max(1.0);
+        let mean = sum / n;
+        let std = (sum_of_squares / n - mean * mean).max(0.0).sqrt();
+        let std = if std.is_finite() && std > 1e-12 * mean.abs().max(1.0) {
+            std
+        } else {
+            1.0
+        };
+        TargetScale {
+            mean: mean as f32,
+            std: std as f32,
+        }
+    }
+
     /// The mean and standard deviation of `targets` over `rows` (the training rows), for
     /// regression targets; `None` for classes. A constant target keeps a spread of 1.
     pub fn fit(targets: &Targets, rows: &[u32]) -> Option<TargetScale> {

@@ -16,11 +16,13 @@
 pub mod client;
 pub mod config;
 pub mod convert;
+pub mod horizontal;
 pub mod identity;
 pub mod server;
 pub mod state_lock;
 pub mod transport;
 
+pub use horizontal::GrpcFederation;
 pub use identity::MeshIdentity;
 pub use transport::{GrpcTransport, NodeEndpoint};
 

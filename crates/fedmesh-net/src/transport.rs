@@ -44,7 +44,7 @@ pub struct NodeEndpoint {
 /// One open job stream to a domain node: what governance sends on it and the node's answers,
 /// with the bytes that crossed.
 pub struct Link {
-    name: String,
+    pub(crate) name: String,
     outbound: mpsc::Sender<GovernanceMessage>,
     inbound: Streaming<DomainMessage>,
     rows: u64,
@@ -52,8 +52,8 @@ pub struct Link {
     /// The node still holds the result of the alignment run the job's start named.
     alignment_kept: bool,
     cut_width: u32,
-    bytes_sent: u64,
-    bytes_received: u64,
+    pub(crate) bytes_sent: u64,
+    pub(crate) bytes_received: u64,
     /// The last training step's gradient, held back to travel with the next plan.
     pending_gradient: Option<v1::Tensor>,
     /// A plan sent ahead, whose activation the node is computing.
@@ -367,7 +367,7 @@ impl GrpcTransport {
 
 /// The transport's runtime, and a stream to every node with the job opened on it (`start`'s
 /// domain set per node).
-fn open_all(
+pub(crate) fn open_all(
     identity: &MeshIdentity,
     nodes: &[NodeEndpoint],
     start: &v1::JobStart,

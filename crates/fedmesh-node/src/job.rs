@@ -18,6 +18,7 @@ use fedmesh_proto::Encoding;
 use fedmesh_proto::v1::domain_message::Body as Reply;
 use fedmesh_proto::v1::governance_message::Body as Command;
 use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
+use fedmesh_split::horizontal::{FederatedDomain, HorizontalSpec, is_horizontal};
 use fedmesh_split::job::{
     DomainSpec, Job, PreparedDomain, pipeline_file, product_keys, write_split_keys,
 };
@@ -29,6 +30,7 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use fedmesh_net::convert::{labels_to_wire, plan_from_wire, tensor_from_wire, tensor_to_wire};
+use fedmesh_net::horizontal::{from_domain_to_wire, to_domain_from_wire};
 
 use crate::DomainProduct;
 use crate::catalog::registration;
@@ -54,6 +56,7 @@ pub(crate) async fn serve(
         traffic: Traffic::default(),
         predicting: None,
         ncf: None,
+        horizontal: None,
     };
     loop {
         let message = match inbound.message().await {
@@ -95,22 +98,13 @@ pub(crate) async fn serve(
     if let Some(opened) = &job.opened {
         tracing::info!("job `{}` closed", opened.id);
     }
+    if let Some(horizontal) = &job.horizontal {
+        tracing::info!("job `{}` closed", horizontal.id);
+    }
     if let Some(predicting) = &job.predicting {
-        // The stream is over: a record that cannot be written is reported here (the node's
-        // log), and the next request finds the log failing too.
-        let _ = job.context.audit(
-            Entry::new(
-                job.product.domain.clone(),
-                "predictions.served",
-                predicting.run_id.clone(),
-            )
-            .detail("requester", &predicting.usage.requester)
-            .detail("purpose", &predicting.usage.purpose)
-            .detail("keys_requested", predicting.requested)
-            .detail("keys_found", predicting.rows.len())
-            .detail("rows_scored", predicting.scored)
-            .detail("bytes_sent", job.traffic.sent),
-        );
+        // The stream ended without `finish`: a record that cannot be written is reported here
+        // (the node's log), and the next request finds the log failing too.
+        let _ = job.audit_prediction(predicting);
     }
 }
 
@@ -202,6 +196,18 @@ struct NodeJob {
     predicting: Option<Predicting>,
     /// A recommendation job (the split NCF) instead of a classification one.
     ncf: Option<NcfJob>,
+    /// A horizontal job (federated averaging): the domain trains the whole model on its rows.
+    horizontal: Option<HorizontalJob>,
+}
+
+/// A horizontal job the node has opened: its domain's share of federated averaging.
+struct HorizontalJob {
+    id: String,
+    spec: HorizontalSpec,
+    domain: FederatedDomain,
+    usage: Usage,
+    /// The product's rows.
+    rows: usize,
 }
 
 /// A recommendation job the node has opened: its domain's share of the split NCF.
@@ -223,7 +229,9 @@ struct NcfJob {
 /// and, for a label owner that kept its labels, its head.
 struct Predicting {
     run_id: String,
-    job: Job,
+    /// The split model's job (none for a horizontal model, scored whole at `horizontal`).
+    job: Option<Job>,
+    horizontal: Option<fedmesh_split::horizontal::HorizontalScorer>,
     usage: Usage,
     /// The product row scored for each requested key this domain holds, by request position.
     rows: std::collections::HashMap<u32, u32>,
@@ -281,6 +289,9 @@ impl NodeJob {
 
     /// The id of the job on this stream.
     fn job_id(&mut self) -> Result<String, SplitError> {
+        if let Some(job) = &self.horizontal {
+            return Ok(job.id.clone());
+        }
         match &self.ncf {
             Some(ncf) => Ok(ncf.id.clone()),
             None => Ok(self.opened()?.id.clone()),
@@ -835,8 +846,88 @@ impl NodeJob {
         })
     }
 
+    /// Opens a horizontal job: checks the usage against the domain's rules, reads its product
+    /// (from its own copy, never a path in the spec), and partitions its rows.
+    fn open_horizontal(&self, start: v1::JobStart) -> Result<HorizontalJob, SplitError> {
+        check_job_id(&start.job_id)?;
+        let origin = PathBuf::from(format!("job `{}`", start.job_id));
+        let spec = HorizontalSpec::from_yaml(&start.spec_yaml, &origin)?;
+        if spec.split.test_keys.is_some() {
+            return Err(refused(format!(
+                "job `{}` names a file of test keys; a node reads no file a job names: send the keys inline (`test_key_values`), as governance does",
+                start.job_id
+            )));
+        }
+        self.check_serves(&start.domain)?;
+        let index = spec
+            .domains
+            .iter()
+            .position(|d| d.name == start.domain)
+            .ok_or_else(|| {
+                refused(format!(
+                    "job `{}` has no domain `{}`",
+                    start.job_id, start.domain
+                ))
+            })?;
+        let contract = DataContract::from_path(&self.product.contract)?;
+        let usage = Usage {
+            job: start.job_id.clone(),
+            requester: start.requester.clone(),
+            product: contract.product_name().to_string(),
+            product_version: contract.version.clone(),
+            ..fedmesh_split::usage::horizontal_usage(&spec, &start.domain, Action::Train)?
+        };
+        let contract_path = std::path::absolute(&self.product.contract)?;
+        let (product, origin) = self.admit_and_read(
+            &contract,
+            &usage,
+            || {
+                spec.load_product(
+                    Path::new("."),
+                    index,
+                    &contract_path,
+                    self.product.data.as_deref(),
+                    self.product.example_source.as_deref(),
+                    &mut SourceCache::default(),
+                )
+            },
+            |(product, _)| product,
+        )?;
+        let rows = product.rows();
+        tracing::info!(
+            "job `{}`: {rows} rows of `{}` from {origin}, as domain `{}` of a horizontal job",
+            start.job_id,
+            product.name(),
+            start.domain
+        );
+        let domain = FederatedDomain::open(&spec, Path::new("."), product, index, start.seed)?;
+        Ok(HorizontalJob {
+            id: start.job_id,
+            spec,
+            domain,
+            usage,
+            rows,
+        })
+    }
+
     /// Saves the trained parts and the pipeline under `models/<job id>/`.
     fn save(&mut self) -> Result<Vec<PathBuf>, SplitError> {
+        if let Some(job) = &self.horizontal {
+            // The global model the domain was sent last: the run's kept model.
+            let dir = self.product.models.join(&job.id);
+            std::fs::create_dir_all(&dir)?;
+            let (model, pipeline) = job
+                .domain
+                .model()
+                .zip(job.domain.pipeline())
+                .ok_or_else(|| refused("the domain holds no model of this job yet"))?;
+            let path = dir.join("pipeline.json");
+            std::fs::write(&path, pipeline.to_json())?;
+            return Ok(vec![
+                fedmesh_split::party::save_part(model, &dir, "model")?,
+                path,
+            ]);
+        }
         let id = self.job_id()?;
         let dir = self.product.models.join(id);
         std::fs::create_dir_all(&dir)?;
@@ -853,8 +944,52 @@ impl NodeJob {
         Ok(parts)
     }
 
+    /// Records what a prediction scored and sent.
+    fn audit_prediction(&self, predicting: &Predicting) -> Result<(), SplitError> {
+        self.context.audit(
+            Entry::new(
+                self.product.domain.clone(),
+                "predictions.served",
+                predicting.run_id.clone(),
+            )
+            .detail("requester", &predicting.usage.requester)
+            .detail("purpose", &predicting.usage.purpose)
+            .detail("keys_requested", predicting.requested)
+            .detail("keys_found", predicting.rows.len())
+            .detail("rows_scored", predicting.scored)
+            .detail("bytes_sent", self.traffic.sent),
+        )
+    }
+
     /// Records what the finished run used and sent.
     fn audit_run(&self) -> Result<(), SplitError> {
+        if let Some(job) = &self.horizontal {
+            // Rows and rounds, never a weight.
+            let partition = job.domain.partition();
+            return self.context.audit(
+                Entry::new(self.product.domain.clone(), "training.run", job.id.clone())
+                    .detail(
+                        "product",
+                        format!("{} {}", job.usage.product, job.usage.product_version),
+                    )
+                    .detail("technique", &job.spec.technique)
+                    .detail("columns", &job.usage.columns)
+                    .detail("label_column", &job.usage.label_column)
+                    .detail("rows", job.rows)
+                    .detail(
+                        "partition",
+                        [
+                            partition.train.len(),
+                            partition.valid.len(),
+                            partition.test.len(),
+                        ],
+                    )
+                    .detail("rounds", job.domain.rounds)
+                    .detail("rows_trained", job.domain.rows_trained)
+                    .detail("bytes_sent", self.traffic.sent)
+                    .detail("bytes_received", self.traffic.received),
+            );
+        }
         if let Some(ncf) = self.ncf.as_ref().filter(|ncf| ncf.party.serving()) {
             return self.context.audit(
                 Entry::new(
@@ -927,6 +1062,9 @@ impl NodeJob {
     /// keys in the product, and loads the run's pipeline, bottom and (lazily) head.
     fn start_prediction(&mut self, start: v1::PredictStart) -> Result<v1::Found, SplitError> {
         check_job_id(&start.run_id)?;
+        if is_horizontal(&start.spec_yaml) {
+            return self.start_horizontal_prediction(start);
+        }
         let origin = PathBuf::from(format!("model run `{}`", start.run_id));
         let job = Job::from_yaml(&start.spec_yaml, &origin)?;
         let domain = self.own_domain(
@@ -991,7 +1129,8 @@ impl NodeJob {
         let positions = found.iter().map(|&(position, _)| position).collect();
         self.predicting = Some(Predicting {
             run_id: start.run_id,
-            job,
+            job: Some(job),
+            horizontal: None,
             usage,
             rows: found
                 .iter()
@@ -1010,6 +1149,91 @@ impl NodeJob {
         })
     }
 
+    /// Opens scoring with a horizontal model: the domain finds the requested keys in its
+    /// product and scores them itself with the model and pipeline it saved.
+    fn start_horizontal_prediction(
+        &mut self,
+        start: v1::PredictStart,
+    ) -> Result<v1::Found, SplitError> {
+        let origin = PathBuf::from(format!("model run `{}`", start.run_id));
+        let spec = HorizontalSpec::from_yaml(&start.spec_yaml, &origin)?;
+        self.check_serves(&start.domain)?;
+        let index = spec
+            .domains
+            .iter()
+            .position(|d| d.name == start.domain)
+            .ok_or_else(|| {
+                refused(format!(
+                    "model run `{}` has no domain `{}`",
+                    start.run_id, start.domain
+                ))
+            })?;
+        let contract = DataContract::from_path(&self.product.contract)?;
+        let usage = Usage {
+            job: start.run_id.clone(),
+            requester: start.requester.clone(),
+            product: contract.product_name().to_string(),
+            product_version: contract.version.clone(),
+            ..fedmesh_split::usage::horizontal_usage(&spec, &start.domain, Action::Predict)?
+        };
+        let denials = self.context.check(&contract, &usage, None);
+        self.context
+            .audit_decision(&usage, &denials, "prediction")?;
+        if !denials.is_empty() {
+            return Err(crate::admission::denied(&denials));
+        }
+        let (product, _) = spec.load_product(
+            Path::new("."),
+            index,
+            &std::path::absolute(&self.product.contract)?,
+            self.product.data.as_deref(),
+            self.product.example_source.as_deref(),
+            &mut SourceCache::default(),
+        )?;
+        let keys = product_keys(&product)?.ok_or_else(|| {
+            refused("the product has no key column: its entities cannot be looked up by key")
+        })?;
+        let index: std::collections::HashMap<&str, u32> = keys
+            .iter()
+            .enumerate()
+            .map(|(row, key)| (key.as_str(), row as u32))
+            .collect();
+        let found: Vec<(u32, u32)> = start
+            .keys
+            .iter()
+            .enumerate()
+            .filter_map(|(position, key)| {
+                index.get(key.as_str()).map(|&row| (position as u32, row))
+            })
+            .collect();
+        let product = product.take_rows(&found.iter().map(|&(_, row)| row).collect::<Vec<_>>())?;
+        let scorer = fedmesh_split::horizontal::HorizontalScorer::load(
+            &spec,
+            &product,
+            &self.product.models.join(&start.run_id),
+        )?;
+        self.predicting = Some(Predicting {
+            run_id: start.run_id,
+            job: None,
+            horizontal: Some(scorer),
+            usage,
+            rows: found
+                .iter()
+                .enumerate()
+                .map(|(i, &(position, _))| (position, i as u32))
+                .collect(),
+            requested: start.keys.len(),
+            scored: 0,
+            bottom: None,
+            head: None,
+            encoding: Encoding::F32,
+        });
+        Ok(v1::Found {
+            positions: found.iter().map(|&(position, _)| position).collect(),
+            cut_width: 0,
+        })
+    }
+
     fn predicting(&mut self) -> Result<&mut Predicting, SplitError> {
         self.predicting
             .as_mut()
@@ -1020,6 +1244,22 @@ impl NodeJob {
     fn handle(&mut self, command: Command) -> Result<Option<Reply>, SplitError> {
         self.check_serving(&command)?;
         let reply = match command {
+            command @ (Command::FeatureSums(_)
+            | Command::FeatureTotalsJson(_)
+            | Command::LocalRound(_)
+            | Command::UpdateRequest(_)
+            | Command::Roster(_)
+            | Command::Inbox(_)
+            | Command::Survivors(_)
+            | Command::Evaluate(_)) => {
+                let message = to_domain_from_wire(&command)?
+                    .ok_or_else(|| refused("not a message of a horizontal job"))?;
+                let job = self
+                    .horizontal
+                    .as_mut()
+                    .ok_or_else(|| refused("no horizontal job was started on this stream"))?;
+                from_domain_to_wire(&job.domain.handle(message)?)
+            }
             command @ (Command::EntitiesRequest(_)
             | Command::Entities(_)
             | Command::ExamplesRequest(_)
@@ -1041,6 +1281,13 @@ impl NodeJob {
                     })
                     .collect::<Result<Vec<u32>, _>>()?;
                 predicting.scored += rows.len();
+                if let Some(scorer) = &predicting.horizontal {
+                    let (values, cols) = scorer.scores(&rows)?;
+                    return Ok(Some(Reply::Scores(v1::Scores {
+                        values,
+                        cols: cols as u32,
+                    })));
+                }
                 let encoding = predicting.encoding;
                 let bottom = predicting
                     .bottom
@@ -1057,23 +1304,41 @@ impl NodeJob {
                 let models = self.product.models.clone();
                 let domain = self.product.domain.clone();
                 let predicting = self.predicting()?;
-                if predicting.job.spec.label.domain != domain || predicting.usage.share_labels {
-                    return Err(refused("this domain holds no head in this model"));
-                }
+                let job = predicting
+                    .job
+                    .as_ref()
+                    .filter(|job| job.spec.label.domain == domain)
+                    .filter(|_| !predicting.usage.share_labels)
+                    .ok_or_else(|| refused("this domain holds no head in this model"))?;
+                let spec = job.spec.clone();
                 if predicting.head.is_none() {
                     let path = models
                         .join(&predicting.run_id)
                         .join(format!("head-{domain}.bpk"));
                     predicting.head = Some(fedmesh_split::inference::HeadScorer::load(
-                        &predicting.job.spec,
-                        z.cols,
-                        &path,
+                        &spec, z.cols, &path,
                     )?);
                 }
                 let head = predicting.head.as_ref().expect("loaded above");
                 let values = head.scores(&z)?;
                 let cols = (values.len() / z.rows.max(1)) as u32;
                 Reply::Scores(v1::Scores { values, cols })
+            }
+            Command::Start(start) if is_horizontal(&start.spec_yaml) => {
+                if self.opened.is_some() || self.ncf.is_some() || self.horizontal.is_some() {
+                    return Err(refused("a job was started on this stream already"));
+                }
+                let governance = start.governance_audit.clone();
+                let job = self.open_horizontal(start)?;
+                self.anchor_governance(&job.id, governance)?;
+                let rows = job.rows as u64;
+                self.horizontal = Some(job);
+                Reply::Ready(v1::Ready {
+                    rows,
+                    cut_width: 0,
+                    keyed: false,
+                    alignment_kept: false,
+                })
             }
             Command::Start(start) if is_recommendation(&start.spec_yaml) => {
                 let governance = start.governance_audit.clone();
@@ -1195,6 +1460,10 @@ impl NodeJob {
                     .collect(),
             }),
             Command::Finish(_) => {
+                // Recorded before the answer, so that whoever sees the answer finds the record.
+                if let Some(predicting) = self.predicting.take() {
+                    self.audit_prediction(&predicting)?;
+                }
                 self.audit_run()?;
                 // The node's head after recording the run, for governance to note.
                 match self.context.audit_head()? {

@@ -78,6 +78,18 @@ pub enum AnyJob {
 }
 
 impl AnyJob {
+    /// The configurations that run over a mesh: each domain's rows stay at its node (split
+    /// learning for vertical and recommendation jobs, federated averaging for horizontal ones).
+    pub fn mesh_configs(&self) -> Vec<RunConfig> {
+        match self {
+            AnyJob::Horizontal(_) => vec![
+                RunConfig::Federated { secure: false },
+                RunConfig::Federated { secure: true },
+            ],
+            _ => MESH_CONFIGS.to_vec(),
+        }
+    }
+
     /// Reads a job spec; `path` may be the spec file or the folder holding `job.yaml`.
     pub fn load(path: &Path) -> Result<Self, SplitError> {
         let (text, file) = read_spec(path)?;

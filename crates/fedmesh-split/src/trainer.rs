@@ -415,6 +415,31 @@ impl JointTrainer {
         self.optimizer = self.optimizer_spec.init();
     }
 
+    /// The network's scores of `rows` (row-major, as [`Objective::scores`] gives them) and their
+    /// summed loss, `batch` rows at a time, without training.
+    pub fn score(&self, rows: &[u32], batch: usize) -> (Vec<f32>, f64) {
+        let device = self.device.clone().inner();
+        let network = self.network.valid();
+        let mut scores = Vec::with_capacity(rows.len() * self.objective.outputs());
+        let mut loss_sum = 0.0;
+        for chunk in rows.chunks(batch.max(1)) {
+            let outputs = network.forward(self.inputs(chunk, &device));
+            let loss = network.head.loss(
+                &self.objective,
+                outputs.clone(),
+                &self.targets.gather(chunk),
+            );
+            loss_sum += crate::party::scalar(&loss) as f64 * chunk.len() as f64;
+            scores.extend(self.objective.scores(outputs));
+        }
+        (scores, loss_sum)
+    }
+
+    /// The feature matrices, one per bottom.
+    pub fn features(&self) -> &[FeatureMatrix] {
+        &self.features
+    }
+
     fn inputs(&self, rows: &[u32], device: &Device) -> Vec<(Tensor<2>, Option<Tensor<2, Int>>)> {
         self.features
             .iter()
@@ -568,14 +593,14 @@ impl EpochChoice {
     }
 
     /// The choice `spec` asks for over `epochs` epochs; refused when it needs validation rows and
-    /// `partition` has none.
+    /// there are none.
     pub(crate) fn checked(
         spec: &TrainingSpec,
         epochs: usize,
-        partition: &Partition,
+        valid_rows: usize,
     ) -> Result<Self, SplitError> {
         let choice = Self::new(spec.keep, spec.early_stopping, epochs);
-        if choice.validates() && partition.valid.is_empty() {
+        if choice.validates() && valid_rows == 0 {
             return Err(SplitError::refused(
                 "governance",
                 "`training.keep: best` and `training.early_stopping` need validation rows: set `split.valid_fraction` above 0",
@@ -732,7 +757,7 @@ pub fn fit(
         .count();
     let total_steps = steps_per_epoch * spec.epochs;
     let mut step = 0;
-    let mut choice = EpochChoice::checked(spec, spec.epochs, partition)?;
+    let mut choice = EpochChoice::checked(spec, spec.epochs, partition.valid.len())?;
     observer.training_started();
     for epoch in 1..=spec.epochs {
         order.shuffle(&mut rng);
@@ -801,6 +826,20 @@ pub(crate) fn close_epoch(
 ) -> Result<AfterEpoch, SplitError> {
     evaluate(trainer, valid, Part::Valid, eval_batch_size)?;
     let report = trainer.report()?;
+    record_epoch(&report, epoch, train_loss, choice, observer, history)
+}
+
+/// After epoch `epoch` of training loss `train_loss`, validated as `report` says: records the
+/// epoch, and says by `choice` whether the holders keep a checkpoint, training stops, or goes
+/// on.
+pub(crate) fn record_epoch(
+    report: &EvaluationReport,
+    epoch: usize,
+    train_loss: f64,
+    choice: &mut EpochChoice,
+    observer: &dyn Observer,
+    history: &mut Vec<EpochRecord>,
+) -> Result<AfterEpoch, SplitError> {
     let record = EpochRecord {
         epoch,
         train_loss,

@@ -65,8 +65,9 @@ enum Command {
         /// Where results.json and the report go (default: runs/EXAMPLE-TIME).
         #[arg(long)]
         out: Option<PathBuf>,
-        /// Run the split configurations on the mesh in DIR (started with `fedmesh mesh up`);
-        /// baselines still run in this process.
+        /// Run the configurations that keep each domain's rows at its node (split learning;
+        /// federated averaging for horizontal jobs) on the mesh in DIR (started with `fedmesh
+        /// mesh up`); baselines still run in this process.
         #[arg(long)]
         mesh: Option<PathBuf>,
     },

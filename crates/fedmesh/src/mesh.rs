@@ -108,7 +108,13 @@ pub fn example_domains(path: &Path) -> Result<(Domains, Option<PathBuf>)> {
     let job = AnyJob::load(path)?;
     let example = match &job {
         AnyJob::Vertical(job) => job.example_path(),
-        AnyJob::Recommendation(_) | AnyJob::Horizontal(_) => None,
+        AnyJob::Horizontal(job) => job.spec.example_data.as_ref().map(|example| {
+            job.file
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(&example.source)
+        }),
+        AnyJob::Recommendation(_) => None,
     };
     Ok((domains_of(&job), example))
 }

@@ -9,7 +9,6 @@ use fedmesh_net::client::JobProgress;
 use fedmesh_net::{MeshIdentity, NodeEndpoint};
 use fedmesh_proto::v1::JobRequest;
 use fedmesh_split::AnyJob;
-use fedmesh_split::MESH_CONFIGS;
 use fedmesh_split::PreparedAnyJob;
 use fedmesh_split::SplitError;
 use fedmesh_split::job::{AlignmentMethod, Job, RunConfig, RunResult, write_split_keys};
@@ -252,14 +251,6 @@ pub fn quickstart(out: Option<PathBuf>, seeds: usize, stop: &AtomicBool) -> Resu
 /// end.
 pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Results> {
     let mut job = AnyJob::load(example)?;
-    if options.mesh.is_some()
-        && let AnyJob::Horizontal(horizontal) = &job
-    {
-        bail!(
-            "{}",
-            fedmesh_governance::mesh::horizontal_not_on_a_mesh(&horizontal.spec.name)
-        );
-    }
     if let Some(epochs) = options.epochs {
         let epochs = fedmesh_split::limits::checked_epochs("--epochs", epochs)
             .map_err(anyhow::Error::msg)?;
@@ -313,7 +304,7 @@ pub fn run(example: &Path, options: RunOptions, stop: &AtomicBool) -> Result<Res
                 .join("models")
                 .join(format!("{}-seed{seed}", config.name().replace(':', "-")));
             let outcome = match &options.mesh {
-                Some(mesh) if MESH_CONFIGS.contains(config) => {
+                Some(mesh) if job.mesh_configs().contains(config) => {
                     mesh.run(&job, config, seed, &progress, stop)
                 }
                 _ => prepared.run(config, seed, &progress, stop, Some(&models)),

@@ -7,8 +7,13 @@
 //! The pieces are kept apart as Flower keeps them:
 //!
 //! - `spec.rs`: the job as written (`technique: fedavg` or `fedprox`, a `federation` section);
-//! - `prepare.rs`: each domain's data, partition and the one feature pipeline, fitted from sums
-//!   the domains add up, so that no domain shows another a value;
+//! - `prepare.rs`: every domain's data read in one process (`fedmesh run`);
+//! - `domain.rs`: a domain's side ([`FederatedDomain`]): its rows and partition, its sums for the
+//!   one feature pipeline, its local training, its share of secure aggregation, its evaluation;
+//!   the same code answers governance in one process and at a domain node;
+//! - `federation.rs`: governance's side over any [`Federation`] (domains in this process, or
+//!   nodes over the mesh): the pipeline from summed statistics, the rounds, the evaluation;
+//! - `evaluation.rs`: metrics from sums each domain reports of its own rows ([`EvaluationSums`]);
 //! - `strategy.rs`: the server's algorithm ([`FedAvg`]): who trains each round, each update's
 //!   share, the next global model;
 //! - `aggregate.rs`: how the round's updates are summed, in the clear or by secure aggregation
@@ -16,7 +21,7 @@
 //! - `privacy.rs`: optional differential privacy of each domain's contribution (clipping,
 //!   Gaussian noise, the accounting of ε);
 //! - `run.rs`: the configurations run in one process (the centralized baseline on all rows
-//!   pooled, federated averaging with and without secure aggregation).
+//!   pooled, federated averaging with and without secure aggregation) and the one model.
 //!
 //! ```
 //! use fedmesh_split::horizontal::HorizontalSpec;
@@ -39,14 +44,24 @@
 //! ```
 
 mod aggregate;
+mod domain;
+mod evaluation;
+mod federation;
 mod prepare;
 mod privacy;
 mod run;
 mod spec;
 mod strategy;
 
-pub use aggregate::{RoundSum, plain_sum, quantization, secure_sum, threshold};
+pub use aggregate::{RoundSum, plain_sum, quantization, threshold};
+pub use domain::{DomainSums, FederatedDomain, FromDomain, LocalRound, ToDomain};
+pub use evaluation::{EvaluationSums, OutcomeSums, SCORE_BINS};
+pub use federation::{
+    FederatedRun, Federation, FittedFederation, LocalFederation, federated_pipeline,
+    train_federated,
+};
 pub use prepare::{HorizontalParty, PreparedHorizontal};
 pub use privacy::{DifferentialPrivacySpec, PrivacySpent, RdpAccountant, add_noise, clip_to_norm};
+pub use run::{HorizontalScorer, global_network, model_from_values};
 pub use spec::*;
 pub use strategy::FedAvg;

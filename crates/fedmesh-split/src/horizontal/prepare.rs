@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 
 use fedmesh_data::datasets;
 use fedmesh_data::{
-    DataContract, DataError, DataProduct, FeatureMatrix, FeaturePipeline, NumericSums, Partition,
-    SourceCache, SourceTable,
+    DataContract, DataError, DataProduct, FeatureMatrix, FeaturePipeline, Partition, SourceCache,
+    SourceTable,
 };
 use fedmesh_model::Targets;
 
-use super::spec::{HorizontalDomain, HorizontalSpec, RowSplit};
+use super::domain::{DomainSums, FederatedDomain};
+use super::federation::{LocalFederation, federated_pipeline};
+use super::spec::{HorizontalSpec, RowSplit};
 use crate::SplitError;
-use crate::job::read_targets;
 
 /// One domain of a horizontal job: its rows as model input, its labels, its own partition.
 #[derive(Debug, Clone)]
@@ -35,75 +36,50 @@ pub struct PreparedHorizontal {
     pub parties: Vec<HorizontalParty>,
     /// The pipeline every domain applies (fitted from the sums of all domains' training rows).
     pub pipeline: FeaturePipeline,
+    /// The domains' summed statistics the pipeline was fitted from.
+    pub totals: DomainSums,
     /// Where the data came from, for the report.
     pub source: String,
 }
 
 impl PreparedHorizontal {
-    /// Reads every domain's product and prepares it as the domain itself would: each partitions
-    /// its own rows, sums its training rows' numeric features, and applies the pipeline fitted
-    /// from everyone's sums.
+    /// Reads every domain's product and prepares it as the domain itself would, each a
+    /// [`FederatedDomain`] in this process: each partitions its own rows and sums its training
+    /// rows' features, and all apply the pipeline fitted from everyone's sums.
     pub fn prepare(spec: &HorizontalSpec, file: &Path) -> Result<Self, SplitError> {
         let dir = file.parent().unwrap_or(Path::new("."));
         let mut cache = SourceCache::default();
+        let mut domains = Vec::with_capacity(spec.domains.len());
         let mut products = Vec::with_capacity(spec.domains.len());
         let mut origins = Vec::new();
         for (index, domain) in spec.domains.iter().enumerate() {
-            let (product, origin) = load_product(spec, dir, domain, index, &mut cache)?;
+            let contract = dir.join(&domain.contract);
+            let (product, origin) =
+                spec.load_product(dir, index, &contract, None, None, &mut cache)?;
             if !origins.contains(&origin) {
                 origins.push(origin);
             }
-            products.push(product);
+            products.push(product.name().to_string());
+            domains.push(FederatedDomain::open(spec, dir, product, index, 0)?);
         }
-        let mut partitions = Vec::with_capacity(products.len());
-        let mut targets = Vec::with_capacity(products.len());
-        let mut sums: Option<Vec<NumericSums>> = None;
-        for (index, product) in products.iter().enumerate() {
-            let (labels, partition) = labels_and_partition(spec, dir, product, index)?;
-            let mine = FeaturePipeline::numeric_sums(product, &spec.features, &partition.train)?;
-            sums = Some(match sums {
-                None => mine,
-                Some(total) => total.into_iter().zip(mine).map(|(a, b)| a + b).collect(),
-            });
-            targets.push(labels);
-            partitions.push(partition);
-        }
-        let sums = sums.expect("a horizontal job has domains");
-        let mut parties = Vec::with_capacity(products.len());
-        let mut pipeline = None;
-        for (((domain, product), labels), partition) in spec
+        let mut federation = LocalFederation {
+            domains,
+            drop_outs: Default::default(),
+            round: 0,
+        };
+        let fitted = federated_pipeline(spec, &mut federation)?;
+        let parties = federation
             .domains
             .iter()
             .zip(&products)
-            .zip(targets)
-            .zip(partitions)
-        {
-            let fitted = FeaturePipeline::from_sums(product, &spec.features, &sums)?;
-            let features = fitted.transform(product)?;
-            pipeline.get_or_insert(fitted);
-            parties.push(HorizontalParty {
-                name: domain.name.clone(),
-                product: product.name().to_string(),
-                features,
-                targets: labels,
-                partition,
-            });
-        }
-        if let Some(empty) = parties.iter().find(|p| p.partition.train.len() < 2) {
-            return Err(SplitError::Job {
-                job: spec.name.clone(),
-                reason: format!(
-                    "domain `{}` has {} training rows: a domain trains on at least 2",
-                    empty.name,
-                    empty.partition.train.len()
-                ),
-            });
-        }
+            .map(|(domain, product)| domain.party(product).expect("the pipeline is fitted"))
+            .collect();
         Ok(Self {
             spec: spec.clone(),
             file: file.to_path_buf(),
             parties,
-            pipeline: pipeline.expect("a horizontal job has domains"),
+            pipeline: fitted.pipeline,
+            totals: fitted.totals,
             source: origins.join("; "),
         })
     }
@@ -158,92 +134,88 @@ impl PreparedHorizontal {
     }
 }
 
-/// A domain's labels and its partition: the spec's test keys found in its key column, or a
-/// stratified draw from the split seed and the domain's position.
-fn labels_and_partition(
-    spec: &HorizontalSpec,
-    dir: &Path,
-    product: &DataProduct,
-    index: usize,
-) -> Result<(Targets, Partition), SplitError> {
-    let targets = read_targets(product, &spec.label, &spec.objective)?;
-    // Each domain holds only its own clients' share of the test keys: the rest are not missing.
-    let (partition, _) = spec.split.partition(
-        dir,
-        product,
-        &targets,
-        spec.split.seed.wrapping_add(index as u64),
-    )?;
-    Ok((targets, partition))
-}
-
-/// A domain's product: where its contract's server says, or, for an example whose file is
-/// absent, the domain's rows of the example's public table.
-fn load_product(
-    spec: &HorizontalSpec,
-    dir: &Path,
-    domain: &HorizontalDomain,
-    index: usize,
-    cache: &mut SourceCache,
-) -> Result<(DataProduct, String), SplitError> {
-    let contract_path = dir.join(&domain.contract);
-    let contract = DataContract::from_path(&contract_path)?;
-    let contract_dir = contract_path.parent().unwrap_or(Path::new("."));
-    let (path, format) = contract.local_source(contract_dir).ok_or_else(|| {
-        SplitError::from(DataError::NoSource {
-            product: contract.product_name().to_string(),
-        })
-    })?;
-    let table = match &spec.example_data {
-        Some(example) if !path.exists() => {
-            let source_path = dir.join(&example.source);
-            if !source_path.exists() {
-                return Err(DataError::Invalid(format!(
+impl HorizontalSpec {
+    /// Domain `index`'s product under `contract`: the file `data` names, or where the contract's
+    /// server says, or — for an example whose file is absent — the domain's rows of the
+    /// example's public table (`example_source`, or the spec's, relative to `dir`).
+    pub fn load_product(
+        &self,
+        dir: &Path,
+        index: usize,
+        contract: &Path,
+        data: Option<&Path>,
+        example_source: Option<&Path>,
+        cache: &mut SourceCache,
+    ) -> Result<(DataProduct, String), SplitError> {
+        let spec = self;
+        let domain = spec.domains.get(index).ok_or_else(|| {
+            SplitError::refused("the domain", format!("the job has no domain {index}"))
+        })?;
+        let contract_path = contract;
+        let contract = DataContract::from_path(contract_path)?;
+        let contract_dir = contract_path.parent().unwrap_or(Path::new("."));
+        let (path, format) = match (data, contract.local_source(contract_dir)) {
+            (Some(path), source) => (path.to_path_buf(), source.and_then(|s| s.1)),
+            (None, Some(source)) => source,
+            (None, None) => {
+                return Err(DataError::NoSource {
+                    product: contract.product_name().to_string(),
+                }
+                .into());
+            }
+        };
+        let table = match (&spec.example_data, data) {
+            (Some(example), None) if !path.exists() => {
+                let source_path =
+                    example_source.map_or_else(|| dir.join(&example.source), Path::to_path_buf);
+                if !source_path.exists() {
+                    return Err(DataError::Invalid(format!(
                     "neither domain `{}`'s file {} nor the example's source table {} exists (see ../shared/data/README.md for where to get it)",
                     domain.name,
                     path.display(),
                     source_path.display()
                 ))
                 .into());
-            }
-            let source: &SourceTable = cache.get(&source_path, None)?;
-            let derived = match &example.rows {
-                RowSplit::ByColumn { column, values } => {
-                    let mine: Vec<String> = values
-                        .get(&domain.name)
-                        .map(|v| v.iter().map(fedmesh_data::Category::as_text).collect())
-                        .unwrap_or_default();
-                    datasets::rows_where(source, column, &mine)?
                 }
-                RowSplit::LabelSkew { alpha, seed } => datasets::label_skewed_rows(
-                    source,
-                    &spec.label,
-                    spec.domains.len(),
-                    index,
-                    *alpha,
-                    *seed,
-                )?,
-            };
-            let origin = match &example.rows {
-                RowSplit::ByColumn { column, .. } => {
-                    format!(
-                        "{}, its rows dealt to the domains by `{column}`",
+                let source: &SourceTable = cache.get(&source_path, None)?;
+                let derived = match &example.rows {
+                    RowSplit::ByColumn { column, values } => {
+                        let mine: Vec<String> = values
+                            .get(&domain.name)
+                            .map(|v| v.iter().map(fedmesh_data::Category::as_text).collect())
+                            .unwrap_or_default();
+                        datasets::rows_where(source, column, &mine)?
+                    }
+                    RowSplit::LabelSkew { alpha, seed } => datasets::label_skewed_rows(
+                        source,
+                        &spec.label,
+                        spec.domains.len(),
+                        index,
+                        *alpha,
+                        *seed,
+                    )?,
+                };
+                let origin = match &example.rows {
+                    RowSplit::ByColumn { column, .. } => {
+                        format!(
+                            "{}, its rows dealt to the domains by `{column}`",
+                            source.origin
+                        )
+                    }
+                    RowSplit::LabelSkew { alpha, .. } => format!(
+                        "{}, its rows dealt to the domains by a label skew (Dirichlet α = {alpha})",
                         source.origin
-                    )
-                }
-                RowSplit::LabelSkew { alpha, .. } => format!(
-                    "{}, its rows dealt to the domains by a label skew (Dirichlet α = {alpha})",
-                    source.origin
-                ),
-            };
-            (derived, origin)
-        }
-        _ => {
-            let table = cache.get(&path, format.as_deref())?.clone();
-            let origin = table.origin.clone();
-            (table, origin)
-        }
-    };
-    let (table, origin) = table;
-    Ok((DataProduct::from_source(contract, &table)?, origin))
+                    ),
+                };
+                (derived, origin)
+            }
+            (_, _) => {
+                let table = cache.get(&path, format.as_deref())?.clone();
+                let origin = table.origin.clone();
+                (table, origin)
+            }
+        };
+        let (table, origin) = table;
+        Ok((DataProduct::from_source(contract, &table)?, origin))
+    }
 }

@@ -1,15 +1,20 @@
 //! Horizontal jobs: domains holding the same columns for different clients train one model by
 //! federated averaging, with and without secure aggregation, beside the centralized baseline on
-//! their rows pooled.
+//! their rows pooled — in one process, and over a mesh of domain nodes, where a run equals the
+//! in-process one and a node that dies drops out of the rounds.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use fedmesh_split::horizontal::{HorizontalJob, PreparedHorizontal};
 use fedmesh_split::job::{RunConfig, RunResult};
-use fedmesh_split::{AnyJob, Silent};
+use fedmesh_split::{AnyJob, Observer, Silent};
+use fedmesh_testkit::{MeshBuilder, NodeSpec, TestMesh, run as mesh_run};
 use rand::{Rng, SeedableRng};
+use tokio::runtime::Runtime;
 
 const DOMAINS: [&str; 3] = ["north", "south", "east"];
 
@@ -353,4 +358,331 @@ fn differential_privacy_reports_what_it_spent_and_costs_accuracy_with_noise() {
         auc(&loud),
         auc(&quiet)
     );
+}
+
+/// One node per domain of the job in `dir`, each serving its own contract and file.
+fn branch_nodes(dir: &Path) -> MeshBuilder {
+    MeshBuilder::nodes(
+        DOMAINS
+            .iter()
+            .map(|d| NodeSpec::new(*d, dir.join(format!("{d}.odcs.yaml")))),
+    )
+}
+
+fn mesh_job(dir: &Path) -> AnyJob {
+    AnyJob::Horizontal(Box::new(
+        HorizontalJob::load(&dir.join("job.yaml")).unwrap(),
+    ))
+}
+
+/// Over the mesh, each node trains on its own rows and governance sees sums: the run computes
+/// what the same job computes in one process, round by round, with and without secure
+/// aggregation; every node saves the model and records rows and rounds, never weights.
+#[test]
+fn a_mesh_run_equals_the_in_process_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let local_job = prepared(dir.path(), "");
+    let mesh = branch_nodes(dir.path()).start();
+    let job = mesh_job(dir.path());
+    for secure in [false, true] {
+        let config = RunConfig::Federated { secure };
+        let local = run(&local_job, config.clone());
+        let parts = tempfile::tempdir().unwrap();
+        let id = format!("branches/{}", config.name());
+        let remote = mesh
+            .mesh()
+            .run(
+                &job,
+                &mesh_run(&id, &config, Some(parts.path())),
+                &Silent,
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+        assert_eq!(remote.history.len(), local.history.len());
+        for (r, l) in remote.history.iter().zip(&local.history) {
+            assert!(
+                (r.train_loss - l.train_loss).abs() < 1e-9
+                    && (r.valid_loss.unwrap() - l.valid_loss.unwrap()).abs() < 1e-9,
+                "round {}: {r:?} {l:?}",
+                r.epoch
+            );
+        }
+        assert!(
+            (auc(&remote) - auc(&local)).abs() < 1e-9,
+            "{} {}",
+            auc(&remote),
+            auc(&local)
+        );
+        assert_eq!(
+            (remote.train_rows, remote.valid_rows, remote.test_rows),
+            (local.train_rows, local.valid_rows, local.test_rows)
+        );
+        let summary = remote.federation.as_ref().unwrap();
+        assert_eq!(summary.secure_aggregation, secure);
+        assert!(summary.dropped.is_empty());
+        assert!(remote.wire.unwrap().from_domains > 0);
+        // Governance's copy and every node's.
+        assert!(parts.path().join("model.bpk").exists());
+        for domain in DOMAINS {
+            let saved = mesh.models(domain).join(&id);
+            assert!(saved.join("model.bpk").exists(), "{domain}");
+            assert!(saved.join("pipeline.json").exists(), "{domain}");
+        }
+    }
+    for domain in DOMAINS {
+        let runs: Vec<_> = mesh
+            .audit(domain)
+            .into_iter()
+            .filter(|r| r.action == "training.run")
+            .collect();
+        assert_eq!(runs.len(), 2, "{domain}");
+        let details = runs[0].details.to_string();
+        assert!(details.contains("\"rounds\":16"), "{details}");
+        assert!(
+            !details.contains("weight") && details.len() < 2_000,
+            "{details}"
+        );
+    }
+}
+
+/// Kills one node's runtime once the domains have trained `after` times.
+struct KillAfter {
+    trained: AtomicUsize,
+    after: usize,
+    victim: std::sync::Mutex<Option<Runtime>>,
+}
+
+impl Observer for KillAfter {
+    fn batch_done(&self, _loss: f32) {
+        if self.trained.fetch_add(1, Ordering::SeqCst) + 1 == self.after
+            && let Some(runtime) = self.victim.lock().unwrap().take()
+        {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A node that dies in the middle of a job drops out of the rounds: they complete without it
+/// while `min_clients` (and secure aggregation's threshold) remain, and the result names it;
+/// with too few left, the job fails naming the round.
+#[test]
+fn a_node_that_dies_mid_job_drops_out_and_the_rounds_go_on() {
+    let dir = tempfile::tempdir().unwrap();
+    write_job(dir.path(), "");
+    let job = mesh_job(dir.path());
+    for secure in [false, true] {
+        let mut mesh: TestMesh = branch_nodes(dir.path()).start();
+        // Domain updates reach governance three per round: the third node dies in round 2.
+        let killer = KillAfter {
+            trained: AtomicUsize::new(0),
+            after: 4,
+            victim: std::sync::Mutex::new(mesh.kill(2)),
+        };
+        let config = RunConfig::Federated { secure };
+        let result = mesh
+            .mesh()
+            .run(
+                &job,
+                &mesh_run("branches/dies", &config, None),
+                &killer,
+                &AtomicBool::new(false),
+            )
+            .unwrap();
+        let summary = result.federation.as_ref().unwrap();
+        assert_eq!(summary.rounds, 16);
+        let rounds: Vec<usize> = summary
+            .dropped
+            .iter()
+            .filter(|(_, d)| d == "east")
+            .map(|(r, _)| *r)
+            .collect();
+        assert_eq!(rounds.first(), Some(&2), "{:?}", summary.dropped);
+        assert!(summary.dropped.iter().all(|(_, d)| d == "east"));
+        assert!(auc(&result) > 0.85, "{}", auc(&result));
+    }
+    // Every domain is needed: the round the node dies in fails, by number.
+    let mut mesh: TestMesh = branch_nodes(dir.path()).start();
+    let text = std::fs::read_to_string(dir.path().join("job.yaml"))
+        .unwrap()
+        .replace("min_clients: 2", "min_clients: 3");
+    std::fs::write(dir.path().join("job.yaml"), text).unwrap();
+    let killer = KillAfter {
+        trained: AtomicUsize::new(0),
+        after: 4,
+        victim: std::sync::Mutex::new(mesh.kill(2)),
+    };
+    let error = mesh
+        .mesh()
+        .run(
+            &mesh_job(dir.path()),
+            &mesh_run(
+                "branches/fails",
+                &RunConfig::Federated { secure: false },
+                None,
+            ),
+            &killer,
+            &AtomicBool::new(false),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("round 2 failed"), "{error}");
+    assert!(error.contains("`east`"), "{error}");
+}
+
+/// Submitted to governance, a horizontal job is admitted by its policies and every domain's,
+/// runs on the nodes, is registered, and scores each key at the domain that holds it.
+#[test]
+fn a_submitted_horizontal_job_is_registered_and_scores_where_each_key_is() {
+    let dir = tempfile::tempdir().unwrap();
+    write_job(dir.path(), "");
+    let policies = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies/governance.cedar"),
+    )
+    .unwrap();
+    let mesh = branch_nodes(dir.path()).with_governance(&policies).start();
+    let AnyJob::Horizontal(job) = mesh_job(dir.path()) else {
+        unreachable!("a horizontal job")
+    };
+    let record = mesh.submit_spec(&job.to_portable_yaml().unwrap(), &["federated-secure"]);
+    let id = record["id"].as_str().unwrap().to_string();
+    let done = mesh.wait(&id);
+    assert_eq!(done["state"], "done", "{done}");
+    let mut operator = mesh.operator();
+    let models = mesh.block_on(operator.models()).unwrap().to_string();
+    assert!(models.contains("branches"), "{models}");
+    // Ids 1–600 are north's clients, 601–1500 south's, 1501–2700 east's.
+    let keys = vec!["5".to_string(), "1600".into(), "999999".into()];
+    let scored = mesh
+        .block_on(operator.predict("branches", keys, 0))
+        .unwrap();
+    let scores = scored["scores"].as_array().unwrap();
+    assert_eq!(scores.len(), 2, "{scored}");
+    assert_eq!(scores[0]["key"], "5");
+    assert_eq!(scores[1]["key"], "1600");
+    let p: f64 = scores[0]["scores"][1].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&p), "{scored}");
+    assert_eq!(scored["missing"][0]["key"], "999999", "{scored}");
+    // Each domain recorded its run (rows and rounds) and the scoring of its own keys.
+    for domain in DOMAINS {
+        let actions: Vec<String> = mesh.audit(domain).into_iter().map(|r| r.action).collect();
+        assert!(
+            actions.contains(&"training.run".to_string()),
+            "{domain}: {actions:?}"
+        );
+        assert!(
+            actions.contains(&"predictions.served".to_string()),
+            "{domain}: {actions:?}"
+        );
+    }
+}
+
+/// Governance's side of a `federated-secure` run, watched: it is sent no domain's update, only
+/// masked inputs that look nothing like one, and the sum it unmasks moves the model as the plain
+/// sum does.
+#[test]
+fn under_secure_aggregation_governance_sees_masked_inputs_never_an_update() {
+    use fedmesh_split::horizontal::{
+        FederatedDomain, Federation, FittedFederation, FromDomain, LocalFederation, ToDomain,
+        train_federated,
+    };
+
+    /// The domains in this process, and every answer they give governance.
+    struct Watched {
+        inner: LocalFederation,
+        seen: Vec<FromDomain>,
+    }
+
+    impl Federation for Watched {
+        fn domains(&self) -> Vec<String> {
+            self.inner.domains()
+        }
+
+        fn exchange(
+            &mut self,
+            messages: Vec<(usize, ToDomain)>,
+        ) -> Vec<Result<FromDomain, fedmesh_split::SplitError>> {
+            let answers = self.inner.exchange(messages);
+            self.seen.extend(answers.iter().flatten().cloned());
+            answers
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let job = prepared(dir.path(), "");
+    let train = |secure: bool| {
+        let mut watched = Watched {
+            inner: LocalFederation {
+                domains: job
+                    .parties
+                    .iter()
+                    .enumerate()
+                    .map(|(k, party)| {
+                        FederatedDomain::prepared(&job.spec, k, party, &job.pipeline, 1)
+                    })
+                    .collect(),
+                drop_outs: BTreeSet::new(),
+                round: 0,
+            },
+            seen: Vec::new(),
+        };
+        let fitted = FittedFederation {
+            pipeline: job.pipeline.clone(),
+            totals: job.totals.clone(),
+            train_rows: job
+                .parties
+                .iter()
+                .map(|p| p.partition.train.len())
+                .collect(),
+        };
+        let run = train_federated(
+            &job.spec,
+            &mut watched,
+            &fitted,
+            secure,
+            1,
+            &Silent,
+            &AtomicBool::new(false),
+        )
+        .unwrap();
+        (run, watched.seen)
+    };
+    let (plain, seen_plain) = train(false);
+    let (secure, seen) = train(true);
+    let updates: Vec<&Vec<f32>> = seen_plain
+        .iter()
+        .filter_map(|m| match m {
+            FromDomain::Update(u) => Some(u),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(updates.len(), 3 * 16);
+    assert!(!seen.iter().any(|m| matches!(m, FromDomain::Update(_))));
+    let masked: Vec<&Vec<u32>> = seen
+        .iter()
+        .filter_map(|m| match m {
+            FromDomain::Masked(input) => Some(&input.values),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(masked.len(), 3 * 16);
+    // An update's values are tiny; read as the fixed-point values they would quantize to, a
+    // masked input's are spread over the whole 32-bit range.
+    let q = fedmesh_split::horizontal::quantization(3, 16.0);
+    for input in masked {
+        // Uniform over ±128 (2³¹ / 2²⁴): 99 % of them beyond ±1.
+        let large = input
+            .iter()
+            .filter(|&&v| ((v as i32) as f64 / q.scale as f64).abs() > 1.0)
+            .count();
+        assert!(large * 10 > input.len() * 9, "{large} of {}", input.len());
+    }
+    for update in updates {
+        assert!(update.iter().all(|v| v.abs() < 1.0));
+    }
+    // The unmasked sums moved the model as the plain sums did.
+    let (p, s) = (
+        plain.outcome.report.metrics.unwrap().headline(),
+        secure.outcome.report.metrics.unwrap().headline(),
+    );
+    assert!((p - s).abs() < 0.002, "plain {p} secure {s}");
 }
