@@ -29,6 +29,29 @@ pub struct Prediction {
     pub missing: Vec<(String, Vec<String>)>,
 }
 
+/// Opens a prediction on every node: each answers with the requested keys it holds.
+async fn holders(
+    identity: &MeshIdentity,
+    nodes: &[NodeEndpoint],
+    start: &v1::PredictStart,
+    deadline: Duration,
+) -> Result<Vec<Holder>, SplitError> {
+    try_join_all(nodes.iter().map(|node| async {
+        let mut link = Link::open(identity, node, deadline).await?;
+        let mut start = start.clone();
+        start.domain = node.name.clone();
+        match link.call(Command::Predict(start), deadline).await? {
+            Reply::Found(found) => Ok(Holder {
+                link,
+                cut_width: found.cut_width,
+                positions: found.positions,
+            }),
+            other => Err(unexpected(&node.name, &other)),
+        }
+    }))
+    .await
+}
+
 /// How many entities one inference message scores.
 const PREDICT_BATCH: usize = 4096;
 
@@ -49,20 +72,7 @@ pub fn predict(
         .build()?;
     runtime.block_on(async {
         let keys = start.keys.clone();
-        let mut links = try_join_all(nodes.iter().map(|node| async {
-            let mut link = Link::open(identity, node, deadline).await?;
-            let mut start = start.clone();
-            start.domain = node.name.clone();
-            match link.call(Command::Predict(start), deadline).await? {
-                Reply::Found(found) => Ok(Holder {
-                    link,
-                    cut_width: found.cut_width,
-                    positions: found.positions,
-                }),
-                other => Err(unexpected(&node.name, &other)),
-            }
-        }))
-        .await?;
+        let mut links = holders(identity, nodes, &start, deadline).await?;
         // An entity is scored when every domain with features holds it.
         let mut held_by = vec![Vec::new(); keys.len()];
         for holder in &links {
@@ -168,20 +178,7 @@ pub fn predict_horizontal(
         .build()?;
     runtime.block_on(async {
         let keys = start.keys.clone();
-        let mut links = try_join_all(nodes.iter().map(|node| async {
-            let mut link = Link::open(identity, node, deadline).await?;
-            let mut start = start.clone();
-            start.domain = node.name.clone();
-            match link.call(Command::Predict(start), deadline).await? {
-                Reply::Found(found) => Ok(Holder {
-                    link,
-                    cut_width: 0,
-                    positions: found.positions,
-                }),
-                other => Err(unexpected(&node.name, &other)),
-            }
-        }))
-        .await?;
+        let mut links = holders(identity, nodes, &start, deadline).await?;
         let mut scorer: Vec<Option<usize>> = vec![None; keys.len()];
         for (d, holder) in links.iter_mut().enumerate() {
             holder.positions.retain(|&p| {

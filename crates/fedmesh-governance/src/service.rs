@@ -987,16 +987,24 @@ fn predict(
         return Err(Status::permission_denied(reasons.join("\n")));
     }
     let parts = state.runs.join(&model.run);
-    let node_of = |name: &str| {
-        state
-            .mesh
-            .nodes
-            .iter()
-            .find(|n| n.name == name)
-            .cloned()
-            .ok_or_else(|| {
-                Status::failed_precondition(format!("the mesh has no node for domain `{name}`"))
+    // The nodes of the model's domains, in the spec's order.
+    let nodes_of = |names: Vec<&str>| {
+        names
+            .into_iter()
+            .map(|name| {
+                state
+                    .mesh
+                    .nodes
+                    .iter()
+                    .find(|n| n.name == name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        Status::failed_precondition(format!(
+                            "the mesh has no node for domain `{name}`"
+                        ))
+                    })
             })
+            .collect::<Result<Vec<_>, _>>()
     };
     let start = v1::PredictStart {
         run_id: model.run.clone(),
@@ -1009,11 +1017,7 @@ fn predict(
     let prediction = match any_job {
         AnyJob::Vertical(job) => crate::predict::predict(
             &state.mesh.identity,
-            &job.spec
-                .domains
-                .iter()
-                .map(|d| node_of(&d.name))
-                .collect::<Result<Vec<_>, _>>()?,
+            &nodes_of(job.spec.domains.iter().map(|d| d.name.as_str()).collect())?,
             &job.spec.label.domain,
             start,
             state.mesh.deadline,
@@ -1028,11 +1032,7 @@ fn predict(
         ),
         AnyJob::Horizontal(job) => crate::predict::predict_horizontal(
             &state.mesh.identity,
-            &job.spec
-                .domains
-                .iter()
-                .map(|d| node_of(&d.name))
-                .collect::<Result<Vec<_>, _>>()?,
+            &nodes_of(job.spec.domains.iter().map(|d| d.name.as_str()).collect())?,
             start,
             state.mesh.deadline,
         ),

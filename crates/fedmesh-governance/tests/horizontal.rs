@@ -582,8 +582,7 @@ fn a_submitted_horizontal_job_is_registered_and_scores_where_each_key_is() {
 #[test]
 fn under_secure_aggregation_governance_sees_masked_inputs_never_an_update() {
     use fedmesh_split::horizontal::{
-        FederatedDomain, Federation, FittedFederation, FromDomain, LocalFederation, ToDomain,
-        train_federated,
+        Federation, FromDomain, LocalFederation, ToDomain, train_federated,
     };
 
     /// The domains in this process, and every answer they give governance.
@@ -611,33 +610,13 @@ fn under_secure_aggregation_governance_sees_masked_inputs_never_an_update() {
     let job = prepared(dir.path(), "");
     let train = |secure: bool| {
         let mut watched = Watched {
-            inner: LocalFederation {
-                domains: job
-                    .parties
-                    .iter()
-                    .enumerate()
-                    .map(|(k, party)| {
-                        FederatedDomain::prepared(&job.spec, k, party, &job.pipeline, 1)
-                    })
-                    .collect(),
-                drop_outs: BTreeSet::new(),
-                round: 0,
-            },
+            inner: job.federation(1, BTreeSet::new()),
             seen: Vec::new(),
-        };
-        let fitted = FittedFederation {
-            pipeline: job.pipeline.clone(),
-            totals: job.totals.clone(),
-            train_rows: job
-                .parties
-                .iter()
-                .map(|p| p.partition.train.len())
-                .collect(),
         };
         let run = train_federated(
             &job.spec,
             &mut watched,
-            &fitted,
+            &job.fitted(),
             secure,
             1,
             &Silent,

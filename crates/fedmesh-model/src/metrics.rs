@@ -298,6 +298,28 @@ pub struct RegressionMetrics {
 }
 
 impl RegressionMetrics {
+    /// The metrics of `n` predictions from Σy, Σy², Σ(ŷ − y)² and Σ|ŷ − y| (which add up across
+    /// the parties that hold the rows).
+    pub fn from_sums(
+        n: f64,
+        sum: f64,
+        sum_of_squares: f64,
+        squared_error: f64,
+        absolute_error: f64,
+    ) -> Self {
+        let n = n.max(1.0);
+        let total = sum_of_squares - sum * sum / n;
+        Self {
+            rmse: (squared_error / n).sqrt(),
+            mae: absolute_error / n,
+            r2: if total > 0.0 {
+                1.0 - squared_error / total
+            } else {
+                0.0
+            },
+        }
+    }
+
     pub fn compute(predicted: &[f32], actual: &[f32]) -> Self {
         let n = actual.len().max(1) as f64;
         let mean = actual.iter().map(|&y| y as f64).sum::<f64>() / n;

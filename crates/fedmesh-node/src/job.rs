@@ -846,6 +846,33 @@ impl NodeJob {
         })
     }
 
+    /// What a horizontal job (or model run) `job` asks of this node's product for `action`:
+    /// the domain's position in the spec, its contract, and the usage to check.
+    fn horizontal_usage(
+        &self,
+        spec: &HorizontalSpec,
+        domain: &str,
+        job: &str,
+        requester: &str,
+        action: Action,
+    ) -> Result<(usize, DataContract, Usage), SplitError> {
+        self.check_serves(domain)?;
+        let index = spec
+            .domains
+            .iter()
+            .position(|d| d.name == domain)
+            .ok_or_else(|| refused(format!("`{job}` has no domain `{domain}`")))?;
+        let contract = DataContract::from_path(&self.product.contract)?;
+        let usage = Usage {
+            job: job.to_string(),
+            requester: requester.to_string(),
+            product: contract.product_name().to_string(),
+            product_version: contract.version.clone(),
+            ..fedmesh_split::usage::horizontal_usage(spec, domain, action)?
+        };
+        Ok((index, contract, usage))
+    }
+
     /// Opens a horizontal job: checks the usage against the domain's rules, reads its product
     /// (from its own copy, never a path in the spec), and partitions its rows.
     fn open_horizontal(&self, start: v1::JobStart) -> Result<HorizontalJob, SplitError> {
@@ -858,25 +885,13 @@ impl NodeJob {
                 start.job_id
             )));
         }
-        self.check_serves(&start.domain)?;
-        let index = spec
-            .domains
-            .iter()
-            .position(|d| d.name == start.domain)
-            .ok_or_else(|| {
-                refused(format!(
-                    "job `{}` has no domain `{}`",
-                    start.job_id, start.domain
-                ))
-            })?;
-        let contract = DataContract::from_path(&self.product.contract)?;
-        let usage = Usage {
-            job: start.job_id.clone(),
-            requester: start.requester.clone(),
-            product: contract.product_name().to_string(),
-            product_version: contract.version.clone(),
-            ..fedmesh_split::usage::horizontal_usage(&spec, &start.domain, Action::Train)?
-        };
+        let (index, contract, usage) = self.horizontal_usage(
+            &spec,
+            &start.domain,
+            &start.job_id,
+            &start.requester,
+            Action::Train,
+        )?;
         let contract_path = std::path::absolute(&self.product.contract)?;
         let (product, origin) = self.admit_and_read(
             &contract,
@@ -1094,22 +1109,7 @@ impl NodeJob {
             self.product.example_source.as_deref(),
             &mut SourceCache::default(),
         )?;
-        let keys = product_keys(&product)?.ok_or_else(|| {
-            refused("the product has no key column: its entities cannot be looked up by key")
-        })?;
-        let index: std::collections::HashMap<&str, u32> = keys
-            .iter()
-            .enumerate()
-            .map(|(row, key)| (key.as_str(), row as u32))
-            .collect();
-        let found: Vec<(u32, u32)> = start
-            .keys
-            .iter()
-            .enumerate()
-            .filter_map(|(position, key)| {
-                index.get(key.as_str()).map(|&row| (position as u32, row))
-            })
-            .collect();
+        let found = requested_rows(&product, &start.keys)?;
         // The bottom sees only the requested rows, in request order.
         let product = product.take_rows(&found.iter().map(|&(_, row)| row).collect::<Vec<_>>())?;
         let run_dir = self.product.models.join(&start.run_id);
@@ -1157,25 +1157,13 @@ impl NodeJob {
     ) -> Result<v1::Found, SplitError> {
         let origin = PathBuf::from(format!("model run `{}`", start.run_id));
         let spec = HorizontalSpec::from_yaml(&start.spec_yaml, &origin)?;
-        self.check_serves(&start.domain)?;
-        let index = spec
-            .domains
-            .iter()
-            .position(|d| d.name == start.domain)
-            .ok_or_else(|| {
-                refused(format!(
-                    "model run `{}` has no domain `{}`",
-                    start.run_id, start.domain
-                ))
-            })?;
-        let contract = DataContract::from_path(&self.product.contract)?;
-        let usage = Usage {
-            job: start.run_id.clone(),
-            requester: start.requester.clone(),
-            product: contract.product_name().to_string(),
-            product_version: contract.version.clone(),
-            ..fedmesh_split::usage::horizontal_usage(&spec, &start.domain, Action::Predict)?
-        };
+        let (index, contract, usage) = self.horizontal_usage(
+            &spec,
+            &start.domain,
+            &start.run_id,
+            &start.requester,
+            Action::Predict,
+        )?;
         let denials = self.context.check(&contract, &usage, None);
         self.context
             .audit_decision(&usage, &denials, "prediction")?;
@@ -1190,22 +1178,7 @@ impl NodeJob {
             self.product.example_source.as_deref(),
             &mut SourceCache::default(),
         )?;
-        let keys = product_keys(&product)?.ok_or_else(|| {
-            refused("the product has no key column: its entities cannot be looked up by key")
-        })?;
-        let index: std::collections::HashMap<&str, u32> = keys
-            .iter()
-            .enumerate()
-            .map(|(row, key)| (key.as_str(), row as u32))
-            .collect();
-        let found: Vec<(u32, u32)> = start
-            .keys
-            .iter()
-            .enumerate()
-            .filter_map(|(position, key)| {
-                index.get(key.as_str()).map(|&row| (position as u32, row))
-            })
-            .collect();
+        let found = requested_rows(&product, &start.keys)?;
         let product = product.take_rows(&found.iter().map(|&(_, row)| row).collect::<Vec<_>>())?;
         let scorer = fedmesh_split::horizontal::HorizontalScorer::load(
             &spec,
@@ -1515,6 +1488,23 @@ fn fingerprint(keys: &[String]) -> [u8; 32] {
         hash.update(key.as_bytes());
     }
     hash.finalize().into()
+}
+
+/// The requested keys the product holds: (position in the request, row of the product).
+fn requested_rows(product: &DataProduct, keys: &[String]) -> Result<Vec<(u32, u32)>, SplitError> {
+    let held = product_keys(product)?.ok_or_else(|| {
+        refused("the product has no key column: its entities cannot be looked up by key")
+    })?;
+    let index: std::collections::HashMap<&str, u32> = held
+        .iter()
+        .enumerate()
+        .map(|(row, key)| (key.as_str(), row as u32))
+        .collect();
+    Ok(keys
+        .iter()
+        .enumerate()
+        .filter_map(|(position, key)| index.get(key.as_str()).map(|&row| (position as u32, row)))
+        .collect())
 }
 
 /// Points blinded between two yields to the node's runtime (~0.1 s of work).

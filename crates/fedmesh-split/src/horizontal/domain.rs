@@ -222,11 +222,29 @@ impl FederatedDomain {
                 ),
             });
         }
-        Ok(Self {
+        Ok(Self::new(
+            spec,
+            index,
+            seed,
+            Some(product),
+            targets,
+            partition,
+        ))
+    }
+
+    fn new(
+        spec: &HorizontalSpec,
+        index: usize,
+        seed: u64,
+        product: Option<DataProduct>,
+        targets: Targets,
+        partition: Partition,
+    ) -> Self {
+        Self {
             spec: spec.clone(),
             index,
             seed,
-            product: Some(product),
+            product,
             targets,
             partition,
             pipeline: None,
@@ -238,7 +256,7 @@ impl FederatedDomain {
             secagg: None,
             rounds: 0,
             rows_trained: 0,
-        })
+        }
     }
 
     /// Domain `index` whose rows are transformed already (`party`) by `pipeline`.
@@ -249,23 +267,15 @@ impl FederatedDomain {
         pipeline: &FeaturePipeline,
         seed: u64,
     ) -> Self {
-        let mut domain = Self {
-            spec: spec.clone(),
+        let mut domain = Self::new(
+            spec,
             index,
             seed,
-            product: None,
-            targets: party.targets.clone(),
-            partition: party.partition.clone(),
-            pipeline: Some(pipeline.clone()),
-            trainer: None,
-            tensor_sizes: Vec::new(),
-            global: None,
-            last_round: 0,
-            update: None,
-            secagg: None,
-            rounds: 0,
-            rows_trained: 0,
-        };
+            None,
+            party.targets.clone(),
+            party.partition.clone(),
+        );
+        domain.pipeline = Some(pipeline.clone());
         domain.build_trainer(party.features.clone());
         domain
     }

@@ -326,17 +326,13 @@ pub fn report(
                 squared_error,
                 absolute_error,
             } => {
-                let n = sums.rows.max(1) as f64;
-                let total = sum_of_squares - sum * sum / n;
-                let metrics = RegressionMetrics {
-                    rmse: (squared_error / n).sqrt(),
-                    mae: absolute_error / n,
-                    r2: if total > 0.0 {
-                        1.0 - squared_error / total
-                    } else {
-                        0.0
-                    },
-                };
+                let metrics = RegressionMetrics::from_sums(
+                    sums.rows as f64,
+                    *sum,
+                    *sum_of_squares,
+                    *squared_error,
+                    *absolute_error,
+                );
                 match part {
                     Part::Valid => report.valid_headline = Some(metrics.r2),
                     Part::Test => report.metrics = Some(Metrics::Regression(metrics)),

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 
 use fedmesh_data::datasets;
 use fedmesh_data::{
-    DataContract, DataError, DataProduct, FeatureMatrix, FeaturePipeline, Partition, SourceCache,
-    SourceTable,
+    DataError, DataProduct, FeatureMatrix, FeaturePipeline, Partition, SourceCache, SourceTable,
 };
 use fedmesh_model::Targets;
 
@@ -151,19 +150,7 @@ impl HorizontalSpec {
         let domain = spec.domains.get(index).ok_or_else(|| {
             SplitError::refused("the domain", format!("the job has no domain {index}"))
         })?;
-        let contract_path = contract;
-        let contract = DataContract::from_path(contract_path)?;
-        let contract_dir = contract_path.parent().unwrap_or(Path::new("."));
-        let (path, format) = match (data, contract.local_source(contract_dir)) {
-            (Some(path), source) => (path.to_path_buf(), source.and_then(|s| s.1)),
-            (None, Some(source)) => source,
-            (None, None) => {
-                return Err(DataError::NoSource {
-                    product: contract.product_name().to_string(),
-                }
-                .into());
-            }
-        };
+        let (contract, path, format) = crate::job::product_file(contract, data)?;
         let table = match (&spec.example_data, data) {
             (Some(example), None) if !path.exists() => {
                 let source_path =

@@ -39,6 +39,36 @@ impl PreparedHorizontal {
         ]
     }
 
+    /// The domains in this process, as federated averaging with `seed` runs them; each
+    /// `(round, domain)` of `drop_outs` fails in that round after it trained.
+    pub fn federation(&self, seed: u64, drop_outs: BTreeSet<(usize, String)>) -> LocalFederation {
+        LocalFederation {
+            domains: self
+                .parties
+                .iter()
+                .enumerate()
+                .map(|(k, party)| {
+                    FederatedDomain::prepared(&self.spec, k, party, &self.pipeline, seed)
+                })
+                .collect(),
+            drop_outs,
+            round: 0,
+        }
+    }
+
+    /// What the domains' sums gave, for [`train_federated`].
+    pub fn fitted(&self) -> FittedFederation {
+        FittedFederation {
+            pipeline: self.pipeline.clone(),
+            totals: self.totals.clone(),
+            train_rows: self
+                .parties
+                .iter()
+                .map(|p| p.partition.train.len())
+                .collect(),
+        }
+    }
+
     /// The model every configuration trains, initialized from `seed` (see [`global_network`]),
     /// its regression target scale from the domains' summed labels.
     pub fn network(&self, seed: u64) -> JointNetwork {
@@ -78,31 +108,11 @@ impl PreparedHorizontal {
         let mut result = match config {
             RunConfig::Centralized => self.centralized(seed, observer, stop, save_to)?,
             RunConfig::Federated { secure } => {
-                let mut federation = LocalFederation {
-                    domains: self
-                        .parties
-                        .iter()
-                        .enumerate()
-                        .map(|(k, party)| {
-                            FederatedDomain::prepared(&self.spec, k, party, &self.pipeline, seed)
-                        })
-                        .collect(),
-                    drop_outs: drop_outs.clone(),
-                    round: 0,
-                };
-                let fitted = FittedFederation {
-                    pipeline: self.pipeline.clone(),
-                    totals: self.totals.clone(),
-                    train_rows: self
-                        .parties
-                        .iter()
-                        .map(|p| p.partition.train.len())
-                        .collect(),
-                };
+                let mut federation = self.federation(seed, drop_outs.clone());
                 let run = train_federated(
                     &self.spec,
                     &mut federation,
-                    &fitted,
+                    &self.fitted(),
                     *secure,
                     seed,
                     observer,

@@ -171,19 +171,7 @@ impl Job {
         cache: &mut SourceCache,
     ) -> Result<(DataProduct, String), SplitError> {
         let spec = &self.spec;
-        let contract_path = self.dir().join(&domain.contract);
-        let contract = DataContract::from_path(&contract_path)?;
-        let contract_dir = contract_path.parent().unwrap_or(Path::new("."));
-        let (path, format) = match (data, contract.local_source(contract_dir)) {
-            (Some(path), source) => (path.to_path_buf(), source.and_then(|s| s.1)),
-            (None, Some(source)) => source,
-            (None, None) => {
-                return Err(DataError::NoSource {
-                    product: contract.product_name().to_string(),
-                }
-                .into());
-            }
-        };
+        let (contract, path, format) = product_file(&self.dir().join(&domain.contract), data)?;
         let table = match (&spec.example_data, data) {
             (Some(example), None) if !path.exists() => {
                 let derived = {
@@ -570,4 +558,25 @@ pub(crate) fn read_targets(
             Targets::Values(targets)
         }
     })
+}
+
+/// A product's contract, and the file its rows are read from and that file's format: `data`
+/// when given, or where the contract's server says (relative to the contract).
+pub(crate) fn product_file(
+    contract_path: &Path,
+    data: Option<&Path>,
+) -> Result<(DataContract, PathBuf, Option<String>), SplitError> {
+    let contract = DataContract::from_path(contract_path)?;
+    let contract_dir = contract_path.parent().unwrap_or(Path::new("."));
+    let (path, format) = match (data, contract.local_source(contract_dir)) {
+        (Some(path), source) => (path.to_path_buf(), source.and_then(|s| s.1)),
+        (None, Some(source)) => source,
+        (None, None) => {
+            return Err(DataError::NoSource {
+                product: contract.product_name().to_string(),
+            }
+            .into());
+        }
+    };
+    Ok((contract, path, format))
 }
