@@ -7,43 +7,166 @@
 
 use serde::{Deserialize, Serialize};
 
-/// ROC-AUC of `scores` for labels `positive`, ties counted half (Mann–Whitney U).
-pub fn roc_auc(scores: &[f32], positive: &[bool]) -> f64 {
-    let order = sorted_by_score(scores);
-    let n_pos = positive.iter().filter(|&&p| p).count() as f64;
-    let n_neg = positive.len() as f64 - n_pos;
-    if n_pos == 0.0 || n_neg == 0.0 {
-        return f64::NAN;
-    }
-    // Sum of the (average) ranks of positives, ranks 1-based ascending.
-    let mut rank_sum = 0.0;
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
-            j += 1;
-        }
-        let average_rank = (i + j) as f64 / 2.0 + 1.0;
-        rank_sum += average_rank * order[i..=j].iter().filter(|&&k| positive[k]).count() as f64;
-        i = j + 1;
-    }
-    (rank_sum - n_pos * (n_pos + 1.0) / 2.0) / (n_pos * n_neg)
+/// A binary task's scores reduced to what every metric of them needs: at each distinct score,
+/// from the highest down, how many positives and how many negatives have it. Built from scores
+/// and labels where they are ([`ScoreCounts::of`]), or from counts that several parties add up
+/// ([`ScoreCounts::from_levels`]), so that both give their metrics the same way.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScoreCounts {
+    /// (score, positives, negatives), by falling score, each score once.
+    levels: Vec<(f32, f64, f64)>,
 }
 
-/// Average precision (the area under the precision–recall curve as scikit-learn computes it):
-/// Σ (Rₙ − Rₙ₋₁)·Pₙ over distinct thresholds, highest first.
+impl ScoreCounts {
+    /// The counts of `scores` with labels `positive`.
+    pub fn of(scores: &[f32], positive: &[bool]) -> Self {
+        let mut order: Vec<usize> = (0..scores.len()).collect();
+        order.sort_unstable_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        let mut levels: Vec<(f32, f64, f64)> = Vec::new();
+        for i in order {
+            let (p, n) = if positive[i] { (1.0, 0.0) } else { (0.0, 1.0) };
+            // `total_cmp`, not `==`: a NaN equals nothing.
+            match levels.last_mut() {
+                Some(level) if level.0.total_cmp(&scores[i]).is_eq() => {
+                    level.1 += p;
+                    level.2 += n;
+                }
+                _ => levels.push((scores[i], p, n)),
+            }
+        }
+        Self { levels }
+    }
+
+    /// Counts given as (score, positives, negatives); sorted by falling score here, and levels
+    /// without a row left out.
+    pub fn from_levels(mut levels: Vec<(f32, f64, f64)>) -> Self {
+        levels.retain(|l| l.1 + l.2 > 0.0);
+        levels.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        Self { levels }
+    }
+
+    pub fn positives(&self) -> f64 {
+        self.levels.iter().map(|l| l.1).sum()
+    }
+
+    pub fn negatives(&self) -> f64 {
+        self.levels.iter().map(|l| l.2).sum()
+    }
+
+    /// (threshold, true positives, false positives) when predicting positive at score ≥
+    /// threshold, for each distinct score from the highest down.
+    fn cumulative(&self) -> Vec<(f32, f64, f64)> {
+        let (mut tp, mut fp) = (0.0, 0.0);
+        self.levels
+            .iter()
+            .map(|&(score, p, n)| {
+                tp += p;
+                fp += n;
+                (score, tp, fp)
+            })
+            .collect()
+    }
+
+    /// ROC-AUC, ties counted half (Mann–Whitney U): each negative counts the positives above it,
+    /// and half of those beside it.
+    pub fn roc_auc(&self) -> f64 {
+        let (n_pos, n_neg) = (self.positives(), self.negatives());
+        if n_pos == 0.0 || n_neg == 0.0 {
+            return f64::NAN;
+        }
+        let mut above = 0.0;
+        let mut pairs = 0.0;
+        for &(_, p, n) in &self.levels {
+            pairs += n * (above + p / 2.0);
+            above += p;
+        }
+        pairs / (n_pos * n_neg)
+    }
+
+    /// Precision and recall at each distinct score taken as threshold, from the highest down.
+    pub fn pr_points(&self) -> Vec<PrPoint> {
+        let n_pos = self.positives();
+        self.cumulative()
+            .into_iter()
+            .map(|(threshold, tp, fp)| PrPoint {
+                threshold,
+                precision: tp / (tp + fp),
+                recall: if n_pos > 0.0 { tp / n_pos } else { 0.0 },
+            })
+            .collect()
+    }
+
+    /// Average precision (as scikit-learn computes it): Σ (Rₙ − Rₙ₋₁)·Pₙ over distinct
+    /// thresholds, highest first.
+    pub fn pr_auc(&self) -> f64 {
+        if self.positives() == 0.0 {
+            return f64::NAN;
+        }
+        let mut ap = 0.0;
+        let mut previous_recall = 0.0;
+        for point in self.pr_points() {
+            ap += (point.recall - previous_recall) * point.precision;
+            previous_recall = point.recall;
+        }
+        ap
+    }
+
+    /// ROC curve points (false-positive rate, true-positive rate), from (0,0) to (1,1).
+    pub fn roc_points(&self) -> Vec<(f64, f64)> {
+        let (n_pos, n_neg) = (self.positives(), self.negatives());
+        std::iter::once((0.0, 0.0))
+            .chain(
+                self.cumulative()
+                    .into_iter()
+                    .map(|(_, tp, fp)| (fp / n_neg.max(1.0), tp / n_pos.max(1.0))),
+            )
+            .collect()
+    }
+
+    /// The threshold that maximizes F1.
+    pub fn best_f1_threshold(&self) -> f32 {
+        let n_pos = self.positives();
+        let mut best = (f64::MIN, 0.5);
+        for point in self.pr_points() {
+            let tp = point.recall * n_pos;
+            // F1 = 2TP / (2TP + FP + FN) = 2PR / (P + R).
+            let f1 = if tp > 0.0 {
+                2.0 * point.precision * point.recall / (point.precision + point.recall)
+            } else {
+                0.0
+            };
+            if f1 > best.0 {
+                best = (f1, point.threshold);
+            }
+        }
+        best.1
+    }
+
+    /// The decision "positive at score ≥ `threshold`".
+    pub fn confusion_at(&self, threshold: f32) -> Confusion {
+        let mut c = Confusion::default();
+        for &(score, p, n) in &self.levels {
+            let (p, n) = (p as u64, n as u64);
+            if score >= threshold {
+                c.tp += p;
+                c.fp += n;
+            } else {
+                c.fn_ += p;
+                c.tn += n;
+            }
+        }
+        c
+    }
+}
+
+/// ROC-AUC of `scores` for labels `positive`, ties counted half (Mann–Whitney U).
+pub fn roc_auc(scores: &[f32], positive: &[bool]) -> f64 {
+    ScoreCounts::of(scores, positive).roc_auc()
+}
+
+/// Average precision (the area under the precision–recall curve as scikit-learn computes it).
 pub fn pr_auc(scores: &[f32], positive: &[bool]) -> f64 {
-    let n_pos = positive.iter().filter(|&&p| p).count();
-    if n_pos == 0 {
-        return f64::NAN;
-    }
-    let mut ap = 0.0;
-    let mut previous_recall = 0.0;
-    for point in pr_points(scores, positive) {
-        ap += (point.recall - previous_recall) * point.precision;
-        previous_recall = point.recall;
-    }
-    ap
+    ScoreCounts::of(scores, positive).pr_auc()
 }
 
 /// A point of the precision–recall curve.
@@ -57,58 +180,12 @@ pub struct PrPoint {
 /// Precision and recall at each distinct score taken as threshold (predict positive when
 /// score ≥ threshold), from the highest threshold down.
 pub fn pr_points(scores: &[f32], positive: &[bool]) -> Vec<PrPoint> {
-    let n_pos = positive.iter().filter(|&&p| p).count() as f64;
-    cumulative_counts(scores, positive)
-        .into_iter()
-        .map(|(threshold, tp, fp)| PrPoint {
-            threshold,
-            precision: tp / (tp + fp),
-            recall: if n_pos > 0.0 { tp / n_pos } else { 0.0 },
-        })
-        .collect()
+    ScoreCounts::of(scores, positive).pr_points()
 }
 
 /// ROC curve points (false-positive rate, true-positive rate), from (0,0) to (1,1).
 pub fn roc_points(scores: &[f32], positive: &[bool]) -> Vec<(f64, f64)> {
-    let n_pos = positive.iter().filter(|&&p| p).count() as f64;
-    let n_neg = positive.len() as f64 - n_pos;
-    std::iter::once((0.0, 0.0))
-        .chain(
-            cumulative_counts(scores, positive)
-                .into_iter()
-                .map(|(_, tp, fp)| (fp / n_neg.max(1.0), tp / n_pos.max(1.0))),
-        )
-        .collect()
-}
-
-/// (threshold, true positives, false positives) when predicting positive at score ≥ threshold,
-/// for each distinct score from the highest down.
-fn cumulative_counts(scores: &[f32], positive: &[bool]) -> Vec<(f32, f64, f64)> {
-    let mut order = sorted_by_score(scores);
-    order.reverse();
-    let (mut tp, mut fp) = (0.0, 0.0);
-    let mut counts = Vec::new();
-    let mut i = 0;
-    while i < order.len() {
-        let threshold = scores[order[i]];
-        // `total_cmp`, not `==`: a NaN equals nothing, and the loop would never move past it.
-        while i < order.len() && scores[order[i]].total_cmp(&threshold).is_eq() {
-            if positive[order[i]] {
-                tp += 1.0;
-            } else {
-                fp += 1.0;
-            }
-            i += 1;
-        }
-        counts.push((threshold, tp, fp));
-    }
-    counts
-}
-
-fn sorted_by_score(scores: &[f32]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_unstable_by(|&a, &b| scores[a].total_cmp(&scores[b]));
-    order
+    ScoreCounts::of(scores, positive).roc_points()
 }
 
 /// Counts of a binary decision.
@@ -122,16 +199,7 @@ pub struct Confusion {
 
 impl Confusion {
     pub fn at(scores: &[f32], positive: &[bool], threshold: f32) -> Self {
-        let mut c = Confusion::default();
-        for (&s, &p) in scores.iter().zip(positive) {
-            match (s >= threshold, p) {
-                (true, true) => c.tp += 1,
-                (true, false) => c.fp += 1,
-                (false, false) => c.tn += 1,
-                (false, true) => c.fn_ += 1,
-            }
-        }
-        c
+        ScoreCounts::of(scores, positive).confusion_at(threshold)
     }
 
     pub fn precision(&self) -> f64 {
@@ -162,21 +230,7 @@ fn ratio(a: u64, b: u64) -> f64 {
 
 /// The threshold that maximizes F1 on (validation) scores.
 pub fn best_f1_threshold(scores: &[f32], positive: &[bool]) -> f32 {
-    let n_pos = positive.iter().filter(|&&p| p).count() as f64;
-    let mut best = (f64::MIN, 0.5);
-    for point in pr_points(scores, positive) {
-        let tp = point.recall * n_pos;
-        // F1 = 2TP / (2TP + FP + FN) = 2PR / (P + R).
-        let f1 = if tp > 0.0 {
-            2.0 * point.precision * point.recall / (point.precision + point.recall)
-        } else {
-            0.0
-        };
-        if f1 > best.0 {
-            best = (f1, point.threshold);
-        }
-    }
-    best.1
+    ScoreCounts::of(scores, positive).best_f1_threshold()
 }
 
 /// Metrics of a binary classifier on one test set.
@@ -209,16 +263,20 @@ impl BinaryMetrics {
         valid_scores: &[f32],
         valid_positive: &[bool],
     ) -> Self {
-        let threshold = if valid_scores.is_empty() {
-            0.5
-        } else {
-            best_f1_threshold(valid_scores, valid_positive)
-        };
-        let at = Confusion::at(test_scores, test_positive, threshold);
-        let half = Confusion::at(test_scores, test_positive, 0.5);
+        let valid =
+            (!valid_scores.is_empty()).then(|| ScoreCounts::of(valid_scores, valid_positive));
+        Self::of_counts(&ScoreCounts::of(test_scores, test_positive), valid.as_ref())
+    }
+
+    /// Metrics of the test counts, with the F1 threshold chosen on the validation counts (0.5
+    /// without them).
+    pub fn of_counts(test: &ScoreCounts, valid: Option<&ScoreCounts>) -> Self {
+        let threshold = valid.map_or(0.5, ScoreCounts::best_f1_threshold);
+        let at = test.confusion_at(threshold);
+        let half = test.confusion_at(0.5);
         Self {
-            roc_auc: roc_auc(test_scores, test_positive),
-            pr_auc: pr_auc(test_scores, test_positive),
+            roc_auc: test.roc_auc(),
+            pr_auc: test.pr_auc(),
             f1: at.f1(),
             precision: at.precision(),
             recall: at.recall(),
@@ -245,43 +303,35 @@ pub struct MultiClassMetrics {
 impl MultiClassMetrics {
     /// `probabilities`: row-major `[n, classes]`.
     pub fn compute(probabilities: &[f32], classes: usize, labels: &[i64]) -> Self {
-        let predicted: Vec<usize> = probabilities
-            .chunks(classes)
-            .map(|row| {
-                row.iter()
-                    .enumerate()
-                    .max_by(|a, b| a.1.total_cmp(b.1))
-                    .map_or(0, |(i, _)| i)
-            })
-            .collect();
-        let correct = predicted
-            .iter()
-            .zip(labels)
-            .filter(|(p, l)| **p as i64 == **l)
-            .count();
+        let mut confusion = vec![0u64; classes * classes];
+        for (row, &label) in probabilities.chunks(classes).zip(labels) {
+            let predicted = row
+                .iter()
+                .enumerate()
+                .max_by(|a, b| a.1.total_cmp(b.1))
+                .map_or(0, |(i, _)| i);
+            let actual = (label.max(0) as usize).min(classes.saturating_sub(1));
+            confusion[actual * classes + predicted] += 1;
+        }
+        Self::of_confusion(classes, &confusion)
+    }
+
+    /// The metrics of a confusion matrix, `confusion[actual × classes + predicted]`.
+    pub fn of_confusion(classes: usize, confusion: &[u64]) -> Self {
+        let cell = |actual: usize, predicted: usize| confusion[actual * classes + predicted];
+        let total: u64 = confusion.iter().sum();
+        let correct: u64 = (0..classes).map(|k| cell(k, k)).sum();
         let macro_f1 = (0..classes)
             .map(|k| {
-                let tp = predicted
-                    .iter()
-                    .zip(labels)
-                    .filter(|(p, l)| **p == k && **l == k as i64)
-                    .count();
-                let fp = predicted
-                    .iter()
-                    .zip(labels)
-                    .filter(|(p, l)| **p == k && **l != k as i64)
-                    .count();
-                let fn_ = predicted
-                    .iter()
-                    .zip(labels)
-                    .filter(|(p, l)| **p != k && **l == k as i64)
-                    .count();
-                ratio(2 * tp as u64, (2 * tp + fp + fn_) as u64)
+                let tp = cell(k, k);
+                let fp: u64 = (0..classes).filter(|&a| a != k).map(|a| cell(a, k)).sum();
+                let fn_: u64 = (0..classes).filter(|&p| p != k).map(|p| cell(k, p)).sum();
+                ratio(2 * tp, 2 * tp + fp + fn_)
             })
             .sum::<f64>()
-            / classes as f64;
+            / classes.max(1) as f64;
         Self {
-            accuracy: ratio(correct as u64, labels.len() as u64),
+            accuracy: ratio(correct, total),
             macro_f1,
         }
     }

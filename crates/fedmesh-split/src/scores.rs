@@ -2,7 +2,7 @@
 //! metrics by the party that holds the labels — governance with label sharing, the label owner
 //! without. Only the aggregate [`EvaluationReport`] leaves that party.
 
-use fedmesh_model::metrics::{self, BinaryMetrics, MultiClassMetrics, RegressionMetrics};
+use fedmesh_model::metrics::{BinaryMetrics, MultiClassMetrics, RegressionMetrics, ScoreCounts};
 use fedmesh_model::{Objective, Targets};
 use serde::{Deserialize, Serialize};
 
@@ -157,17 +157,11 @@ fn compute(
                 }
                 None => (Vec::new(), Vec::new()),
             };
-            let m = BinaryMetrics::compute(&test_scores, &positive, &valid_scores, &valid_positive);
-            let curves = Curves {
-                roc: roc_on_grid(&metrics::roc_points(&test_scores, &positive)),
-                pr: pr_on_grid(
-                    &metrics::pr_points(&test_scores, &positive)
-                        .into_iter()
-                        .map(|p| (p.recall, p.precision))
-                        .collect::<Vec<_>>(),
-                ),
-            };
-            (Metrics::Binary(Box::new(m)), Some(curves))
+            let valid =
+                (!valid_scores.is_empty()).then(|| ScoreCounts::of(&valid_scores, &valid_positive));
+            let (metrics, curves) =
+                binary_metrics(&ScoreCounts::of(&test_scores, &positive), valid.as_ref());
+            (metrics, Some(curves))
         }
         (Objective::CrossEntropy { classes, .. }, Targets::Classes(labels)) => (
             Metrics::MultiClass(MultiClassMetrics::compute(scores, *classes, &labels)),
@@ -179,6 +173,23 @@ fn compute(
         ),
         (objective, _) => panic!("targets do not match objective {objective:?}"),
     }
+}
+
+/// A binary task's metrics and curves from its test counts, F1's threshold chosen on the
+/// validation counts.
+pub(crate) fn binary_metrics(test: &ScoreCounts, valid: Option<&ScoreCounts>) -> (Metrics, Curves) {
+    let metrics = BinaryMetrics::of_counts(test, valid);
+    let curves = Curves {
+        roc: roc_on_grid(&test.roc_points()),
+        pr: pr_on_grid(
+            &test
+                .pr_points()
+                .into_iter()
+                .map(|p| (p.recall, p.precision))
+                .collect::<Vec<_>>(),
+        ),
+    };
+    (Metrics::Binary(Box::new(metrics)), curves)
 }
 
 /// Where a report's curves are read: the false-positive rates of the ROC curve and the

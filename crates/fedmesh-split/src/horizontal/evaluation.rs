@@ -8,12 +8,12 @@
 //! confusion at 0.5 exactly (0.5 is a bin edge). A multi-class task's sums are its confusion
 //! matrix, a regression's the sums of its targets and errors: their metrics are exact.
 
-use fedmesh_model::metrics::RegressionMetrics;
+use fedmesh_model::metrics::{MultiClassMetrics, RegressionMetrics, ScoreCounts};
 use fedmesh_model::{Objective, Targets};
 use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
-use crate::scores::{EvaluationReport, Metrics, ScoreBook};
+use crate::scores::{EvaluationReport, Metrics, binary_metrics};
 use crate::wire::Part;
 
 /// Bins of a binary task's score histograms: ROC-AUC from them is within about 1e-4 of the
@@ -270,11 +270,7 @@ fn add_sparse(a: &[(u32, u64)], b: &[(u32, u64)]) -> Vec<(u32, u64)> {
 
 /// The report of the summed validation and test passes, as a label holder's: losses, the
 /// validation headline, the test metrics (F1's threshold chosen on validation) and curves.
-pub fn report(
-    objective: &Objective,
-    valid: Option<&EvaluationSums>,
-    test: Option<&EvaluationSums>,
-) -> EvaluationReport {
+pub fn report(valid: Option<&EvaluationSums>, test: Option<&EvaluationSums>) -> EvaluationReport {
     let mut report = EvaluationReport::default();
     if let Some(valid) = valid {
         report.valid_loss = Some(valid.loss_sum / valid.rows.max(1) as f64);
@@ -282,10 +278,9 @@ pub fn report(
     if let Some(test) = test {
         report.test_loss = Some(test.loss_sum / test.rows.max(1) as f64);
     }
-    // Counts become one representative score per row (its bin's lower edge, or its predicted
-    // class), so that the metrics are the label holder's own.
-    let mut book = ScoreBook::default();
-    let mut labels: Vec<i64> = Vec::new();
+    // Metrics straight from the counts, never a row per count: a domain that claims a billion
+    // rows costs governance no more than one that claims ten.
+    let mut valid_counts = None;
     for (part, sums) in [(Part::Valid, valid), (Part::Test, test)] {
         let Some(sums) = sums else { continue };
         match &sums.outcome {
@@ -293,32 +288,25 @@ pub fn report(
                 positives,
                 negatives,
             } => {
-                let mut scores = Vec::new();
-                let first = labels.len() as u32;
-                for (label, bins) in [(1, positives), (0, negatives)] {
-                    for &(bin, count) in bins {
-                        let p = bin as f32 / SCORE_BINS as f32;
-                        for _ in 0..count {
-                            scores.extend([1.0 - p, p]);
-                            labels.push(label);
-                        }
+                let counts = binned_counts(positives, negatives);
+                match part {
+                    Part::Valid => {
+                        report.valid_headline = Some(counts.roc_auc());
+                        valid_counts = Some(counts);
+                    }
+                    Part::Test => {
+                        let (metrics, curves) = binary_metrics(&counts, valid_counts.as_ref());
+                        report.metrics = Some(metrics);
+                        report.curves = Some(curves);
                     }
                 }
-                let rows: Vec<u32> = (first..labels.len() as u32).collect();
-                book.record(part, &rows, scores, sums.loss_sum);
             }
             OutcomeSums::MultiClass { classes, confusion } => {
-                let mut scores = Vec::new();
-                let first = labels.len() as u32;
-                for (cell, &count) in confusion.iter().enumerate() {
-                    let (actual, predicted) = (cell / classes, cell % classes);
-                    for _ in 0..count {
-                        scores.extend((0..*classes).map(|k| f32::from(k == predicted)));
-                        labels.push(actual as i64);
-                    }
+                let metrics = MultiClassMetrics::of_confusion(*classes, confusion);
+                match part {
+                    Part::Valid => report.valid_headline = Some(metrics.accuracy),
+                    Part::Test => report.metrics = Some(Metrics::MultiClass(metrics)),
                 }
-                let rows: Vec<u32> = (first..labels.len() as u32).collect();
-                book.record(part, &rows, scores, sums.loss_sum);
             }
             OutcomeSums::Regression {
                 sum,
@@ -340,18 +328,28 @@ pub fn report(
             }
         }
     }
-    if matches!(objective, Objective::Mse) {
-        return report;
+    report
+}
+
+/// A binary task's bins as score counts: each bin's rows scored at its lower edge.
+fn binned_counts(positives: &[(u32, u64)], negatives: &[(u32, u64)]) -> ScoreCounts {
+    let mut levels = std::collections::BTreeMap::new();
+    for (bins, positive) in [(positives, true), (negatives, false)] {
+        for &(bin, count) in bins {
+            let level = levels.entry(bin).or_insert((0.0, 0.0));
+            if positive {
+                level.0 += count as f64;
+            } else {
+                level.1 += count as f64;
+            }
+        }
     }
-    let counted = book.report(objective, &Targets::Classes(labels));
-    EvaluationReport {
-        valid_loss: report.valid_loss,
-        test_loss: report.test_loss,
-        valid_headline: counted.valid_headline,
-        metrics: counted.metrics,
-        curves: counted.curves,
-        test_scores: Vec::new(),
-    }
+    ScoreCounts::from_levels(
+        levels
+            .into_iter()
+            .map(|(bin, (p, n))| (bin as f32 / SCORE_BINS as f32, p, n))
+            .collect(),
+    )
 }
 
 #[cfg(test)]
@@ -403,7 +401,7 @@ mod tests {
         };
         let (v, t) = (sums(valid, 10.0), sums(test, 20.0));
         assert_eq!(t.rows, 2000);
-        let federated = report(&binary(), Some(&v), Some(&t));
+        let federated = report(Some(&v), Some(&t));
         assert!((federated.test_loss.unwrap() - exact.test_loss.unwrap()).abs() < 1e-12);
         let (Some(Metrics::Binary(f)), Some(Metrics::Binary(e))) =
             (&federated.metrics, &exact.metrics)
@@ -432,6 +430,27 @@ mod tests {
         );
     }
 
+    /// Metrics come from the counts, not from a row per count: sums that claim 2·10¹² rows cost
+    /// what ten do.
+    #[test]
+    fn counts_are_not_expanded_into_rows() {
+        let huge = EvaluationSums {
+            rows: 2_000_000_000_000,
+            loss_sum: 1.0,
+            outcome: OutcomeSums::Binary {
+                positives: vec![(9_000, 1_000_000_000_000)],
+                negatives: vec![(100, 999_999_999_999), (9_000, 1)],
+            },
+        };
+        huge.check(&binary(), "a domain").unwrap();
+        let report = report(Some(&huge), Some(&huge));
+        let Some(Metrics::Binary(m)) = report.metrics else {
+            panic!("binary metrics")
+        };
+        assert!(m.roc_auc > 0.999_999 && m.roc_auc < 1.0, "{}", m.roc_auc);
+        assert_eq!(m.confusion_at_0_5.tp, 1_000_000_000_000);
+    }
+
     #[test]
     fn regression_and_multi_class_sums_are_exact() {
         let objective = Objective::Mse;
@@ -441,10 +460,7 @@ mod tests {
         let split = EvaluationSums::of(&objective, &targets, &[0, 1], &scores[..2], 1.0).merge(
             EvaluationSums::of(&objective, &targets, &[2, 3], &scores[2..], 3.0),
         );
-        let (a, b) = (
-            report(&objective, None, Some(&whole)),
-            report(&objective, None, Some(&split)),
-        );
+        let (a, b) = (report(None, Some(&whole)), report(None, Some(&split)));
         let exact = RegressionMetrics::compute(&scores, &[1.0, 2.0, 4.0, 8.0]);
         for r in [a, b] {
             let Some(Metrics::Regression(m)) = r.metrics else {
@@ -462,7 +478,7 @@ mod tests {
         ];
         let sums = EvaluationSums::of(&three, &targets, &[0, 1, 2, 3], &scores, 0.0);
         sums.check(&three, "a domain").unwrap();
-        let Some(Metrics::MultiClass(m)) = report(&three, None, Some(&sums)).metrics else {
+        let Some(Metrics::MultiClass(m)) = report(None, Some(&sums)).metrics else {
             panic!()
         };
         assert_eq!(m.accuracy, 0.75);

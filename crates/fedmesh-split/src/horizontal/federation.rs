@@ -384,7 +384,7 @@ pub fn train_federated(
         let arrived: f64 = sum.contributors.iter().map(|&c| shares[c]).sum();
         global = FedAvg::next_global(std::slice::from_ref(&global), &sum.values, arrived).concat();
         let valid = evaluate(federation, &global, Part::Valid, spec, round, &mut dropped)?;
-        let report = report(&spec.objective, Some(&valid), None);
+        let report = report(Some(&valid), None);
         match record_epoch(
             &report,
             round,
@@ -407,7 +407,7 @@ pub fn train_federated(
     observer.evaluation_started();
     let valid = evaluate(federation, &global, Part::Valid, spec, rounds, &mut dropped)?;
     let test = evaluate(federation, &global, Part::Test, spec, rounds, &mut dropped)?;
-    let report: EvaluationReport = report(&spec.objective, Some(&valid), Some(&test));
+    let report: EvaluationReport = report(Some(&valid), Some(&test));
     let model = model_from_values(&template, &global, &sizes).ok_or_else(|| {
         SplitError::refused("governance", "the round's sum does not fit the model")
     })?;
