@@ -665,3 +665,195 @@ fn under_secure_aggregation_governance_sees_masked_inputs_never_an_update() {
     );
     assert!((p - s).abs() < 0.002, "plain {p} secure {s}");
 }
+
+/// A domain refuses what a hostile or broken governance could send, with a reason, and keeps
+/// working; governance drops a domain whose update does not check from every round it sends
+/// one, and the job completes without it.
+#[test]
+fn hostile_messages_are_refused_at_both_ends() {
+    use fedmesh_secagg::{Advertisement, Config, SealedShares};
+    use fedmesh_split::horizontal::{
+        Federation, FromDomain, LocalRound, ToDomain, quantization, train_federated,
+    };
+    use fedmesh_split::wire::Part;
+
+    let dir = tempfile::tempdir().unwrap();
+    let job = prepared(dir.path(), "");
+    let mut federation = job.federation(1, BTreeSet::new());
+    let domain = &mut federation.domains[0];
+    let model: Vec<f32> = fedmesh_model::average::float_tensors(domain.model().unwrap()).concat();
+    let round = |round: usize, model: Option<Vec<f32>>| LocalRound {
+        round,
+        learning_rate: 0.01,
+        share: 0.5,
+        model,
+        secure: None,
+        noise_std: 0.0,
+    };
+    let config = Config {
+        clients: 3,
+        threshold: 2,
+        length: model.len(),
+        quantization: quantization(3, 16.0),
+    };
+    fn refused(
+        domain: &mut fedmesh_split::horizontal::FederatedDomain,
+        message: ToDomain,
+        because: &str,
+    ) {
+        let error = domain.handle(message).unwrap_err().to_string();
+        assert!(error.contains(because), "{because}: {error}");
+    }
+    refused(domain, ToDomain::Update, "no trained update");
+    refused(
+        domain,
+        ToDomain::Roster(Vec::new()),
+        "no secure aggregation round",
+    );
+    refused(
+        domain,
+        ToDomain::Survivors(vec![0, 9]),
+        "no secure aggregation round",
+    );
+    refused(domain, ToDomain::Sums, "fitted already");
+    refused(
+        domain,
+        ToDomain::Train(round(1, Some(vec![0.0; 3]))),
+        "the job's model has",
+    );
+    let mut poisoned = model.clone();
+    poisoned[0] = f32::NAN;
+    refused(
+        domain,
+        ToDomain::Train(round(1, Some(poisoned))),
+        "not finite",
+    );
+    refused(
+        domain,
+        ToDomain::Evaluate {
+            model: vec![1.0; model.len() + 1],
+            part: Part::Test,
+        },
+        "the job's model has",
+    );
+    refused(
+        domain,
+        ToDomain::Train(LocalRound {
+            share: 1.5,
+            ..round(1, Some(model.clone()))
+        }),
+        "share",
+    );
+    refused(
+        domain,
+        ToDomain::Train(LocalRound {
+            learning_rate: f64::NAN,
+            ..round(1, Some(model.clone()))
+        }),
+        "learning rate",
+    );
+    refused(
+        domain,
+        ToDomain::Train(LocalRound {
+            secure: Some((7, config)),
+            ..round(1, Some(model.clone()))
+        }),
+        "client id 7",
+    );
+    refused(
+        domain,
+        ToDomain::Train(LocalRound {
+            secure: Some((
+                0,
+                Config {
+                    length: 5,
+                    ..config
+                },
+            )),
+            ..round(1, Some(model.clone()))
+        }),
+        "sums 5 values",
+    );
+    // A good secure round, then what a lying router could send it.
+    let answer = domain
+        .handle(ToDomain::Train(LocalRound {
+            secure: Some((0, config)),
+            ..round(2, Some(model.clone()))
+        }))
+        .unwrap();
+    let FromDomain::Trained {
+        advert: Some(mine), ..
+    } = answer
+    else {
+        panic!("a trained answer with keys")
+    };
+    let forged = Advertisement {
+        client: 0,
+        channel_key: [7; 32],
+        mask_key: [9; 32],
+    };
+    let other = Advertisement { client: 1, ..mine };
+    refused(domain, ToDomain::Roster(vec![forged, other]), "other keys");
+    refused(
+        domain,
+        ToDomain::Train(round(1, Some(model.clone()))),
+        "rounds only go forward",
+    );
+    let FromDomain::Shares(_) = domain.handle(ToDomain::Roster(vec![mine, other])).unwrap() else {
+        panic!("shares")
+    };
+    let garbage = SealedShares {
+        from: 1,
+        to: 0,
+        ciphertext: vec![0; 80],
+    };
+    assert!(domain.handle(ToDomain::Inbox(vec![garbage])).is_err());
+    // The domain still trains and scores.
+    assert!(matches!(
+        domain.handle(ToDomain::Train(round(3, Some(model.clone())))),
+        Ok(FromDomain::Trained { .. })
+    ));
+    assert!(matches!(
+        domain.handle(ToDomain::Evaluate {
+            model: model.clone(),
+            part: Part::Valid
+        }),
+        Ok(FromDomain::Evaluation(_))
+    ));
+
+    /// South answers every update request with a value that is not finite.
+    struct Lying(fedmesh_split::horizontal::LocalFederation);
+    impl Federation for Lying {
+        fn domains(&self) -> Vec<String> {
+            self.0.domains()
+        }
+        fn exchange(
+            &mut self,
+            messages: Vec<(usize, ToDomain)>,
+        ) -> Vec<Result<FromDomain, fedmesh_split::SplitError>> {
+            let to: Vec<usize> = messages.iter().map(|(k, _)| *k).collect();
+            let mut answers = self.0.exchange(messages);
+            for (k, answer) in to.into_iter().zip(&mut answers) {
+                if let (1, Ok(FromDomain::Update(values))) = (k, answer) {
+                    values[0] = f32::INFINITY;
+                }
+            }
+            answers
+        }
+    }
+    let mut lying = Lying(job.federation(1, BTreeSet::new()));
+    let run = train_federated(
+        &job.spec,
+        &mut lying,
+        &job.fitted(),
+        false,
+        1,
+        &Silent,
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    let dropped = &run.summary.dropped;
+    assert_eq!(dropped.len(), 16, "{dropped:?}");
+    assert!(dropped.iter().all(|(_, d)| d == "south"), "{dropped:?}");
+    assert!(run.outcome.report.metrics.unwrap().headline() > 0.85);
+}

@@ -513,6 +513,24 @@ impl FederatedDomain {
             .global
             .clone()
             .ok_or_else(|| refused("governance sent no global model to train"))?;
+        // The round's secure aggregation is checked before any training, so that a setup the
+        // domain cannot take part in costs nothing.
+        if let Some((client, config)) = &secure {
+            if *client >= config.clients {
+                return Err(refused(format!(
+                    "client id {client} in a secure aggregation round of {} clients",
+                    config.clients
+                )));
+            }
+            if config.length != before.len() {
+                return Err(refused(format!(
+                    "the secure aggregation round sums {} values; this model has {}",
+                    config.length,
+                    before.len()
+                )));
+            }
+            config.check().map_err(secagg_failed)?;
+        }
         self.last_round = round;
         self.update = None;
         let spec = self.spec.clone();
@@ -553,14 +571,6 @@ impl FederatedDomain {
         self.rows_trained += order.len() as u64 * training.epochs as u64;
         let advert = match secure {
             Some((client, config)) => {
-                if config.length != before.len() {
-                    return Err(refused(format!(
-                        "the secure aggregation round sums {} values; this model has {}",
-                        config.length,
-                        before.len()
-                    )));
-                }
-                config.check().map_err(secagg_failed)?;
                 let (client, advert) = Client::new(client, config, &mut rand::rng());
                 self.secagg = Some(client);
                 Some(advert)
