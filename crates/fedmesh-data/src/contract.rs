@@ -476,52 +476,74 @@ pub const FL_TERMS: [&str; 6] = [
     "flMinRecords",
 ];
 
-/// The label protections a `flLabelProtection` term may name.
-pub const LABEL_PROTECTIONS: [&str; 3] = ["gradient-noise", "shaped-noise", "randomized-response"];
+/// The label protections a `flLabelProtection` term may name. `equal-norms` hides only how
+/// long gradients are, so a term asks for it beside a protection, never alone.
+pub const LABEL_PROTECTIONS: [&str; 4] = [
+    "gradient-noise",
+    "shaped-noise",
+    "randomized-response",
+    "equal-norms",
+];
 
-/// One `flLabelProtection` term: a protection the label owner's product trains under, and how
-/// strong it must be: noise at least a scale (`shaped-noise >= 2`), randomized response at
-/// most an ε (`randomized-response <= 1`); a bare name asks for any strength.
+/// One `flLabelProtection` term: the protections the label owner's product trains under, all
+/// of them, joined by `&`, and how strong each must be: noise at least a scale
+/// (`shaped-noise >= 2`), randomized response at most an ε (`randomized-response <= 1`); a bare
+/// name asks for any strength (`shaped-noise >= 3 & equal-norms`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LabelProtectionTerm {
-    pub kind: String,
-    pub bound: Option<f64>,
+    /// Each protection the term requires: its kind, and the bound on its strength.
+    pub requires: Vec<(String, Option<f64>)>,
 }
 
 impl LabelProtectionTerm {
     /// Reads a term, or says why it cannot.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (kind, bound) = match text.split_once(">=").or_else(|| text.split_once("<=")) {
-            Some((kind, bound)) => {
-                let bound = bound.trim().parse::<f64>().ok().filter(|b| b.is_finite());
-                match bound {
-                    Some(bound) => (kind.trim(), Some(bound)),
-                    None => return Err(format!("`{text}` has no number after its comparison")),
+        let mut requires = Vec::new();
+        for part in text.split('&') {
+            let part = part.trim();
+            let (kind, bound) = match part.split_once(">=").or_else(|| part.split_once("<=")) {
+                Some((kind, bound)) => {
+                    let bound = bound.trim().parse::<f64>().ok().filter(|b| b.is_finite());
+                    match bound {
+                        Some(bound) => (kind.trim(), Some(bound)),
+                        None => {
+                            return Err(format!("`{part}` has no number after its comparison"));
+                        }
+                    }
                 }
+                None => (part, None),
+            };
+            if !LABEL_PROTECTIONS.contains(&kind) {
+                return Err(format!(
+                    "`{kind}` is not a label protection fedmesh has ({})",
+                    LABEL_PROTECTIONS.join(", ")
+                ));
             }
-            None => (text.trim(), None),
-        };
-        if !LABEL_PROTECTIONS.contains(&kind) {
+            if kind == "equal-norms" && bound.is_some() {
+                return Err(format!("`{part}`: equal-norms takes no number"));
+            }
+            let wanted = if Self::at_most(kind) { "<=" } else { ">=" };
+            if bound.is_some() && !part.contains(wanted) {
+                return Err(format!(
+                    "`{part}`: {kind} is bounded with `{wanted}` (stronger is {})",
+                    if wanted == "<=" {
+                        "a smaller ε"
+                    } else {
+                        "more noise"
+                    }
+                ));
+            }
+            if requires.iter().any(|(k, _)| k == kind) {
+                return Err(format!("`{text}` names {kind} twice"));
+            }
+            requires.push((kind.to_string(), bound));
+        }
+        if requires.iter().all(|(kind, _)| kind == "equal-norms") {
             return Err(format!(
-                "`{kind}` is not a label protection fedmesh has ({})",
-                LABEL_PROTECTIONS.join(", ")
+                "`{text}`: equal-norms hides how long gradients are, not which way they point; require it beside a protection, e.g. `shaped-noise >= 3 & equal-norms`"
             ));
         }
-        let wanted = if Self::at_most(kind) { "<=" } else { ">=" };
-        if bound.is_some() && !text.contains(wanted) {
-            return Err(format!(
-                "`{text}`: {kind} is bounded with `{wanted}` (stronger is {})",
-                if wanted == "<=" {
-                    "a smaller ε"
-                } else {
-                    "more noise"
-                }
-            ));
-        }
-        Ok(Self {
-            kind: kind.to_string(),
-            bound,
-        })
+        Ok(Self { requires })
     }
 
     /// Whether the kind's strength is bounded from above: a smaller ε of randomized response
@@ -530,15 +552,17 @@ impl LabelProtectionTerm {
         kind == "randomized-response"
     }
 
-    /// Whether a job's protections (kind, scale or ε) meet the term.
+    /// Whether a job's protections (kind, scale or ε) meet every part of the term.
     pub fn met_by(&self, used: &[(String, f64)]) -> bool {
-        used.iter().any(|(kind, strength)| {
-            *kind == self.kind
-                && match self.bound {
-                    None => *strength > 0.0,
-                    Some(bound) if Self::at_most(kind) => *strength <= bound,
-                    Some(bound) => *strength >= bound,
-                }
+        self.requires.iter().all(|(kind, bound)| {
+            used.iter().any(|(used, strength)| {
+                used == kind
+                    && match *bound {
+                        None => *strength > 0.0,
+                        Some(bound) if Self::at_most(kind) => *strength <= bound,
+                        Some(bound) => *strength >= bound,
+                    }
+            })
         })
     }
 }
@@ -773,6 +797,16 @@ customProperties:
             "{ property: flLabelColumns, value: default }",
             "{ property: flLabelProtection, value: [shaped-noise >= 2, noise-ish] }",
             "flLabelProtection: `noise-ish` is not a label protection fedmesh has",
+        ),
+        (
+            "{ property: flLabelColumns, value: default }",
+            "{ property: flLabelProtection, value: [equal-norms] }",
+            "require it beside a protection",
+        ),
+        (
+            "{ property: flLabelColumns, value: default }",
+            "{ property: flLabelProtection, value: [shaped-noise >= 3 & equal-norms >= 1] }",
+            "equal-norms takes no number",
         ),
         (
             "{ property: flLabelColumns, value: default }",

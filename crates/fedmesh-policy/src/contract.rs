@@ -115,7 +115,10 @@ pub fn check_contract(contract: &DataContract, usage: &Usage, rows: Option<usize
                 let used: Vec<String> = usage
                     .label_protection
                     .iter()
-                    .map(|(kind, strength)| format!("{kind} {strength}"))
+                    .map(|(kind, strength)| match kind.as_str() {
+                        "equal-norms" => kind.clone(),
+                        _ => format!("{kind} {strength}"),
+                    })
                     .collect();
                 deny(
                     LABEL_PROTECTION_RULE,
@@ -305,6 +308,17 @@ customProperties:
             "shaped-noise >= lots",
             &[("shaped-noise".into(), 9.0)]
         ));
+        // A term joined by `&` asks for all of its parts.
+        let strong = "shaped-noise >= 3 & equal-norms";
+        let with_norms = [("shaped-noise".into(), 3.0), ("equal-norms".into(), 1.0)];
+        assert!(protection_meets(strong, &with_norms));
+        assert!(!protection_meets(strong, &with_norms[..1]));
+        assert!(!protection_meets(
+            strong,
+            &[("shaped-noise".into(), 2.0), ("equal-norms".into(), 1.0)]
+        ));
+        // Equal norms alone hide nothing: such a term is met by nothing.
+        assert!(!protection_meets("equal-norms", &with_norms));
     }
 
     #[test]

@@ -286,6 +286,19 @@ pub struct LabelProtection {
     /// per run: ε-label differential privacy for everything the label owner sends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub randomized_response: Option<f64>,
+    /// Every per-example gradient leaves its party at one length: the label owner's rows to
+    /// governance (configuration 2) and governance's to each domain, each scaled to its
+    /// batch's root-mean-square row length, after the noise. A gradient's length then tells
+    /// nothing (the norm attack), nor does the receiving domain's own Jacobian, and what the
+    /// noise leaves of the label is the side each row points to. Needs a protection beside
+    /// it (`shaped_noise`, `gradient_noise` or `randomized_response`): alone, that side is
+    /// the label.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub equal_norms: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 fn is_zero(value: &f64) -> bool {
@@ -305,6 +318,9 @@ impl LabelProtection {
         }
         if let Some(epsilon) = self.randomized_response {
             terms.push(("randomized-response".to_string(), epsilon));
+        }
+        if self.equal_norms {
+            terms.push(("equal-norms".to_string(), 1.0));
         }
         terms
     }
@@ -329,6 +345,39 @@ impl LabelProtection {
     }
 }
 
+/// Scales every row of `gradient` (one per example) to the batch's root-mean-square row
+/// length, so that no row's length says anything about its example. A row of (nearly) zeros,
+/// an example whose gradient vanished (dead units, dropout), would stand out by its length;
+/// it gets a direction drawn at random, which trains nothing on average.
+pub(crate) fn equalize_norms(gradient: &mut WireTensor, rng: &mut impl rand::Rng) {
+    let cols = gradient.cols.max(1);
+    let norms: Vec<f64> = gradient
+        .data
+        .chunks(cols)
+        .map(|row| row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt())
+        .collect();
+    let rows = norms.len().max(1) as f64;
+    let rms = (norms.iter().map(|n| n * n).sum::<f64>() / rows).sqrt();
+    if !(rms > 0.0 && rms.is_finite()) {
+        return;
+    }
+    for (row, norm) in gradient.data.chunks_mut(cols).zip(norms) {
+        if norm > 1e-6 * rms {
+            let scale = rms / norm;
+            row.iter_mut().for_each(|v| *v = (*v as f64 * scale) as f32);
+        } else {
+            let direction: Vec<f64> = (0..row.len())
+                .map(|_| fedmesh_data::datasets::normal(rng))
+                .collect();
+            let length = direction.iter().map(|d| d * d).sum::<f64>().sqrt();
+            let scale = rms / length.max(f64::MIN_POSITIVE);
+            for (v, d) in row.iter_mut().zip(direction) {
+                *v = (d * scale) as f32;
+            }
+        }
+    }
+}
+
 /// Gaussian noise for gradients, drawn from its own stream.
 pub(crate) struct GradientNoise {
     /// Isotropic: × the batch's root-mean-square gradient value.
@@ -338,6 +387,8 @@ pub(crate) struct GradientNoise {
     /// That difference, averaged over the batches that held both classes: a batch of one
     /// class gets noise along it, as loud as any other's, or its quietness would tell.
     separation: Option<Vec<f64>>,
+    /// Every row at the batch's RMS length once noised ([`LabelProtection::equal_norms`]).
+    equal_norms: bool,
     rng: rand_chacha::ChaCha8Rng,
 }
 
@@ -360,25 +411,32 @@ impl GradientNoise {
                 "shaped noise separates two classes: this job's label is not binary",
             ));
         }
-        Ok(
-            (protection.gradient_noise > 0.0 || protection.shaped_noise > 0.0).then(|| {
-                GradientNoise {
-                    isotropic: protection.gradient_noise,
-                    shaped: protection.shaped_noise,
-                    separation: None,
-                    rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f697365),
-                }
-            }),
-        )
+        Ok((protection.gradient_noise > 0.0
+            || protection.shaped_noise > 0.0
+            || protection.equal_norms)
+            .then(|| GradientNoise {
+                isotropic: protection.gradient_noise,
+                shaped: protection.shaped_noise,
+                separation: None,
+                equal_norms: protection.equal_norms,
+                rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6e6f697365),
+            }))
     }
 
     fn normal(&mut self) -> f64 {
         fedmesh_data::datasets::normal(&mut self.rng)
     }
 
-    /// Adds the noise to a batch's gradient (one row per example); `positive` marks the rows
-    /// of class 1, for the shaped part.
+    /// Adds the noise to a batch's gradient (one row per example), then equalizes the rows'
+    /// lengths when asked; `positive` marks the rows of class 1, for the shaped part.
     pub(crate) fn add(&mut self, gradient: &mut WireTensor, positive: &[bool]) {
+        self.add_noise(gradient, positive);
+        if self.equal_norms {
+            equalize_norms(gradient, &mut self.rng);
+        }
+    }
+
+    fn add_noise(&mut self, gradient: &mut WireTensor, positive: &[bool]) {
         let cols = gradient.cols.max(1);
         if self.isotropic > 0.0 {
             let n = gradient.data.len().max(1) as f64;
@@ -712,6 +770,41 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
+    fn equal_norms_give_every_row_the_batch_rms_length_and_keep_its_direction() {
+        let rows = [[3.0f32, 4.0], [0.0, 1.0], [0.0, 0.0], [-6.0, 8.0]];
+        let mut gradient = WireTensor {
+            rows: 4,
+            cols: 2,
+            data: rows.iter().flatten().copied().collect(),
+        };
+        equalize_norms(
+            &mut gradient,
+            &mut rand_chacha::ChaCha8Rng::seed_from_u64(1),
+        );
+        // Lengths 5, 1, 0, 10: RMS √(126 / 4).
+        let rms = (126f64 / 4.0).sqrt();
+        for (r, row) in rows.iter().enumerate() {
+            let new = &gradient.data[r * 2..r * 2 + 2];
+            let length = new.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            assert!(
+                (length - rms).abs() < 1e-5,
+                "row {r}: {length} against {rms}"
+            );
+            let old = row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+            if old == 0.0 {
+                // A vanished gradient gets a direction of its own.
+                assert_ne!(new, row);
+                continue;
+            }
+            // The same direction: a positive multiple of the row.
+            let scale = rms / old;
+            for (n, o) in new.iter().zip(row) {
+                assert!((*n as f64 - scale * *o as f64).abs() < 1e-5, "row {r}");
+            }
+        }
+    }
+
+    #[test]
     fn shaped_noise_moves_each_gradient_only_along_the_line_between_the_classes() {
         // Four examples of width 3: positives around (1, 2, 0), negatives around (-1, 0, 0).
         let rows = [
@@ -730,6 +823,7 @@ mod tests {
             isotropic: 0.0,
             shaped: 3.0,
             separation: None,
+            equal_norms: false,
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(1),
         };
         noise.add(&mut gradient, &positive);

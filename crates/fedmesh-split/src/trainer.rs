@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::SplitError;
 use crate::party::{
-    GradientNoise, Kept, LabelProtection, OptimizerSpec, batch_inputs, head_step, load_part,
-    record_eval, save_part, scalar,
+    GradientNoise, Kept, LabelProtection, OptimizerSpec, batch_inputs, equalize_norms, head_step,
+    load_part, record_eval, save_part, scalar,
 };
 use crate::scores::{EvaluationReport, ScoreBook};
 use crate::transport::Transport;
@@ -80,6 +80,9 @@ pub struct SplitTrainer<T: Transport> {
     /// The training plan after the current one, when known.
     next_plan: Option<BatchPlan>,
     kept: Kept<Tower>,
+    /// Each domain's cut-layer gradient leaves with every example's row at one length
+    /// ([`LabelProtection::equal_norms`]), vanished rows turned a random way by this stream.
+    equal_norms: Option<ChaCha8Rng>,
 }
 
 impl<T: Transport> SplitTrainer<T> {
@@ -112,6 +115,7 @@ impl<T: Transport> SplitTrainer<T> {
             cut_layer_bytes: 0,
             next_plan: None,
             kept: Kept::default(),
+            equal_norms: None,
         })
     }
 
@@ -128,11 +132,17 @@ impl<T: Transport> SplitTrainer<T> {
     /// output, before it carries back through the tower to the cut layer (`gradient_noise`,
     /// `shaped_noise`; randomized response protects labels from whoever receives them, and
     /// here governance holds them). Refused for shaped noise on a label that is not binary.
+    /// In both configurations, `equal_norms` has governance send each domain every example's
+    /// gradient at one length.
     pub fn protect_labels(
         &mut self,
         protection: &LabelProtection,
         seed: u64,
     ) -> Result<(), SplitError> {
+        // Its own stream: the label owner's noise draws from `seed` as it is.
+        self.equal_norms = protection
+            .equal_norms
+            .then(|| ChaCha8Rng::seed_from_u64(seed ^ 0x65717561_6c6e6f72));
         if let Some(shared) = &mut self.labels {
             shared.noise = GradientNoise::of(protection, &self.objective, "governance", seed)?;
         }
@@ -243,10 +253,14 @@ impl<T: Transport> Trainer for SplitTrainer<T> {
         let cut_gradients: Vec<WireTensor> = cut
             .iter()
             .map(|h| {
-                WireTensor::from_tensor(
+                let mut gradient = WireTensor::from_tensor(
                     &h.grad_remove(&mut grads)
                         .expect("every activation takes part in the loss"),
-                )
+                );
+                if let Some(rng) = &mut self.equal_norms {
+                    equalize_norms(&mut gradient, rng);
+                }
+                gradient
             })
             .collect();
         self.count(&cut_gradients);

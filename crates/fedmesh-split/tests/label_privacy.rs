@@ -139,6 +139,39 @@ fn with_label_sharing_governance_protects_the_labels_from_the_domains() {
     near_a_guess(&undefended, &defended, &["digital", "retail"]);
 }
 
+/// With `equal_norms`, every gradient a party receives has one length per batch, in both
+/// configurations: the norm attack reads nothing anywhere, where without it the lengths tell.
+#[test]
+fn with_equal_norms_no_gradient_length_tells_a_label() {
+    let noise = |equal_norms| LabelProtection {
+        shaped_noise: 8.0,
+        equal_norms,
+        ..LabelProtection::default()
+    };
+    let lengths_tell = attacked(&fraud(Some(noise(false))), RunConfig::SplitLabelOwner);
+    for (config, parties) in [
+        (
+            RunConfig::SplitLabelOwner,
+            &["governance", "digital", "retail"][..],
+        ),
+        (RunConfig::SplitLabelSharing, &["digital", "retail"][..]),
+    ] {
+        let equal = attacked(&fraud(Some(noise(true))), config);
+        for party in parties {
+            let norm = leak(&equal, party, "norm");
+            // One length per batch, up to f32 rounding: a guess.
+            assert!(norm < 0.52, "{party}: {norm:.3} ({:?})", equal.leaks);
+        }
+    }
+    assert!(
+        ["digital", "retail"]
+            .iter()
+            .any(|party| leak(&lengths_tell, party, "norm") > 0.55),
+        "{:?}",
+        lengths_tell.leaks
+    );
+}
+
 #[test]
 fn randomized_response_keeps_each_label_with_the_probability_its_epsilon_gives() {
     let labels: Vec<i64> = (0..100_000).map(|i| i % 2).collect();
@@ -178,6 +211,7 @@ fn a_protection_a_job_cannot_use_is_refused_when_the_spec_is_read() {
     };
     assert!(with("{ shaped_noise: 2 }").is_ok());
     assert!(with("{ randomized_response: 1 }").is_ok());
+    assert!(with("{ shaped_noise: 3, equal_norms: true }").is_ok());
     for (bad, says) in [
         ("{ shaped_noise: -1 }", "label_protection.shaped_noise"),
         (
@@ -189,6 +223,7 @@ fn a_protection_a_job_cannot_use_is_refused_when_the_spec_is_read() {
             "label_protection.randomized_response",
         ),
         ("{ laplace: 1 }", "unknown field"),
+        ("{ equal_norms: true }", "set `shaped_noise`"),
     ] {
         let error = with(bad).unwrap_err();
         assert!(error.contains(says), "{bad}: {error}");

@@ -31,6 +31,12 @@ pub struct AttackOptions {
     /// Override the job's epoch count.
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Override the job's training batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Override the job's learning rate (the schedule's start).
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
     /// split-label-sharing and/or split-label-owner (default: both), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub configs: Vec<String>,
@@ -45,6 +51,10 @@ pub struct AttackOptions {
     /// Also run with randomized response at each of these ε, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub randomized_response: Vec<f64>,
+    /// With every protection asked for on the command line, every gradient that leaves a
+    /// party leaves at one length (`equal_norms`).
+    #[arg(long)]
+    pub equal_norms: bool,
     /// Where attack.json and attack.md go (default: runs/EXAMPLE-attack-TIME).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -65,6 +75,9 @@ fn setting_name(protection: &Option<LabelProtection>) -> String {
             if let Some(epsilon) = p.randomized_response {
                 parts.push(format!("randomized response ε={epsilon}"));
             }
+            if p.equal_norms {
+                parts.push("equal norms".into());
+            }
             if parts.is_empty() {
                 "none".into()
             } else {
@@ -79,6 +92,12 @@ pub fn run(options: AttackOptions, stop: &AtomicBool) -> Result<Vec<AttackRun>> 
     if let Some(epochs) = options.epochs {
         job.spec.training.epochs = fedmesh_split::limits::checked_epochs("--epochs", epochs)
             .map_err(anyhow::Error::msg)?;
+    }
+    if let Some(batch_size) = options.batch_size {
+        job.spec.training.batch_size = batch_size;
+    }
+    if let Some(learning_rate) = options.learning_rate {
+        job.spec.training.optimizer.learning_rate = learning_rate;
     }
     let configs: Vec<RunConfig> = if options.configs.is_empty() {
         vec![RunConfig::SplitLabelSharing, RunConfig::SplitLabelOwner]
@@ -107,6 +126,9 @@ pub fn run(options: AttackOptions, stop: &AtomicBool) -> Result<Vec<AttackRun>> 
             randomized_response: Some(epsilon),
             ..LabelProtection::default()
         }));
+    }
+    for protection in settings.iter_mut().skip(1).flatten() {
+        protection.equal_norms = options.equal_norms;
     }
     let seeds = first_seeds(&job.spec.seeds, Some(options.seeds))?;
     let out = options

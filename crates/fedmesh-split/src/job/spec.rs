@@ -365,6 +365,15 @@ impl Job {
             Some(
                 "`label_protection.shaped_noise` separates two classes: this job's label is not binary (use `gradient_noise`)".to_string(),
             )
+        } else if spec.label_protection.as_ref().is_some_and(|p| {
+            p.equal_norms
+                && p.gradient_noise == 0.0
+                && p.shaped_noise == 0.0
+                && p.randomized_response.is_none()
+        }) {
+            Some(
+                "`label_protection.equal_norms` hides how long each gradient is, not which way it points, and that gives the label away: set `shaped_noise` (or `gradient_noise`, `randomized_response`) beside it".to_string(),
+            )
         } else if !spec.domains.iter().any(|d| d.name == spec.label.domain) {
             Some(format!(
                 "the label's domain `{}` is not one of the job's domains",
