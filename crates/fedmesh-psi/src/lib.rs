@@ -17,6 +17,8 @@
 //! message for message, for tests and benchmarks. Lists travel as compressed points, 32 bytes
 //! each, in chunks of at most [`CHUNK_POINTS`].
 
+pub mod kkrt;
+
 use std::collections::HashMap;
 
 use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
@@ -74,6 +76,8 @@ pub enum PsiError {
         "the coordinator's answer covers {got} positions of a list of {expected}: it is not an answer to this party's list"
     )]
     MembershipSize { expected: usize, got: usize },
+    #[error("private set intersection refused a message: {0}")]
+    Protocol(String),
 }
 
 /// Refuses a key column with an empty or a repeated key, naming the first offending row
