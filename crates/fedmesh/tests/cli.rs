@@ -492,3 +492,41 @@ fn raw_tables_go_through_init_check_and_run_without_a_hand_edit() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| RMSE | MAE | R² |"), "{report}");
 }
+
+#[test]
+fn bench_psi_with_kkrt_finds_the_shared_keys_and_says_what_it_cannot_run() {
+    let output = fedmesh()
+        .args(["bench", "psi", "--in-process", "--protocol", "kkrt"])
+        .args(["--size", "3000", "--overlap", "0.3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("intersection 900,"), "{stdout}");
+    for (args, says) in [
+        (&["--protocol", "kkrt"][..], "add --in-process"),
+        (
+            &["--protocol", "kkrt", "--in-process", "--parties", "3"][..],
+            "two parties",
+        ),
+        (
+            &["--protocol", "rsa", "--in-process"][..],
+            "`ecdh` and `kkrt`",
+        ),
+    ] {
+        let output = fedmesh()
+            .args(["bench", "psi", "--size", "10"])
+            .args(args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success() && stderr.contains(says),
+            "{args:?}: {stderr}"
+        );
+    }
+}
