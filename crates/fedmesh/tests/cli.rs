@@ -495,16 +495,10 @@ fn raw_tables_go_through_init_check_and_run_without_a_hand_edit() {
 
 #[test]
 fn bench_psi_with_kkrt_finds_the_shared_keys_and_says_what_it_cannot_run() {
-    let output = fedmesh()
-        .args(["bench", "psi", "--in-process", "--protocol", "kkrt"])
-        .args(["--size", "3000", "--overlap", "0.3"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = succeeds(
+        fedmesh()
+            .args(["bench", "psi", "--in-process", "--protocol", "kkrt"])
+            .args(["--size", "3000", "--overlap", "0.3"]),
     );
     assert!(stdout.contains("intersection 900,"), "{stdout}");
     for (args, says) in [
