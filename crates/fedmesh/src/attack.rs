@@ -108,27 +108,29 @@ pub fn run(options: AttackOptions, stop: &AtomicBool) -> Result<Vec<AttackRun>> 
             .map(|c| c.parse().map_err(anyhow::Error::msg))
             .collect::<Result<_>>()?
     };
+    // What every protection asked for on the command line shares.
+    let base = LabelProtection {
+        equal_norms: options.equal_norms,
+        ..LabelProtection::default()
+    };
     let mut settings = vec![job.spec.label_protection.clone()];
     for &noise in &options.gradient_noise {
         settings.push(Some(LabelProtection {
             gradient_noise: noise,
-            ..LabelProtection::default()
+            ..base.clone()
         }));
     }
     for &noise in &options.shaped_noise {
         settings.push(Some(LabelProtection {
             shaped_noise: noise,
-            ..LabelProtection::default()
+            ..base.clone()
         }));
     }
     for &epsilon in &options.randomized_response {
         settings.push(Some(LabelProtection {
             randomized_response: Some(epsilon),
-            ..LabelProtection::default()
+            ..base.clone()
         }));
-    }
-    for protection in settings.iter_mut().skip(1).flatten() {
-        protection.equal_norms = options.equal_norms;
     }
     let seeds = first_seeds(&job.spec.seeds, Some(options.seeds))?;
     let out = options

@@ -366,10 +366,9 @@ impl Job {
                 "`label_protection.shaped_noise` separates two classes: this job's label is not binary (use `gradient_noise`)".to_string(),
             )
         } else if spec.label_protection.as_ref().is_some_and(|p| {
-            p.equal_norms
-                && p.gradient_noise == 0.0
-                && p.shaped_noise == 0.0
-                && p.randomized_response.is_none()
+            // The protection's terms, as a contract reads them, are its one list of what it
+            // holds: equal norms alone is no protection.
+            p.equal_norms && p.terms().iter().all(|(kind, _)| kind == "equal-norms")
         }) {
             Some(
                 "`label_protection.equal_norms` hides how long each gradient is, not which way it points, and that gives the label away: set `shaped_noise` (or `gradient_noise`, `randomized_response`) beside it".to_string(),
