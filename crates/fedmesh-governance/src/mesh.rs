@@ -434,7 +434,7 @@ impl Mesh {
             &nodes,
             &spec.label.domain,
             start,
-            kept,
+            (spec.alignment.protocol, kept),
             self.deadline,
         )?;
         if let Some(alignment) = transport.alignment()

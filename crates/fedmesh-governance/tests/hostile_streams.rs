@@ -9,7 +9,7 @@ use std::time::Duration;
 use fedmesh_net::transport::Link;
 use fedmesh_proto::v1;
 use fedmesh_proto::v1::governance_message::Body as Command;
-use fedmesh_split::job::{Job, RunConfig};
+use fedmesh_split::job::{Job, PsiProtocol, RunConfig};
 use fedmesh_split::{AnyJob, Silent};
 use fedmesh_testkit::{MeshBuilder, TestMesh, example, run};
 use proptest::prelude::*;
@@ -79,24 +79,22 @@ fn job_id() -> impl Strategy<Value = String> {
     ]
 }
 
-/// A message governance could send, honest or not (`gradient`, `members` and `align` are left
-/// out: the first two have no answer unless they fail, the last is answered in chunks).
-fn command(spec: String) -> impl Strategy<Value = Command> {
-    let start = (
-        job_id(),
-        any::<u64>(),
-        any::<bool>(),
-        any::<bool>(),
-        0i32..5,
-    )
-        .prop_map(move |(job_id, seed, share_labels, junk, encoding)| {
+fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(any::<u8>(), 0..max)
+}
+
+/// A message governance could send, honest or not (`gradient`, `members`, `align` and KKRT's
+/// chunks before the last are left out: they have no answer unless they fail, or are answered
+/// in chunks).
+fn command(specs: [String; 2]) -> impl Strategy<Value = Command> {
+    // The job aligned by KKRT or by the ECDH ring, or a spec that does not parse.
+    let [kkrt, ecdh] = specs;
+    let specs = [kkrt, ecdh, "task: [unclosed".to_string()];
+    let start = (job_id(), any::<u64>(), any::<bool>(), 0usize..3, 0i32..5).prop_map(
+        move |(job_id, seed, share_labels, which, encoding)| {
             Command::Start(v1::JobStart {
                 job_id,
-                spec_yaml: if junk {
-                    "task: [unclosed".into()
-                } else {
-                    spec.clone()
-                },
+                spec_yaml: specs[which].clone(),
                 domain: "fraud-prevention".into(),
                 seed,
                 encoding,
@@ -104,7 +102,8 @@ fn command(spec: String) -> impl Strategy<Value = Command> {
                 requester: "operator".into(),
                 ..Default::default()
             })
-        });
+        },
+    );
     prop_oneof![
         3 => start,
         1 => Just(Command::PartitionRequest(v1::Empty {})),
@@ -157,6 +156,18 @@ fn command(spec: String) -> impl Strategy<Value = Command> {
         1 => (any::<u32>(), prop::collection::vec(floats(), 0..10))
             .prop_map(|(k, scores)| Command::TopK(v1::TopK { k, scores })),
         1 => Just(Command::ReuseAlignment(v1::Empty {})),
+        1 => Just(Command::KkrtReceive(v1::Empty {})),
+        1 => (bytes(40), bytes(20), any::<u64>()).prop_map(|(base_ot, seed, bins)| {
+            Command::KkrtSend(v1::KkrtReceiverSetup { base_ot, seed, bins: bins % 4096 })
+        }),
+        1 => (bytes(64), bytes(20)).prop_map(|(base_ot, code_key)| {
+            Command::KkrtSenderSetup(v1::KkrtSenderSetup { base_ot, code_key })
+        }),
+        1 => (any::<u64>(), bytes(100)).prop_map(|(first_bin, columns)| {
+            Command::KkrtColumns(v1::KkrtColumns { first_bin, columns, last: true })
+        }),
+        1 => bytes(100).prop_map(|values| Command::KkrtValues(v1::KkrtValues { values, last: true })),
+        1 => Just(Command::KkrtFinish(v1::Empty {})),
         1 => Just(Command::Finish(v1::Empty {})),
     ]
 }
@@ -173,7 +184,12 @@ fn kind(command: &Command) -> String {
 fn a_node_answers_every_hostile_stream_with_a_reason_and_then_runs_a_good_job() {
     let job = job();
     let mesh: TestMesh = MeshBuilder::for_job(&job).start();
-    let spec = job.to_portable_yaml().unwrap();
+    let spec = |protocol| {
+        let mut job = job.clone();
+        job.spec.alignment.protocol = protocol;
+        job.to_portable_yaml().unwrap()
+    };
+    let specs = [spec(PsiProtocol::Kkrt), spec(PsiProtocol::Ecdh)];
     let runtime = Runtime::new().unwrap();
     let governance = mesh.identity("governance");
     let node = mesh.endpoints[2].clone();
@@ -186,7 +202,7 @@ fn a_node_answers_every_hostile_stream_with_a_reason_and_then_runs_a_good_job() 
             failure_persistence: None,
             ..ProptestConfig::default()
         },
-        |(commands in prop::collection::vec(command(spec.clone()), 1..8))| {
+        |(commands in prop::collection::vec(command(specs.clone()), 1..8))| {
             let mut link = runtime
                 .block_on(Link::open(&governance, &node, deadline))
                 .unwrap();

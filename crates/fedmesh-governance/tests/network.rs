@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use fedmesh_governance::Mesh;
 use fedmesh_proto::v1::domain_node_server::DomainNodeServer;
-use fedmesh_split::job::{Job, RunConfig, RunResult, WireEncoding};
+use fedmesh_split::job::{Job, PsiProtocol, RunConfig, RunResult, WireEncoding};
 use fedmesh_split::recommend::{
     PreparedRecommendation, RecommendationSpec, popularity, write_synthetic_movielens_job,
 };
@@ -266,9 +266,56 @@ fn a_node_that_dies_mid_job_fails_it_with_its_name() {
     );
 }
 
+/// KKRT as the job's alignment, with three domains and with two: the domains take the rows the
+/// plain join gives in this process (the run is the same, number for number), the run reports
+/// the protocol, and every domain records it.
+#[test]
+fn kkrt_aligns_two_and_three_domains_over_the_network_as_in_process() {
+    for domains in [3, 2] {
+        let mut job = job();
+        job.spec.alignment.protocol = PsiProtocol::Kkrt;
+        if domains == 2 {
+            job.spec.domains.retain(|d| d.name != "retail");
+        }
+        let config = RunConfig::SplitLabelOwner;
+        let local = job
+            .prepare(None)
+            .unwrap()
+            .run(&config, 1, &Silent, &AtomicBool::new(false), None)
+            .unwrap();
+        let mesh = MeshBuilder::for_job(&job).start();
+        let remote = run_on(&mesh.mesh(), &job, &config, &Silent, None).unwrap();
+        let alignment = remote.alignment.as_ref().unwrap();
+        assert_eq!(alignment.protocol, Some(PsiProtocol::Kkrt));
+        assert_eq!(alignment.products.len(), domains);
+        let smallest = alignment.products.iter().map(|p| p.rows).min().unwrap();
+        // Some keys of every product are its own: the intersection is a real one.
+        assert!(alignment.intersection < smallest, "{alignment:?}");
+        assert_eq!(
+            alignment.intersection,
+            local.alignment.as_ref().unwrap().intersection
+        );
+        let losses = |r: &RunResult| r.history.iter().map(|e| e.train_loss).collect::<Vec<_>>();
+        assert_eq!(losses(&remote), losses(&local), "{domains} domains");
+        assert_eq!(remote.metrics, local.metrics, "{domains} domains");
+        for domain in &job.spec.domains {
+            let records: Vec<String> = mesh
+                .audit(&domain.name)
+                .into_iter()
+                .filter(|r| r.action == "alignment.run")
+                .map(|r| r.details)
+                .collect();
+            assert_eq!(records.len(), 1, "{}", domain.name);
+            assert!(records[0].contains("KKRT"), "{}: {records:?}", domain.name);
+        }
+    }
+}
+
 #[test]
 fn a_later_run_over_unchanged_products_reuses_the_alignment_and_computes_the_same() {
-    let job = job();
+    // The ECDH ring (the example aligns by KKRT, which the test above runs).
+    let mut job = job();
+    job.spec.alignment.protocol = PsiProtocol::Ecdh;
     let mesh = MeshBuilder::for_job(&job).start();
     let governance = mesh.mesh();
     let first = run_on(
@@ -724,11 +771,23 @@ impl fedmesh_proto::v1::domain_node_server::DomainNode for LyingNode {
 fn a_node_that_lies_fails_the_run_by_name_and_the_mesh_then_runs_a_good_job() {
     use fedmesh_proto::v1::domain_message::Body as Reply;
     use fedmesh_proto::v1::governance_message::Body as Command;
-    use fedmesh_proto::v1::{PointChunk, Ready};
+    use fedmesh_proto::v1::{KkrtColumns, KkrtReceiverSetup, PointChunk, Ready};
     let job = job();
     let mesh = MeshBuilder::for_job(&job).start();
     let runtime = Runtime::new().unwrap();
-    let lies: [(LyingNode, &str); 3] = [
+    /// Ten keyed rows: the fewest, so KKRT's receiver.
+    fn ten_rows(command: &Command) -> Option<Reply> {
+        match command {
+            Command::Start(_) => Some(Reply::Ready(Ready {
+                rows: 10,
+                cut_width: 0,
+                keyed: true,
+                alignment_kept: false,
+            })),
+            _ => None,
+        }
+    }
+    let lies: [(LyingNode, &str, PsiProtocol); 5] = [
         (
             // A product of 2^40 rows: governance would size its buffers by it.
             LyingNode {
@@ -742,6 +801,7 @@ fn a_node_that_lies_fails_the_run_by_name_and_the_mesh_then_runs_a_good_job() {
                 },
             },
             "announced a product of 1099511627776 rows",
+            PsiProtocol::Ecdh,
         ),
         (
             // Ten rows announced, then blinded keys without end.
@@ -760,6 +820,7 @@ fn a_node_that_lies_fails_the_run_by_name_and_the_mesh_then_runs_a_good_job() {
                 },
             },
             "sent more blinded keys than the 10 rows it announced",
+            PsiProtocol::Ecdh,
         ),
         (
             // An answer of the wrong kind.
@@ -767,9 +828,47 @@ fn a_node_that_lies_fails_the_run_by_name_and_the_mesh_then_runs_a_good_job() {
                 lie: |_| Some(Reply::Labels(Default::default())),
             },
             "unexpected answer `Labels`",
+            PsiProtocol::Ecdh,
+        ),
+        (
+            // KKRT's receiver asking a sender for a million bins for its ten keys.
+            LyingNode {
+                lie: |command| match command {
+                    Command::KkrtReceive(_) => Some(Reply::KkrtReceiverSetup(KkrtReceiverSetup {
+                        bins: 1 << 20,
+                        ..Default::default()
+                    })),
+                    other => ten_rows(other),
+                },
+            },
+            "opened a run of 1048576 bins over 10 keys, which take 128",
+            PsiProtocol::Kkrt,
+        ),
+        (
+            // KKRT's receiver sending an extension that never ends.
+            LyingNode {
+                lie: |command| match command {
+                    // A well-formed setup (the identity point, a zero seed): the sender answers.
+                    Command::KkrtReceive(_) => Some(Reply::KkrtReceiverSetup(KkrtReceiverSetup {
+                        base_ot: vec![0; 32],
+                        seed: vec![0; 16],
+                        bins: 128,
+                    })),
+                    Command::KkrtSenderSetup(_) => Some(Reply::KkrtColumns(KkrtColumns {
+                        first_bin: 0,
+                        columns: vec![0; 64 * 128],
+                        last: false,
+                    })),
+                    other => ten_rows(other),
+                },
+            },
+            "marked its extension's end at bin 128 of 128",
+            PsiProtocol::Kkrt,
         ),
     ];
-    for (liar, expected) in lies {
+    for (liar, expected, protocol) in lies {
+        let mut job = job.clone();
+        job.spec.alignment.protocol = protocol;
         let identity = mesh.identity("retail");
         let url = serve(&runtime, &identity, DomainNodeServer::new(liar));
         let mut governance = mesh.mesh();

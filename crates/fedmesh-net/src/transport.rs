@@ -11,7 +11,8 @@ use fedmesh_proto::v1::domain_node_client::DomainNodeClient;
 use fedmesh_proto::v1::governance_message::Body as Command;
 use fedmesh_proto::v1::{self, DomainMessage, GovernanceMessage};
 use fedmesh_split::job::{
-    AlignmentMethod, AlignmentSummary, ProductRows, alignment_method, check_intersection,
+    AlignmentMethod, AlignmentSummary, ProductRows, PsiProtocol, alignment_method,
+    check_intersection,
 };
 use fedmesh_split::recommend::RankingMetrics;
 use fedmesh_split::split_ncf::{ExamplePass, NcfTransport};
@@ -206,18 +207,20 @@ impl GrpcTransport {
     /// Connects to every node over mutual TLS and opens the job on each (`start.domain` is set
     /// per node): each loads and validates its product, the products are aligned, the label
     /// owner draws the partition, and every domain fits its pipeline on the training rows and
-    /// builds its bottom. `nodes` are in domain order; `label_owner` names one of them. With
-    /// `kept` (the entities alignment run `start.alignment_id` found), the domains reuse that
-    /// run's result when every one still holds it for its product as it is now, instead of
-    /// aligning anew.
+    /// builds its bottom. `nodes` are in domain order; `label_owner` names one of them.
+    /// `alignment` is the private set intersection protocol and, when the job has aligned
+    /// before, `kept`: the entities alignment run `start.alignment_id` found. The domains then
+    /// reuse that run's result when every one still holds it for its product as it is now,
+    /// instead of aligning anew.
     pub fn connect(
         identity: &MeshIdentity,
         nodes: &[NodeEndpoint],
         label_owner: &str,
         start: v1::JobStart,
-        kept: Option<usize>,
+        alignment: (PsiProtocol, Option<usize>),
         deadline: Duration,
     ) -> Result<Self, SplitError> {
+        let (protocol, kept) = alignment;
         let owner = nodes
             .iter()
             .position(|n| n.name == label_owner)
@@ -238,7 +241,7 @@ impl GrpcTransport {
                     intersection,
                     deadline,
                 ))?,
-            _ => runtime.block_on(align(&mut links, deadline))?,
+            _ => runtime.block_on(align(&mut links, protocol, deadline))?,
         };
         let alignment_seconds = started.elapsed().as_secs_f64();
         let partition = runtime.block_on(setup(&mut links, owner, deadline))?;
@@ -373,7 +376,12 @@ pub(crate) fn open_all(
     start: &v1::JobStart,
     deadline: Duration,
 ) -> Result<(Runtime, Vec<Link>), SplitError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // The streams' connections run on a worker of their own, not on the thread that drives the
+    // job: governance's own computing between messages (the top model, an intersection over
+    // millions of keys) would otherwise leave the nodes' keepalive pings unanswered, and a
+    // node drops a connection silent for 20 s.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?;
     let links = runtime.block_on(try_join_all(nodes.iter().map(|node| {
@@ -564,18 +572,21 @@ async fn reuse_alignment(
     );
     Ok(AlignmentSummary {
         method: AlignmentMethod::PrivateSetIntersection,
+        protocol: None,
         products,
         intersection,
         kept_from: Some(id.to_string()),
     })
 }
 
-/// The alignment phase. Products with key columns are aligned by private set intersection,
-/// with governance as the coordinator: every domain sends its blinded list; in round r the list
-/// of domain p goes to domain p + r (mod N) to be blinded again; after N - 1 rounds every list
-/// is blinded by all N secrets, and governance tells each domain which positions of its list
-/// are in every list. Products without key columns must have the same number of rows.
-async fn align(links: &mut [Link], deadline: Duration) -> Result<AlignmentSummary, SplitError> {
+/// The alignment phase. Products with key columns are aligned by private set intersection
+/// under `protocol`, with governance relaying every message; products without key columns must
+/// have the same number of rows.
+async fn align(
+    links: &mut [Link],
+    protocol: PsiProtocol,
+    deadline: Duration,
+) -> Result<AlignmentSummary, SplitError> {
     let products: Vec<ProductRows> = links
         .iter()
         .map(|l| ProductRows {
@@ -588,10 +599,36 @@ async fn align(links: &mut [Link], deadline: Duration) -> Result<AlignmentSummar
         return Ok(AlignmentSummary {
             kept_from: None,
             method: AlignmentMethod::Positional,
+            protocol: None,
             intersection: links.first().map_or(0, |l| l.rows as usize),
             products,
         });
     }
+    let intersection = match protocol {
+        PsiProtocol::Ecdh => align_ecdh(links, deadline).await?,
+        PsiProtocol::Kkrt => align_kkrt(links, deadline).await?,
+    };
+    let summary = AlignmentSummary {
+        kept_from: None,
+        method: AlignmentMethod::PrivateSetIntersection,
+        protocol: Some(protocol),
+        products,
+        intersection,
+    };
+    check_intersection(summary.intersection, &summary.products)?;
+    tracing::info!(
+        "aligned by private set intersection ({protocol}): {} entities common to all {} domains",
+        summary.intersection,
+        links.len()
+    );
+    Ok(summary)
+}
+
+/// The ECDH ring: every domain sends its blinded list; in round r the list of domain p goes to
+/// domain p + r (mod N) to be blinded again; after N - 1 rounds every list is blinded by all N
+/// secrets, and governance tells each domain which positions of its list are in every list.
+/// Returns the intersection's size.
+async fn align_ecdh(links: &mut [Link], deadline: Duration) -> Result<usize, SplitError> {
     let mut lists = try_join_all(links.iter_mut().map(|link| link.blinded_list(deadline))).await?;
     let n = links.len();
     for round in 1..n {
@@ -624,18 +661,179 @@ async fn align(links: &mut [Link], deadline: Duration) -> Result<AlignmentSummar
             .map(|(link, members)| link.send_members(members, size, deadline)),
     )
     .await?;
-    let summary = AlignmentSummary {
-        kept_from: None,
-        method: AlignmentMethod::PrivateSetIntersection,
-        products,
-        intersection: membership.size,
+    Ok(membership.size)
+}
+
+/// KKRT: the domain with the fewest rows receives, and runs the two-party protocol with every
+/// other domain in turn, each run over its keys still matched; governance relays each run's
+/// messages between the two (see `fedmesh_psi::kkrt`). At the end the receiver hands governance
+/// one bitmap per sender over the values that sender sent — positions in lists of
+/// pseudo-random values, which name no key — and each sender reads its rows from its bitmap.
+/// Returns the intersection's size.
+async fn align_kkrt(links: &mut [Link], deadline: Duration) -> Result<usize, SplitError> {
+    use fedmesh_psi::kkrt;
+    let sizes: Vec<usize> = links.iter().map(|l| l.rows as usize).collect();
+    let r = kkrt::receiver_of(&sizes);
+    let senders: Vec<usize> = (0..links.len()).filter(|&s| s != r).collect();
+    let mut matched = sizes[r];
+    for &s in &senders {
+        let (receiver, sender) = pair(links, r, s);
+        matched = kkrt_run(receiver, sender, matched, deadline).await?;
+    }
+    // The receiver's bitmaps, one per sender in run order, then its own row count.
+    let receiver = &mut links[r];
+    receiver.send(Command::KkrtFinish(v1::Empty {})).await?;
+    let mut bitmaps = Vec::with_capacity(senders.len());
+    for &s in &senders {
+        let expected = kkrt::bitmap_bytes(sizes[s]);
+        let mut bits = Vec::with_capacity(expected);
+        loop {
+            match receiver.receive(deadline).await? {
+                Reply::Members(chunk) => {
+                    if bits.len() + chunk.bits.len() > expected {
+                        return Err(receiver.error(format!(
+                            "sent a membership of more than {expected} bytes for `{}`'s values",
+                            sizes[s]
+                        )));
+                    }
+                    bits.extend_from_slice(&chunk.bits);
+                    if chunk.last {
+                        break;
+                    }
+                }
+                other => return Err(unexpected(&receiver.name, &other)),
+            }
+        }
+        if bits.len() != expected {
+            return Err(receiver.error(format!(
+                "sent a membership of {} bytes for {} keys' values, not {expected}",
+                bits.len(),
+                sizes[s]
+            )));
+        }
+        bitmaps.push(bits);
+    }
+    match receiver.receive(deadline).await? {
+        Reply::Aligned(aligned) if aligned.rows == matched as u64 => receiver.rows = aligned.rows,
+        Reply::Aligned(aligned) => {
+            return Err(receiver.error(format!(
+                "aligned {} rows, but its last run matched {matched} keys",
+                aligned.rows
+            )));
+        }
+        other => return Err(unexpected(&receiver.name, &other)),
+    }
+    let size = matched as u64;
+    try_join_all(
+        links
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| *i != r)
+            .zip(bitmaps)
+            .map(|((_, link), bits)| link.send_members(bits, size, deadline)),
+    )
+    .await?;
+    Ok(matched)
+}
+
+/// Two distinct links, both mutable.
+fn pair(links: &mut [Link], a: usize, b: usize) -> (&mut Link, &mut Link) {
+    assert_ne!(a, b, "two distinct links");
+    if a < b {
+        let (left, right) = links.split_at_mut(b);
+        (&mut left[a], &mut right[0])
+    } else {
+        let (left, right) = links.split_at_mut(a);
+        (&mut right[0], &mut left[b])
+    }
+}
+
+/// One two-party KKRT run, relayed: the receiver's keys still matched (`candidates`) against
+/// the sender's. Returns how many of them the sender holds too.
+async fn kkrt_run(
+    receiver: &mut Link,
+    sender: &mut Link,
+    candidates: usize,
+    deadline: Duration,
+) -> Result<usize, SplitError> {
+    use fedmesh_psi::kkrt;
+    let setup = match receiver
+        .call(Command::KkrtReceive(v1::Empty {}), deadline)
+        .await?
+    {
+        Reply::KkrtReceiverSetup(setup) => setup,
+        other => return Err(unexpected(&receiver.name, &other)),
     };
-    check_intersection(summary.intersection, &summary.products)?;
-    tracing::info!(
-        "aligned by private set intersection: {} entities common to all {n} domains",
-        summary.intersection
-    );
-    Ok(summary)
+    let bins = kkrt::bins_for(candidates);
+    if setup.bins != bins {
+        return Err(receiver.error(format!(
+            "opened a run of {} bins over {candidates} keys, which take {bins}",
+            setup.bins
+        )));
+    }
+    let answer = match sender.call(Command::KkrtSend(setup), deadline).await? {
+        Reply::KkrtSenderSetup(answer) => answer,
+        other => return Err(unexpected(&sender.name, &other)),
+    };
+    // The extension, receiver to sender, chunk by chunk: governance holds one at a time.
+    receiver.send(Command::KkrtSenderSetup(answer)).await?;
+    let mut next_bin = 0;
+    loop {
+        match receiver.receive(deadline).await? {
+            Reply::KkrtColumns(chunk) => {
+                let expected = kkrt::chunk_bytes(next_bin, bins);
+                if chunk.first_bin != next_bin || Some(chunk.columns.len()) != expected {
+                    return Err(receiver.error(format!(
+                        "sent an extension chunk from bin {} of {} bytes where bin {next_bin} of {bins} was due",
+                        chunk.first_bin,
+                        chunk.columns.len()
+                    )));
+                }
+                next_bin += (chunk.columns.len() / kkrt::CODE_BITS * 8) as u64;
+                let last = chunk.last;
+                if last != (next_bin == bins) {
+                    return Err(receiver.error(format!(
+                        "marked its extension's end at bin {next_bin} of {bins}"
+                    )));
+                }
+                sender.send(Command::KkrtColumns(chunk)).await?;
+                if last {
+                    break;
+                }
+            }
+            other => return Err(unexpected(&receiver.name, &other)),
+        }
+    }
+    // The sender's values, sender to receiver, chunk by chunk.
+    let expected = sender.rows as usize * 3 * kkrt::VALUE_BYTES;
+    let mut relayed = 0;
+    loop {
+        match sender.receive(deadline).await? {
+            Reply::KkrtValues(chunk) => {
+                relayed += chunk.values.len();
+                if relayed > expected || (chunk.last && relayed != expected) {
+                    return Err(sender.error(format!(
+                        "sent {relayed} bytes of values for its {} keys, which take {expected}",
+                        sender.rows
+                    )));
+                }
+                let last = chunk.last;
+                receiver.send(Command::KkrtValues(chunk)).await?;
+                if last {
+                    break;
+                }
+            }
+            other => return Err(unexpected(&sender.name, &other)),
+        }
+    }
+    match receiver.receive(deadline).await? {
+        Reply::KkrtMatched(m) if m.keys as usize <= candidates => Ok(m.keys as usize),
+        Reply::KkrtMatched(m) => Err(receiver.error(format!(
+            "matched {} keys of the {candidates} it ran with",
+            m.keys
+        ))),
+        other => Err(unexpected(&receiver.name, &other)),
+    }
 }
 
 impl Link {

@@ -32,6 +32,8 @@ use tonic::{Status, Streaming};
 use fedmesh_net::convert::{labels_to_wire, plan_from_wire, tensor_from_wire, tensor_to_wire};
 use fedmesh_net::horizontal::{from_domain_to_wire, to_domain_from_wire};
 
+mod alignment;
+
 use crate::DomainProduct;
 use crate::catalog::registration;
 use crate::service::NodeContext;
@@ -57,8 +59,9 @@ pub(crate) async fn serve(
         predicting: None,
         ncf: None,
         horizontal: None,
+        outgoing: None,
     };
-    loop {
+    'messages: loop {
         let message = match inbound.message().await {
             Ok(Some(message)) => message,
             Ok(None) => break,
@@ -78,21 +81,26 @@ pub(crate) async fn serve(
             break;
         }
         let finish = matches!(command, Command::Finish(_));
-        let reply = match job.handle(command) {
-            Ok(Some(body)) => body,
-            Ok(None) => continue,
-            Err(e) => {
-                tracing::warn!("job refused or failed: {e}");
-                Reply::Failure(v1::Failure {
-                    reason: e.to_string(),
-                })
+        let mut reply = job.handle(command);
+        // An answer of several messages (KKRT's extension, values and bitmaps) follows the
+        // first, or stands alone.
+        loop {
+            let body = match reply {
+                Ok(Some(body)) => body,
+                Ok(None) => match job.next_outgoing() {
+                    Ok(Some(body)) => body,
+                    Ok(None) => continue 'messages,
+                    Err(e) => failure(e),
+                },
+                Err(e) => failure(e),
+            };
+            let failed = matches!(body, Reply::Failure(_));
+            let message = DomainMessage { body: Some(body) };
+            job.traffic.sent += message.encoded_len() as u64;
+            if replies.send(Ok(message)).await.is_err() || finish || failed {
+                break 'messages;
             }
-        };
-        let failed = matches!(reply, Reply::Failure(_));
-        let reply = DomainMessage { body: Some(reply) };
-        job.traffic.sent += reply.encoded_len() as u64;
-        if replies.send(Ok(reply)).await.is_err() || finish || failed {
-            break;
+            reply = Ok(None);
         }
     }
     if let Some(opened) = &job.opened {
@@ -106,6 +114,14 @@ pub(crate) async fn serve(
         // (the node's log), and the next request finds the log failing too.
         let _ = job.audit_prediction(predicting);
     }
+}
+
+/// A refusal or failure, as the node answers it (and logs it).
+fn failure(e: SplitError) -> Reply {
+    tracing::warn!("job refused or failed: {e}");
+    Reply::Failure(v1::Failure {
+        reason: e.to_string(),
+    })
 }
 
 /// Answers `align`: the domain's keys, blinded, chunk by chunk (each chunk is blinded just
@@ -128,10 +144,10 @@ async fn send_blinded_list(
         }
     };
     for (positions, last) in fedmesh_psi::chunks(len, fedmesh_psi::CHUNK_POINTS) {
-        // Blinded a slice at a time, yielding in between: the job shares its thread with the
-        // node's connections, which must keep answering HTTP/2 pings (a peer that hears
-        // nothing for 20 s drops the connection, and a loaded machine blinds a whole chunk
-        // slowly).
+        // Blinded a slice at a time, yielding in between: on a single-threaded runtime (as in
+        // tests) the job shares its thread with the node's connections, which must keep
+        // answering HTTP/2 pings (a peer that hears nothing for 20 s drops the connection, and
+        // a loaded machine blinds a whole chunk slowly).
         let mut points = Vec::with_capacity(positions.len() * fedmesh_psi::POINT_BYTES);
         for (slice, _) in fedmesh_psi::chunks(positions.len(), BLIND_SLICE) {
             points.extend(job.blind(positions.start + slice.start..positions.start + slice.end));
@@ -161,8 +177,8 @@ struct OpenedJob {
     /// The product's keys while it waits for alignment; `None` once aligned (or for a product
     /// without a key column, aligned by position).
     keys: Option<Vec<String>>,
-    /// This domain's share of the alignment run, and the coordinator's answer so far.
-    alignment: Option<(fedmesh_psi::Party, Vec<u8>)>,
+    /// This domain's share of the alignment run in progress.
+    alignment: Option<alignment::AlignmentRun>,
     /// What the job uses of the product, as the domain admitted it.
     usage: Usage,
     /// The alignment run this job's rows are kept under (empty: none), and the fingerprint of
@@ -198,6 +214,8 @@ struct NodeJob {
     ncf: Option<NcfJob>,
     /// A horizontal job (federated averaging): the domain trains the whole model on its rows.
     horizontal: Option<HorizontalJob>,
+    /// The rest of an answer that travels as several messages.
+    outgoing: Option<alignment::Outgoing>,
 }
 
 /// A horizontal job the node has opened: its domain's share of federated averaging.
@@ -662,57 +680,6 @@ impl NodeJob {
             partition_sizes: None,
             split_keys: None,
         })
-    }
-
-    /// Draws this domain's secret and order for an alignment run; returns how many keys it
-    /// will send.
-    fn start_alignment(&mut self) -> Result<usize, SplitError> {
-        let opened = self.opened()?;
-        let keys = opened.keys.as_ref().ok_or_else(|| {
-            refused("this domain's product has no key column, or is aligned already")
-        })?;
-        let party = fedmesh_psi::Party::new(keys.len(), &mut rand::rng());
-        let len = party.len();
-        opened.alignment = Some((party, Vec::new()));
-        Ok(len)
-    }
-
-    /// Positions `positions` of this domain's blinded list.
-    fn blind(&mut self, positions: std::ops::Range<usize>) -> Vec<u8> {
-        let opened = self.opened.as_ref().expect("alignment started");
-        let (party, _) = opened.alignment.as_ref().expect("alignment started");
-        party.blind(opened.keys.as_ref().expect("keyed"), positions)
-    }
-
-    fn party(&mut self) -> Result<&mut (fedmesh_psi::Party, Vec<u8>), SplitError> {
-        self.opened()?
-            .alignment
-            .as_mut()
-            .ok_or_else(|| refused("no alignment was started on this stream"))
-    }
-
-    /// Takes in one chunk of the coordinator's answer; with the last, keeps the product's rows
-    /// of the intersection, ordered by key, and returns how many there are.
-    fn take_members(&mut self, chunk: v1::MemberChunk) -> Result<Option<u64>, SplitError> {
-        let (_, members) = self.party()?;
-        members.extend_from_slice(&chunk.bits);
-        if !chunk.last {
-            return Ok(None);
-        }
-        let alignments = self.context.alignments.clone();
-        let opened = self.opened()?;
-        let (party, members) = opened.alignment.take().expect("checked above");
-        let keys = opened.keys.as_ref().expect("alignment needs keys");
-        let rows = Arc::new(party.rows(&members, keys)?);
-        if let (false, Some(fingerprint)) = (opened.alignment_id.is_empty(), opened.fingerprint) {
-            alignments.lock().unwrap_or_else(|p| p.into_inner()).keep(
-                &opened.alignment_id,
-                fingerprint,
-                Arc::clone(&rows),
-            );
-        }
-        self.take_aligned_rows(rows, "private set intersection")
-            .map(Some)
     }
 
     /// The rows the alignment run named at `start` found for this very product, when the node
@@ -1342,13 +1309,24 @@ impl NodeJob {
                 })
             }
             Command::Align(_) => unreachable!("answered chunk by chunk by `serve`"),
-            Command::Reblind(chunk) => {
-                let (party, _) = self.party()?;
-                let points = party.reblind(&chunk.points, "governance (another domain's list)")?;
-                Reply::Points(v1::PointChunk {
-                    points,
-                    last: chunk.last,
-                })
+            Command::Reblind(chunk) => self.reblind(chunk)?,
+            Command::KkrtReceive(_) => self.kkrt_receive()?,
+            Command::KkrtSend(setup) => self.kkrt_send(setup)?,
+            Command::KkrtSenderSetup(answer) => {
+                self.kkrt_accept(answer)?;
+                return Ok(None);
+            }
+            Command::KkrtColumns(chunk) => {
+                self.kkrt_absorb(chunk)?;
+                return Ok(None);
+            }
+            Command::KkrtValues(chunk) => match self.kkrt_take_values(chunk)? {
+                Some(reply) => reply,
+                None => return Ok(None),
+            },
+            Command::KkrtFinish(_) => {
+                self.kkrt_finish()?;
+                return Ok(None);
             }
             Command::Members(chunk) => match self.take_members(chunk)? {
                 Some(rows) => Reply::Aligned(v1::Aligned { rows }),

@@ -88,11 +88,72 @@ pub struct ExtensionChunk {
     pub columns: Vec<u8>,
 }
 
-/// The sender's PRF values: for each of the three hash functions, one 16-byte value per
-/// sender key, sorted.
+/// The sender's PRF values: for each of the three hash functions in turn, one 16-byte value
+/// per sender key, sorted; `3 × 16 × keys` bytes in all. A value's position in this list is how
+/// the receiver names it back (see [`SentOrder`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SenderValues {
-    pub by_hash: [Vec<u8>; HASHES],
+    pub values: Vec<u8>,
+}
+
+impl SenderValues {
+    /// How many keys the sender evaluated: each has one value per hash function.
+    pub fn keys(&self) -> Result<usize, PsiError> {
+        let per_key = HASHES * VALUE_BYTES;
+        if !self.values.len().is_multiple_of(per_key) {
+            return Err(refused(format!(
+                "the sender's values hold {} bytes, not {HASHES} lists of whole {VALUE_BYTES}-byte values",
+                self.values.len()
+            )));
+        }
+        Ok(self.values.len() / per_key)
+    }
+}
+
+/// Bytes of one membership bitmap over a sender's values: one bit per value (bit `i % 8` of
+/// byte `i / 8`).
+pub fn bitmap_bytes(sender_keys: usize) -> usize {
+    (HASHES * sender_keys).div_ceil(8)
+}
+
+/// The sender's own record of what it sent: which of its rows each value is of, so that the
+/// receiver's answer (the positions of the values that matched) names its rows of the
+/// intersection without naming a key.
+pub struct SentOrder {
+    rows: Vec<u32>,
+}
+
+impl SentOrder {
+    /// The rows whose values `members` marks (one bit per value, as [`bitmap_bytes`]), ordered
+    /// by key, as every party orders the intersection.
+    pub fn rows<S: AsRef<str> + Sync>(
+        &self,
+        members: &[u8],
+        keys: &[S],
+    ) -> Result<Vec<u32>, PsiError> {
+        if members.len() != self.rows.len().div_ceil(8) {
+            return Err(PsiError::MembershipSize {
+                expected: self.rows.len(),
+                got: members.len() * 8,
+            });
+        }
+        let mut rows: Vec<u32> = self
+            .rows
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| members[i / 8] >> (i % 8) & 1 == 1)
+            .map(|(_, &row)| row)
+            .collect();
+        if rows.iter().any(|&r| r as usize >= keys.len()) {
+            return Err(refused("the sender's record does not fit its keys"));
+        }
+        rows.par_sort_unstable_by(|&a, &b| {
+            keys[a as usize].as_ref().cmp(keys[b as usize].as_ref())
+        });
+        // A key marked under two of its hash functions is still one row.
+        rows.dedup();
+        Ok(rows)
+    }
 }
 
 /// A key's 128-bit digest under the run's seed, and its three bins.
@@ -199,6 +260,22 @@ fn chunk_len(first_bin: u64, bins: u64) -> usize {
     (bins - first_bin).min(CHUNK_BINS as u64) as usize
 }
 
+/// How many bins a receiver with `keys` keys hashes them into: 1.27 per key, a multiple of
+/// 128 (at least 128).
+pub fn bins_for(keys: usize) -> u64 {
+    ((keys as f64 * BIN_LOAD).ceil() as u64)
+        .max(1)
+        .div_ceil(128)
+        * 128
+}
+
+/// Bytes of the extension chunk that starts at `first_bin` of `bins`, or `None` past the end
+/// or off a chunk's start.
+pub fn chunk_bytes(first_bin: u64, bins: u64) -> Option<usize> {
+    (first_bin < bins && first_bin.is_multiple_of(CHUNK_BINS as u64))
+        .then(|| CODE_BITS * chunk_len(first_bin, bins) / 8)
+}
+
 fn refused(message: impl Into<String>) -> PsiError {
     PsiError::Protocol(message.into())
 }
@@ -222,11 +299,11 @@ pub struct KkrtReceiver {
 impl KkrtReceiver {
     /// Hashes `keys` (distinct, see [`crate::check_keys`]) into bins, and draws the base OT
     /// secret: the receiver and its first message.
-    pub fn new(keys: &[String], rng: &mut impl Rng) -> Result<(Self, ReceiverSetup), PsiError> {
-        let bins = ((keys.len() as f64 * BIN_LOAD).ceil() as u64)
-            .max(1)
-            .div_ceil(128)
-            * 128;
+    pub fn new<S: AsRef<str> + Sync>(
+        keys: &[S],
+        rng: &mut impl Rng,
+    ) -> Result<(Self, ReceiverSetup), PsiError> {
+        let bins = bins_for(keys.len());
         if bins > MAX_BINS {
             return Err(refused(format!(
                 "{} keys need more than the {MAX_BINS} bins one run can hold",
@@ -236,8 +313,10 @@ impl KkrtReceiver {
         for _ in 0..CUCKOO_ATTEMPTS {
             let mut seed = [0u8; 16];
             rng.fill(&mut seed);
-            let digests: Vec<(u128, [u64; HASHES])> =
-                keys.par_iter().map(|k| digest(&seed, k, bins)).collect();
+            let digests: Vec<(u128, [u64; HASHES])> = keys
+                .par_iter()
+                .map(|k| digest(&seed, k.as_ref(), bins))
+                .collect();
             if let Some(table) = cuckoo(&digests, bins as usize, rng) {
                 let mut wide = [0u8; 64];
                 rng.fill(&mut wide[..]);
@@ -366,31 +445,68 @@ impl KkrtReceiver {
     /// The receiver's keys (indices into the keys it started with) that the sender holds too,
     /// in increasing order.
     pub fn intersect(&self, values: &SenderValues) -> Result<Vec<u32>, PsiError> {
+        Ok(self
+            .matches(values)?
+            .into_iter()
+            .map(|(row, _)| row)
+            .collect())
+    }
+
+    /// Each receiver key the sender holds too (in increasing order), with the position of its
+    /// matching value in the sender's list.
+    pub fn matches(&self, values: &SenderValues) -> Result<Vec<(u32, u32)>, PsiError> {
         if self.next_bin < self.bins {
             return Err(refused(
                 "the sender's values came before the extension's last chunk",
             ));
         }
-        let mut sets = Vec::with_capacity(HASHES);
-        for (h, list) in values.by_hash.iter().enumerate() {
-            if !list.len().is_multiple_of(VALUE_BYTES) {
+        let keys = values.keys()?;
+        if HASHES * keys > u32::MAX as usize {
+            return Err(refused(format!(
+                "the sender's values name {keys} keys, more than one run can hold"
+            )));
+        }
+        // A key in a bin by hash function h is compared with the sender's values under h
+        // only, by binary search: each list is sorted (checked), so no index is built beside
+        // the values, which at 10 million keys would be larger than they are.
+        let list = |h: usize| {
+            let start = h * keys * VALUE_BYTES;
+            &values.values[start..start + keys * VALUE_BYTES]
+        };
+        for h in 0..HASHES {
+            let sorted = list(h)
+                .par_chunks_exact(VALUE_BYTES)
+                .zip(list(h).par_chunks_exact(VALUE_BYTES).skip(1))
+                .all(|(a, b)| a <= b);
+            if !sorted {
                 return Err(refused(format!(
-                    "the sender's values for hash function {h} hold {} bytes, not a whole number of {VALUE_BYTES}-byte values",
-                    list.len()
+                    "the sender's values for hash function {h} are not sorted"
                 )));
             }
-            let set: std::collections::HashSet<&[u8]> = list.chunks_exact(VALUE_BYTES).collect();
-            sets.push(set);
         }
-        let mut rows: Vec<u32> = self
+        let mut matches: Vec<(u32, u32)> = self
             .table
-            .iter()
+            .par_iter()
             .flatten()
-            .filter(|&&(row, hash)| sets[hash as usize].contains(&self.own[row as usize][..]))
-            .map(|&(row, _)| row)
+            .filter_map(|&(row, hash)| {
+                let list = list(hash as usize);
+                let own = &self.own[row as usize];
+                let (mut low, mut high) = (0, keys);
+                while low < high {
+                    let middle = (low + high) / 2;
+                    match list[middle * VALUE_BYTES..(middle + 1) * VALUE_BYTES].cmp(own) {
+                        std::cmp::Ordering::Less => low = middle + 1,
+                        std::cmp::Ordering::Greater => high = middle,
+                        std::cmp::Ordering::Equal => {
+                            return Some((row, (hash as usize * keys + middle) as u32));
+                        }
+                    }
+                }
+                None
+            })
             .collect();
-        rows.sort_unstable();
-        Ok(rows)
+        matches.sort_unstable();
+        Ok(matches)
     }
 }
 
@@ -445,14 +561,15 @@ pub struct KkrtSender {
     code: Aes128,
     next_bin: u64,
     next_evaluation: usize,
-    by_hash: [Vec<[u8; VALUE_BYTES]>; HASHES],
+    /// Each value computed so far, with its key's row, by hash function.
+    by_hash: [Vec<([u8; VALUE_BYTES], u32)>; HASHES],
 }
 
 impl KkrtSender {
     /// Takes the receiver's first message: hashes `keys` (distinct) to their bins, draws the
     /// choice bits and the code's key, and answers the base OTs.
-    pub fn new(
-        keys: &[String],
+    pub fn new<S: AsRef<str> + Sync>(
+        keys: &[S],
         setup: &ReceiverSetup,
         rng: &mut impl Rng,
     ) -> Result<(Self, SenderSetup), PsiError> {
@@ -469,7 +586,7 @@ impl KkrtSender {
             })?;
         let digests: Vec<(u128, [u64; HASHES])> = keys
             .par_iter()
-            .map(|k| digest(&setup.seed, k, setup.bins))
+            .map(|k| digest(&setup.seed, k.as_ref(), setup.bins))
             .collect();
         let mut evaluations: Vec<(u64, u32, u8)> = digests
             .iter()
@@ -558,7 +675,7 @@ impl KkrtSender {
         let end = chunk.first_bin + len as u64;
         let start = self.next_evaluation;
         let stop = start + self.evaluations[start..].partition_point(|e| e.0 < end);
-        let values: Vec<(u8, [u8; VALUE_BYTES])> = self.evaluations[start..stop]
+        let values: Vec<(u8, [u8; VALUE_BYTES], u32)> = self.evaluations[start..stop]
             .par_iter()
             .map(|&(bin, key, hash)| {
                 let offset = (bin - chunk.first_bin) as usize * CODE_BYTES;
@@ -567,11 +684,11 @@ impl KkrtSender {
                 for (i, r) in row.iter_mut().enumerate() {
                     *r = rows[offset + i] ^ (word[i] & self.choices[i]);
                 }
-                (hash, prf_value(bin, &row))
+                (hash, prf_value(bin, &row), key)
             })
             .collect();
-        for (hash, value) in values {
-            self.by_hash[hash as usize].push(value);
+        for (hash, value, key) in values {
+            self.by_hash[hash as usize].push((value, key));
         }
         self.next_evaluation = stop;
         self.next_bin = end;
@@ -579,20 +696,29 @@ impl KkrtSender {
     }
 
     /// The values to send, once every chunk was absorbed: sorted, so that their order says
-    /// nothing of the sender's keys.
-    pub fn finish(mut self) -> Result<SenderValues, PsiError> {
+    /// nothing of the sender's keys; and the sender's record of whose each value is.
+    pub fn finish(mut self) -> Result<(SenderValues, SentOrder), PsiError> {
         if self.next_bin < self.bins {
             return Err(refused(format!(
                 "the extension stopped at bin {} of {}",
                 self.next_bin, self.bins
             )));
         }
-        let by_hash = std::array::from_fn(|h| {
-            let list = &mut self.by_hash[h];
+        let keys = self.identities.len();
+        // Freed before the lists are copied out: at 10 million keys, hundreds of MB each.
+        drop(std::mem::take(&mut self.evaluations));
+        drop(std::mem::take(&mut self.identities));
+        let mut values = Vec::with_capacity(HASHES * keys * VALUE_BYTES);
+        let mut rows = Vec::with_capacity(HASHES * keys);
+        for list in &mut self.by_hash {
+            let mut list = std::mem::take(list);
             list.par_sort_unstable();
-            list.concat()
-        });
-        Ok(SenderValues { by_hash })
+            for (value, row) in &list {
+                values.extend_from_slice(value);
+                rows.push(*row);
+            }
+        }
+        Ok((SenderValues { values }, SentOrder { rows }))
     }
 }
 
@@ -609,7 +735,180 @@ pub fn intersect(
     while let Some(chunk) = receiving.next_chunk()? {
         sending.absorb(&chunk)?;
     }
-    receiving.intersect(&sending.finish()?)
+    receiving.intersect(&sending.finish()?.0)
+}
+
+/// Which party receives in an alignment of N parties: the one with the fewest keys (the first
+/// of them on a tie), since the extension's size follows the receiver's keys and every later
+/// run is over what is left of them.
+pub fn receiver_of(sizes: &[usize]) -> usize {
+    (0..sizes.len()).min_by_key(|&p| sizes[p]).unwrap_or(0)
+}
+
+/// The receiver's side of an alignment of N parties: one two-party run with each other party
+/// in turn, each over the receiver's keys still matched by every run before. At the end it
+/// knows its rows of the intersection, and for each run which of that sender's values they
+/// matched: the membership it hands each sender (see [`SentOrder::rows`]).
+///
+/// What it learns beyond the intersection: for each run, which of its keys the senders so far
+/// all hold (the intersection of a prefix of the parties), so the first sender's overlap with
+/// it in full. `docs/psi.md` sets this beside the ECDH ring's leakage.
+pub struct ReceiverChain {
+    /// Rows of the receiver's keys still matched by every run so far, in increasing order.
+    candidates: Vec<u32>,
+    /// For each finished run: each candidate's position in that sender's values, and how many
+    /// keys that sender evaluated.
+    runs: Vec<(Vec<u32>, usize)>,
+    current: Option<KkrtReceiver>,
+}
+
+impl ReceiverChain {
+    /// A chain over `keys` keys, every one still a candidate.
+    pub fn new(keys: usize) -> Self {
+        Self {
+            candidates: (0..keys as u32).collect(),
+            runs: Vec::new(),
+            current: None,
+        }
+    }
+
+    /// How many of the receiver's keys every run so far matched.
+    pub fn candidates(&self) -> usize {
+        self.candidates.len()
+    }
+
+    /// How many runs have finished.
+    pub fn runs(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Whether the open run's extension has all been sent.
+    pub fn extension_sent(&self) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|receiver| receiver.next_bin >= receiver.bins)
+    }
+
+    /// Opens the next run, over the candidates among `keys` (the receiver's keys, all of them):
+    /// its first message.
+    pub fn start_run<S: AsRef<str> + Sync>(
+        &mut self,
+        keys: &[S],
+        rng: &mut impl Rng,
+    ) -> Result<ReceiverSetup, PsiError> {
+        if self.current.is_some() {
+            return Err(refused("a run was opened while the last one is unfinished"));
+        }
+        let candidates: Vec<&str> = self
+            .candidates
+            .iter()
+            .map(|&row| keys.get(row as usize).map(AsRef::as_ref))
+            .collect::<Option<_>>()
+            .ok_or_else(|| refused("the chain does not fit the receiver's keys"))?;
+        let (receiver, setup) = KkrtReceiver::new(&candidates, rng)?;
+        self.current = Some(receiver);
+        Ok(setup)
+    }
+
+    fn current(&mut self) -> Result<&mut KkrtReceiver, PsiError> {
+        self.current
+            .as_mut()
+            .ok_or_else(|| refused("no run is open at the receiver"))
+    }
+
+    /// Takes the sender's answer to the open run.
+    pub fn accept(&mut self, setup: &SenderSetup) -> Result<(), PsiError> {
+        self.current()?.accept(setup)
+    }
+
+    /// The open run's next chunk of the extension, or `None` once every bin was sent.
+    pub fn next_chunk(&mut self) -> Result<Option<ExtensionChunk>, PsiError> {
+        self.current()?.next_chunk()
+    }
+
+    /// Takes the sender's values, which close the open run: the candidates the sender holds
+    /// too remain. Returns how many.
+    pub fn take_values(&mut self, values: &SenderValues) -> Result<usize, PsiError> {
+        let matches = self.current()?.matches(values)?;
+        let sender_keys = values.keys()?;
+        self.current = None;
+        let kept: Vec<usize> = matches.iter().map(|&(i, _)| i as usize).collect();
+        self.candidates = kept.iter().map(|&i| self.candidates[i]).collect();
+        for (positions, _) in &mut self.runs {
+            *positions = kept.iter().map(|&i| positions[i]).collect();
+        }
+        self.runs.push((
+            matches.into_iter().map(|(_, position)| position).collect(),
+            sender_keys,
+        ));
+        Ok(self.candidates.len())
+    }
+
+    /// After the last run: the receiver's rows of the intersection ordered by key, and for each
+    /// run (sender) the bitmap over its values that marks its rows of the intersection.
+    pub fn finish<S: AsRef<str> + Sync>(
+        self,
+        keys: &[S],
+    ) -> Result<(Vec<u32>, Vec<Vec<u8>>), PsiError> {
+        if self.current.is_some() {
+            return Err(refused(
+                "the alignment was closed while a run is unfinished",
+            ));
+        }
+        let bitmaps = self
+            .runs
+            .iter()
+            .map(|(positions, sender_keys)| {
+                let mut bits = vec![0u8; bitmap_bytes(*sender_keys)];
+                for &p in positions {
+                    bits[p as usize / 8] |= 1 << (p % 8);
+                }
+                bits
+            })
+            .collect();
+        let mut rows = self.candidates;
+        if rows.iter().any(|&r| r as usize >= keys.len()) {
+            return Err(refused("the chain does not fit the receiver's keys"));
+        }
+        rows.par_sort_unstable_by(|&a, &b| {
+            keys[a as usize].as_ref().cmp(keys[b as usize].as_ref())
+        });
+        Ok((rows, bitmaps))
+    }
+}
+
+/// Aligns N parties' keys in this process, message for message as over a mesh: the party with
+/// the fewest keys receives ([`receiver_of`]) and runs with every other in turn
+/// ([`ReceiverChain`]); each sender learns its rows from the bitmap the receiver hands it. Each
+/// party's rows of the intersection, ordered by key.
+pub fn align(sets: &[Vec<String>], rng: &mut impl Rng) -> Result<Vec<crate::Alignment>, PsiError> {
+    let receiver = receiver_of(&sets.iter().map(Vec::len).collect::<Vec<_>>());
+    let Some(keys) = sets.get(receiver) else {
+        return Ok(Vec::new());
+    };
+    let mut chain = ReceiverChain::new(keys.len());
+    let mut orders = Vec::new();
+    for (p, sender_keys) in sets.iter().enumerate() {
+        if p == receiver {
+            continue;
+        }
+        let setup = chain.start_run(keys, rng)?;
+        let (mut sender, answer) = KkrtSender::new(sender_keys, &setup, rng)?;
+        chain.accept(&answer)?;
+        while let Some(chunk) = chain.next_chunk()? {
+            sender.absorb(&chunk)?;
+        }
+        let (values, order) = sender.finish()?;
+        chain.take_values(&values)?;
+        orders.push((p, order));
+    }
+    let (rows, bitmaps) = chain.finish(keys)?;
+    let mut alignments = vec![crate::Alignment { rows: Vec::new() }; sets.len()];
+    alignments[receiver].rows = rows;
+    for ((p, order), bits) in orders.into_iter().zip(bitmaps) {
+        alignments[p].rows = order.rows(&bits, &sets[p])?;
+    }
+    Ok(alignments)
 }
 
 #[cfg(test)]

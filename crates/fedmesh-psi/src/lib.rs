@@ -57,14 +57,14 @@ pub enum PsiError {
         row: usize,
     },
     #[error(
-        "data product `{product}`, key column `{column}`, row {row}: key {key:?} already appears in row {first}; keys must be unique to align rows"
+        "data product `{product}`, key column `{column}`, row {row}: the key already appears in row {first}; keys must be unique to align rows"
     )]
+    // The key itself stays out of the message: a node's refusal reaches governance.
     DuplicateKey {
         product: String,
         column: String,
         row: usize,
         first: usize,
-        key: String,
     },
     #[error("point {index} of a blinded list from {party} is not a valid ristretto255 point")]
     InvalidPoint { party: String, index: usize },
@@ -98,7 +98,6 @@ pub fn check_keys(product: &str, column: &str, keys: &[String]) -> Result<(), Ps
                 column: column.into(),
                 row: i + 1,
                 first,
-                key: key.clone(),
             });
         }
     }

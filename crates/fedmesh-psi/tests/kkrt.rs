@@ -4,8 +4,10 @@
 
 use std::collections::HashSet;
 
+use fedmesh_psi::align_in_the_clear;
 use fedmesh_psi::kkrt::{
-    CHUNK_BINS, ExtensionChunk, KkrtReceiver, KkrtSender, SenderValues, intersect,
+    CHUNK_BINS, ExtensionChunk, KkrtReceiver, KkrtSender, ReceiverChain, SenderValues, align,
+    bitmap_bytes, intersect,
 };
 use proptest::prelude::*;
 use rand::SeedableRng;
@@ -93,9 +95,75 @@ fn a_message_that_does_not_fit_the_run_is_refused() {
     sender.absorb(&chunk).unwrap();
     // Values that are not whole.
     let broken = SenderValues {
-        by_hash: [vec![0; 15], Vec::new(), Vec::new()],
+        values: vec![0; 47],
     };
     assert!(receiver.intersect(&broken).is_err());
-    let rows = receiver.intersect(&sender.finish().unwrap()).unwrap();
+    let (values, order) = sender.finish().unwrap();
+    // Values out of order (the receiver searches them as sorted).
+    let mut unsorted = values.clone();
+    unsorted.values[..32].rotate_left(16);
+    let error = receiver.intersect(&unsorted).unwrap_err().to_string();
+    assert!(error.contains("not sorted"), "{error}");
+    let rows = receiver.intersect(&values).unwrap();
     assert_eq!(rows, plain(&a, &b));
+    // A membership bitmap of the wrong length.
+    let bits = vec![0u8; bitmap_bytes(b.len()) + 1];
+    assert!(order.rows(&bits, &b).is_err());
+}
+
+/// Every party's rows of the intersection, ordered by key: N-party KKRT (a chain from the
+/// party with the fewest keys) gives what the plain join gives, to every party.
+fn check_parties(sets: &[Vec<String>], seed: u64) {
+    let got = align(sets, &mut StdRng::seed_from_u64(seed)).unwrap();
+    assert_eq!(got, align_in_the_clear(sets));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn two_and_three_parties_learn_their_rows(
+        sets in proptest::collection::vec(key_set(40), 2..=3),
+        seed in any::<u64>(),
+    ) {
+        check_parties(&sets, seed);
+    }
+}
+
+#[test]
+fn parties_empty_identical_disjoint_and_mixed() {
+    check_parties(&[keys(0..10), Vec::new()], 1);
+    check_parties(&[keys(0..100), keys(0..100), keys(0..100)], 2);
+    check_parties(&[keys(0..100), keys(100..200), keys(0..100)], 3);
+    check_parties(&[keys(0..300), keys(100..400), keys(50..250)], 4);
+    // The receiver (fewest keys) is not the first party, and the second run is over the keys
+    // the first left.
+    check_parties(&[keys(0..500), keys(400..450), keys(420..900)], 5);
+}
+
+#[test]
+fn every_sender_learns_its_rows_from_the_receivers_bitmap_alone() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let (a, b) = (keys(0..200), keys(150..400));
+    let mut chain = ReceiverChain::new(a.len());
+    let setup = chain.start_run(&a, &mut rng).unwrap();
+    // A second run cannot open before the first is closed.
+    assert!(chain.start_run(&a, &mut rng).is_err());
+    let (mut sender, answer) = KkrtSender::new(&b, &setup, &mut rng).unwrap();
+    chain.accept(&answer).unwrap();
+    while let Some(chunk) = chain.next_chunk().unwrap() {
+        sender.absorb(&chunk).unwrap();
+    }
+    let (values, order) = sender.finish().unwrap();
+    assert_eq!(chain.take_values(&values).unwrap(), 50);
+    let (rows, bitmaps) = chain.finish(&a).unwrap();
+    assert_eq!(rows, (150..200).collect::<Vec<u32>>());
+    // One bit per value, 3 per sender key; one set per shared key.
+    assert_eq!(bitmaps[0].len(), bitmap_bytes(b.len()));
+    let set: u32 = bitmaps[0].iter().map(|b| b.count_ones()).sum();
+    assert_eq!(set, 50);
+    assert_eq!(
+        order.rows(&bitmaps[0], &b).unwrap(),
+        (0..50).collect::<Vec<u32>>()
+    );
 }

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use fedmesh_governance::{Mesh, MeshRun};
 use fedmesh_net::MeshIdentity;
 use fedmesh_split::bench::{SplitBench, joint_throughput, samples_per_second, split_throughput};
-use fedmesh_split::job::{Job, RunConfig, WireEncoding};
+use fedmesh_split::job::{Job, PsiProtocol, RunConfig, WireEncoding};
 
 use crate::mesh::{LocalMesh, Ports};
 use crate::run::write_fraud_example;
@@ -45,7 +45,7 @@ pub enum BenchCommand {
         #[arg(long)]
         network_only: bool,
     },
-    /// Wall time of private set intersection (ECDH on ristretto255) between PARTIES domains of
+    /// Wall time of private set intersection (the ECDH ring or KKRT) between PARTIES domains of
     /// SIZE keys each, OVERLAP of them shared by all: the whole protocol over the network, this
     /// process as governance and one domain node process per party (mutual TLS on 127.0.0.1),
     /// from the first message to every domain holding its aligned rows.
@@ -59,9 +59,8 @@ pub enum BenchCommand {
         /// Run every party's share in this process instead (no network, no processes).
         #[arg(long)]
         in_process: bool,
-        /// `ecdh` (the ring every job aligns with) or `kkrt` (two parties, OT extension; in
-        /// this process only, as it is not yet a job's alignment).
-        #[arg(long, default_value = "ecdh")]
+        /// `ecdh` (the ring) or `kkrt` (OT extension), as a job spec's `alignment.protocol`.
+        #[arg(long, default_value = "ecdh", value_parser = ["ecdh", "kkrt"])]
         protocol: String,
     },
     /// Cost of one secure-aggregation round (`fedmesh-secagg`) of CLIENTS updates of LENGTH
@@ -127,21 +126,14 @@ pub fn bench(what: BenchCommand) -> Result<()> {
                 (0.0..=1.0).contains(&overlap),
                 "--overlap must be between 0 and 1"
             );
-            match protocol.as_str() {
-                "ecdh" => {}
-                "kkrt" => {
-                    anyhow::ensure!(
-                        parties == 2 && in_process,
-                        "--protocol kkrt runs two parties in this process: add --in-process"
-                    );
-                    return psi_kkrt(size, overlap);
-                }
-                other => anyhow::bail!("--protocol {other}: fedmesh has `ecdh` and `kkrt`"),
-            }
-            if in_process {
-                psi(parties, size, overlap)?
-            } else {
-                psi_network(parties, size, overlap)?
+            let protocol = match protocol.as_str() {
+                "kkrt" => PsiProtocol::Kkrt,
+                _ => PsiProtocol::Ecdh,
+            };
+            match (in_process, protocol) {
+                (true, PsiProtocol::Kkrt) if parties == 2 => psi_kkrt(size, overlap)?,
+                (true, _) => psi(parties, size, overlap, protocol)?,
+                (false, _) => psi_network(parties, size, overlap, protocol)?,
             }
         }
     }
@@ -165,20 +157,23 @@ fn key_sets(parties: usize, size: usize, shared: usize) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn psi(parties: usize, size: usize, overlap: f64) -> Result<()> {
+fn psi(parties: usize, size: usize, overlap: f64, protocol: PsiProtocol) -> Result<()> {
     use rand::SeedableRng;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let shared = (size as f64 * overlap).round() as usize;
     let sets = key_sets(parties, size, shared);
     let started = std::time::Instant::now();
-    let alignments = fedmesh_psi::align(&sets, &mut rng)?;
+    let alignments = match protocol {
+        PsiProtocol::Ecdh => fedmesh_psi::align(&sets, &mut rng)?,
+        PsiProtocol::Kkrt => fedmesh_psi::kkrt::align(&sets, &mut rng)?,
+    };
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(
         alignments.iter().all(|a| a.rows.len() == shared),
         "the intersection is not the {shared} shared keys"
     );
     println!(
-        "psi, {parties} parties × {size} keys, overlap {overlap}: intersection {shared}, {seconds:.2} s wall (in this process, {} threads)",
+        "psi ({protocol}), {parties} parties × {size} keys, overlap {overlap}: intersection {shared}, {seconds:.2} s wall (in this process, {} threads)",
         rayon::current_num_threads()
     );
     Ok(())
@@ -204,9 +199,8 @@ fn psi_kkrt(size: usize, overlap: f64) -> Result<()> {
         sender.absorb(&chunk)?;
     }
     let extension_seconds = started.elapsed().as_secs_f64() - setup_seconds;
-    let values = sender.finish()?;
-    let to_receiver = (answer.base_ot.len() + 16) as u64
-        + values.by_hash.iter().map(|v| v.len() as u64).sum::<u64>();
+    let (values, _) = sender.finish()?;
+    let to_receiver = (answer.base_ot.len() + 16 + values.values.len()) as u64;
     let rows = receiver.intersect(&values)?;
     let seconds = started.elapsed().as_secs_f64();
     anyhow::ensure!(
@@ -226,16 +220,17 @@ fn psi_kkrt(size: usize, overlap: f64) -> Result<()> {
 /// The whole protocol over a mesh: each party a `fedmesh node` process serving a product of
 /// `size` keys (and one feature column; the first party also holds a label), this process as
 /// governance opening a job on them. Times the alignment phase of the job's setup.
-fn psi_network(parties: usize, size: usize, overlap: f64) -> Result<()> {
+fn psi_network(parties: usize, size: usize, overlap: f64, protocol: PsiProtocol) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("fedmesh-bench-psi-{}", std::process::id()));
     let result = (|| -> Result<()> {
         let shared = (size as f64 * overlap).round() as usize;
-        let job = Job::load(&write_psi_example(
+        let mut job = Job::load(&write_psi_example(
             &dir.join("example"),
             parties,
             size,
             shared,
         )?)?;
+        job.spec.alignment.protocol = protocol;
         let (mut nodes, mesh) = node_mesh(
             &crate::mesh::job_domains(&job),
             &dir.join("mesh"),
@@ -260,14 +255,22 @@ fn psi_network(parties: usize, size: usize, overlap: f64) -> Result<()> {
             "the intersection holds {intersection} entities, not the {shared} shared keys"
         );
         println!(
-            "psi over the network, {parties} parties × {size} keys, overlap {overlap}: intersection {intersection}, {seconds:.2} s wall ({parties} node processes + governance, mTLS on 127.0.0.1, {} cores; {:.1} MB to the domains, {:.1} MB from them in the whole setup)",
+            "psi ({protocol}) over the network, {parties} parties × {size} keys, overlap {overlap}: intersection {intersection}, {seconds:.2} s wall ({parties} node processes + governance, mTLS on 127.0.0.1, {} cores; {:.1} MB to the domains, {:.1} MB from them in the whole setup)",
             std::thread::available_parallelism().map_or(1, |n| n.get()),
             sent as f64 / 1e6,
             received as f64 / 1e6,
         );
         Ok(())
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    if result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        // What the nodes logged is what tells why.
+        eprintln!(
+            "the bench failed: the nodes' logs are kept in {}",
+            dir.join("mesh").display()
+        );
+    }
     result
 }
 

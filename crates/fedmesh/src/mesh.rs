@@ -368,8 +368,9 @@ pub async fn stopped(stop: impl std::ops::Deref<Target = AtomicBool>) {
     }
 }
 
-/// `fedmesh node --config node.yaml`. The node's runtime is single-threaded: each job runs on
-/// it without handing messages between threads (see `fedmesh_node`).
+/// `fedmesh node --config node.yaml`. Connections are served by the runtime's workers and each
+/// job by a thread of its own (see `fedmesh_node`), so that a long step of a job (aligning or
+/// fitting millions of rows) never keeps the node from answering its peers' keepalive pings.
 pub fn node(config: &Path, stop: Arc<AtomicBool>) -> Result<()> {
     let config = NodeConfig::load(config)?;
     // A contract that does not parse is the operator's to fix now, not at the first job.
@@ -379,9 +380,7 @@ pub fn node(config: &Path, stop: Arc<AtomicBool>) -> Result<()> {
         contract.product_name(),
         config.contract.display()
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = Runtime::new()?;
     runtime.block_on(fedmesh_node::serve(&config, stopped(stop)))?;
     Ok(())
 }

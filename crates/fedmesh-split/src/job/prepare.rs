@@ -353,6 +353,10 @@ pub enum AlignmentMethod {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AlignmentSummary {
     pub method: AlignmentMethod,
+    /// The private set intersection protocol a mesh ran (none in one process, by position, or
+    /// when the domains reused an earlier run's result).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<crate::job::PsiProtocol>,
     /// Rows of each domain's product before alignment, in domain order.
     pub products: Vec<ProductRows>,
     /// Entities present in every product: the rows the job trains and tests on.
@@ -438,6 +442,7 @@ pub fn align_products(
         let summary = AlignmentSummary {
             kept_from: None,
             method: AlignmentMethod::Positional,
+            protocol: None,
             intersection: sizes.first().map_or(0, |p| p.rows),
             products: sizes,
         };
@@ -459,6 +464,7 @@ pub fn align_products(
     let summary = AlignmentSummary {
         kept_from: None,
         method: AlignmentMethod::PrivateSetIntersection,
+        protocol: None,
         products: sizes,
         intersection,
     };
