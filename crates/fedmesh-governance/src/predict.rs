@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use fedmesh_net::convert::{tensor_from_wire, tensor_to_wire};
-use fedmesh_net::transport::{Link, unexpected};
+use fedmesh_net::transport::{Link, stream_runtime, unexpected};
 use fedmesh_net::{MeshIdentity, NodeEndpoint};
 use fedmesh_proto::Encoding;
 use fedmesh_proto::v1::{self, domain_message::Body as Reply, governance_message::Body as Command};
@@ -67,9 +67,7 @@ pub fn predict(
     deadline: Duration,
     top: impl FnOnce(usize) -> Result<fedmesh_split::inference::TopScorer, SplitError>,
 ) -> Result<Prediction, SplitError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = stream_runtime()?;
     runtime.block_on(async {
         let keys = start.keys.clone();
         let mut links = holders(identity, nodes, &start, deadline).await?;
@@ -173,9 +171,7 @@ pub fn predict_horizontal(
     start: v1::PredictStart,
     deadline: Duration,
 ) -> Result<Prediction, SplitError> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = stream_runtime()?;
     runtime.block_on(async {
         let keys = start.keys.clone();
         let mut links = holders(identity, nodes, &start, deadline).await?;

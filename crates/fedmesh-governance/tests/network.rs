@@ -101,20 +101,13 @@ fn a_network_run_keeps_the_best_epoch_as_the_in_process_run_does() {
     job.spec.training.epochs = 6;
     job.spec.training.optimizer.learning_rate = 0.05;
     job.spec.training.keep = fedmesh_split::KeptEpoch::Best;
-    let config = RunConfig::SplitLabelOwner;
-    let local = job
-        .prepare(None)
-        .unwrap()
-        .run(&config, 1, &Silent, &AtomicBool::new(false), None)
-        .unwrap();
+    let (local, remote, _mesh) = in_process_and_on_a_mesh(&job);
     let kept = local
         .kept_epoch
         .expect("an earlier epoch than the last was best");
     let valid = |r: &RunResult| r.history.iter().map(|e| e.valid_loss).collect::<Vec<_>>();
     let best = valid(&local)[kept - 1].unwrap();
     assert!(valid(&local).iter().all(|l| l.unwrap() >= best));
-    let mesh = MeshBuilder::for_job(&job).start();
-    let remote = run_on(&mesh.mesh(), &job, &config, &Silent, None).unwrap();
     assert_eq!(valid(&remote), valid(&local));
     assert_eq!(remote.kept_epoch, Some(kept));
     assert_eq!(remote.metrics, local.metrics);
@@ -266,6 +259,20 @@ fn a_node_that_dies_mid_job_fails_it_with_its_name() {
     );
 }
 
+/// `job`'s label-owner configuration (seed 1) run in this process, and on a mesh of its own,
+/// which is returned for a look at its nodes.
+fn in_process_and_on_a_mesh(job: &Job) -> (RunResult, RunResult, TestMesh) {
+    let config = RunConfig::SplitLabelOwner;
+    let local = job
+        .prepare(None)
+        .unwrap()
+        .run(&config, 1, &Silent, &AtomicBool::new(false), None)
+        .unwrap();
+    let mesh = MeshBuilder::for_job(job).start();
+    let remote = run_on(&mesh.mesh(), job, &config, &Silent, None).unwrap();
+    (local, remote, mesh)
+}
+
 /// KKRT as the job's alignment, with three domains and with two: the domains take the rows the
 /// plain join gives in this process (the run is the same, number for number), the run reports
 /// the protocol, and every domain records it.
@@ -277,14 +284,7 @@ fn kkrt_aligns_two_and_three_domains_over_the_network_as_in_process() {
         if domains == 2 {
             job.spec.domains.retain(|d| d.name != "retail");
         }
-        let config = RunConfig::SplitLabelOwner;
-        let local = job
-            .prepare(None)
-            .unwrap()
-            .run(&config, 1, &Silent, &AtomicBool::new(false), None)
-            .unwrap();
-        let mesh = MeshBuilder::for_job(&job).start();
-        let remote = run_on(&mesh.mesh(), &job, &config, &Silent, None).unwrap();
+        let (local, remote, mesh) = in_process_and_on_a_mesh(&job);
         let alignment = remote.alignment.as_ref().unwrap();
         assert_eq!(alignment.protocol, Some(PsiProtocol::Kkrt));
         assert_eq!(alignment.products.len(), domains);
@@ -465,14 +465,7 @@ fn unaligned_products_are_aligned_over_the_network_as_in_process() {
         .unwrap();
     }
     let job = Job::load(dir.path()).unwrap();
-    let config = RunConfig::SplitLabelOwner;
-    let local = job
-        .prepare(None)
-        .unwrap()
-        .run(&config, 1, &Silent, &AtomicBool::new(false), None)
-        .unwrap();
-    let mesh = MeshBuilder::for_job(&job).start();
-    let remote = run_on(&mesh.mesh(), &job, &config, &Silent, None).unwrap();
+    let (local, remote, _mesh) = in_process_and_on_a_mesh(&job);
     let alignment = remote
         .alignment
         .as_ref()

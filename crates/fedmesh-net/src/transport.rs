@@ -186,8 +186,8 @@ fn check_shape(
 
 /// The training streams of one job, one per domain node.
 pub struct GrpcTransport {
-    /// The transport's own single-threaded runtime: the trainer's thread drives the streams
-    /// itself while it waits, so answers reach it without a hand-over between threads.
+    /// The transport's own runtime ([`stream_runtime`]): the trainer's thread drives the job
+    /// while a worker keeps the connections answering.
     runtime: Runtime,
     links: Vec<Link>,
     /// Links whose domain contributes a bottom, in domain order.
@@ -368,6 +368,18 @@ impl GrpcTransport {
     }
 }
 
+/// The runtime governance drives a job's streams on (training, alignment, prediction): the
+/// connections run on a worker of their own, not on the thread that drives the job, since
+/// governance's own computing between messages (the top model, an intersection over millions of
+/// keys) would otherwise leave the nodes' keepalive pings unanswered, and a node drops a
+/// connection silent for 20 s.
+pub fn stream_runtime() -> std::io::Result<Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+}
+
 /// The transport's runtime, and a stream to every node with the job opened on it (`start`'s
 /// domain set per node).
 pub(crate) fn open_all(
@@ -376,14 +388,7 @@ pub(crate) fn open_all(
     start: &v1::JobStart,
     deadline: Duration,
 ) -> Result<(Runtime, Vec<Link>), SplitError> {
-    // The streams' connections run on a worker of their own, not on the thread that drives the
-    // job: governance's own computing between messages (the top model, an intersection over
-    // millions of keys) would otherwise leave the nodes' keepalive pings unanswered, and a
-    // node drops a connection silent for 20 s.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let runtime = stream_runtime()?;
     let links = runtime.block_on(try_join_all(nodes.iter().map(|node| {
         let mut start = start.clone();
         start.domain = node.name.clone();
@@ -673,6 +678,7 @@ async fn align_ecdh(links: &mut [Link], deadline: Duration) -> Result<usize, Spl
 async fn align_kkrt(links: &mut [Link], deadline: Duration) -> Result<usize, SplitError> {
     use fedmesh_psi::kkrt;
     let sizes: Vec<usize> = links.iter().map(|l| l.rows as usize).collect();
+    let names: Vec<String> = links.iter().map(|l| l.name.clone()).collect();
     let r = kkrt::receiver_of(&sizes);
     let senders: Vec<usize> = (0..links.len()).filter(|&s| s != r).collect();
     let mut matched = sizes[r];
@@ -690,10 +696,13 @@ async fn align_kkrt(links: &mut [Link], deadline: Duration) -> Result<usize, Spl
         loop {
             match receiver.receive(deadline).await? {
                 Reply::Members(chunk) => {
+                    if chunk.bits.is_empty() && !chunk.last {
+                        return Err(receiver.error(EMPTY_CHUNK.into()));
+                    }
                     if bits.len() + chunk.bits.len() > expected {
                         return Err(receiver.error(format!(
                             "sent a membership of more than {expected} bytes for `{}`'s values",
-                            sizes[s]
+                            names[s]
                         )));
                     }
                     bits.extend_from_slice(&chunk.bits);
@@ -706,9 +715,23 @@ async fn align_kkrt(links: &mut [Link], deadline: Duration) -> Result<usize, Spl
         }
         if bits.len() != expected {
             return Err(receiver.error(format!(
-                "sent a membership of {} bytes for {} keys' values, not {expected}",
+                "sent a membership of {} bytes for `{}`'s values, not {expected}",
                 bits.len(),
-                sizes[s]
+                names[s]
+            )));
+        }
+        // One value of each sender marked per common key: no more, no fewer, and no bit past
+        // the sender's values.
+        let marked: u64 = bits.iter().map(|b| u64::from(b.count_ones())).sum();
+        let values = 3 * sizes[s];
+        let padding = match (values % 8, bits.last()) {
+            (0, _) | (_, None) => 0,
+            (used, Some(last)) => last >> used,
+        };
+        if marked != matched as u64 || padding != 0 {
+            return Err(receiver.error(format!(
+                "marked {marked} of `{}`'s values, but {matched} keys are common to all domains",
+                names[s]
             )));
         }
         bitmaps.push(bits);
@@ -735,6 +758,10 @@ async fn align_kkrt(links: &mut [Link], deadline: Duration) -> Result<usize, Spl
     .await?;
     Ok(matched)
 }
+
+/// A node that streams an answer in chunks must make progress: an empty chunk is only ever the
+/// one chunk of an empty answer.
+const EMPTY_CHUNK: &str = "sent an empty chunk that is not the last: an answer never ends that way";
 
 /// Two distinct links, both mutable.
 fn pair(links: &mut [Link], a: usize, b: usize) -> (&mut Link, &mut Link) {
@@ -775,7 +802,7 @@ async fn kkrt_run(
         Reply::KkrtSenderSetup(answer) => answer,
         other => return Err(unexpected(&sender.name, &other)),
     };
-    // The extension, receiver to sender, chunk by chunk: governance holds one at a time.
+    // The extension, receiver to sender, chunk by chunk: governance holds a few at a time.
     receiver.send(Command::KkrtSenderSetup(answer)).await?;
     let mut next_bin = 0;
     loop {
@@ -810,6 +837,9 @@ async fn kkrt_run(
     loop {
         match sender.receive(deadline).await? {
             Reply::KkrtValues(chunk) => {
+                if chunk.values.is_empty() && !chunk.last {
+                    return Err(sender.error(EMPTY_CHUNK.into()));
+                }
                 relayed += chunk.values.len();
                 if relayed > expected || (chunk.last && relayed != expected) {
                     return Err(sender.error(format!(
@@ -846,6 +876,9 @@ impl Link {
         loop {
             match self.receive(deadline).await? {
                 Reply::Points(chunk) => {
+                    if chunk.points.is_empty() && !chunk.last {
+                        return Err(self.error(EMPTY_CHUNK.into()));
+                    }
                     if list.len() + chunk.points.len() > announced {
                         return Err(self.error(format!(
                             "sent more blinded keys than the {} rows it announced",
@@ -891,6 +924,15 @@ impl Link {
             loop {
                 match self.receive(deadline).await? {
                     Reply::Points(chunk) => {
+                        if chunk.points.is_empty() && !chunk.last {
+                            return Err(self.error(EMPTY_CHUNK.into()));
+                        }
+                        if out.len() + chunk.points.len() > list.len() {
+                            return Err(self.error(format!(
+                                "sent back more than the {} bytes of the list it blinds",
+                                list.len()
+                            )));
+                        }
                         out.extend_from_slice(&chunk.points);
                         if chunk.last {
                             return Ok::<Vec<u8>, SplitError>(out);

@@ -8,7 +8,8 @@
 //! memory bandwidth instead.
 //!
 //! The **receiver** learns which of its keys the sender also holds; the **sender** learns
-//! nothing but the receiver's number of bins (≈ 1.27 × its key count).
+//! nothing but the receiver's number of bins ([`bins_for`] its key count, so that count to
+//! within 128).
 //!
 //! 1. The receiver cuckoo-hashes its keys into bins (three hash functions under a seed it
 //!    draws; a key sits in one of its three bins) and sends the seed, the bin count and the
@@ -131,28 +132,12 @@ impl SentOrder {
         members: &[u8],
         keys: &[S],
     ) -> Result<Vec<u32>, PsiError> {
-        if members.len() != self.rows.len().div_ceil(8) {
-            return Err(PsiError::MembershipSize {
-                expected: self.rows.len(),
-                got: members.len() * 8,
-            });
-        }
-        let mut rows: Vec<u32> = self
-            .rows
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| members[i / 8] >> (i % 8) & 1 == 1)
-            .map(|(_, &row)| row)
-            .collect();
-        if rows.iter().any(|&r| r as usize >= keys.len()) {
-            return Err(refused("the sender's record does not fit its keys"));
-        }
-        rows.par_sort_unstable_by(|&a, &b| {
-            keys[a as usize].as_ref().cmp(keys[b as usize].as_ref())
-        });
-        // A key marked under two of its hash functions is still one row.
-        rows.dedup();
-        Ok(rows)
+        crate::marked_rows(&self.rows, members, keys)
+    }
+
+    /// How many values the sender sent (one membership bit each).
+    pub fn values(&self) -> usize {
+        self.rows.len()
     }
 }
 
@@ -866,14 +851,7 @@ impl ReceiverChain {
                 bits
             })
             .collect();
-        let mut rows = self.candidates;
-        if rows.iter().any(|&r| r as usize >= keys.len()) {
-            return Err(refused("the chain does not fit the receiver's keys"));
-        }
-        rows.par_sort_unstable_by(|&a, &b| {
-            keys[a as usize].as_ref().cmp(keys[b as usize].as_ref())
-        });
-        Ok((rows, bitmaps))
+        Ok((crate::in_key_order(self.candidates, keys)?, bitmaps))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Private set intersection: aligning the rows of the domains' data products without any domain
-//! revealing the keys the others lack.
+//! revealing the keys the others lack (KKRT with three or more domains tells its receiver a
+//! little more; see [`kkrt::ReceiverChain`]).
 //!
 //! ECDH-PSI on ristretto255, for N ≥ 2 parties (semi-honest). Every party shuffles its keys,
 //! hashes each to the group with SHA-512 and raises it to a secret scalar of its own. The
@@ -193,23 +194,48 @@ impl Party {
     /// The agreed order is the order of the keys: every party knows the keys of the
     /// intersection's rows, so no further message is needed to agree on it.
     pub fn rows(&self, members: &[u8], keys: &[String]) -> Result<Vec<u32>, PsiError> {
-        let expected = self.order.len().div_ceil(8);
-        if members.len() != expected {
-            return Err(PsiError::MembershipSize {
-                expected: self.order.len(),
-                got: members.len() * 8,
-            });
-        }
-        let mut rows: Vec<u32> = self
-            .order
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| members[i / 8] >> (i % 8) & 1 == 1)
-            .map(|(_, &row)| row)
-            .collect();
-        rows.par_sort_unstable_by(|&a, &b| keys[a as usize].cmp(&keys[b as usize]));
-        Ok(rows)
+        marked_rows(&self.order, members, keys)
     }
+}
+
+/// The rows `members` marks (bit `i` for the row at position `i` of `order`, the list a party
+/// sent), in the agreed order: by key, each row once.
+pub(crate) fn marked_rows<S: AsRef<str> + Sync>(
+    order: &[u32],
+    members: &[u8],
+    keys: &[S],
+) -> Result<Vec<u32>, PsiError> {
+    if members.len() != order.len().div_ceil(8) {
+        return Err(PsiError::MembershipSize {
+            expected: order.len(),
+            got: members.len() * 8,
+        });
+    }
+    let rows = order
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| members[i / 8] >> (i % 8) & 1 == 1)
+        .map(|(_, &row)| row)
+        .collect();
+    in_key_order(rows, keys)
+}
+
+/// `rows` ordered by their keys, each once: the order every party of an alignment reaches on
+/// its own, since all know the keys of the intersection's rows.
+pub(crate) fn in_key_order<S: AsRef<str> + Sync>(
+    mut rows: Vec<u32>,
+    keys: &[S],
+) -> Result<Vec<u32>, PsiError> {
+    if rows.iter().any(|&r| r as usize >= keys.len()) {
+        return Err(PsiError::Protocol(format!(
+            "a row past the party's {} keys",
+            keys.len()
+        )));
+    }
+    rows.par_sort_unstable_by(|&a, &b| keys[a as usize].as_ref().cmp(keys[b as usize].as_ref()));
+    // A key marked twice (under two of KKRT's hash functions) is still one row.
+    rows.dedup();
+    Ok(rows)
 }
 
 fn hash_to_group(key: &str) -> RistrettoPoint {

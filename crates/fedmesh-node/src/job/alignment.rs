@@ -110,16 +110,21 @@ impl NodeJob {
         chunk: v1::MemberChunk,
     ) -> Result<Option<u64>, SplitError> {
         let opened = self.opened()?;
-        match &mut opened.alignment {
-            Some(AlignmentRun::Ecdh(_, members) | AlignmentRun::KkrtSent(_, members)) => {
-                members.extend_from_slice(&chunk.bits)
-            }
+        let (members, positions) = match &mut opened.alignment {
+            Some(AlignmentRun::Ecdh(party, members)) => (members, party.len()),
+            Some(AlignmentRun::KkrtSent(order, members)) => (members, order.values()),
             _ => {
                 return Err(refused(
                     "no alignment run awaits its membership on this stream",
                 ));
             }
+        };
+        if members.len() + chunk.bits.len() > positions.div_ceil(8) {
+            return Err(refused(format!(
+                "governance's membership runs past the {positions} positions of the list this domain sent"
+            )));
         }
+        members.extend_from_slice(&chunk.bits);
         if !chunk.last {
             return Ok(None);
         }

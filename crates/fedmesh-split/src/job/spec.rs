@@ -166,7 +166,8 @@ pub enum PsiProtocol {
     Ecdh,
     /// KKRT (oblivious PRF from OT extension): the domain with the fewest rows runs a
     /// two-party protocol with every other in turn. Some 25 times faster; with three or more
-    /// domains that one domain also learns which of its keys the first others share.
+    /// domains that one domain also learns which of its keys the first others share, and each
+    /// later domain how many.
     Kkrt,
 }
 
