@@ -692,27 +692,14 @@ async fn align_kkrt(links: &mut [Link], deadline: Duration) -> Result<usize, Spl
     let mut bitmaps = Vec::with_capacity(senders.len());
     for &s in &senders {
         let expected = kkrt::bitmap_bytes(sizes[s]);
-        let mut bits = Vec::with_capacity(expected);
-        loop {
-            match receiver.receive(deadline).await? {
-                Reply::Members(chunk) => {
-                    if chunk.bits.is_empty() && !chunk.last {
-                        return Err(receiver.error(EMPTY_CHUNK.into()));
-                    }
-                    if bits.len() + chunk.bits.len() > expected {
-                        return Err(receiver.error(format!(
-                            "sent a membership of more than {expected} bytes for `{}`'s values",
-                            names[s]
-                        )));
-                    }
-                    bits.extend_from_slice(&chunk.bits);
-                    if chunk.last {
-                        break;
-                    }
-                }
-                other => return Err(unexpected(&receiver.name, &other)),
-            }
-        }
+        let bits = receiver
+            .collect_chunks(expected, members, deadline, || {
+                format!(
+                    "sent a membership of more than {expected} bytes for `{}`'s values",
+                    names[s]
+                )
+            })
+            .await?;
         if bits.len() != expected {
             return Err(receiver.error(format!(
                 "sent a membership of {} bytes for `{}`'s values, not {expected}",
@@ -757,6 +744,26 @@ async fn align_kkrt(links: &mut [Link], deadline: Duration) -> Result<usize, Spl
     )
     .await?;
     Ok(matched)
+}
+
+/// Takes a streamed answer's chunk out of a reply: its bytes and last mark, or the reply back
+/// when it is no such chunk.
+type ChunkOf = fn(Reply) -> Result<(Vec<u8>, bool), Reply>;
+
+/// A chunk of blinded points: its bytes and last mark.
+fn points(reply: Reply) -> Result<(Vec<u8>, bool), Reply> {
+    match reply {
+        Reply::Points(chunk) => Ok((chunk.points, chunk.last)),
+        other => Err(other),
+    }
+}
+
+/// A chunk of a membership bitmap: its bytes and last mark.
+fn members(reply: Reply) -> Result<(Vec<u8>, bool), Reply> {
+    match reply {
+        Reply::Members(chunk) => Ok((chunk.bits, chunk.last)),
+        other => Err(other),
+    }
 }
 
 /// A node that streams an answer in chunks must make progress: an empty chunk is only ever the
@@ -871,26 +878,36 @@ impl Link {
     async fn blinded_list(&mut self, deadline: Duration) -> Result<Vec<u8>, SplitError> {
         self.send(Command::Align(v1::Empty {})).await?;
         let announced = self.rows as usize * fedmesh_psi::POINT_BYTES;
-        // Grown as points arrive, never past what the node announced.
-        let mut list = Vec::with_capacity(announced.min(64 << 20));
+        let rows = self.rows;
+        self.collect_chunks(announced, points, deadline, || {
+            format!("sent more blinded keys than the {rows} rows it announced")
+        })
+        .await
+    }
+
+    /// Collects an answer the node streams in chunks (each taken out of its reply by `chunk`),
+    /// grown as chunks arrive, never past `cap` bytes: more is refused, saying what the node
+    /// did (`too_long`).
+    async fn collect_chunks(
+        &mut self,
+        cap: usize,
+        chunk: ChunkOf,
+        deadline: Duration,
+        too_long: impl Fn() -> String,
+    ) -> Result<Vec<u8>, SplitError> {
+        let mut bytes = Vec::with_capacity(cap.min(64 << 20));
         loop {
-            match self.receive(deadline).await? {
-                Reply::Points(chunk) => {
-                    if chunk.points.is_empty() && !chunk.last {
-                        return Err(self.error(EMPTY_CHUNK.into()));
-                    }
-                    if list.len() + chunk.points.len() > announced {
-                        return Err(self.error(format!(
-                            "sent more blinded keys than the {} rows it announced",
-                            self.rows
-                        )));
-                    }
-                    list.extend_from_slice(&chunk.points);
-                    if chunk.last {
-                        return Ok(list);
-                    }
-                }
-                other => return Err(unexpected(&self.name, &other)),
+            let (part, last) = chunk(self.receive(deadline).await?)
+                .map_err(|other| unexpected(&self.name, &other))?;
+            if part.is_empty() && !last {
+                return Err(self.error(EMPTY_CHUNK.into()));
+            }
+            if bytes.len() + part.len() > cap {
+                return Err(self.error(too_long()));
+            }
+            bytes.extend_from_slice(&part);
+            if last {
+                return Ok(bytes);
             }
         }
     }
@@ -919,29 +936,12 @@ impl Link {
             }
             Ok::<(), SplitError>(())
         };
-        let receiving = async {
-            let mut out = Vec::with_capacity(list.len());
-            loop {
-                match self.receive(deadline).await? {
-                    Reply::Points(chunk) => {
-                        if chunk.points.is_empty() && !chunk.last {
-                            return Err(self.error(EMPTY_CHUNK.into()));
-                        }
-                        if out.len() + chunk.points.len() > list.len() {
-                            return Err(self.error(format!(
-                                "sent back more than the {} bytes of the list it blinds",
-                                list.len()
-                            )));
-                        }
-                        out.extend_from_slice(&chunk.points);
-                        if chunk.last {
-                            return Ok::<Vec<u8>, SplitError>(out);
-                        }
-                    }
-                    other => return Err(unexpected(&self.name, &other)),
-                }
-            }
-        };
+        let receiving = self.collect_chunks(list.len(), points, deadline, || {
+            format!(
+                "sent back more than the {} bytes of the list it blinds",
+                list.len()
+            )
+        });
         let ((), out) = tokio::try_join!(sending, receiving)?;
         self.bytes_sent += sent;
         if out.len() != list.len() {

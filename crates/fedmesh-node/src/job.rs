@@ -74,16 +74,10 @@ pub(crate) async fn serve(
         let Some(command) = message.body else {
             continue;
         };
-        if matches!(command, Command::Align(_)) {
-            if send_blinded_list(&mut job, &replies).await {
-                continue;
-            }
-            break;
-        }
         let finish = matches!(command, Command::Finish(_));
         let mut reply = job.handle(command);
-        // An answer of several messages (KKRT's extension, values and bitmaps) follows the
-        // first, or stands alone.
+        // An answer of several messages (blinded keys; KKRT's extension, values and bitmaps)
+        // follows the first, or stands alone.
         loop {
             let body = match reply {
                 Ok(Some(body)) => body,
@@ -122,44 +116,6 @@ fn failure(e: SplitError) -> Reply {
     Reply::Failure(v1::Failure {
         reason: e.to_string(),
     })
-}
-
-/// Answers `align`: the domain's keys, blinded, chunk by chunk (each chunk is blinded just
-/// before it is sent, so that no chunk waits for the whole list). False when the stream ended
-/// or the node refused.
-async fn send_blinded_list(
-    job: &mut NodeJob,
-    replies: &mpsc::Sender<Result<DomainMessage, Status>>,
-) -> bool {
-    let send = |body| replies.send(Ok(DomainMessage { body: Some(body) }));
-    let len = match job.start_alignment() {
-        Ok(len) => len,
-        Err(e) => {
-            tracing::warn!("alignment refused: {e}");
-            let _ = send(Reply::Failure(v1::Failure {
-                reason: e.to_string(),
-            }))
-            .await;
-            return false;
-        }
-    };
-    for (positions, last) in fedmesh_psi::chunks(len, fedmesh_psi::CHUNK_POINTS) {
-        // Blinded a slice at a time, yielding in between: on a single-threaded runtime (as in
-        // tests) the job shares its thread with the node's connections, which must keep
-        // answering HTTP/2 pings (a peer that hears nothing for 20 s drops the connection, and
-        // a loaded machine blinds a whole chunk slowly).
-        let mut points = Vec::with_capacity(positions.len() * fedmesh_psi::POINT_BYTES);
-        for (slice, _) in fedmesh_psi::chunks(positions.len(), BLIND_SLICE) {
-            points.extend(job.blind(positions.start + slice.start..positions.start + slice.end));
-            tokio::task::yield_now().await;
-        }
-        let chunk = v1::PointChunk { points, last };
-        job.traffic.sent += chunk.encoded_len() as u64;
-        if send(Reply::Points(chunk)).await.is_err() {
-            return false;
-        }
-    }
-    true
 }
 
 /// A job the node has opened: the spec, and its product loaded and validated.
@@ -1308,7 +1264,10 @@ impl NodeJob {
                     alignment_kept,
                 })
             }
-            Command::Align(_) => unreachable!("answered chunk by chunk by `serve`"),
+            Command::Align(_) => {
+                self.align()?;
+                return Ok(None);
+            }
             Command::Reblind(chunk) => self.reblind(chunk)?,
             Command::KkrtReceive(_) => self.kkrt_receive()?,
             Command::KkrtSend(setup) => self.kkrt_send(setup)?,
@@ -1484,9 +1443,6 @@ fn requested_rows(product: &DataProduct, keys: &[String]) -> Result<Vec<(u32, u3
         .filter_map(|(position, key)| index.get(key.as_str()).map(|&row| (position as u32, row)))
         .collect())
 }
-
-/// Points blinded between two yields to the node's runtime (~0.1 s of work).
-const BLIND_SLICE: usize = 4096;
 
 /// A job id names the folder its parts are saved in: plain names and `/` only.
 fn check_job_id(id: &str) -> Result<(), SplitError> {

@@ -32,6 +32,9 @@ pub(super) enum AlignmentRun {
 
 /// An answer that travels as several messages, which `serve` sends one after another.
 pub(super) enum Outgoing {
+    /// The ECDH ring: the domain's keys, blinded a chunk at a time as it goes, `sent` of them
+    /// so far.
+    BlindedList { sent: usize },
     /// The receiver's extension, each chunk computed as it goes.
     Extension,
     /// The sender's values.
@@ -66,9 +69,9 @@ impl NodeJob {
         })
     }
 
-    /// Draws this domain's secret and order for an ECDH alignment run; returns how many keys
-    /// it will send.
-    pub(super) fn start_alignment(&mut self) -> Result<usize, SplitError> {
+    /// Answers `align`: draws this domain's secret and order for an ECDH alignment run; its
+    /// blinded keys follow.
+    pub(super) fn align(&mut self) -> Result<(), SplitError> {
         self.check_protocol(PsiProtocol::Ecdh)?;
         let len = self.unaligned_keys()?.len();
         let opened = self.opened()?;
@@ -76,18 +79,9 @@ impl NodeJob {
             return Err(refused("an alignment run is under way on this stream"));
         }
         let party = fedmesh_psi::Party::new(len, &mut rand::rng());
-        let len = party.len();
         opened.alignment = Some(AlignmentRun::Ecdh(party, Vec::new()));
-        Ok(len)
-    }
-
-    /// Positions `positions` of this domain's blinded list.
-    pub(super) fn blind(&mut self, positions: std::ops::Range<usize>) -> Vec<u8> {
-        let opened = self.opened.as_ref().expect("alignment started");
-        let Some(AlignmentRun::Ecdh(party, _)) = &opened.alignment else {
-            unreachable!("an ECDH run was started")
-        };
-        party.blind(opened.keys.as_ref().expect("keyed"), positions)
+        self.outgoing = Some(Outgoing::BlindedList { sent: 0 });
+        Ok(())
     }
 
     /// Blinds a chunk of another domain's list again (the ECDH ring).
@@ -161,23 +155,13 @@ impl NodeJob {
         self.check_protocol(PsiProtocol::Kkrt)?;
         let keys = self.unaligned_keys()?.len();
         let opened = self.opened()?;
-        let chain = match &mut opened.alignment {
-            None => {
-                opened.alignment = Some(AlignmentRun::KkrtReceiver(
-                    ReceiverChain::new(keys),
-                    Vec::new(),
-                ));
-                match &mut opened.alignment {
-                    Some(AlignmentRun::KkrtReceiver(chain, _)) => chain,
-                    _ => unreachable!("set above"),
-                }
-            }
-            Some(AlignmentRun::KkrtReceiver(chain, _)) => chain,
-            Some(_) => {
-                return Err(refused(
-                    "this domain is already a sender of this alignment: it cannot receive",
-                ));
-            }
+        let run = opened.alignment.get_or_insert_with(|| {
+            AlignmentRun::KkrtReceiver(ReceiverChain::new(keys), Vec::new())
+        });
+        let AlignmentRun::KkrtReceiver(chain, _) = run else {
+            return Err(refused(
+                "this domain is already a sender of this alignment: it cannot receive",
+            ));
         };
         let keys = opened.keys.as_ref().expect("checked above");
         let setup = chain.start_run(keys, &mut rand::rng())?;
@@ -311,34 +295,41 @@ impl NodeJob {
         let Some(outgoing) = &mut self.outgoing else {
             return Ok(None);
         };
-        let reply = match outgoing {
-            Outgoing::Extension => {
-                let Some(AlignmentRun::KkrtReceiver(chain, _)) =
-                    self.opened.as_mut().and_then(|o| o.alignment.as_mut())
-                else {
-                    unreachable!("columns follow the receiver's accept")
+        let alignment = self.opened.as_mut().and_then(|o| {
+            let keys = o.keys.as_deref();
+            o.alignment.as_mut().map(|a| (a, keys))
+        });
+        // The answer's next message, and whether it is the answer's last.
+        let (reply, last) = match outgoing {
+            Outgoing::BlindedList { sent } => {
+                let Some((AlignmentRun::Ecdh(party, _), Some(keys))) = alignment else {
+                    unreachable!("blinded keys follow `align`")
                 };
-                match chain.next_chunk()? {
-                    Some(chunk) => Some(Reply::KkrtColumns(v1::KkrtColumns {
-                        first_bin: chunk.first_bin,
-                        columns: chunk.columns,
-                        last: chain.extension_sent(),
-                    })),
-                    None => None,
-                }
+                let end = (*sent + fedmesh_psi::CHUNK_POINTS).min(party.len());
+                let points = party.blind(keys, *sent..end);
+                *sent = end;
+                let last = end == party.len();
+                (Reply::Points(v1::PointChunk { points, last }), last)
+            }
+            Outgoing::Extension => {
+                let Some((AlignmentRun::KkrtReceiver(chain, _), _)) = alignment else {
+                    unreachable!("the extension follows the receiver's accept")
+                };
+                let Some(chunk) = chain.next_chunk()? else {
+                    self.outgoing = None;
+                    return Ok(None);
+                };
+                let last = chain.extension_sent();
+                let columns = v1::KkrtColumns {
+                    first_bin: chunk.first_bin,
+                    columns: chunk.columns,
+                    last,
+                };
+                (Reply::KkrtColumns(columns), last)
             }
             Outgoing::Values { values, sent } => {
-                let end = (*sent + CHUNK_BYTES).min(values.len());
-                let chunk = v1::KkrtValues {
-                    values: values[*sent..end].to_vec(),
-                    last: end == values.len(),
-                };
-                *sent = end;
-                let last = chunk.last;
-                if last {
-                    self.outgoing = None;
-                }
-                return Ok(Some(Reply::KkrtValues(chunk)));
+                let (values, last) = next_slice(values, sent);
+                (Reply::KkrtValues(v1::KkrtValues { values, last }), last)
             }
             Outgoing::Bitmaps {
                 bitmaps,
@@ -346,30 +337,29 @@ impl NodeJob {
                 rows,
             } => match bitmaps.front() {
                 Some(bits) => {
-                    let end = (*sent + CHUNK_BYTES).min(bits.len());
-                    let chunk = v1::MemberChunk {
-                        bits: bits[*sent..end].to_vec(),
-                        last: end == bits.len(),
-                    };
-                    *sent = end;
-                    if chunk.last {
+                    let (bits, last) = next_slice(bits, sent);
+                    if last {
                         bitmaps.pop_front();
                         *sent = 0;
                     }
-                    return Ok(Some(Reply::Members(chunk)));
+                    (Reply::Members(v1::MemberChunk { bits, last }), false)
                 }
-                None => {
-                    let rows = *rows;
-                    self.outgoing = None;
-                    return Ok(Some(Reply::Aligned(v1::Aligned { rows })));
-                }
+                None => (Reply::Aligned(v1::Aligned { rows: *rows }), true),
             },
         };
-        if reply.is_none() {
+        if last {
             self.outgoing = None;
         }
-        Ok(reply)
+        Ok(Some(reply))
     }
+}
+
+/// The next message's bytes of `bytes`, `sent` of which are out, and whether they are the last.
+fn next_slice(bytes: &[u8], sent: &mut usize) -> (Vec<u8>, bool) {
+    let end = (*sent + CHUNK_BYTES).min(bytes.len());
+    let slice = bytes[*sent..end].to_vec();
+    *sent = end;
+    (slice, end == bytes.len())
 }
 
 /// `bytes` as exactly `N` bytes, or a refusal naming `what`.
